@@ -1,0 +1,196 @@
+"""Profiles (one config object each) and the environment settings every entry point shares.
+
+A profile is data: nothing else in the code branches on a profile's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: DESIGN's NMS grid.
+STUDY_CONF_GRID: tuple[float, ...] = (0.03, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+STUDY_IOU_GRID: tuple[float, ...] = (0.1, 0.3, 0.5, 0.6, 0.8)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """ultralytics `train` arguments. Fields left None keep ultralytics' defaults."""
+
+    model: str = "yolov8s.yaml"
+    epochs: int = 100
+    imgsz: int = 800
+    batch: int = 64
+    optimizer: str = "auto"
+    cos_lr: bool = True
+    warmup_epochs: float = 15
+    close_mosaic: int = 15
+    mosaic: float = 1.0
+    mixup: float = 0.5
+    erasing: float = 0.4
+    copy_paste: float = 0.8
+    crop_fraction: float | None = 0.0
+    cls: float = 1.5
+    weight_decay: float = 0.005
+    conf: float = 0.03  # NMS confidence for validation during training
+    iou: float = 0.8  # NMS IoU for validation during training
+    lr0: float | None = None
+    workers: int = 8
+    seed: int = 0
+    patience: int = 100
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def ultralytics_args(self) -> dict[str, Any]:
+        """Keyword arguments for `YOLO.train`, with unset (None) fields left to ultralytics."""
+        args = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("model", "extra") and getattr(self, f.name) is not None
+        }
+        args.update(self.extra)
+        return args
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    train: TrainParams
+    #: background ("No Finding") images per annotated image
+    background_ratio: float = 2.0
+    include_vinbigdata_no_finding: bool = False
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    consensus: str = "majority"  # or "wbf"
+    wbf_iou: float = 0.4
+    #: longest side of converted VinBigData images (pixels)
+    dicom_max_size: int = 1024
+    conf_grid: tuple[float, ...] = STUDY_CONF_GRID
+    iou_grid: tuple[float, ...] = STUDY_IOU_GRID
+    #: how many ground-truth-vs-prediction panels an evaluation report draws
+    report_panels: int = 4
+    #: most quarantined input rows an asset check accepts
+    max_quarantine_rows: int = 10
+
+    def as_params(self) -> dict[str, Any]:
+        """A flat dict of every setting, for MLflow params and Dagster metadata."""
+        flat: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, TrainParams):
+                for g in dataclasses.fields(value):
+                    flat[f"train.{g.name}"] = getattr(value, g.name)
+            else:
+                flat[f.name] = value
+        return flat
+
+
+PROFILES: dict[str, Profile] = {
+    # DESIGN's numbers, exactly.
+    "study": Profile(name="study", train=TrainParams()),
+    # CPU-sized: the whole graph in minutes on the sample data.
+    "demo": Profile(
+        name="demo",
+        train=TrainParams(
+            model="yolov8n.yaml",
+            epochs=30,
+            imgsz=320,
+            batch=16,
+            optimizer="AdamW",
+            lr0=0.002,
+            cos_lr=True,
+            warmup_epochs=2,
+            close_mosaic=5,
+            mosaic=0.5,
+            mixup=0.0,
+            erasing=0.0,
+            copy_paste=0.0,
+            cls=1.5,
+            weight_decay=0.0005,
+            workers=2,
+        ),
+        background_ratio=0.5,
+        dicom_max_size=512,
+        report_panels=4,
+    ),
+    # The smallest run that still trains and evaluates every task (tests).
+    "smoke": Profile(
+        name="smoke",
+        train=TrainParams(
+            model="yolov8n.yaml",
+            epochs=1,
+            imgsz=64,
+            batch=8,
+            optimizer="AdamW",
+            lr0=0.002,
+            warmup_epochs=0,
+            close_mosaic=0,
+            mosaic=0.0,
+            mixup=0.0,
+            erasing=0.0,
+            copy_paste=0.0,
+            workers=0,
+        ),
+        background_ratio=0.5,
+        dicom_max_size=256,
+        conf_grid=(0.03, 0.3),
+        iou_grid=(0.5, 0.8),
+        report_panels=2,
+    ),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    name = name or os.environ.get("XRAY_PROFILE", "demo")
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where things live, read from the environment (DESIGN "Public surface")."""
+
+    data_dir: Path
+    storage_dir: Path
+    profile: str
+    mlflow_tracking_uri: str
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        storage = Path(os.environ.get("XRAY_STORAGE_DIR", "storage")).expanduser().resolve()
+        data = Path(os.environ.get("XRAY_DATA_DIR", "data/sample")).expanduser().resolve()
+        profile = os.environ.get("XRAY_PROFILE", "demo")
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(storage)
+        return cls(data_dir=data, storage_dir=storage, profile=profile, mlflow_tracking_uri=uri)
+
+
+def default_mlflow_uri(storage_dir: Path) -> str:
+    return f"sqlite:///{Path(storage_dir).resolve() / 'mlflow' / 'mlflow.db'}"
+
+
+def configure_ultralytics(storage_dir: Path | None = None) -> None:
+    """Offline, project-local ultralytics settings. Call before importing ultralytics."""
+    os.environ["YOLO_OFFLINE"] = "1"
+    if "YOLO_CONFIG_DIR" not in os.environ:
+        base = Path(storage_dir) if storage_dir else Path.cwd()
+        cfg = base / ".ultralytics"
+        cfg.mkdir(parents=True, exist_ok=True)
+        os.environ["YOLO_CONFIG_DIR"] = str(cfg)
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    # ultralytics looks for Arial in its config dir and otherwise asks the network for it: give it
+    # matplotlib's own DejaVu Sans under those names so no font is ever fetched.
+    cfg_dir = Path(os.environ["YOLO_CONFIG_DIR"])
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    import matplotlib
+
+    dejavu = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        target = cfg_dir / name
+        if not target.exists() and dejavu.exists():
+            import shutil
+
+            shutil.copyfile(dejavu, target)

@@ -1,0 +1,1 @@
+"""The science: pure functions with no Dagster import, unit-tested on their own."""

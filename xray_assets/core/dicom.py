@@ -1,0 +1,153 @@
+"""DICOM -> display-ready uint8 image, for training and for the web app.
+
+The chain: decode -> modality LUT (rescale slope/intercept or Modality LUT Sequence) -> first
+VOI window or VOI LUT Sequence (min-max when the file has none) -> MONOCHROME1 inverted -> uint8
+-> optional downscale so the longest side is at most `max_size`.
+
+Only pixels and sizes leave this module: never names, IDs or dates from the header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+class DicomError(ValueError):
+    """A DICOM that cannot become an image: corrupt, unsupported syntax, or not an image."""
+
+
+@dataclass(frozen=True)
+class ConvertedImage:
+    pixels: np.ndarray  # uint8 HxW
+    orig_height: int
+    orig_width: int
+
+
+def _read_dataset(path: str | Path):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError:
+        # No preamble / no file meta (old ACR-NEMA style streams): read anyway.
+        try:
+            ds = pydicom.dcmread(path, force=True)
+        except Exception as exc:
+            raise DicomError(f"{Path(path).name}: not a DICOM file ({exc.__class__.__name__})") from exc
+        if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+            ds.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    except Exception as exc:
+        raise DicomError(f"{Path(path).name}: unreadable DICOM ({exc.__class__.__name__}: {exc})") from exc
+    if "PixelData" not in ds:
+        raise DicomError(f"{Path(path).name}: no pixel data (not an image DICOM)")
+    return ds
+
+
+def _to_display(ds, arr: np.ndarray) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    arr = apply_modality_lut(arr, ds)
+    if "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds):
+        arr = apply_voi_lut(arr, ds, index=0, prefer_lut=True)
+        lo, hi = _voi_output_range(ds)
+    else:
+        lo, hi = float(arr.min()), float(arr.max())
+    out = (arr.astype(np.float32, copy=False) - lo) * (1.0 / max(hi - lo, 1e-6))
+    np.clip(out, 0.0, 1.0, out=out)
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+        out = 1.0 - out
+    return out
+
+
+def _voi_output_range(ds) -> tuple[float, float]:
+    """The output range pydicom's VOI step maps onto (its own rules, mirrored)."""
+    if "VOILUTSequence" in ds:
+        return 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+    if ds.get("ModalityLUTSequence"):
+        y_min, y_max = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    elif int(ds.get("PixelRepresentation", 0)) == 0:
+        y_min, y_max = 0.0, float(2 ** int(ds.BitsStored) - 1)
+    else:
+        y_min, y_max = -float(2 ** (int(ds.BitsStored) - 1)), float(2 ** (int(ds.BitsStored) - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        y_min, y_max = y_min * float(slope) + float(intercept), y_max * float(slope) + float(intercept)
+    return y_min, y_max
+
+
+def resize_max(img: np.ndarray, max_size: int | None) -> np.ndarray:
+    if not max_size:
+        return img
+    h, w = img.shape[:2]
+    scale = max_size / max(h, w)
+    if scale >= 1:
+        return img
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
+def read_dicom(path: str | Path, max_size: int | None = None) -> ConvertedImage:
+    ds = _read_dataset(path)
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise DicomError(f"{Path(path).name}: {ds.SamplesPerPixel} samples per pixel; expected grayscale")
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        raise DicomError(
+            f"{Path(path).name}: cannot decode pixel data (transfer syntax {syntax}): {exc.__class__.__name__}"
+        ) from exc
+    if arr.ndim != 2:
+        arr = arr[0] if arr.ndim == 3 else arr
+        if arr.ndim != 2:
+            raise DicomError(f"{Path(path).name}: unsupported pixel array shape {ds.pixel_array.shape}")
+    h, w = arr.shape
+    disp = _to_display(ds, arr)
+    u8 = (disp * 255.0 + 0.5).astype(np.uint8)
+    return ConvertedImage(resize_max(u8, max_size), int(h), int(w))
+
+
+def read_dicom_image(path: str | Path, max_size: int | None = None) -> np.ndarray:
+    """uint8 HxW, display-ready (DESIGN "Public surface")."""
+    return read_dicom(path, max_size).pixels
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def convert_one(src: str, dst: str, max_size: int | None) -> dict:
+    """Convert one DICOM to a PNG at `dst` (atomically). Never raises: failures come back as rows."""
+    import os
+    import tempfile
+
+    row = {"path": dst, "height": 0, "width": 0, "orig_height": 0, "orig_width": 0, "status": "ok", "reason": ""}
+    try:
+        img = read_dicom(src, max_size)
+        ok, buf = cv2.imencode(".png", img.pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not ok:
+            raise DicomError(f"{Path(src).name}: PNG encoding failed")
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=Path(dst).parent, prefix=".tmp-", suffix=".png")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buf.tobytes())
+        os.replace(tmp, dst)
+        row.update(height=img.pixels.shape[0], width=img.pixels.shape[1],
+                   orig_height=img.orig_height, orig_width=img.orig_width)
+    except DicomError as exc:
+        row.update(status="quarantined", reason=str(exc), path="")
+    except Exception as exc:  # a corrupt file must not stop the run
+        row.update(status="quarantined", reason=f"{Path(src).name}: {exc.__class__.__name__}: {exc}", path="")
+    return row

@@ -1,0 +1,180 @@
+"""Tuning, test evaluation and the study report, on files under the storage root."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from ..config import Profile
+from ..storage import Storage
+from . import plots
+from .classes import SERVED_TASKS, TaskSpec
+from .labels import load_gray
+from .metrics import evaluate, match_label, pr_curve, summarise
+from .report import markdown_to_html, md_table
+from .train import predict
+from .tuning import apply_nms, best_pair, score_grid
+
+
+def _split(st: Storage, task: TaskSpec, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    images = st.read_parquet("datasets", task.name, "images.parquet")
+    boxes = st.read_parquet("datasets", task.name, "boxes.parquet")
+    images = images[images["split"] == split].reset_index(drop=True)
+    return images, boxes[boxes["image_id"].isin(images["image_id"])].reset_index(drop=True)
+
+
+def raw_predictions(st: Storage, task: TaskSpec, profile: Profile, split: str) -> tuple[pd.DataFrame, float]:
+    """One forward pass over a split at the grid's lowest confidence, no suppression (IoU 1.0)."""
+    info = st.read_json("models", task.name, "model.json")
+    images, _ = _split(st, task, split)
+    t0 = time.time()
+    raw = predict(st.root / "models" / task.name / "best.pt", images, list(task.classes),
+                  imgsz=int(info["imgsz"]), conf=min(profile.conf_grid), iou=1.0)
+    return raw, time.time() - t0
+
+
+def tune_task(st: Storage, task: TaskSpec, profile: Profile, log: Callable[[str], None] = print) -> dict:
+    raw, t_pred = raw_predictions(st, task, profile, "val")
+    _, gt = _split(st, task, "val")
+    log(f"{task.name}: {len(raw)} raw val detections in {t_pred:.1f}s; scoring "
+        f"{len(profile.conf_grid) * len(profile.iou_grid)} grid points")
+    t0 = time.time()
+    grid = score_grid(raw, gt, task.classes, profile.conf_grid, profile.iou_grid)
+    t_score = time.time() - t0
+    best = best_pair(grid)
+    st.write_parquet(raw, "tuning", task.name, "raw_val.parquet")
+    st.write_parquet(grid, "tuning", task.name, "grid.parquet")
+    st.write_json(best, "tuning", task.name, "best.json")
+    st.write_bytes(plots.grid_heatmap(grid, best), "tuning", task.name, "grid.png")
+    log(f"{task.name}: best conf={best['conf']:g} iou={best['iou']:g} objective={best['objective']:.3f}")
+    return {"best": best, "grid": grid, "predict_seconds": t_pred, "score_seconds": t_score}
+
+
+def evaluate_task(st: Storage, task: TaskSpec, profile: Profile, tracking_uri: str | None = None,
+                  log: Callable[[str], None] = print) -> dict:
+    best = st.read_json("tuning", task.name, "best.json")
+    raw, t_pred = raw_predictions(st, task, profile, "test")
+    images, gt = _split(st, task, "test")
+    pred = apply_nms(raw, best["conf"], best["iou"])
+    table = evaluate(gt, pred, task.classes)
+    summary = summarise(table)
+    log(f"{task.name}: test mAP50={summary['map50']:.3f} recall={summary['recall']:.3f} "
+        f"({len(images)} images, {len(gt)} boxes)")
+    base = ("reports", task.name)
+    st.write_parquet(raw, *base, "raw_test.parquet")
+    st.write_parquet(pred, *base, "predictions.parquet")
+    st.write_parquet(table, *base, "metrics.parquet")
+    st.write_json({**summary, "conf": best["conf"], "iou": best["iou"], "test_images": len(images),
+                   "test_boxes": len(gt)}, *base, "summary.json")
+    curves = {}
+    for label in task.classes:
+        s, tp, n = match_label(gt[gt.label == label], raw[raw.label == label], 0.5)
+        if n:
+            r, p, _ = pr_curve(s, tp, n)
+            curves[label] = (r, p)
+    st.write_bytes(plots.pr_curves(curves, f"{task.name}: PR on test (IoU 0.5)"), *base, "pr_curves.png")
+    with_boxes = [i for i in gt["image_id"].drop_duplicates()][: profile.report_panels]
+    panels = []
+    for image_id in with_boxes:
+        path = images.set_index("image_id").loc[image_id, "path"]
+        panels.append((load_gray(path), gt[gt.image_id == image_id], pred[pred.image_id == image_id], image_id[:16]))
+    st.write_bytes(plots.gt_vs_pred(panels, task.classes), *base, "panels.png")
+    md = [
+        f"# Evaluation: {task.name}",
+        "",
+        f"Profile `{profile.name}`; test split: {len(images)} images, {len(gt)} boxes; tuned on val: "
+        f"conf {best['conf']:g}, iou {best['iou']:g}.",
+        "",
+        f"mAP50 {summary['map50']:.3f}, mAP50-95 {summary['map50_95']:.3f}, mAP40 {summary['map40']:.3f}, "
+        f"precision {summary['precision']:.3f}, recall {summary['recall']:.3f}, F1 {summary['f1']:.3f}.",
+        "",
+        md_table(table),
+        "",
+        "![PR curves](pr_curves.png)",
+        "",
+        "![Labels | Predictions](panels.png)",
+    ]
+    text = "\n".join(md)
+    st.write_text(text, *base, "report.md")
+    st.write_text(markdown_to_html(text, f"Evaluation {task.name}"), *base, "report.html")
+    if tracking_uri:
+        _log_to_run(st, task, tracking_uri, summary, base)
+    return {"table": table, "summary": summary, "predict_seconds": t_pred}
+
+
+def _log_to_run(st: Storage, task: TaskSpec, tracking_uri: str, summary: dict, base: tuple) -> None:
+    import mlflow
+
+    info = st.read_json("models", task.name, "model.json")
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    for k, v in summary.items():
+        client.log_metric(info["run_id"], f"test_{k}", float(v))
+    folder = st.root.joinpath(*base)
+    for name in ("report.md", "report.html", "pr_curves.png", "panels.png", "metrics.parquet"):
+        client.log_artifact(info["run_id"], str(folder / name), artifact_path="evaluation")
+
+
+def study_report(st: Storage, profile: Profile, tasks: list[str]) -> dict:
+    rows, missing = [], []
+    for t in tasks:
+        if not st.exists("reports", t, "summary.json"):
+            missing.append(t)
+            continue
+        s = st.read_json("reports", t, "summary.json")
+        info = st.read_json("models", t, "model.json")
+        rows.append({"task": t, "test_map50": s["map50"], "test_map50_95": s["map50_95"], "test_recall": s["recall"],
+                     "test_precision": s["precision"], "conf": s["conf"], "iou": s["iou"],
+                     "test_images": s["test_images"], "test_boxes": s["test_boxes"],
+                     "model_version": info.get("model_version")})
+    table = pd.DataFrame(rows)
+    md = [f"# Chest X-ray abnormality detection: study report ({profile.name} profile)", "",
+          f"Regenerated {time.strftime('%Y-%m-%d %H:%M')} from this materialisation's data.", ""]
+    md += ["## Data", ""]
+    if st.exists("datasets", "splits.parquet"):
+        splits = st.read_parquet("datasets", "splits.parquet")
+        sm = splits.groupby(["source", "kind", "split"]).size().unstack("split").fillna(0).astype(int).reset_index()
+        md += ["Images per source and split (patient-grouped):", "", md_table(sm), ""]
+    if st.exists("vinbigdata", "annotations.parquet") and st.exists("vinbigdata", "boxes.parquet"):
+        from .consensus import to_united
+
+        before = to_united(st.read_parquet("vinbigdata", "annotations.parquet"))["united"].value_counts()
+        after = st.read_parquet("vinbigdata", "boxes.parquet")["united"].value_counts()
+        cons = pd.DataFrame({"all_readers": before, "consensus": after}).fillna(0).astype(int)
+        md += ["VinBigData boxes before and after consensus:", "",
+               md_table(cons.rename_axis("class").reset_index()), ""]
+    md += ["## Results on the test split (tuned thresholds)", ""]
+    if not table.empty:
+        md += [md_table(table), ""]
+        st.write_bytes(plots.bar_compare(table, "test_map50", "test mAP50 per task"), "reports", "study", "map50.png")
+        md += ["![test mAP50 per task](map50.png)", "", "## Comparisons", ""]
+        m = table.set_index("task")["test_map50"]
+
+        def cmp(a, b, what):
+            if a in m and b in m:
+                verdict = "higher" if m[a] > m[b] else ("lower" if m[a] < m[b] else "equal")
+                md.append(f"- {what}: {a} mAP50 {m[a]:.3f} vs {b} {m[b]:.3f} ({a} is {verdict}).")
+
+        cmp("united_multi", "nih_multi", "Adding VinBigData (united vs NIH only, multi-class)")
+        cmp("united_binary", "nih_binary", "Adding VinBigData (united vs NIH only, binary)")
+        cmp("nih_binary", "nih_multi", "Binary vs multi-class on NIH")
+        cmp("united_binary", "united_multi", "Binary vs multi-class on the united data")
+        cmp("united_cardiomegaly", "united_multi", "One-class Cardiomegaly vs the multi-class model")
+        cmp("united_mass_nodule", "united_multi", "One-class Mass/Nodule vs the multi-class model")
+        md.append("")
+    md += ["## The served panel", "",
+           "The web app serves " + ", ".join(SERVED_TASKS) + " side by side at their tuned thresholds.", ""]
+    for t in SERVED_TASKS:
+        if st.exists("reports", t, "panels.png"):
+            st.copy_in(st.root / "reports" / t / "panels.png", "reports", "study", f"panels_{t}.png")
+            md += [f"### {t}", "", f"![{t}](panels_{t}.png)", ""]
+    if missing:
+        md += [f"Not yet evaluated: {', '.join(missing)}.", ""]
+    text = "\n".join(md)
+    md_path = st.write_text(text, "reports", "study", "report.md")
+    html_path = st.write_text(markdown_to_html(text, "Study report"), "reports", "study", "report.html")
+    st.write_parquet(table, "reports", "study", "tasks.parquet")
+    return {"md": md_path, "html": html_path, "table": table, "missing": missing}

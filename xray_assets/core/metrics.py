@@ -1,0 +1,132 @@
+"""Detection metrics, COCO-style, on plain frames.
+
+Frames: `image_id,label,x_min,y_min,x_max,y_max` (+ `score` for predictions), in any one pixel space.
+`average_precision` follows COCOeval's rules for one IoU threshold and the "all" area range:
+greedy matching in descending score order to the best-IoU unmatched ground truth, at most
+`max_dets` detections per image and class, and 101-point interpolated precision.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+COORDS = ["x_min", "y_min", "x_max", "y_max"]
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of (N,4) and (M,4) corner boxes."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    ix0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    iy0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    ix1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    iy1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def match_label(gt: pd.DataFrame, pred: pd.DataFrame, iou_thr: float, max_dets: int = 100
+                ) -> tuple[np.ndarray, np.ndarray, int]:
+    """For one label: (scores, true-positive flags) of the kept detections, and the GT count."""
+    scores_all, tp_all = [], []
+    gt_groups = {k: g[COORDS].to_numpy(float) for k, g in gt.groupby("image_id", sort=False)}
+    for image_id, p in pred.groupby("image_id", sort=False):
+        p = p.sort_values("score", ascending=False, kind="mergesort").head(max_dets)
+        boxes = p[COORDS].to_numpy(float)
+        g = gt_groups.get(image_id, np.zeros((0, 4)))
+        ious = box_iou(boxes, g)
+        taken = np.zeros(len(g), bool)
+        tp = np.zeros(len(p), bool)
+        for d in range(len(p)):
+            best, best_iou = -1, min(iou_thr, 1 - 1e-10)
+            for j in range(len(g)):
+                if taken[j] or ious[d, j] < best_iou:
+                    continue
+                best, best_iou = j, ious[d, j]
+            if best >= 0:
+                taken[best] = True
+                tp[d] = True
+        scores_all.append(p["score"].to_numpy(float))
+        tp_all.append(tp)
+    if not scores_all:
+        return np.zeros(0), np.zeros(0, bool), len(gt)
+    return np.concatenate(scores_all), np.concatenate(tp_all), len(gt)
+
+
+def pr_curve(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(recall, precision, score) along detections sorted by descending score."""
+    order = np.argsort(-scores, kind="mergesort")
+    tp = tp[order].astype(float)
+    ctp, cfp = np.cumsum(tp), np.cumsum(1 - tp)
+    recall = ctp / max(n_gt, 1)
+    precision = ctp / np.maximum(ctp + cfp, np.finfo(float).eps)
+    return recall, precision, scores[order]
+
+
+def ap_from_pr(recall: np.ndarray, precision: np.ndarray) -> float:
+    """COCO 101-point interpolated AP."""
+    if len(recall) == 0:
+        return 0.0
+    pr = np.maximum.accumulate(precision[::-1])[::-1]  # precision envelope
+    idx = np.searchsorted(recall, RECALL_POINTS, side="left")
+    q = np.where(idx < len(pr), pr[np.minimum(idx, len(pr) - 1)], 0.0)
+    return float(q.mean())
+
+
+def average_precision(ground_truth: pd.DataFrame, predictions: pd.DataFrame, iou_thr: float = 0.5,
+                      max_dets: int = 100) -> dict[str, float]:
+    """AP per label present in the ground truth (labels without ground truth are left out, as COCO does)."""
+    out: dict[str, float] = {}
+    for label, gt in ground_truth.groupby("label", sort=True):
+        pred = predictions[predictions["label"] == label]
+        scores, tp, n_gt = match_label(gt, pred, iou_thr, max_dets)
+        r, p, _ = pr_curve(scores, tp, n_gt)
+        out[str(label)] = ap_from_pr(r, p)
+    return out
+
+
+def evaluate(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels: list[str] | tuple[str, ...],
+             max_dets: int = 100) -> pd.DataFrame:
+    """Per-label table: n_gt, n_pred, AP50, AP40, AP50-95, and precision/recall/F1 of all given
+    predictions at IoU 0.5 (the operating point is whatever threshold produced `predictions`)."""
+    rows = []
+    for label in labels:
+        gt = ground_truth[ground_truth["label"] == label]
+        pred = predictions[predictions["label"] == label]
+        row = {"label": label, "n_gt": len(gt), "n_pred": len(pred)}
+        for name, thr in (("ap50", 0.5), ("ap40", 0.4)):
+            s, tp, n = match_label(gt, pred, thr, max_dets)
+            row[name] = ap_from_pr(*pr_curve(s, tp, n)[:2]) if n else np.nan
+            if thr == 0.5:
+                ntp = int(tp.sum())
+                row["precision"] = ntp / len(tp) if len(tp) else (np.nan if not n else 0.0)
+                row["recall"] = ntp / n if n else np.nan
+        aps = []
+        for thr in np.linspace(0.5, 0.95, 10):
+            s, tp, n = match_label(gt, pred, thr, max_dets)
+            aps.append(ap_from_pr(*pr_curve(s, tp, n)[:2]) if n else np.nan)
+        row["ap50_95"] = float(np.mean(aps)) if len(gt) else np.nan
+        p, r = row["precision"], row["recall"]
+        row["f1"] = 2 * p * r / (p + r) if p == p and r == r and (p + r) > 0 else (0.0 if len(gt) else np.nan)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarise(table: pd.DataFrame) -> dict[str, float]:
+    """Mean over labels that have ground truth."""
+    t = table[table["n_gt"] > 0]
+    if t.empty:
+        return {"map50": 0.0, "map40": 0.0, "map50_95": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0}
+    return {
+        "map50": float(t["ap50"].mean()),
+        "map40": float(t["ap40"].mean()),
+        "map50_95": float(t["ap50_95"].mean()),
+        "precision": float(t["precision"].fillna(0).mean()),
+        "recall": float(t["recall"].mean()),
+        "f1": float(t["f1"].fillna(0).mean()),
+    }

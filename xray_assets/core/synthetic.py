@@ -1,0 +1,515 @@
+"""Synthetic chest radiographs in both datasets' native layouts (the embedded sample dataset).
+
+Every class has its own look on a plausible chest background, so that a detector trained for a
+few CPU epochs finds them far above chance:
+
+- Cardiomegaly: the heart shadow is enlarged (cardiothoracic ratio well above 0.5).
+- Nodule: small round, fairly sharp opacities inside a lung. Mass: a larger lobulated opacity.
+- Effusion: a dense lower-lateral meniscus filling a costophrenic angle.
+- Pneumothorax: a black rim without lung markings along the apex/lateral wall, with a pleural line.
+- Atelectasis: a plate-like dense band in a lower zone. Infiltrate: patchy, fuzzy opacity.
+- Pneumonia: dense lobar consolidation with dark air bronchograms.
+
+Geometry is drawn in normalised coordinates, so the same scene renders at any pixel size; the
+boxes written to the CSVs are in the pixels of the file written. Deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..storage import atomic_path
+from .classes import NIH_CLASSES, VINBIGDATA_CLASSES
+
+# -- scene ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Lesion:
+    label: str  # NIH class name, or a VinBigData class name for the unmapped findings
+    box: tuple[float, float, float, float]  # normalised x_min, y_min, x_max, y_max
+
+
+@dataclass
+class Scene:
+    rng: np.random.Generator
+    lungs: list[tuple[float, float, float, float]] = field(default_factory=list)  # cx, cy, ax, ay
+    heart: tuple[float, float, float, float] = (0.54, 0.64, 0.13, 0.10)
+    lesions: list[Lesion] = field(default_factory=list)
+
+
+def _blur_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    n = rng.standard_normal(shape).astype(np.float32)
+    n = cv2.GaussianBlur(n, (0, 0), sigma)
+    return n / (n.std() + 1e-6)
+
+
+def _ellipse_mask(h: int, w: int, cx, cy, ax, ay, angle=0.0) -> np.ndarray:
+    m = np.zeros((h, w), np.float32)
+    cv2.ellipse(m, (int(cx * w), int(cy * h)), (max(1, int(ax * w)), max(1, int(ay * h))),
+                angle, 0, 360, 1.0, -1, lineType=cv2.LINE_AA)
+    return m
+
+
+def _soft(m: np.ndarray, px: float) -> np.ndarray:
+    return cv2.GaussianBlur(m, (0, 0), max(px, 0.5)) if px > 0 else m
+
+
+class Renderer:
+    """Draws a scene at `size` (h, w) pixels, as float32 in [0, 1] (1 = dense/white)."""
+
+    def __init__(self, scene: Scene, h: int, w: int):
+        self.s, self.h, self.w = scene, h, w
+        self.rng = scene.rng
+        self.px = min(h, w) / 1024.0  # pixels per "1024 px" unit, to scale blur radii
+
+    def base(self, cardiomegaly: bool) -> tuple[np.ndarray, np.ndarray]:
+        h, w, rng, s = self.h, self.w, self.rng, self.s
+        img = np.full((h, w), 0.04, np.float32)
+        body = _soft(_ellipse_mask(h, w, 0.5, 0.62, 0.47, 0.62), 18 * self.px)
+        img += 0.50 * body
+        lungs = np.zeros((h, w), np.float32)
+        jx, jy = rng.uniform(-0.015, 0.015, 2)
+        s.lungs = [
+            (0.31 + jx, 0.46 + jy, rng.uniform(0.14, 0.16), rng.uniform(0.29, 0.33)),
+            (0.69 + jx, 0.46 + jy, rng.uniform(0.13, 0.15), rng.uniform(0.28, 0.32)),
+        ]
+        for cx, cy, ax, ay in s.lungs:
+            lungs = np.maximum(lungs, _ellipse_mask(h, w, cx, cy, ax, ay))
+        lungs = _soft(lungs, 10 * self.px)
+        img -= 0.30 * lungs
+        # lung markings: fine vessel-like texture inside the lungs
+        markings = _blur_noise(rng, (h, w), 3 * self.px)
+        img += 0.035 * markings * lungs
+        # ribs: bright arcs over the lungs
+        ribs = np.zeros((h, w), np.float32)
+        thick = max(1, int(9 * self.px))
+        for side in (-1, 1):
+            cx = 0.5 + side * 0.05
+            for k in range(9):
+                cy = 0.16 + 0.075 * k
+                cv2.ellipse(ribs, (int(cx * w), int(cy * h)), (int(0.34 * w), int(0.09 * h)),
+                            0, 0 if side > 0 else 180, 90 if side > 0 else 270, 1.0, thick,
+                            lineType=cv2.LINE_AA)
+        img += 0.07 * _soft(ribs, 2 * self.px) * lungs
+        # mediastinum and spine
+        spine = np.zeros((h, w), np.float32)
+        cv2.rectangle(spine, (int(0.455 * w), int(0.05 * h)), (int(0.545 * w), h), 1.0, -1)
+        img += 0.25 * _soft(spine, 12 * self.px)
+        # heart shadow
+        if cardiomegaly:
+            ax, ay = rng.uniform(0.20, 0.24), rng.uniform(0.13, 0.15)
+        else:
+            ax, ay = rng.uniform(0.11, 0.135), rng.uniform(0.085, 0.10)
+        cx, cy = 0.53 + rng.uniform(-0.01, 0.02), 0.66 + rng.uniform(-0.01, 0.01)
+        s.heart = (cx, cy, ax, ay)
+        heart = _soft(_ellipse_mask(h, w, cx, cy, ax, ay), 6 * self.px)
+        img = img * (1 - heart) + 0.68 * heart
+        if cardiomegaly:
+            s.lesions.append(Lesion("Cardiomegaly", (cx - ax, cy - ay, cx + ax, min(cy + ay, 0.99))))
+        return img, lungs
+
+    def _in_lung(self, margin: float) -> tuple[float, float, tuple]:
+        cx, cy, ax, ay = self.s.lungs[self.rng.integers(2)]
+        for _ in range(50):
+            x = self.rng.uniform(cx - ax + margin, cx + ax - margin)
+            y = self.rng.uniform(cy - ay + margin, cy + ay - margin)
+            if ((x - cx) / (ax - margin)) ** 2 + ((y - cy) / (ay - margin)) ** 2 < 1:
+                return x, y, (cx, cy, ax, ay)
+        return cx, cy, (cx, cy, ax, ay)
+
+    def lesion(self, img: np.ndarray, label: str) -> np.ndarray:
+        h, w, rng = self.h, self.w, self.rng
+        m = np.zeros((h, w), np.float32)
+        amp, blur = 0.35, 2.0
+        if label == "Nodule":
+            r = rng.uniform(0.022, 0.034)
+            x, y, _ = self._in_lung(r + 0.02)
+            m = _ellipse_mask(h, w, x, y, r, r * w / h)
+            box = (x - r, y - r * w / h, x + r, y + r * w / h)
+            amp, blur = 0.40, 2.0
+        elif label == "Mass":
+            r = rng.uniform(0.05, 0.075)
+            x, y, _ = self._in_lung(r + 0.01)
+            xs, ys = [x], [y]
+            m = _ellipse_mask(h, w, x, y, r, r)
+            for _ in range(2):
+                dx, dy = rng.uniform(-0.5, 0.5, 2) * r
+                rr = r * rng.uniform(0.55, 0.8)
+                m = np.maximum(m, _ellipse_mask(h, w, x + dx, y + dy, rr, rr))
+                xs += [x + dx - rr, x + dx + rr]
+                ys += [y + dy - rr, y + dy + rr]
+            box = (min(xs + [x - r]), min(ys + [y - r]), max(xs + [x + r]), max(ys + [y + r]))
+            amp, blur = 0.40, 3.0
+        elif label == "Effusion":
+            cx, cy, ax, ay = self.s.lungs[rng.integers(2)]
+            lateral = -1 if cx < 0.5 else 1
+            top = cy + ay * rng.uniform(0.35, 0.55)
+            yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+            xn, yn = xx / w, yy / h
+            # meniscus: higher laterally (concave up)
+            t = np.clip((xn - cx) * lateral / ax, -1, 1)
+            edge = top - 0.10 * ay * (t + 1) ** 2
+            lung = _ellipse_mask(h, w, cx, cy, ax, ay)
+            m = ((yn > edge) & (lung > 0.5)).astype(np.float32)
+            x0, x1 = (cx - ax, cx + ax * 0.6) if lateral < 0 else (cx - ax * 0.6, cx + ax)
+            m[:, : int(x0 * w)] = 0
+            m[:, int(x1 * w):] = 0
+            ys_, xs_ = np.nonzero(m)
+            box = (xs_.min() / w, ys_.min() / h, (xs_.max() + 1) / w, (ys_.max() + 1) / h)
+            amp, blur = 0.42, 4.0
+        elif label == "Pneumothorax":
+            cx, cy, ax, ay = self.s.lungs[rng.integers(2)]
+            depth = rng.uniform(0.22, 0.32)
+            outer = _ellipse_mask(h, w, cx, cy, ax, ay)
+            inner = _ellipse_mask(h, w, cx + (0.5 - cx) * depth * 0.6, cy + ay * depth * 0.5,
+                                  ax * (1 - depth * 0.7), ay * (1 - depth * 0.6))
+            rim = np.clip(outer - inner, 0, 1)
+            rim[int((cy + 0.2 * ay) * h):, :] = 0  # apical and lateral only
+            ys_, xs_ = np.nonzero(rim > 0.5)
+            box = (xs_.min() / w, ys_.min() / h, (xs_.max() + 1) / w, (ys_.max() + 1) / h)
+            rim = _soft(rim, 1.5 * self.px)
+            img = img * (1 - rim) + 0.03 * rim  # black, no markings
+            line = _soft(np.clip(inner - cv2.erode(inner, np.ones((3, 3), np.uint8),
+                                                   iterations=max(1, int(3 * self.px))), 0, 1), 1)
+            line[int((cy + 0.2 * ay) * h):, :] = 0
+            img = img + 0.25 * line
+            self.s.lesions.append(Lesion(label, box))
+            return img
+        elif label == "Atelectasis":
+            x, y, _ = self._in_lung(0.06)
+            y = max(y, self.s.lungs[0][1])
+            length, thick, ang = rng.uniform(0.07, 0.10), rng.uniform(0.012, 0.02), rng.uniform(-25, 25)
+            m = _ellipse_mask(h, w, x, y, length, thick, ang)
+            ys_, xs_ = np.nonzero(m > 0.5)
+            box = (xs_.min() / w, ys_.min() / h, (xs_.max() + 1) / w, (ys_.max() + 1) / h)
+            amp, blur = 0.40, 2.0
+        elif label in ("Infiltrate", "Pneumonia"):
+            big = label == "Pneumonia"
+            r = rng.uniform(0.09, 0.12) if big else rng.uniform(0.06, 0.09)
+            x, y, _ = self._in_lung(r * 0.6)
+            region = _ellipse_mask(h, w, x, y, r, r * 1.2)
+            tex = _blur_noise(rng, (h, w), (2.5 if big else 6) * self.px)
+            if big:
+                m = region * 0.95
+                # air bronchograms: dark branching lines
+                lines = np.zeros((h, w), np.float32)
+                for _ in range(4):
+                    a = rng.uniform(0, np.pi)
+                    p0 = (int((x - 0.7 * r * np.cos(a)) * w), int((y - 0.7 * r * np.sin(a)) * h))
+                    p1 = (int((x + 0.7 * r * np.cos(a)) * w), int((y + 0.7 * r * np.sin(a)) * h))
+                    cv2.line(lines, p0, p1, 1.0, max(1, int(5 * self.px)), cv2.LINE_AA)
+                m = np.clip(m - 0.6 * lines * region, 0, 1)
+                amp, blur = 0.42, 4.0
+            else:
+                m = region * np.clip(0.55 + 0.45 * tex, 0, 1)
+                amp, blur = 0.30, 8.0
+            ys_, xs_ = np.nonzero(region > 0.5)
+            box = (xs_.min() / w, ys_.min() / h, (xs_.max() + 1) / w, (ys_.max() + 1) / h)
+        else:  # VinBigData findings outside the six: drawn, never boxed by the study's classes
+            return self._unmapped(img, label)
+        img = img + amp * _soft(m, blur * self.px)
+        self.s.lesions.append(Lesion(label, box))
+        return img
+
+    def _unmapped(self, img: np.ndarray, label: str) -> np.ndarray:
+        h, w, rng = self.h, self.w, self.rng
+        if label == "Aortic enlargement":
+            x, y, r = 0.44, 0.26, rng.uniform(0.04, 0.055)
+            m = _ellipse_mask(h, w, x, y, r, r)
+            box = (x - r, y - r, x + r, y + r)
+        elif label == "Pleural thickening":
+            cx, cy, ax, ay = self.s.lungs[rng.integers(2)]
+            m = np.clip(_ellipse_mask(h, w, cx, cy - ay * 0.6, ax, ay * 0.35)
+                        - _ellipse_mask(h, w, cx, cy - ay * 0.55, ax * 0.9, ay * 0.32), 0, 1)
+            ys_, xs_ = np.nonzero(m > 0.5)
+            box = (xs_.min() / w, ys_.min() / h, (xs_.max() + 1) / w, (ys_.max() + 1) / h)
+        else:  # fibrosis / other lesion: reticular texture in a lung zone
+            x, y, _ = self._in_lung(0.08)
+            r = 0.07
+            region = _ellipse_mask(h, w, x, y, r, r)
+            m = region * (np.abs(_blur_noise(rng, (h, w), 2 * self.px)) < 0.35)
+            box = (x - r, y - r, x + r, y + r)
+        self.s.lesions.append(Lesion(label, box))
+        return img + 0.22 * _soft(m.astype(np.float32), 2 * self.px)
+
+    def finish(self, img: np.ndarray) -> np.ndarray:
+        rng = self.rng
+        gain, bias = rng.uniform(0.85, 1.15), rng.uniform(-0.05, 0.05)
+        gy = np.linspace(-1, 1, self.h, dtype=np.float32)[:, None]
+        img = img * gain + bias + 0.03 * gy
+        img += rng.normal(0, 0.018, img.shape).astype(np.float32)
+        return np.clip(img, 0, 1)
+
+
+def render(rng: np.random.Generator, labels: list[str], h: int, w: int) -> tuple[np.ndarray, list[Lesion]]:
+    scene = Scene(rng=rng)
+    r = Renderer(scene, h, w)
+    img, _ = r.base(cardiomegaly="Cardiomegaly" in labels)
+    for label in labels:
+        if label != "Cardiomegaly":
+            img = r.lesion(img, label)
+    return r.finish(img), scene.lesions
+
+
+# -- NIH layout ------------------------------------------------------------------------------------
+
+NIH_SIZE = 1024
+NIH_DATA_ENTRY_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
+)
+NIH_BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+#: findings that appear in Data_Entry but have no box class
+NIH_UNBOXED_FINDINGS = ("Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia", "Consolidation", "Edema")
+
+
+def _nih_label_plan(rng: np.random.Generator, n: int) -> list[list[str]]:
+    """Box labels per annotated image: every class equally often, a few images with two."""
+    plan = []
+    for i in range(n):
+        first = NIH_CLASSES[i % len(NIH_CLASSES)]
+        labels = [first]
+        if rng.random() < 0.12:
+            second = NIH_CLASSES[rng.integers(len(NIH_CLASSES))]
+            if second != first:
+                labels.append(second)
+        plan.append(labels)
+    order = rng.permutation(n)
+    return [plan[i] for i in order]
+
+
+def write_nih(out: Path, n_annotated: int, rng: np.random.Generator, background_ratio: float = 2.0,
+              n_unboxed: int | None = None) -> dict[str, int]:
+    out.mkdir(parents=True, exist_ok=True)
+    n_background = int(round(n_annotated * background_ratio))
+    n_unboxed = max(2, n_annotated // 10) if n_unboxed is None else n_unboxed
+    kinds = (["annotated"] * n_annotated + ["background"] * n_background + ["unboxed"] * n_unboxed)
+    kinds = [kinds[i] for i in rng.permutation(len(kinds))]
+    label_plan = iter(_nih_label_plan(rng, n_annotated))
+
+    entries, boxes = [], []
+    idx, patient = 0, 0
+    n_files = 0
+    while idx < len(kinds):
+        patient += 1
+        n_follow = int(rng.choice([1, 1, 2, 2, 3, 4]))
+        age, sex = int(rng.integers(18, 90)), str(rng.choice(["M", "F"]))
+        for follow in range(n_follow):
+            if idx >= len(kinds):
+                break
+            kind = kinds[idx]
+            idx += 1
+            image_id = f"{patient:08d}_{follow:03d}.png"
+            folder = out / f"images_{1 + (n_files // 500) % 12:03d}" / "images"
+            n_files += 1
+            if kind == "annotated":
+                labels = next(label_plan)
+            elif kind == "unboxed":
+                labels = [NIH_CLASSES[rng.integers(len(NIH_CLASSES))]]
+            else:
+                labels = []
+            img, lesions = render(rng, labels, NIH_SIZE, NIH_SIZE)
+            findings = sorted({"Infiltration" if les.label == "Infiltrate" else les.label for les in lesions})
+            if kind != "background" and rng.random() < 0.2:
+                findings = sorted(set(findings) | {str(rng.choice(NIH_UNBOXED_FINDINGS))})
+            finding_text = "|".join(findings) if findings else "No Finding"
+            ow, oh = int(rng.integers(2000, 3056)), int(rng.integers(2000, 3056))
+            entries.append(
+                f"{image_id},{finding_text},{follow},{patient},{age + follow // 2},{sex},"
+                f"{rng.choice(['PA', 'AP'])},{ow},{oh},0.143,0.143,"
+            )
+            if kind == "annotated":
+                for les in lesions:
+                    x0, y0, x1, y1 = (v * NIH_SIZE for v in les.box)
+                    x0, y0 = max(x0, 0.0), max(y0, 0.0)
+                    x1, y1 = min(x1, NIH_SIZE), min(y1, NIH_SIZE)
+                    boxes.append(",".join([image_id, les.label, *(repr(float(v)) for v in (x0, y0, x1 - x0, y1 - y0))]))
+            u8 = (img * 255).round().astype(np.uint8)
+            if rng.random() < 0.04:  # a few RGBA files, like the real set
+                u8 = cv2.cvtColor(u8, cv2.COLOR_GRAY2BGRA)
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_path(folder / image_id) as tmp:
+                ok, buf = cv2.imencode(".png", u8, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+                tmp.write_bytes(buf.tobytes())
+    _write_lines(out / "Data_Entry_2017.csv", [NIH_DATA_ENTRY_HEADER, *entries])
+    _write_lines(out / "BBox_List_2017.csv", [NIH_BBOX_HEADER, *boxes])
+    ids = [e.split(",", 1)[0] for e in entries]
+    test = {i for i in ids if int(i[:8]) % 5 == 0}
+    _write_lines(out / "train_val_list.txt", [i for i in ids if i not in test], final_newline=False)
+    _write_lines(out / "test_list.txt", [i for i in ids if i in test], final_newline=False)
+    return {"nih_images": len(entries), "nih_boxes": len(boxes), "nih_patients": patient}
+
+
+def _write_lines(path: Path, lines: list[str], final_newline: bool = True) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + ("\n" if final_newline else ""), encoding="utf-8")
+
+
+# -- VinBigData layout -----------------------------------------------------------------------------
+
+VBD_MAPPED = {  # NIH look -> VinBigData class id
+    "Atelectasis": 1,
+    "Cardiomegaly": 3,
+    "Effusion": 10,
+    "Infiltrate": 6,
+    "Nodule": 8,
+    "Mass": 8,
+    "Pneumothorax": 12,
+}
+VBD_UNMAPPED = {"Aortic enlargement": 0, "Pleural thickening": 11, "Pulmonary fibrosis": 13, "Other lesion": 9}
+RADIOLOGISTS = [f"R{i}" for i in range(1, 18)]
+
+
+def _encode_variant(i: int) -> dict:
+    """Cycle through the DICOM variants real VinBigData files come in."""
+    return {
+        "photometric": ("MONOCHROME2", "MONOCHROME1")[i % 2],
+        "bits_stored": (12, 14, 16, 12, 15)[i % 5],
+        "rescale": ((1.0, 0.0), (1.0, -1024.0), (0.5, 0.0))[i % 3],
+        "voi": i % 4 != 3,
+        "syntax": ("explicit", "j2k_lossless", "explicit", "j2k_lossy")[(i // 2) % 4],
+    }
+
+
+def write_dicom(path: Path, img: np.ndarray, variant: dict, serial: int) -> None:
+    """Write `img` (float [0,1], 1 = white) as a DICOM of the given variant, atomically."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import (
+        JPEG2000,
+        DigitalXRayImageStorageForPresentation,
+        ExplicitVRLittleEndian,
+        JPEG2000Lossless,
+        generate_uid,
+    )
+
+    bits = variant["bits_stored"]
+    top = 2**bits - 1
+    disp = img if variant["photometric"] == "MONOCHROME2" else 1.0 - img
+    stored = np.round((0.04 + 0.92 * disp) * top).astype(np.uint16)
+    slope, intercept = variant["rescale"]
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[f"xray-assets-{serial}"])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.BodyPartExamined = "CHEST"
+    # Identifying tags, as real files carry them: the pipeline must never copy these anywhere.
+    ds.PatientName = f"SYNTHETIC^PATIENT^{serial:05d}"
+    ds.PatientID = f"SYN{serial:07d}"
+    ds.PatientBirthDate = "19600101"
+    ds.StudyDate = "20200102"
+    ds.Rows, ds.Columns = img.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = variant["photometric"]
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    if (slope, intercept) != (1.0, 0.0) or serial % 2:
+        ds.RescaleSlope = f"{slope:g}"
+        ds.RescaleIntercept = f"{intercept:g}"
+        ds.RescaleType = "US"
+    if variant["voi"]:
+        lo = (0.04 * top) * slope + intercept
+        hi = (0.96 * top) * slope + intercept
+        ds.WindowCenter = f"{(lo + hi) / 2:.1f}"
+        ds.WindowWidth = f"{(hi - lo) * 1.02:.1f}"
+    ds.PixelData = stored.tobytes()
+    if variant["syntax"] == "j2k_lossless":
+        ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+    elif variant["syntax"] == "j2k_lossy":
+        ds.compress(JPEG2000, encoding_plugin="pylibjpeg", j2k_cr=[10])
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+
+
+def write_vinbigdata(out: Path, n_annotated: int, rng: np.random.Generator, n_no_finding: int | None = None,
+                     n_unmapped_only: int | None = None, max_side: int = 1400) -> dict[str, int]:
+    (out / "train").mkdir(parents=True, exist_ok=True)
+    n_no_finding = max(2, n_annotated // 3) if n_no_finding is None else n_no_finding
+    n_unmapped_only = max(1, n_annotated // 20) if n_unmapped_only is None else n_unmapped_only
+    kinds = ["annotated"] * n_annotated + ["none"] * n_no_finding + ["unmapped"] * n_unmapped_only
+    kinds = [kinds[i] for i in rng.permutation(len(kinds))]
+    looks = list(VBD_MAPPED)
+    rows = []
+    n_boxes = 0
+    for i, kind in enumerate(kinds):
+        image_id = hashlib.md5(f"vbd-{i}-{rng.integers(1 << 30)}".encode()).hexdigest()
+        h = int(rng.integers(int(max_side * 0.8), max_side))
+        w = int(rng.integers(int(max_side * 0.7), h + 1))
+        if kind == "annotated":
+            labels = [looks[i % len(looks)]]
+            if rng.random() < 0.25:
+                labels.append(looks[rng.integers(len(looks))])
+            if rng.random() < 0.15:
+                labels.append(str(rng.choice(list(VBD_UNMAPPED))))
+            labels = list(dict.fromkeys(labels))
+        elif kind == "unmapped":
+            labels = [str(rng.choice(list(VBD_UNMAPPED)))]
+        else:
+            labels = []
+        img, lesions = render(rng, labels, h, w)
+        readers = list(rng.choice(RADIOLOGISTS, size=3, replace=False))
+        drawn_by_someone = {j: False for j in range(len(lesions))}
+        per_reader: dict[str, list[tuple[int, str, tuple]]] = {r: [] for r in readers}
+        for k, reader in enumerate(readers):
+            for j, les in enumerate(lesions):
+                missed = rng.random() < 0.15 and not (k == len(readers) - 1 and not drawn_by_someone[j])
+                if missed:
+                    continue
+                drawn_by_someone[j] = True
+                cid = VBD_MAPPED.get(les.label, VBD_UNMAPPED.get(les.label))
+                copies = 2 if rng.random() < 0.08 else 1  # some readers split one finding in two
+                for _ in range(copies):
+                    per_reader[reader].append((cid, VINBIGDATA_CLASSES[cid], _jitter(rng, les.box, w, h)))
+            if lesions and rng.random() < 0.08:  # an extra box on a normal area
+                x, y = rng.uniform(0.25, 0.7, 2)
+                per_reader[reader].append((8, VINBIGDATA_CLASSES[8], _jitter(rng, (x, y, x + 0.05, y + 0.05), w, h)))
+        for reader in readers:
+            if not per_reader[reader]:
+                rows.append([image_id, "No finding", 14, reader, "", "", "", ""])
+            for cid, name, (x0, y0, x1, y1) in per_reader[reader]:
+                rows.append([image_id, name, cid, reader, f"{x0:.1f}", f"{y0:.1f}", f"{x1:.1f}", f"{y1:.1f}"])
+                n_boxes += 1
+        write_dicom(out / "train" / f"{image_id}.dicom", img, _encode_variant(i), serial=i)
+    order = rng.permutation(len(rows))  # the real file is not grouped by image
+    with atomic_path(out / "train.csv") as tmp:
+        with open(tmp, "w", newline="") as fh:
+            wr = csv.writer(fh, lineterminator="\n")
+            wr.writerow(["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"])
+            for i in order:
+                wr.writerow(rows[i])
+    return {"vinbigdata_images": len(kinds), "vinbigdata_rows": len(rows), "vinbigdata_boxes": n_boxes}
+
+
+def _jitter(rng, box, w, h) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = box
+    bw, bh = x1 - x0, y1 - y0
+    d = rng.normal(0, 0.06, 4) * np.array([bw, bh, bw, bh])
+    x0, y0, x1, y1 = x0 + d[0], y0 + d[1], x1 + d[2], y1 + d[3]
+    x0, x1 = sorted((float(np.clip(x0, 0, 1)) * w, float(np.clip(x1, 0, 1)) * w))
+    y0, y1 = sorted((float(np.clip(y0, 0, 1)) * h, float(np.clip(y1, 0, 1)) * h))
+    return x0, y0, max(x1, x0 + 2), max(y1, y0 + 2)
+
+
+def write_sample_data(out_dir: str | Path, size: int = 120, seed: int = 0, background_ratio: float = 2.0,
+                      vinbigdata_max_side: int = 1400) -> dict[str, int]:
+    """Both datasets under `out_dir` (`nih/`, `vinbigdata/`). `size`: annotated images per dataset."""
+    out = Path(out_dir)
+    stats = write_nih(out / "nih", size, np.random.default_rng([seed, 1]), background_ratio)
+    stats |= write_vinbigdata(out / "vinbigdata", size, np.random.default_rng([seed, 2]),
+                              max_side=vinbigdata_max_side)
+    return stats

@@ -1,0 +1,204 @@
+"""Training one YOLO model per task through ultralytics, tracked in one MLflow run.
+
+MLflow: one run per model. We open the run; ultralytics' own MLflow callback finds it active and
+logs its params, per-epoch metrics and artefacts into that same run (it never opens a second one,
+and it never closes a run it did not open). The weights are registered as `xray-<task>`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from ..config import TrainParams, configure_ultralytics
+
+
+@dataclass
+class TrainResult:
+    weights: Path
+    run_id: str
+    experiment_id: str
+    model_version: str | None
+    metrics: dict[str, float]
+    results_csv: Path | None
+    results_png: Path | None
+    save_dir: Path
+    seconds: float
+    dropped_args: dict[str, Any]
+
+
+def ultralytics_train_args(params: TrainParams) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(arguments this ultralytics accepts, arguments it does not know and that are left out)."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    args = params.ultralytics_args()
+    known = {k: v for k, v in args.items() if k in DEFAULT_CFG_DICT}
+    dropped = {k: v for k, v in args.items() if k not in DEFAULT_CFG_DICT}
+    return known, dropped
+
+
+def mlflow_experiment(tracking_uri: str, name: str, artifact_root: Path | None) -> str:
+    """Set the tracking URI and make sure `name` exists, with artefacts under `artifact_root`
+    for a local store (a server decides for itself)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        local = artifact_root is not None and not tracking_uri.startswith(("http://", "https://"))
+        location = artifact_root.resolve().as_uri() if local else None
+        return mlflow.create_experiment(name, artifact_location=location)
+    return exp.experiment_id
+
+
+@contextmanager
+def _env(**values: str):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _callback_always_logs() -> None:
+    """ultralytics' MLflow callback stays silent under pytest unless the test's name says mlflow;
+    our run is explicit, so the callback must log into it wherever it runs."""
+    from ultralytics.utils.callbacks import mlflow as cb
+
+    cb.TESTS_RUNNING = False
+
+
+def train(
+    *,
+    task: str,
+    data_yaml: Path,
+    params: TrainParams,
+    out_dir: Path,
+    tracking_uri: str,
+    experiment: str,
+    artifact_root: Path | None,
+    run_params: dict[str, Any],
+    tags: dict[str, str],
+    weights: str | None = None,
+    device: str | None = None,
+    resume_from: Path | None = None,
+    register: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train `params.model` (or local `weights`) on `data_yaml`; return the best weights and run."""
+    configure_ultralytics(out_dir.parent)
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from ultralytics import YOLO
+    from ultralytics.utils import SETTINGS
+
+    if weights and not Path(weights).is_file():
+        raise FileNotFoundError(f"weights file {weights} does not exist (config `weights`)")
+    SETTINGS.update({"mlflow": True, "sync": False})
+    _callback_always_logs()
+    args, dropped = ultralytics_train_args(params)
+    if dropped:
+        log(f"ultralytics {__import__('ultralytics').__version__} has no argument(s) {sorted(dropped)}: "
+            "recorded in MLflow, not passed")
+    exp_id = mlflow_experiment(tracking_uri, experiment, artifact_root)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    run = mlflow.start_run(experiment_id=exp_id, run_name=f"{task}-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags)
+    try:
+        mlflow.log_params({k: str(v)[:500] for k, v in run_params.items()})
+        if dropped:
+            mlflow.log_params({f"not_passed.{k}": v for k, v in dropped.items()})
+        source = str(resume_from) if resume_from else (weights or params.model)
+        model = YOLO(source)
+
+        def on_epoch(trainer):
+            log(f"{task}: epoch {trainer.epoch + 1}/{trainer.epochs} "
+                + " ".join(f"{k.split('/')[-1]}={float(v):.3f}" for k, v in trainer.metrics.items()
+                           if "mAP50" in k or "recall" in k))
+
+        model.add_callback("on_fit_epoch_end", on_epoch)
+        with _env(MLFLOW_EXPERIMENT_NAME=experiment):
+            if resume_from:
+                model.train(resume=True)
+            else:
+                model.train(data=str(data_yaml), project=str(out_dir), name="train", exist_ok=True,
+                            device=device, plots=True, verbose=False, **args)
+        trainer = model.trainer
+        save_dir = Path(trainer.save_dir)
+        best = Path(trainer.best) if Path(trainer.best).exists() else Path(trainer.last)
+        final = {k.replace("(B)", "").replace("metrics/", "val_"): float(v) for k, v in
+                 (trainer.metrics or {}).items()}
+        weights_out = out_dir / "best.pt"
+        tmp = out_dir / ".best.pt.tmp"
+        shutil.copyfile(best, tmp)
+        os.replace(tmp, weights_out)
+        # ultralytics logs weights and plots at the end of training; make sure they are there even
+        # if its callback was switched off in the user's ultralytics settings.
+        client = MlflowClient()
+        logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+        if "weights" not in logged:
+            mlflow.log_artifact(str(best.parent), artifact_path=None)
+        for f in save_dir.glob("*"):
+            if f.suffix in {".png", ".jpg", ".csv", ".yaml"} and f.name not in logged:
+                mlflow.log_artifact(str(f))
+        mlflow.log_metrics({f"final_{k}": v for k, v in final.items()})
+        version = None
+        if register:
+            name = f"xray-{task}"
+            try:
+                client.get_registered_model(name)
+            except Exception:
+                client.create_registered_model(name, description=f"YOLO detector for task {task}")
+            mv = client.create_model_version(
+                name=name, source=f"{run.info.artifact_uri}/weights", run_id=run.info.run_id,
+                tags={k: v for k, v in tags.items() if k in ("dataset_hash", "profile", "task")},
+            )
+            version = mv.version
+        mlflow.end_run(status="FINISHED")
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    results_csv = save_dir / "results.csv"
+    results_png = save_dir / "results.png"
+    return TrainResult(
+        weights=weights_out, run_id=run.info.run_id, experiment_id=exp_id, model_version=version,
+        metrics=final, results_csv=results_csv if results_csv.exists() else None,
+        results_png=results_png if results_png.exists() else None, save_dir=save_dir,
+        seconds=time.time() - t0, dropped_args=dropped,
+    )
+
+
+def predict(weights: Path, images: pd.DataFrame, class_names: list[str], imgsz: int, conf: float,
+            iou: float = 0.95, device: str | None = None, batch: int = 16, max_det: int = 300) -> pd.DataFrame:
+    """Raw detections over `images` (image_id, path): image_id, label, score, x_min..y_max (pixels)."""
+    configure_ultralytics()
+    from ultralytics import YOLO
+
+    model = YOLO(str(weights))
+    rows = []
+    paths = images["path"].tolist()
+    ids = images["image_id"].tolist()
+    for start in range(0, len(paths), batch):
+        chunk = paths[start:start + batch]
+        results = model.predict(chunk, imgsz=imgsz, conf=conf, iou=iou, device=device, verbose=False,
+                                max_det=max_det)
+        for image_id, res in zip(ids[start:start + batch], results):
+            b = res.boxes
+            if b is None or len(b) == 0:
+                continue
+            xyxy = b.xyxy.cpu().numpy()
+            for (x0, y0, x1, y1), s, c in zip(xyxy, b.conf.cpu().numpy(), b.cls.cpu().numpy().astype(int)):
+                rows.append((image_id, class_names[c], float(s), float(x0), float(y0), float(x1), float(y1)))
+    return pd.DataFrame(rows, columns=["image_id", "label", "score", "x_min", "y_min", "x_max", "y_max"])

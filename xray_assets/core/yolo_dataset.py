@@ -1,0 +1,114 @@
+"""One YOLO-format dataset per task: linked images, normalised labels, data.yaml.
+
+Layout (what ultralytics expects): `images/<split>/<name>.png` links and `labels/<split>/<name>.txt`.
+A one-class task uses every image of its source; an image without that class is a negative for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .classes import TaskSpec
+from .splits import SPLITS
+
+COORDS = ["x_min", "y_min", "x_max", "y_max"]
+
+
+def task_boxes(boxes: pd.DataFrame, task: TaskSpec) -> pd.DataFrame:
+    """Boxes of the task's classes, with `class_index` and the task's class name in `label`.
+
+    `boxes` carries the source's class name in `label` (NIH names for `nih` tasks, united names for
+    `united` tasks).
+    """
+    mapped = boxes["label"].map(task.label_map)
+    out = boxes[mapped.notna()].copy()
+    out["label"] = mapped[mapped.notna()]
+    out["class_index"] = out["label"].map(task.class_index()).astype(int)
+    return out.reset_index(drop=True)
+
+
+def yolo_lines(boxes: pd.DataFrame, width: float, height: float) -> list[str]:
+    lines = []
+    for r in boxes.itertuples(index=False):
+        x0, x1 = np.clip([r.x_min, r.x_max], 0, width)
+        y0, y1 = np.clip([r.y_min, r.y_max], 0, height)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        cx, cy = (x0 + x1) / 2 / width, (y0 + y1) / 2 / height
+        lines.append(f"{r.class_index} {cx:.6f} {cy:.6f} {(x1 - x0) / width:.6f} {(y1 - y0) / height:.6f}")
+    return lines
+
+
+def read_yolo_label(path: str | Path, width: float, height: float) -> np.ndarray:
+    """(N, 5) rows of class, x_min, y_min, x_max, y_max in pixels."""
+    rows = []
+    text = Path(path).read_text().strip() if Path(path).exists() else ""
+    for line in text.splitlines():
+        c, cx, cy, w, h = (float(v) for v in line.split())
+        rows.append((c, (cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height))
+    return np.asarray(rows, dtype=float).reshape(-1, 5)
+
+
+def build_dataset(out_dir: str | Path, task: TaskSpec, images: pd.DataFrame, boxes: pd.DataFrame) -> dict:
+    """Write the dataset into `out_dir` (a fresh folder). Returns its summary.
+
+    `images`: image_id, path, width, height, split. `boxes`: image_id, label, x_min..y_max in the
+    pixels of the image at `path`.
+    """
+    out = Path(out_dir)
+    tb = task_boxes(boxes, task)
+    by_image = {k: g for k, g in tb.groupby("image_id", sort=False)}
+    lists: dict[str, list[str]] = {s: [] for s in SPLITS}
+    manifest = []
+    for r in images.sort_values("image_id").itertuples(index=False):
+        stem = Path(str(r.image_id)).stem
+        img_link = out / "images" / r.split / f"{stem}{Path(r.path).suffix}"
+        label = out / "labels" / r.split / f"{stem}.txt"
+        img_link.parent.mkdir(parents=True, exist_ok=True)
+        label.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.abspath(r.path), img_link)
+        b = by_image.get(r.image_id, tb.iloc[0:0])
+        lines = yolo_lines(b, r.width, r.height)
+        label.write_text("\n".join(lines) + ("\n" if lines else ""))
+        lists[r.split].append(str(img_link))
+        manifest.append({"image_id": r.image_id, "split": r.split, "n_boxes": len(lines)})
+    for split, items in lists.items():
+        (out / f"{split}.txt").write_text("\n".join(items) + ("\n" if items else ""))
+    data = {
+        "path": str(out.resolve()),
+        "train": str((out / "train.txt").resolve()),
+        "val": str((out / "val.txt").resolve()),
+        "test": str((out / "test.txt").resolve()),
+        "names": {i: c for i, c in enumerate(task.classes)},
+    }
+    (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return {"manifest": pd.DataFrame(manifest), "boxes": tb}
+
+
+def instances_table(images: pd.DataFrame, tb: pd.DataFrame, classes) -> pd.DataFrame:
+    """Instances per class per split (+ images per split)."""
+    merged = tb.merge(images[["image_id", "split"]], on="image_id")
+    table = (merged.groupby(["label", "split"]).size().unstack("split")
+             .reindex(index=list(classes), columns=list(SPLITS)).fillna(0).astype(int))
+    table.loc["(images)"] = images.groupby("split").size().reindex(list(SPLITS)).fillna(0).astype(int)
+    table.loc["(negative images)"] = (
+        images[~images["image_id"].isin(tb["image_id"])].groupby("split").size()
+        .reindex(list(SPLITS)).fillna(0).astype(int)
+    )
+    return table.reset_index().rename(columns={"index": "class", "label": "class"})
+
+
+def content_hash(images: pd.DataFrame, tb: pd.DataFrame) -> str:
+    """Hash of what a model sees: image ids, sources' content keys, splits and boxes."""
+    h = hashlib.sha256()
+    cols = [c for c in ("image_id", "split", "source_hash", "width", "height") if c in images.columns]
+    h.update(images.sort_values("image_id")[cols].to_csv(index=False).encode())
+    h.update(tb.sort_values(["image_id", "class_index", *COORDS])[["image_id", "class_index", *COORDS]]
+             .round(3).to_csv(index=False).encode())
+    return h.hexdigest()[:16]

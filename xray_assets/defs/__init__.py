@@ -1,0 +1,1 @@
+"""The Dagster shell: thin assets, checks and automation; the science lives in `core`."""

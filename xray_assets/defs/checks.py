@@ -1,0 +1,31 @@
+"""Asset checks that count quarantined input rows."""
+
+
+import dagster as dg
+
+from .nih import nih_boxes, nih_labels
+from .resources import XrayResource
+from .vinbigdata import vinbigdata_annotations
+
+
+def _quarantine_check(asset, parts: tuple[str, ...], name: str):
+    @dg.asset_check(asset=asset, name=name, description="Quarantined input rows stay under the profile's limit.")
+    def _check(xray: XrayResource) -> dg.AssetCheckResult:
+        q = xray.storage.read_parquet(*parts)
+        limit = xray.config.max_quarantine_rows
+        reasons = q["reason"].value_counts().to_dict() if len(q) else {}
+        return dg.AssetCheckResult(
+            passed=len(q) <= limit,
+            metadata={"quarantined_rows": len(q), "limit": limit,
+                      "reasons": "; ".join(f"{k} ({v})" for k, v in reasons.items()) or "none"},
+        )
+
+    return _check
+
+
+quarantine_checks = [
+    _quarantine_check(nih_labels, ("nih", "labels_quarantine.parquet"), "nih_labels_quarantine"),
+    _quarantine_check(nih_boxes, ("nih", "boxes_quarantine.parquet"), "nih_boxes_quarantine"),
+    _quarantine_check(vinbigdata_annotations, ("vinbigdata", "annotations_quarantine.parquet"),
+                      "vinbigdata_annotations_quarantine"),
+]

@@ -1,0 +1,64 @@
+"""NMS tuning on val, evaluation on test, and the study report across tasks."""
+
+
+import dagster as dg
+import pandas as pd
+
+from ..core import evaluation as core_eval
+from ..core.classes import TASK_NAMES, TASKS
+from .resources import TASK_PARTITIONS, XrayResource, md_image, table_md
+from .training import trained_models
+
+
+@dg.asset(group_name="models", partitions_def=TASK_PARTITIONS, kinds={"pytorch"}, deps=[trained_models],
+          pool="gpu", description="The (conf, iou) pair chosen on val per task, with the whole grid "
+                                  "(objective: mean(recall, mAP50)), scored from one forward pass.")
+def nms_thresholds(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
+    task = TASKS[context.partition_key]
+    st, profile = xray.storage, xray.config
+    out = core_eval.tune_task(st, task, profile, log=context.log.info)
+    best, grid = out["best"], out["grid"]
+    return dg.MaterializeResult(metadata={
+        "conf": best["conf"], "iou": best["iou"],
+        "objective": round(best["objective"], 4), "val_map50": round(best["map50"], 4),
+        "val_recall": round(best["recall"], 4),
+        "grid": table_md(grid.round(4)),
+        "heatmap": md_image(st.root / "tuning" / task.name / "grid.png"),
+        "forward_pass_seconds": round(out["predict_seconds"], 2),
+        "grid_scoring_seconds": round(out["score_seconds"], 2),
+    })
+
+
+@dg.asset(group_name="reports", partitions_def=TASK_PARTITIONS, kinds={"pytorch", "mlflow"},
+          deps=[nms_thresholds], pool="gpu",
+          description="Test-split metrics and plots per task at the tuned thresholds, logged to the "
+                      "model's MLflow run.")
+def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
+    task = TASKS[context.partition_key]
+    st, profile = xray.storage, xray.config
+    out = core_eval.evaluate_task(st, task, profile, tracking_uri=xray.tracking_uri, log=context.log.info)
+    root = st.root / "reports" / task.name
+    return dg.MaterializeResult(metadata={
+        "test_map50": round(out["summary"]["map50"], 4),
+        "test_map50_95": round(out["summary"]["map50_95"], 4),
+        "test_recall": round(out["summary"]["recall"], 4),
+        "test_precision": round(out["summary"]["precision"], 4),
+        "per_class": table_md(out["table"].round(4)),
+        "report": dg.MetadataValue.path(str(root / "report.html")),
+        "pr_curves": md_image(root / "pr_curves.png"),
+        "labels_vs_predictions": md_image(root / "panels.png"),
+    })
+
+
+@dg.asset(group_name="reports", kinds={"markdown", "html"}, deps=[evaluation_reports],
+          description="All tasks side by side: the study's write-up regenerated from this materialisation.")
+def study_report(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
+    st = xray.storage
+    out = core_eval.study_report(st, xray.config, [t for t in TASK_NAMES])
+    context.log.info(f"study report: {out['html']}")
+    return dg.MaterializeResult(metadata={
+        "report": dg.MetadataValue.path(str(out["html"])),
+        "markdown": dg.MetadataValue.path(str(out["md"])),
+        "tasks": table_md(out["table"].round(4)),
+        "missing_tasks": ", ".join(out["missing"]) or "none",
+    })
