@@ -30,6 +30,26 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
+def greedy_match(ious: np.ndarray, iou_thr: float) -> np.ndarray:
+    """COCO's matching: detections (rows, in descending score order) each take the unmatched
+    ground truth (column) of highest IoU, if that IoU reaches the threshold."""
+    n_det, n_gt = ious.shape
+    tp = np.zeros(n_det, bool)
+    if n_gt == 0:
+        return tp
+    thr = min(iou_thr, 1 - 1e-10)
+    free = np.ones(n_gt, bool)
+    for d in range(n_det):
+        row = np.where(free, ious[d], -1.0)
+        j = int(row.argmax())
+        if row[j] >= thr:
+            free[j] = False
+            tp[d] = True
+            if not free.any():
+                break
+    return tp
+
+
 def match_label(gt: pd.DataFrame, pred: pd.DataFrame, iou_thr: float, max_dets: int = 100
                 ) -> tuple[np.ndarray, np.ndarray, int]:
     """For one label: (scores, true-positive flags) of the kept detections, and the GT count."""
@@ -40,17 +60,7 @@ def match_label(gt: pd.DataFrame, pred: pd.DataFrame, iou_thr: float, max_dets: 
         boxes = p[COORDS].to_numpy(float)
         g = gt_groups.get(image_id, np.zeros((0, 4)))
         ious = box_iou(boxes, g)
-        taken = np.zeros(len(g), bool)
-        tp = np.zeros(len(p), bool)
-        for d in range(len(p)):
-            best, best_iou = -1, min(iou_thr, 1 - 1e-10)
-            for j in range(len(g)):
-                if taken[j] or ious[d, j] < best_iou:
-                    continue
-                best, best_iou = j, ious[d, j]
-            if best >= 0:
-                taken[best] = True
-                tp[d] = True
+        tp = greedy_match(ious, iou_thr)
         scores_all.append(p["score"].to_numpy(float))
         tp_all.append(tp)
     if not scores_all:
@@ -115,6 +125,22 @@ def evaluate(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels: list
         row["f1"] = 2 * p * r / (p + r) if p == p and r == r and (p + r) > 0 else (0.0 if len(gt) else np.nan)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def map50_recall(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels) -> dict[str, float]:
+    """mAP50 and recall at IoU 0.5, averaged over labels with ground truth (the tuning objective's parts)."""
+    aps, recalls, precisions = [], [], []
+    for label in labels:
+        gt = ground_truth[ground_truth["label"] == label]
+        if gt.empty:
+            continue
+        s, tp, n = match_label(gt, predictions[predictions["label"] == label], 0.5)
+        aps.append(ap_from_pr(*pr_curve(s, tp, n)[:2]))
+        recalls.append(tp.sum() / n)
+        precisions.append(tp.sum() / len(tp) if len(tp) else 0.0)
+    if not aps:
+        return {"map50": 0.0, "recall": 0.0, "precision": 0.0}
+    return {"map50": float(np.mean(aps)), "recall": float(np.mean(recalls)), "precision": float(np.mean(precisions))}
 
 
 def summarise(table: pd.DataFrame) -> dict[str, float]:

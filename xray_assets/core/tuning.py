@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .metrics import evaluate, summarise
+from .metrics import map50_recall
 
 
 def apply_nms(raw: pd.DataFrame, conf: float, iou: float, agnostic: bool = False,
@@ -39,7 +39,7 @@ def score_grid(raw: pd.DataFrame, ground_truth: pd.DataFrame, labels, conf_grid,
     for c in conf_grid:
         for i in iou_grid:
             pred = apply_nms(raw, c, i, agnostic)
-            s = summarise(evaluate(ground_truth, pred, labels))
+            s = map50_recall(ground_truth, pred, labels)
             rows.append({"conf": float(c), "iou": float(i), "map50": s["map50"], "recall": s["recall"],
                          "precision": s["precision"], "objective": (s["recall"] + s["map50"]) / 2})
     return pd.DataFrame(rows)

@@ -1,0 +1,44 @@
+from xray_assets.config import PROFILES, STUDY_CONF_GRID, STUDY_IOU_GRID, get_profile
+
+
+def test_study_profile_carries_design_numbers():
+    p = get_profile("study")
+    t = p.train
+    assert (t.model, t.epochs, t.imgsz, t.batch, t.optimizer) == ("yolov8s.yaml", 100, 800, 64, "auto")
+    assert t.cos_lr is True and t.warmup_epochs == 15 and t.close_mosaic == 15
+    assert (t.mosaic, t.mixup, t.erasing, t.copy_paste, t.crop_fraction) == (1.0, 0.5, 0.4, 0.8, 0.0)
+    assert (t.cls, t.weight_decay, t.conf, t.iou) == (1.5, 0.005, 0.03, 0.8)
+    args = t.ultralytics_args()
+    for untouched in ("hsv_h", "hsv_s", "hsv_v", "translate", "scale", "fliplr", "lr0"):
+        assert untouched not in args, f"{untouched} must keep ultralytics' default"
+    assert p.background_ratio == 2.0 and p.split_fractions == (0.8, 0.1, 0.1)
+    assert p.consensus == "majority" and p.wbf_iou == 0.4 and not p.include_vinbigdata_no_finding
+    assert STUDY_CONF_GRID == (0.03, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+    assert STUDY_IOU_GRID == (0.1, 0.3, 0.5, 0.6, 0.8)
+    assert (p.conf_grid, p.iou_grid) == (STUDY_CONF_GRID, STUDY_IOU_GRID)
+
+
+def test_profiles_are_one_config_object_each():
+    assert set(PROFILES) == {"study", "demo", "smoke"}
+    for name, p in PROFILES.items():
+        assert p.name == name
+        assert set(p.conf_grid) <= set(STUDY_CONF_GRID) and set(p.iou_grid) <= set(STUDY_IOU_GRID)
+    assert PROFILES["demo"].train.model == "yolov8n.yaml"
+
+
+def test_unknown_profile_is_a_clear_error():
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown profile 'nope'"):
+        get_profile("nope")
+
+
+def test_train_args_unknown_to_ultralytics_are_reported_not_passed():
+    from xray_assets.core.train import ultralytics_train_args
+
+    known, dropped = ultralytics_train_args(get_profile("study").train)
+    assert known["cls"] == 1.5 and known["copy_paste"] == 0.8
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    assert set(known) <= set(DEFAULT_CFG_DICT)
+    assert set(dropped) == {k for k in ("crop_fraction",) if k not in DEFAULT_CFG_DICT}

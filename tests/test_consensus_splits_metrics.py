@@ -1,0 +1,127 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from xray_assets.core.consensus import majority_radiologist
+from xray_assets.core.metrics import average_precision, evaluate
+from xray_assets.core.sampling import sample_background
+from xray_assets.core.splits import assign_splits
+
+
+def _ann(rows):
+    return pd.DataFrame(rows, columns=["image_id", "label", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"])
+
+
+def test_majority_radiologist_rule():
+    ann = _ann([
+        ("a", "Nodule/Mass", 8, "R9", 0, 0, 10, 10),
+        ("a", "Nodule/Mass", 8, "R9", 20, 20, 30, 30),
+        ("a", "Nodule/Mass", 8, "R8", 0, 0, 11, 11),
+        ("a", "Cardiomegaly", 3, "R8", 5, 5, 50, 50),   # tie R8/R10 -> "R10" < "R8"
+        ("a", "Cardiomegaly", 3, "R10", 6, 6, 51, 51),
+        ("a", "Aortic enlargement", 0, "R8", 1, 1, 2, 2),  # outside the six
+        ("b", "No finding", 14, "R1", np.nan, np.nan, np.nan, np.nan),
+    ])
+    kept = majority_radiologist(ann)
+    assert list(kept.columns) == list(ann.columns)
+    got = sorted(zip(kept.label, kept.rad_id))
+    assert got == [("Cardiomegaly", "R10"), ("Nodule/Mass", "R9"), ("Nodule/Mass", "R9")]
+
+
+def test_real_table_majority(real_data):
+    from xray_assets.core.labels import read_vinbigdata_annotations
+
+    ann = read_vinbigdata_annotations(real_data / "vinbigdata" / "train_reconstructed.csv")
+    kept = majority_radiologist(ann)
+    per = kept.groupby(["image_id", "class_id"])["rad_id"].nunique()
+    assert (per == 1).all() and set(kept.class_id) == {1, 3, 6, 8, 10, 12}
+
+
+def test_splits_are_stable_grouped_and_proportional():
+    ids = pd.Series([f"p{i}" for i in range(3000)])
+    s = assign_splits(ids, seed=0)
+    frac = s.value_counts(normalize=True)
+    assert abs(frac["train"] - 0.8) < 0.02 and abs(frac["val"] - 0.1) < 0.02 and abs(frac["test"] - 0.1) < 0.02
+    more = assign_splits(pd.concat([ids, pd.Series(["new1", "new2", "p5"])], ignore_index=True), seed=0)
+    assert (more.iloc[:3000].to_numpy() == s.to_numpy()).all()
+    assert more.iloc[-1] == s.iloc[5]
+    assert not (assign_splits(ids, seed=1).to_numpy() == s.to_numpy()).all()
+    with pytest.raises(ValueError):
+        assign_splits(ids, fractions=(0.5, 0.2, 0.2))
+
+
+def test_background_sample_grows_without_dropping_picks():
+    cand = pd.DataFrame({"image_id": [f"{i:08d}_000.png" for i in range(500)]})
+    a = sample_background(cand, 50, seed=0)
+    b = sample_background(cand, 80, seed=0)
+    assert len(a) == 50 and set(a.image_id) <= set(b.image_id)
+
+
+def _frame(rows, score=False):
+    cols = ["image_id", "label", "x_min", "y_min", "x_max", "y_max"] + (["score"] if score else [])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def test_average_precision_known_answers():
+    gt = _frame([("i1", "A", 0, 0, 10, 10), ("i1", "A", 20, 20, 30, 30), ("i2", "B", 0, 0, 10, 10)])
+    perfect = _frame([("i1", "A", 0, 0, 10, 10, 0.9), ("i1", "A", 20, 20, 30, 30, 0.8),
+                      ("i2", "B", 0, 0, 10, 10, 0.7)], score=True)
+    assert average_precision(gt, perfect) == {"A": 1.0, "B": 1.0}
+    half = _frame([("i1", "A", 0, 0, 10, 10, 0.9), ("i2", "B", 50, 50, 60, 60, 0.7)], score=True)
+    ap = average_precision(gt, half)
+    assert ap["B"] == 0.0 and abs(ap["A"] - 51 / 101) < 1e-9
+    table = evaluate(gt, half, ["A", "B"])
+    assert table.set_index("label").loc["A", "recall"] == 0.5
+
+
+def test_average_precision_agrees_with_pycocotools():
+    pytest.importorskip("pycocotools")
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    rng = np.random.default_rng(0)
+    gt_rows, pred_rows = [], []
+    for i in range(30):
+        for _ in range(rng.integers(1, 4)):
+            x, y = rng.uniform(0, 200, 2)
+            w, h = rng.uniform(10, 60, 2)
+            lab = str(rng.choice(["A", "B"]))
+            gt_rows.append((f"i{i}", lab, x, y, x + w, y + h))
+            kind = rng.integers(5)
+            if kind == 0:
+                pred_rows.append((f"i{i}", lab, x, y, x + w, y + h, rng.uniform(0.5, 1)))  # perfect
+            elif kind == 1:
+                pred_rows.append((f"i{i}", lab, x + w * 0.2, y, x + w * 1.2, y + h, rng.uniform(0, 1)))  # shifted
+            elif kind == 2:
+                pred_rows += [(f"i{i}", lab, x, y, x + w, y + h, 0.6), (f"i{i}", lab, x + 1, y, x + w, y + h, 0.55)]
+            elif kind == 3:
+                pred_rows.append((f"i{i}", "A" if lab == "B" else "B", x, y, x + w, y + h, 0.7))  # wrong class
+            # kind 4: missed
+    gt, pred = _frame(gt_rows), _frame(pred_rows, score=True)
+    ours = average_precision(gt, pred, iou_thr=0.5)
+    images = {k: n for n, k in enumerate(sorted(gt.image_id.unique()))}
+    cats = {"A": 1, "B": 2}
+    coco = COCO()
+    coco.dataset = {
+        "images": [{"id": n, "width": 300, "height": 300} for n in images.values()],
+        "categories": [{"id": v, "name": k} for k, v in cats.items()],
+        "annotations": [{"id": n + 1, "image_id": images[r.image_id], "category_id": cats[r.label],
+                         "bbox": [r.x_min, r.y_min, r.x_max - r.x_min, r.y_max - r.y_min],
+                         "area": (r.x_max - r.x_min) * (r.y_max - r.y_min), "iscrowd": 0}
+                        for n, r in enumerate(gt.itertuples())],
+    }
+    coco.createIndex()
+    dets = coco.loadRes([{"image_id": images[r.image_id], "category_id": cats[r.label],
+                          "bbox": [r.x_min, r.y_min, r.x_max - r.x_min, r.y_max - r.y_min], "score": r.score}
+                         for r in pred.itertuples()])
+    ev = COCOeval(coco, dets, "bbox")
+    ev.params.iouThrs = np.array([0.5])
+    ev.params.areaRng = [[0, 1e10]]
+    ev.params.areaRngLbl = ["all"]
+    ev.params.maxDets = [100]
+    ev.evaluate()
+    ev.accumulate()
+    for name, cid in cats.items():
+        p = ev.eval["precision"][0, :, cid - 1, 0, 0]
+        theirs = float(np.mean(p[p > -1])) if (p > -1).any() else 0.0
+        assert abs(ours[name] - theirs) < 0.01, (name, ours[name], theirs)

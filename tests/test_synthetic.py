@@ -1,0 +1,73 @@
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pydicom
+
+from xray_assets.core.classes import NIH_CLASSES
+from xray_assets.core.synthetic import NIH_BBOX_HEADER, NIH_DATA_ENTRY_HEADER, render
+
+
+def test_nih_layout_and_headers(sample_dir):
+    nih = sample_dir / "nih"
+    entry = (nih / "Data_Entry_2017.csv").read_text().splitlines()
+    assert entry[0] == NIH_DATA_ENTRY_HEADER and entry[1].endswith(",")
+    assert (nih / "BBox_List_2017.csv").read_text().splitlines()[0] == NIH_BBOX_HEADER
+    pngs = list(nih.glob("images_*/images/*.png"))
+    assert len(pngs) == len(entry) - 1
+    boxes = pd.read_csv(nih / "BBox_List_2017.csv")
+    assert set(boxes["Finding Label"]) == set(NIH_CLASSES)
+    patients = pd.read_csv(nih / "Data_Entry_2017.csv", index_col=False)["Patient ID"]
+    assert patients.value_counts().max() > 1, "some patients have follow-up images"
+    from PIL import Image
+
+    modes = {Image.open(p).mode for p in pngs}
+    assert "L" in modes
+
+
+def test_vinbigdata_readers_disagree_and_dicoms_vary(sample_dir):
+    vbd = sample_dir / "vinbigdata"
+    df = pd.read_csv(vbd / "train.csv")
+    assert list(df.columns) == ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
+    assert df.groupby("image_id")["rad_id"].nunique().eq(3).all()
+    nf = df[df.class_id == 14]
+    assert len(nf) and nf[["x_min", "y_min", "x_max", "y_max"]].isna().all().all()
+    assert df["class_id"].isin([0, 9, 11, 13]).any(), "findings outside the six mapped classes"
+    kinds = {"photometric": set(), "bits": set(), "syntax": set(), "voi": set(), "rescale": set()}
+    for f in (vbd / "train").glob("*.dicom"):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        kinds["photometric"].add(ds.PhotometricInterpretation)
+        kinds["bits"].add(int(ds.BitsStored))
+        kinds["syntax"].add(str(ds.file_meta.TransferSyntaxUID))
+        kinds["voi"].add("WindowCenter" in ds)
+        kinds["rescale"].add(float(ds.get("RescaleIntercept", 0)))
+    assert kinds["photometric"] == {"MONOCHROME1", "MONOCHROME2"}
+    assert min(kinds["bits"]) == 12 and max(kinds["bits"]) == 16
+    assert "1.2.840.10008.1.2.4.90" in kinds["syntax"] and "1.2.840.10008.1.2.1" in kinds["syntax"]
+    assert kinds["voi"] == {True, False} and len(kinds["rescale"]) > 1
+
+
+def test_generator_is_deterministic(tmp_path):
+    from xray_assets.core.synthetic import write_sample_data
+
+    def digest(d):
+        h = hashlib.sha256()
+        for p in sorted(d.rglob("*")):
+            if p.is_file() and p.suffix in (".csv", ".png"):
+                h.update(p.name.encode() + p.read_bytes())
+        return h.hexdigest()
+
+    write_sample_data(tmp_path / "a", size=3, seed=5, vinbigdata_max_side=300)
+    write_sample_data(tmp_path / "b", size=3, seed=5, vinbigdata_max_side=300)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+
+
+def test_each_class_has_its_own_look():
+    """The lesion changes the pixels inside its box far more than outside it."""
+    for i, label in enumerate(NIH_CLASSES):
+        base, _ = render(np.random.default_rng(i), [], 256, 256)
+        img, lesions = render(np.random.default_rng(i), [label], 256, 256)
+        assert [l.label for l in lesions] == [label]
+        x0, y0, x1, y1 = (np.array(lesions[0].box) * 256).astype(int)
+        inside = np.abs(img - base)[y0:y1, x0:x1].mean()
+        assert inside > 0.04, label
