@@ -1,0 +1,31 @@
+"""`make bench`: every benchmark, printed as one ratio table (baselines measured in the same run)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+BENCHMARKS = ["bench_consensus"]
+
+
+def main() -> int:
+    rows = []
+    for name in BENCHMARKS:
+        try:
+            rows += importlib.import_module(name).main()
+        except Exception as exc:  # one failing benchmark must not hide the others
+            rows.append({"benchmark": name, "error": f"{exc.__class__.__name__}: {exc}"})
+    print(f"{'benchmark':28s} {'ours (s)':>10s} {'baseline (s)':>13s} {'ratio':>8s}  baseline")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['benchmark']:28s} ERROR {r['error']}")
+            continue
+        print(f"{r['benchmark']:28s} {r['ours_s']:10.3f} {r['baseline_s']:13.3f} {r['speedup']:7.1f}x  {r['baseline']}")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
