@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SAMPLE := data/sample
-SIZE   ?= 120
+SIZE   ?= 100
 
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 export XRAY_DATA_DIR ?= $(CURDIR)/$(SAMPLE)

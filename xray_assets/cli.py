@@ -38,7 +38,7 @@ def cmd_sample_data(args) -> int:
 
 
 def materialize_graph(profile: str | None = None, select: list[str] | None = None, tasks: list[str] | None = None,
-                      instance=None, xray=None, raise_on_error: bool = True) -> list:
+                      instance=None, xray=None, raise_on_error: bool = True, log_level: str = "INFO") -> list:
     """Materialise the graph stage by stage, every run recorded in the Dagster instance."""
     import dagster as dg
 
@@ -71,6 +71,7 @@ def materialize_graph(profile: str | None = None, select: list[str] | None = Non
             res = dg.materialize(
                 [*ASSETS, *CHECKS], selection=keys, partition_key=pk, instance=instance,
                 resources={"xray": xray}, raise_on_error=raise_on_error,
+                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
                 tags={"xray/profile": xray.profile, "xray/stage": name},
             )
             results.append(res)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sample-data", help="write NIH- and VinBigData-format sample data")
     s.add_argument("out_dir")
-    s.add_argument("--size", type=int, default=120, help="annotated images per dataset (default 120)")
+    s.add_argument("--size", type=int, default=100, help="annotated images per dataset (default 100)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_sample_data)
     m = sub.add_parser("materialize", help="materialise the graph, every task partition")

@@ -285,18 +285,54 @@ def _nih_label_plan(rng: np.random.Generator, n: int) -> list[list[str]]:
     return [plan[i] for i in order]
 
 
-def write_nih(out: Path, n_annotated: int, rng: np.random.Generator, background_ratio: float = 2.0,
-              n_unboxed: int | None = None) -> dict[str, int]:
+def _pool_map(fn, jobs: list, workers: int | None):
+    """Render in a process pool (each job carries its own seed, so the output is the same either way)."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = workers or os.cpu_count() or 1
+    if workers <= 1 or len(jobs) < 8:
+        return [fn(j) for j in jobs]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, jobs, chunksize=4))
+
+
+def _nih_image(job: tuple) -> tuple[str, list[str]]:
+    """Render and write one NIH PNG. Returns (finding text, box lines)."""
+    seed, idx, path, image_id, kind, labels = job
+    rng = np.random.default_rng([seed, 11, idx])
+    img, lesions = render(rng, labels, NIH_SIZE, NIH_SIZE)
+    findings = sorted({"Infiltration" if les.label == "Infiltrate" else les.label for les in lesions})
+    if kind != "background" and rng.random() < 0.2:
+        findings = sorted(set(findings) | {str(rng.choice(NIH_UNBOXED_FINDINGS))})
+    boxes = []
+    if kind == "annotated":
+        for les in lesions:
+            x0, y0, x1, y1 = (v * NIH_SIZE for v in les.box)
+            x0, y0 = max(x0, 0.0), max(y0, 0.0)
+            x1, y1 = min(x1, NIH_SIZE), min(y1, NIH_SIZE)
+            boxes.append(",".join([image_id, les.label, *(repr(float(v)) for v in (x0, y0, x1 - x0, y1 - y0))]))
+    u8 = (img * 255).round().astype(np.uint8)
+    if rng.random() < 0.04:  # a few RGBA files, like the real set
+        u8 = cv2.cvtColor(u8, cv2.COLOR_GRAY2BGRA)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        _, buf = cv2.imencode(".png", u8, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        tmp.write_bytes(buf.tobytes())
+    return ("|".join(findings) if findings else "No Finding"), boxes
+
+
+def write_nih(out: Path, n_annotated: int, seed: int, background_ratio: float = 2.0,
+              n_unboxed: int | None = None, workers: int | None = None) -> dict[str, int]:
     out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 1])
     n_background = int(round(n_annotated * background_ratio))
     n_unboxed = max(2, n_annotated // 10) if n_unboxed is None else n_unboxed
     kinds = (["annotated"] * n_annotated + ["background"] * n_background + ["unboxed"] * n_unboxed)
     kinds = [kinds[i] for i in rng.permutation(len(kinds))]
     label_plan = iter(_nih_label_plan(rng, n_annotated))
-
-    entries, boxes = [], []
+    meta, jobs = [], []
     idx, patient = 0, 0
-    n_files = 0
     while idx < len(kinds):
         patient += 1
         n_follow = int(rng.choice([1, 1, 2, 2, 3, 4]))
@@ -305,42 +341,26 @@ def write_nih(out: Path, n_annotated: int, rng: np.random.Generator, background_
             if idx >= len(kinds):
                 break
             kind = kinds[idx]
-            idx += 1
             image_id = f"{patient:08d}_{follow:03d}.png"
-            folder = out / f"images_{1 + (n_files // 500) % 12:03d}" / "images"
-            n_files += 1
+            folder = out / f"images_{1 + (idx // 500) % 12:03d}" / "images"
             if kind == "annotated":
                 labels = next(label_plan)
             elif kind == "unboxed":
                 labels = [NIH_CLASSES[rng.integers(len(NIH_CLASSES))]]
             else:
                 labels = []
-            img, lesions = render(rng, labels, NIH_SIZE, NIH_SIZE)
-            findings = sorted({"Infiltration" if les.label == "Infiltrate" else les.label for les in lesions})
-            if kind != "background" and rng.random() < 0.2:
-                findings = sorted(set(findings) | {str(rng.choice(NIH_UNBOXED_FINDINGS))})
-            finding_text = "|".join(findings) if findings else "No Finding"
             ow, oh = int(rng.integers(2000, 3056)), int(rng.integers(2000, 3056))
-            entries.append(
-                f"{image_id},{finding_text},{follow},{patient},{age + follow // 2},{sex},"
-                f"{rng.choice(['PA', 'AP'])},{ow},{oh},0.143,0.143,"
-            )
-            if kind == "annotated":
-                for les in lesions:
-                    x0, y0, x1, y1 = (v * NIH_SIZE for v in les.box)
-                    x0, y0 = max(x0, 0.0), max(y0, 0.0)
-                    x1, y1 = min(x1, NIH_SIZE), min(y1, NIH_SIZE)
-                    boxes.append(",".join([image_id, les.label, *(repr(float(v)) for v in (x0, y0, x1 - x0, y1 - y0))]))
-            u8 = (img * 255).round().astype(np.uint8)
-            if rng.random() < 0.04:  # a few RGBA files, like the real set
-                u8 = cv2.cvtColor(u8, cv2.COLOR_GRAY2BGRA)
-            folder.mkdir(parents=True, exist_ok=True)
-            with atomic_path(folder / image_id) as tmp:
-                ok, buf = cv2.imencode(".png", u8, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-                tmp.write_bytes(buf.tobytes())
+            meta.append((image_id, follow, patient, age + follow // 2, sex, str(rng.choice(["PA", "AP"])), ow, oh))
+            jobs.append((seed, idx, str(folder / image_id), image_id, kind, labels))
+            idx += 1
+    results = _pool_map(_nih_image, jobs, workers)
+    entries, boxes = [], []
+    for (image_id, follow, pid, age, sex, view, ow, oh), (finding_text, box_lines) in zip(meta, results):
+        entries.append(f"{image_id},{finding_text},{follow},{pid},{age},{sex},{view},{ow},{oh},0.143,0.143,")
+        boxes += box_lines
     _write_lines(out / "Data_Entry_2017.csv", [NIH_DATA_ENTRY_HEADER, *entries])
     _write_lines(out / "BBox_List_2017.csv", [NIH_BBOX_HEADER, *boxes])
-    ids = [e.split(",", 1)[0] for e in entries]
+    ids = [m[0] for m in meta]
     test = {i for i in ids if int(i[:8]) % 5 == 0}
     _write_lines(out / "train_val_list.txt", [i for i in ids if i not in test], final_newline=False)
     _write_lines(out / "test_list.txt", [i for i in ids if i in test], final_newline=False)
@@ -436,18 +456,50 @@ def write_dicom(path: Path, img: np.ndarray, variant: dict, serial: int) -> None
         ds.save_as(tmp, enforce_file_format=True)
 
 
-def write_vinbigdata(out: Path, n_annotated: int, rng: np.random.Generator, n_no_finding: int | None = None,
-                     n_unmapped_only: int | None = None, max_side: int = 1400) -> dict[str, int]:
+def _vbd_image(job: tuple) -> list[list]:
+    """Render one VinBigData image, simulate three readers, write its DICOM. Returns CSV rows."""
+    seed, i, path, image_id, h, w, labels = job
+    rng = np.random.default_rng([seed, 22, i])
+    img, lesions = render(rng, labels, h, w)
+    readers = list(rng.choice(RADIOLOGISTS, size=3, replace=False))
+    drawn_by_someone = {j: False for j in range(len(lesions))}
+    per_reader: dict[str, list[tuple[int, str, tuple]]] = {r: [] for r in readers}
+    for k, reader in enumerate(readers):
+        for j, les in enumerate(lesions):
+            last_chance = k == len(readers) - 1 and not drawn_by_someone[j]
+            if rng.random() < 0.15 and not last_chance:
+                continue  # a missed finding
+            drawn_by_someone[j] = True
+            cid = VBD_MAPPED.get(les.label, VBD_UNMAPPED.get(les.label))
+            copies = 2 if rng.random() < 0.08 else 1  # some readers split one finding in two
+            for _ in range(copies):
+                per_reader[reader].append((cid, VINBIGDATA_CLASSES[cid], _jitter(rng, les.box, w, h)))
+        if lesions and rng.random() < 0.08:  # an extra box on a normal area
+            x, y = rng.uniform(0.25, 0.7, 2)
+            per_reader[reader].append((8, VINBIGDATA_CLASSES[8], _jitter(rng, (x, y, x + 0.05, y + 0.05), w, h)))
+    rows = []
+    for reader in readers:
+        if not per_reader[reader]:
+            rows.append([image_id, "No finding", 14, reader, "", "", "", ""])
+        for cid, name, (x0, y0, x1, y1) in per_reader[reader]:
+            rows.append([image_id, name, cid, reader, f"{x0:.1f}", f"{y0:.1f}", f"{x1:.1f}", f"{y1:.1f}"])
+    write_dicom(Path(path), img, _encode_variant(i), serial=i)
+    return rows
+
+
+def write_vinbigdata(out: Path, n_annotated: int, seed: int, n_no_finding: int | None = None,
+                     n_unmapped_only: int | None = None, max_side: int = 1400,
+                     workers: int | None = None) -> dict[str, int]:
     (out / "train").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 2])
     n_no_finding = max(2, n_annotated // 3) if n_no_finding is None else n_no_finding
     n_unmapped_only = max(1, n_annotated // 20) if n_unmapped_only is None else n_unmapped_only
     kinds = ["annotated"] * n_annotated + ["none"] * n_no_finding + ["unmapped"] * n_unmapped_only
     kinds = [kinds[i] for i in rng.permutation(len(kinds))]
     looks = list(VBD_MAPPED)
-    rows = []
-    n_boxes = 0
+    jobs = []
     for i, kind in enumerate(kinds):
-        image_id = hashlib.md5(f"vbd-{i}-{rng.integers(1 << 30)}".encode()).hexdigest()
+        image_id = hashlib.md5(f"vbd-{seed}-{i}".encode()).hexdigest()
         h = int(rng.integers(int(max_side * 0.8), max_side))
         w = int(rng.integers(int(max_side * 0.7), h + 1))
         if kind == "annotated":
@@ -461,30 +513,9 @@ def write_vinbigdata(out: Path, n_annotated: int, rng: np.random.Generator, n_no
             labels = [str(rng.choice(list(VBD_UNMAPPED)))]
         else:
             labels = []
-        img, lesions = render(rng, labels, h, w)
-        readers = list(rng.choice(RADIOLOGISTS, size=3, replace=False))
-        drawn_by_someone = {j: False for j in range(len(lesions))}
-        per_reader: dict[str, list[tuple[int, str, tuple]]] = {r: [] for r in readers}
-        for k, reader in enumerate(readers):
-            for j, les in enumerate(lesions):
-                missed = rng.random() < 0.15 and not (k == len(readers) - 1 and not drawn_by_someone[j])
-                if missed:
-                    continue
-                drawn_by_someone[j] = True
-                cid = VBD_MAPPED.get(les.label, VBD_UNMAPPED.get(les.label))
-                copies = 2 if rng.random() < 0.08 else 1  # some readers split one finding in two
-                for _ in range(copies):
-                    per_reader[reader].append((cid, VINBIGDATA_CLASSES[cid], _jitter(rng, les.box, w, h)))
-            if lesions and rng.random() < 0.08:  # an extra box on a normal area
-                x, y = rng.uniform(0.25, 0.7, 2)
-                per_reader[reader].append((8, VINBIGDATA_CLASSES[8], _jitter(rng, (x, y, x + 0.05, y + 0.05), w, h)))
-        for reader in readers:
-            if not per_reader[reader]:
-                rows.append([image_id, "No finding", 14, reader, "", "", "", ""])
-            for cid, name, (x0, y0, x1, y1) in per_reader[reader]:
-                rows.append([image_id, name, cid, reader, f"{x0:.1f}", f"{y0:.1f}", f"{x1:.1f}", f"{y1:.1f}"])
-                n_boxes += 1
-        write_dicom(out / "train" / f"{image_id}.dicom", img, _encode_variant(i), serial=i)
+        jobs.append((seed, i, str(out / "train" / f"{image_id}.dicom"), image_id, h, w, labels))
+    rows = [r for image_rows in _pool_map(_vbd_image, jobs, workers) for r in image_rows]
+    n_boxes = sum(1 for r in rows if r[2] != 14)
     order = rng.permutation(len(rows))  # the real file is not grouped by image
     with atomic_path(out / "train.csv") as tmp:
         with open(tmp, "w", newline="") as fh:
@@ -506,10 +537,9 @@ def _jitter(rng, box, w, h) -> tuple[float, float, float, float]:
 
 
 def write_sample_data(out_dir: str | Path, size: int = 120, seed: int = 0, background_ratio: float = 2.0,
-                      vinbigdata_max_side: int = 1400) -> dict[str, int]:
+                      vinbigdata_max_side: int = 1400, workers: int | None = None) -> dict[str, int]:
     """Both datasets under `out_dir` (`nih/`, `vinbigdata/`). `size`: annotated images per dataset."""
     out = Path(out_dir)
-    stats = write_nih(out / "nih", size, np.random.default_rng([seed, 1]), background_ratio)
-    stats |= write_vinbigdata(out / "vinbigdata", size, np.random.default_rng([seed, 2]),
-                              max_side=vinbigdata_max_side)
+    stats = write_nih(out / "nih", size, seed, background_ratio, workers=workers)
+    stats |= write_vinbigdata(out / "vinbigdata", size, seed, max_side=vinbigdata_max_side, workers=workers)
     return stats

@@ -124,10 +124,10 @@ def train(
         model = YOLO(source)
 
         def on_epoch(trainer):
+            losses = trainer.label_loss_items(trainer.tloss, prefix="train")
+            shown = {**losses, **{k: v for k, v in (trainer.metrics or {}).items() if "mAP50" in k or "recall" in k}}
             log(f"{task}: epoch {min(trainer.epoch + 1, trainer.epochs)}/{trainer.epochs} "
-                + " ".join(f"{k.split('/')[-1]}={float(v):.3f}" for k, v in
-                           {**trainer.label_loss_items(trainer.tloss, prefix="train"), **trainer.metrics}.items()
-                           if "mAP50" in k or "recall" in k or "loss" in k))
+                + " ".join(f"{k.split('/')[-1]}={float(v):.3f}" for k, v in shown.items()))
 
         model.add_callback("on_fit_epoch_end", on_epoch)
         with _env(MLFLOW_EXPERIMENT_NAME=experiment):

@@ -112,3 +112,30 @@ def content_hash(images: pd.DataFrame, tb: pd.DataFrame) -> str:
     h.update(tb.sort_values(["image_id", "class_index", *COORDS])[["image_id", "class_index", *COORDS]]
              .round(3).to_csv(index=False).encode())
     return h.hexdigest()[:16]
+
+
+def dataset_checks(images: pd.DataFrame, boxes: pd.DataFrame, classes, root: Path | None = None
+                   ) -> dict[str, tuple[bool, dict]]:
+    """The joins a training set must satisfy: name -> (passed, facts).
+
+    `images`: image_id, group, split, path, width, height; `boxes`: the task's boxes (label, coords).
+    """
+    out: dict[str, tuple[bool, dict]] = {}
+    per_group = images.groupby("group")["split"].nunique()
+    leaked = per_group[per_group > 1]
+    out["no_patient_in_two_splits"] = (leaked.empty, {"leaked_patients": len(leaked),
+                                                      "examples": ", ".join(map(str, leaked.index[:10])) or "none"})
+    sized = boxes.merge(images[["image_id", "width", "height"]], on="image_id", how="left")
+    bad = sized[(sized.x_min < -0.5) | (sized.y_min < -0.5) | (sized.x_max > sized.width + 0.5)
+                | (sized.y_max > sized.height + 0.5) | (sized.x_max <= sized.x_min) | (sized.y_max <= sized.y_min)
+                | sized.width.isna()]
+    out["boxes_inside_images"] = (bad.empty, {"bad_boxes": len(bad),
+                                              "examples": ", ".join(bad["image_id"].astype(str).head(5)) or "none"})
+    merged = boxes.merge(images[["image_id", "split"]], on="image_id")
+    missing = [f"{c}/{s}" for c in classes for s in SPLITS
+               if not ((merged["label"] == c) & (merged["split"] == s)).any()]
+    out["every_class_in_every_split"] = (not missing, {"missing": ", ".join(missing) or "none"})
+    absent = [p for p in images["path"] if not Path(p).exists()]
+    out["listed_images_exist"] = (not absent, {"missing_images": len(absent),
+                                               "examples": ", ".join(map(str, absent[:5])) or "none"})
+    return out

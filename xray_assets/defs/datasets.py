@@ -11,7 +11,7 @@ from ..core.classes import NIH_TO_UNITED, TASKS
 from ..core.labels import load_gray
 from ..core.sampling import sample_background
 from ..core.splits import assign_splits
-from ..core.yolo_dataset import build_dataset, content_hash, instances_table
+from ..core.yolo_dataset import build_dataset, content_hash, dataset_checks, instances_table
 from .nih import nih_boxes, nih_labels
 from .resources import TASK_PARTITIONS, XrayResource, md_image, table_md
 from .vinbigdata import read_manifests, vinbigdata_annotations, vinbigdata_boxes
@@ -145,7 +145,18 @@ def task_inputs(st, task_name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     return table.reset_index(drop=True), boxes
 
 
+DATASET_CHECKS = {
+    "no_patient_in_two_splits": ("No patient's images in two splits of this task's dataset.", dg.AssetCheckSeverity.ERROR, True),
+    "boxes_inside_images": ("Every box inside its image with positive area.", dg.AssetCheckSeverity.ERROR, True),
+    "every_class_in_every_split": ("Every class of the task has instances in train, val and test.",
+                                   dg.AssetCheckSeverity.WARN, False),
+    "listed_images_exist": ("Every image the dataset lists exists on disk.", dg.AssetCheckSeverity.ERROR, True),
+}
+
+
 @dg.asset(group_name="datasets", partitions_def=TASK_PARTITIONS, kinds={"yolo"}, deps=[patient_splits],
+          check_specs=[dg.AssetCheckSpec(name, asset="yolo_datasets", description=d, blocking=b)
+                       for name, (d, _, b) in DATASET_CHECKS.items()],
           description="One YOLO-format dataset per task: data.yaml, labels, linked images, split lists.")
 def yolo_datasets(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
     task = TASKS[context.partition_key]
@@ -173,6 +184,12 @@ def yolo_datasets(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.M
         (tmp / "dataset_hash.txt").write_text(digest)
     root = st.root / "datasets" / task.name
     context.log.info(f"{task.name}: {len(images)} images, {len(tb)} boxes, hash {digest}")
+    checks = []
+    for name, (passed, facts) in dataset_checks(images, tb, task.classes).items():
+        if not passed:
+            context.log.warning(f"{task.name}: check {name} failed: {facts}")
+        checks.append(dg.AssetCheckResult(check_name=name, passed=passed, severity=DATASET_CHECKS[name][1],
+                                          metadata=facts))
     return dg.MaterializeResult(
         metadata={
             "data_yaml": dg.MetadataValue.path(str(root / "data.yaml")),
@@ -184,4 +201,5 @@ def yolo_datasets(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.M
             "sample_mosaic": md_image(root / "mosaic.png"),
         },
         data_version=dg.DataVersion(digest),
+        check_results=checks,
     )
