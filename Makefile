@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SAMPLE := data/sample
-SIZE   ?= 100
+SIZE   ?= 160
 
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 export XRAY_DATA_DIR ?= $(CURDIR)/$(SAMPLE)

@@ -84,7 +84,8 @@ def test_whole_graph_materialises_offline_on_smoke(sample_dir, tmp_path, no_netw
         assert len(mine) == 1, f"{task}: {len(mine)} MLflow runs"
         run = mine[0]
         assert run.info.status == "FINISHED"
-        assert run.data.params["task"] == task and run.data.params["train.imgsz"] == str(profile.train.imgsz)
+        assert run.data.params["xray.task"] == task
+        assert run.data.params["xray.train.imgsz"] == str(profile.train.imgsz) == run.data.params["imgsz"]
         assert "dagster_run_id" in run.data.tags
         assert any(k.startswith("test_") for k in run.data.metrics)
         history = client.get_metric_history(run.info.run_id, "train/box_loss")

@@ -96,8 +96,11 @@ def cmd_materialize(args) -> int:
         f = storage / "reports" / t / "summary.json"
         if f.exists():
             s = json.loads(f.read_text())
+            if s["map50"] is None:
+                rows.append(f"  {t:22s} test mAP50 n/a (the test split has no boxes of this task)")
+                continue
             rows.append(f"  {t:22s} test mAP50 {s['map50']:.3f}  recall {s['recall']:.3f}  "
-                        f"(conf {s['conf']:g}, iou {s['iou']:g})")
+                        f"(conf {s['conf']:g}, iou {s['iou']:g}; {s['test_images']} images, {s['test_boxes']} boxes)")
     if rows:
         print("per-task test metrics:")
         print("\n".join(rows))
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sample-data", help="write NIH- and VinBigData-format sample data")
     s.add_argument("out_dir")
-    s.add_argument("--size", type=int, default=100, help="annotated images per dataset (default 100)")
+    s.add_argument("--size", type=int, default=160, help="annotated images per dataset (default 160)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_sample_data)
     m = sub.add_parser("materialize", help="materialise the graph, every task partition")

@@ -39,6 +39,8 @@ def raw_predictions(st: Storage, task: TaskSpec, profile: Profile, split: str) -
 def tune_task(st: Storage, task: TaskSpec, profile: Profile, log: Callable[[str], None] = print) -> dict:
     raw, t_pred = raw_predictions(st, task, profile, "val")
     _, gt = _split(st, task, "val")
+    if gt.empty:
+        log(f"{task.name}: WARNING the val split has no boxes of this task; every grid point scores 0")
     log(f"{task.name}: {len(raw)} raw val detections in {t_pred:.1f}s; scoring "
         f"{len(profile.conf_grid) * len(profile.iou_grid)} grid points")
     t0 = time.time()
@@ -62,13 +64,13 @@ def evaluate_task(st: Storage, task: TaskSpec, profile: Profile, tracking_uri: s
     table = evaluate(gt, pred, task.classes)
     summary = summarise(table)
     log(f"{task.name}: test mAP50={summary['map50']:.3f} recall={summary['recall']:.3f} "
-        f"({len(images)} images, {len(gt)} boxes)")
+        f"({len(images)} images, {len(gt)} boxes)" + ("; no test boxes: metrics undefined" if gt.empty else ""))
     base = ("reports", task.name)
     st.write_parquet(raw, *base, "raw_test.parquet")
     st.write_parquet(pred, *base, "predictions.parquet")
     st.write_parquet(table, *base, "metrics.parquet")
-    st.write_json({**summary, "conf": best["conf"], "iou": best["iou"], "test_images": len(images),
-                   "test_boxes": len(gt)}, *base, "summary.json")
+    st.write_json({**{k: (None if v != v else v) for k, v in summary.items()}, "conf": best["conf"],
+                   "iou": best["iou"], "test_images": len(images), "test_boxes": len(gt)}, *base, "summary.json")
     curves = {}
     for label in task.classes:
         s, tp, n = match_label(gt[gt.label == label], raw[raw.label == label], 0.5)
@@ -126,6 +128,7 @@ def study_report(st: Storage, profile: Profile, tasks: list[str]) -> dict:
             continue
         s = st.read_json("reports", t, "summary.json")
         info = st.read_json("models", t, "model.json")
+        s = {k: (float("nan") if v is None else v) for k, v in s.items()}
         rows.append({"task": t, "test_map50": s["map50"], "test_map50_95": s["map50_95"], "test_recall": s["recall"],
                      "test_precision": s["precision"], "conf": s["conf"], "iou": s["iou"],
                      "test_images": s["test_images"], "test_boxes": s["test_boxes"],

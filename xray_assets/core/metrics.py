@@ -144,10 +144,10 @@ def map50_recall(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels) 
 
 
 def summarise(table: pd.DataFrame) -> dict[str, float]:
-    """Mean over labels that have ground truth."""
+    """Mean over labels that have ground truth (NaN everywhere when nothing has ground truth)."""
     t = table[table["n_gt"] > 0]
     if t.empty:
-        return {"map50": 0.0, "map40": 0.0, "map50_95": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0}
+        return {k: float("nan") for k in ("map50", "map40", "map50_95", "precision", "recall", "f1")}
     return {
         "map50": float(t["ap50"].mean()),
         "map40": float(t["ap40"].mean()),

@@ -117,9 +117,10 @@ def train(
     t0 = time.time()
     run = mlflow.start_run(experiment_id=exp_id, run_name=f"{task}-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags)
     try:
-        mlflow.log_params({k: str(v)[:500] for k, v in run_params.items()})
+        # namespaced, so ultralytics' callback can log its own args (task, name, classes...) beside them
+        mlflow.log_params({f"xray.{k}": str(v)[:500] for k, v in run_params.items()})
         if dropped:
-            mlflow.log_params({f"not_passed.{k}": v for k, v in dropped.items()})
+            mlflow.log_params({f"xray.not_passed.{k}": v for k, v in dropped.items()})
         source = str(resume_from) if resume_from else (weights or params.model)
         model = YOLO(source)
 

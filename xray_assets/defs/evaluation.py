@@ -39,6 +39,7 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
     out = core_eval.evaluate_task(st, task, profile, tracking_uri=xray.tracking_uri, log=context.log.info)
     root = st.root / "reports" / task.name
     return dg.MaterializeResult(metadata={
+        "test_boxes": int(out["table"]["n_gt"].sum()),
         "test_map50": round(out["summary"]["map50"], 4),
         "test_map50_95": round(out["summary"]["map50_95"], 4),
         "test_recall": round(out["summary"]["recall"], 4),
