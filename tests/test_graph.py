@@ -96,3 +96,12 @@ def test_whole_graph_materialises_offline_on_smoke(sample_dir, tmp_path, no_netw
         assert len(versions) == 1 and versions[0].run_id == run.info.run_id
     assert len(runs) == len(TASKS)
     assert (storage / "reports" / "study" / "report.html").exists()
+
+    # the sample DICOMs carry made-up patient names, IDs and dates: none may reach any output
+    leaks = []
+    for f in storage.rglob("*"):
+        if f.is_file() and f.stat().st_size < 50_000_000:
+            data = f.read_bytes()
+            leaks += [f"{f.name}: {tag!r}" for tag in (b"SYNTHETIC^PATIENT", b"SYN00", b"19600101", b"20200102")
+                      if tag in data]
+    assert not leaks, leaks

@@ -41,7 +41,10 @@ def background_samples(context: dg.AssetExecutionContext, xray: XrayResource) ->
     on_disk = no_finding[no_finding["image_id"].isin(index)]
     n_annotated = int(boxes["image_id"].nunique())
     n = int(round(cfg.background_ratio * n_annotated))
-    picked = sample_background(on_disk[["image_id", "patient_id"]], n, seed=cfg.seed).assign(source="nih")
+    previous = st.read_parquet("datasets", "background.parquet") if st.exists("datasets", "background.parquet") else None
+    picked = sample_background(on_disk[["image_id", "patient_id"]], n, seed=cfg.seed,
+                               previous=previous[previous.source == "nih"] if previous is not None else None)
+    picked = picked.assign(source="nih")
     if len(picked) < n:
         context.log.warning(f"asked for {n} background images, only {len(on_disk)} 'No Finding' images on disk")
     if cfg.include_vinbigdata_no_finding:
@@ -55,6 +58,7 @@ def background_samples(context: dg.AssetExecutionContext, xray: XrayResource) ->
         "annotated_nih_images": n_annotated,
         "ratio": cfg.background_ratio,
         "no_finding_candidates": len(on_disk),
+        "kept_from_previous_draw": int(picked["image_id"].isin(previous["image_id"]).sum()) if previous is not None else 0,
     })
 
 
