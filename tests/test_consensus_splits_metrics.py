@@ -125,3 +125,24 @@ def test_average_precision_agrees_with_pycocotools():
         p = ev.eval["precision"][0, :, cid - 1, 0, 0]
         theirs = float(np.mean(p[p > -1])) if (p > -1).any() else 0.0
         assert abs(ours[name] - theirs) < 0.01, (name, ours[name], theirs)
+
+
+def test_weighted_boxes_fusion_fuses_readers():
+    from xray_assets.core.consensus import reader_agreement, weighted_boxes_fusion
+
+    ann = _ann([
+        ("a", "Cardiomegaly", 3, "R1", 100, 100, 200, 200),
+        ("a", "Cardiomegaly", 3, "R2", 110, 100, 210, 200),
+        ("a", "Nodule/Mass", 8, "R1", 10, 10, 20, 20),
+        ("a", "Aortic enlargement", 0, "R1", 1, 1, 5, 5),
+    ])
+    sizes = pd.DataFrame({"image_id": ["a"], "width": [1000], "height": [800]})
+    fused = weighted_boxes_fusion(ann, sizes, iou_thr=0.4)
+    assert list(fused.columns) == list(ann.columns)
+    card = fused[fused.class_id == 3]
+    assert len(card) == 1 and abs(card.x_min.item() - 105) < 1e-3 and abs(card.x_max.item() - 205) < 1e-3
+    assert len(fused[fused.class_id == 8]) == 1 and not (fused.class_id == 0).any()
+    with pytest.raises(KeyError):
+        weighted_boxes_fusion(ann.assign(image_id="b"), sizes)
+    agree = reader_agreement(ann).set_index("class")
+    assert abs(agree.loc["Cardiomegaly", "mean_pairwise_iou"] - 90 * 100 / (110 * 100)) < 1e-9

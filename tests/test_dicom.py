@@ -99,3 +99,16 @@ def test_real_dicoms_match_a_pydicom_reference(real_data):
         ref = _pydicom_reference(f, 512)
         assert ours.shape == ref.shape, f.name
         assert _psnr(ours, ref) >= 40, (f.name, _psnr(ours, ref))
+
+
+def test_j2k_fast_path_matches_full_decode(real_data, sample_dir):
+    from xray_assets.core.dicom import _decode_j2k_reduced, _read_dataset
+
+    files = [real_data / "dicom" / "pydicom-data_RG1_J2KI.dcm", real_data / "dicom" / "pydicom-data_RG3_J2KR.dcm"]
+    for f in files:
+        assert _decode_j2k_reduced(_read_dataset(f), 400) is not None, f"{f.name}: fast path not taken"
+        fast = read_dicom(f, max_size=400, fast=True).pixels
+        full = read_dicom(f, max_size=400, fast=False).pixels
+        assert fast.shape == full.shape
+        assert _psnr(fast, full) >= 40, (f.name, _psnr(fast, full))
+        assert _psnr(fast, _pydicom_reference(f, 400)) >= 40

@@ -67,3 +67,26 @@ def weighted_boxes_fusion(annotations: pd.DataFrame, image_sizes: pd.DataFrame, 
             out.append({"image_id": image_id, "label": first_label[united], "class_id": first_id[united],
                         "rad_id": "wbf", "x_min": x0 * w, "y_min": y0 * h, "x_max": x1 * w, "y_max": y1 * h})
     return pd.DataFrame(out, columns=list(annotations.columns))
+
+
+def reader_agreement(annotations: pd.DataFrame) -> pd.DataFrame:
+    """Per united class: mean IoU of matched boxes between each pair of radiologists on an image
+    (greedy best-IoU matching; unmatched boxes are left out), and how many pairs were compared."""
+    from itertools import combinations
+
+    from .metrics import box_iou
+
+    rows = to_united(annotations)
+    ious: dict[str, list[float]] = {c: [] for c in UNITED_CLASSES}
+    for (image_id, united), g in rows.groupby(["image_id", "united"], sort=False):
+        readers = {r: b[COORDS].to_numpy(float) for r, b in g.groupby("rad_id")}
+        for a, b in combinations(sorted(readers), 2):
+            m = box_iou(readers[a], readers[b])
+            while m.size and m.max() > 0:
+                i, j = np.unravel_index(m.argmax(), m.shape)
+                ious[united].append(float(m[i, j]))
+                m[i, :] = 0
+                m[:, j] = 0
+    return pd.DataFrame({"class": list(UNITED_CLASSES),
+                         "mean_pairwise_iou": [float(np.mean(v)) if v else np.nan for v in ious.values()],
+                         "matched_pairs": [len(v) for v in ious.values()]})

@@ -94,10 +94,77 @@ def resize_max(img: np.ndarray, max_size: int | None) -> np.ndarray:
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
 
-def read_dicom(path: str | Path, max_size: int | None = None) -> ConvertedImage:
+J2K_SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
+
+
+def _j2k_precision(codestream: bytes) -> int | None:
+    """Bit depth of the first component, from the codestream's SIZ marker."""
+    i = codestream.find(b"\xff\x51")
+    if i < 0 or len(codestream) < i + 41:
+        return None
+    ssiz = codestream[i + 40]
+    return None if ssiz & 0x80 else (ssiz & 0x7F) + 1  # signed data: no fast path
+
+
+def reduce_factor(rows: int, cols: int, max_size: int | None) -> int:
+    """Largest k with the 2**k-reduced image still at least `max_size` on its longest side."""
+    if not max_size:
+        return 0
+    k = 0
+    while max(rows, cols) / 2 ** (k + 1) >= max_size:
+        k += 1
+    return k
+
+
+def _decode_j2k_reduced(ds, max_size: int | None) -> np.ndarray | None:
+    """JPEG 2000 decoded at 1/2**k resolution (Pillow's `reduce`), or None when it does not apply."""
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if syntax not in J2K_SYNTAXES or int(ds.get("NumberOfFrames", 1) or 1) != 1:
+        return None
+    if int(ds.get("PixelRepresentation", 0)) != 0:
+        return None
+    k = reduce_factor(int(ds.Rows), int(ds.Columns), max_size)
+    if k == 0:
+        return None
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import generate_frames
+
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    precision = _j2k_precision(frame)
+    if precision is None:
+        return None
+    arr = None
+    for level in range(k, 0, -1):  # some codestreams decode only the first reductions
+        try:
+            with Image.open(io.BytesIO(frame)) as im:
+                im.reduce = level
+                im.load()
+                arr = np.asarray(im)
+            break
+        except OSError:
+            continue
+    if arr is None or arr.ndim != 2:
+        return None
+    if arr.dtype == np.uint16 and precision < 16:
+        arr = arr >> (16 - precision)  # Pillow scales samples up to 16 bits
+    return arr
+
+
+def read_dicom(path: str | Path, max_size: int | None = None, fast: bool = True) -> ConvertedImage:
+    """Display-ready uint8. `fast`: decode JPEG 2000 at reduced resolution when `max_size` allows."""
     ds = _read_dataset(path)
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise DicomError(f"{Path(path).name}: {ds.SamplesPerPixel} samples per pixel; expected grayscale")
+    if fast:
+        try:
+            reduced = _decode_j2k_reduced(ds, max_size)
+        except Exception:
+            reduced = None  # fall back to pydicom's full decode
+        if reduced is not None:
+            u8 = (_to_display(ds, reduced) * 255.0 + 0.5).astype(np.uint8)
+            return ConvertedImage(resize_max(u8, max_size), int(ds.Rows), int(ds.Columns))
     try:
         arr = ds.pixel_array
     except Exception as exc:

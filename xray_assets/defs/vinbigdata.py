@@ -135,10 +135,13 @@ def vinbigdata_boxes(context: dg.AssetExecutionContext, xray: XrayResource) -> d
         "boxes_all_readers": before["united"].value_counts().reindex(UNITED_CLASSES).fillna(0).astype(int).to_numpy(),
         "boxes_consensus": kept["united"].value_counts().reindex(UNITED_CLASSES).fillna(0).astype(int).to_numpy(),
     })
+    agreement = consensus.reader_agreement(ann)
+    counts = counts.merge(agreement, on="class")
     context.log.info(f"consensus ({method}): {len(before)} reader boxes -> {len(kept)} boxes")
     return dg.MaterializeResult(metadata={
         "method": method,
         "dagster/row_count": len(kept),
         "images_with_boxes": int(kept["image_id"].nunique()),
-        "boxes_per_class": table_md(counts),
+        "boxes_per_class_and_reader_agreement": table_md(counts.round(3)),
+        "mean_reader_agreement_iou": float(agreement["mean_pairwise_iou"].mean()),
     })
