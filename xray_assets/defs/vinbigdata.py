@@ -49,6 +49,8 @@ def _stat_key(path: Path) -> str:
 
 @dg.asset(group_name="vinbigdata", partitions_def=SHARD_PARTITIONS, kinds={"pydicom", "png"},
           deps=[vinbigdata_annotations],
+          check_specs=[dg.AssetCheckSpec("conversion_quarantine", asset="vinbigdata_images",
+                                         description="Quarantined DICOMs stay under the profile's limit.")],
           description="DICOM -> display-ready PNG conversions with a manifest (id, path, sizes, "
                       "source hash, status). Incremental: unchanged sources are not converted again.")
 def vinbigdata_images(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
@@ -95,7 +97,12 @@ def vinbigdata_images(context: dg.AssetExecutionContext, xray: XrayResource) -> 
     for c in ("height", "width", "orig_height", "orig_width", "max_size"):
         manifest[c] = manifest[c].astype("int64")
     st.write_parquet(manifest, *manifest_parts)
-    return dg.MaterializeResult(metadata={
+    quarantined = manifest[manifest["status"] != "ok"]
+    check = dg.AssetCheckResult(
+        check_name="conversion_quarantine", passed=len(quarantined) <= xray.config.max_quarantine_rows,
+        metadata={"quarantined": len(quarantined), "limit": xray.config.max_quarantine_rows,
+                  "reasons": "; ".join(quarantined["reason"].head(10)) or "none"})
+    return dg.MaterializeResult(check_results=[check], metadata={
         "converted_this_run": len(todo),
         "images": int((manifest["status"] == "ok").sum()),
         "quarantined": int((manifest["status"] != "ok").sum()),
