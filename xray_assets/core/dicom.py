@@ -41,6 +41,8 @@ def _read_dataset(path: str | Path):
             ds = pydicom.dcmread(path, force=True)
         except Exception as exc:
             raise DicomError(f"{Path(path).name}: not a DICOM file ({exc.__class__.__name__})") from exc
+        if "PixelData" not in ds and "SOPClassUID" not in ds and "Rows" not in ds:
+            raise DicomError(f"{Path(path).name}: not a DICOM file (no preamble and no recognisable elements)")
         if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
             ds.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
             ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
