@@ -95,7 +95,7 @@ PROFILES: dict[str, Profile] = {
         name="demo",
         train=TrainParams(
             model="yolov8n.yaml",
-            epochs=10,
+            epochs=13,
             imgsz=160,
             batch=8,
             optimizer="AdamW",
@@ -114,7 +114,7 @@ PROFILES: dict[str, Profile] = {
             # memory, milder geometry, no per-epoch validation (the final one still runs)
             extra={"nbs": 8, "cache": "ram", "scale": 0.25, "translate": 0.05, "val": False},
         ),
-        background_ratio=0.5,
+        background_ratio=0.25,
         dicom_max_size=512,
         report_panels=4,
     ),

@@ -129,11 +129,11 @@ class Renderer:
         m = np.zeros((h, w), np.float32)
         amp, blur = 0.35, 2.0
         if label == "Nodule":
-            r = rng.uniform(0.022, 0.034)
+            r = rng.uniform(0.028, 0.042)
             x, y, _ = self._in_lung(r + 0.02)
             m = _ellipse_mask(h, w, x, y, r, r * w / h)
             box = (x - r, y - r * w / h, x + r, y + r * w / h)
-            amp, blur = 0.40, 2.0
+            amp, blur = 0.45, 2.0
         elif label == "Mass":
             r = rng.uniform(0.05, 0.075)
             x, y, _ = self._in_lung(r + 0.01)

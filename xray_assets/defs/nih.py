@@ -4,26 +4,20 @@
 import dagster as dg
 
 from ..core import labels
-from .resources import XrayResource, table_md
+from .resources import XrayResource, ingest_table, table_md
 
 
 @dg.asset(group_name="nih", kinds={"pandas", "parquet"},
           description="Data_Entry_2017.csv as a typed table, one row per image.")
 def nih_labels(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
-    src = xray.data("nih", "Data_Entry_2017.csv")
-    df, quarantine = labels.read_nih_labels_checked(src)
-    st = xray.storage
-    st.write_parquet(df, "nih", "labels.parquet")
-    st.write_parquet(quarantine, "nih", "labels_quarantine.parquet")
-    if len(quarantine):
-        context.log.warning(f"{src.name}: {len(quarantine)} row(s) quarantined, e.g. {quarantine.iloc[0].to_dict()}")
+    out = ingest_table(context, xray, labels.read_nih_labels_checked, xray.data("nih", "Data_Entry_2017.csv"),
+                       "nih", "labels")
+    df = out["table"]
     findings = df["findings"].explode().value_counts()
     return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(st.root / "nih" / "labels.parquet")),
-        "dagster/row_count": len(df),
+        **out["metadata"],
         "patients": int(df["patient_id"].nunique()),
-        "no_finding_images": int(df["findings"].map(lambda f: f == ["No Finding"]).sum()),
-        "quarantined_rows": len(quarantine),
+        "no_finding_images": int(df["findings"].map(lambda f: list(f) == ["No Finding"]).sum()),
         "findings": table_md(findings.rename_axis("finding").reset_index(name="images")),
     })
 
@@ -31,17 +25,11 @@ def nih_labels(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.Mate
 @dg.asset(group_name="nih", kinds={"pandas", "parquet"},
           description="BBox_List_2017.csv as corner boxes in the 1024 px PNG space.")
 def nih_boxes(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
-    src = xray.data("nih", "BBox_List_2017.csv")
-    df, quarantine = labels.read_nih_boxes_checked(src)
-    st = xray.storage
-    st.write_parquet(df, "nih", "boxes.parquet")
-    st.write_parquet(quarantine, "nih", "boxes_quarantine.parquet")
-    for r in quarantine.itertuples(index=False):
-        context.log.warning(f"{r.source} row {r.row}: {r.reason}")
+    out = ingest_table(context, xray, labels.read_nih_boxes_checked, xray.data("nih", "BBox_List_2017.csv"),
+                       "nih", "boxes")
+    df = out["table"]
     return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(st.root / "nih" / "boxes.parquet")),
-        "dagster/row_count": len(df),
+        **out["metadata"],
         "images": int(df["image_id"].nunique()),
-        "quarantined_rows": len(quarantine),
         "boxes_per_class": table_md(df["label"].value_counts().rename_axis("label").reset_index(name="boxes")),
     })

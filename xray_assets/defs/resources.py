@@ -64,3 +64,21 @@ def table_md(df) -> dg.MetadataValue:
     from ..core.report import md_table
 
     return dg.MetadataValue.md(md_table(df))
+
+
+def ingest_table(context, xray: XrayResource, reader, src: Path, folder: str, name: str) -> dict:
+    """Read a label file with a `*_checked` reader, write the table and its quarantine beside it,
+    log each quarantined row (file and row), and return the common metadata plus the tables."""
+    df, quarantine = reader(src)
+    st = xray.storage
+    st.write_parquet(df, folder, f"{name}.parquet")
+    st.write_parquet(quarantine, folder, f"{name}_quarantine.parquet")
+    for r in quarantine.head(50).itertuples(index=False):
+        context.log.warning(f"{r.source} row {r.row}: {r.reason}")
+    if len(quarantine) > 50:
+        context.log.warning(f"{src.name}: {len(quarantine) - 50} more quarantined row(s)")
+    return {"table": df, "quarantine": quarantine, "metadata": {
+        "path": dg.MetadataValue.path(str(st.root / folder / f"{name}.parquet")),
+        "dagster/row_count": len(df),
+        "quarantined_rows": len(quarantine),
+    }}

@@ -12,7 +12,7 @@ import pandas as pd
 from ..core import consensus, labels
 from ..core.classes import UNITED_CLASSES
 from ..core.dicom import convert_one, file_sha256
-from .resources import CONVERSION_SHARDS, SHARD_PARTITIONS, XrayResource, table_md
+from .resources import CONVERSION_SHARDS, SHARD_PARTITIONS, XrayResource, ingest_table, table_md
 
 MANIFEST_COLUMNS = ["image_id", "source", "source_hash", "stat_key", "path", "height", "width",
                     "orig_height", "orig_width", "status", "reason", "max_size"]
@@ -21,19 +21,13 @@ MANIFEST_COLUMNS = ["image_id", "source", "source_hash", "stat_key", "path", "he
 @dg.asset(group_name="vinbigdata", kinds={"pandas", "parquet"},
           description="train.csv: every radiologist's row; 'No finding' rows have empty boxes.")
 def vinbigdata_annotations(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
-    src = xray.data("vinbigdata", "train.csv")
-    df, quarantine = labels.read_vinbigdata_annotations_checked(src)
-    st = xray.storage
-    st.write_parquet(df, "vinbigdata", "annotations.parquet")
-    st.write_parquet(quarantine, "vinbigdata", "annotations_quarantine.parquet")
-    for r in quarantine.head(20).itertuples(index=False):
-        context.log.warning(f"{r.source} row {r.row}: {r.reason}")
+    out = ingest_table(context, xray, labels.read_vinbigdata_annotations_checked,
+                       xray.data("vinbigdata", "train.csv"), "vinbigdata", "annotations")
+    df = out["table"]
     return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(st.root / "vinbigdata" / "annotations.parquet")),
-        "dagster/row_count": len(df),
+        **out["metadata"],
         "images": int(df["image_id"].nunique()),
         "radiologists": int(df["rad_id"].nunique()),
-        "quarantined_rows": len(quarantine),
         "rows_per_class": table_md(df["label"].value_counts().rename_axis("label").reset_index(name="rows")),
     })
 
