@@ -39,8 +39,10 @@ ui: $(STAMP)
 		--default-artifact-root $(XRAY_STORAGE_DIR)/mlflow/artifacts --host 127.0.0.1 --port 5000 & \
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+# the real VinBigData table when the shared folder is beside the checkout, else the sample data
+bench: $(STAMP) $(SAMPLE)/.complete
+	XRAY_REAL_DATA=$${XRAY_REAL_DATA:-$$(test -d ../shared/data/real && cd ../shared/data/real && pwd)} \
+		$(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf storage $(SAMPLE) dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/*.db

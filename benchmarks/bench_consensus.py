@@ -37,7 +37,7 @@ def loop_baseline(ann: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> list[dict]:
     real = os.environ.get("XRAY_REAL_DATA")
-    src = Path(real) / "vinbigdata" / "train_reconstructed.csv" if real else Path(
+    src = Path(real) / "vinbigdata" / "train_reconstructed.csv" if real and Path(real).is_dir() else Path(
         os.environ.get("XRAY_DATA_DIR", "data/sample")) / "vinbigdata" / "train.csv"
     ann = read_vinbigdata_annotations(src)
     t = time.perf_counter()

@@ -23,7 +23,7 @@ def main() -> int:
         if "error" in r:
             print(f"{r['benchmark']:28s} ERROR {r['error']}")
             continue
-        print(f"{r['benchmark']:28s} {r['ours_s']:10.3f} {r['baseline_s']:13.3f} {r['speedup']:7.1f}x  {r['baseline']}")
+        print(f"{r['benchmark']:28s} {r['ours_s']:10.3f} {r['baseline_s']:13.3f} {r['speedup']:7.2f}x  {r['baseline']}")
     return 1 if any("error" in r for r in rows) else 0
 
 

@@ -165,8 +165,7 @@ def read_dicom(path: str | Path, max_size: int | None = None, fast: bool = True)
         except Exception:
             reduced = None  # fall back to pydicom's full decode
         if reduced is not None:
-            u8 = (_to_display(ds, reduced) * 255.0 + 0.5).astype(np.uint8)
-            return ConvertedImage(resize_max(u8, max_size), int(ds.Rows), int(ds.Columns))
+            return _finish(ds, reduced, max_size, int(ds.Rows), int(ds.Columns), fast)
     try:
         arr = ds.pixel_array
     except Exception as exc:
@@ -178,10 +177,20 @@ def read_dicom(path: str | Path, max_size: int | None = None, fast: bool = True)
         arr = arr[0] if arr.ndim == 3 else arr
         if arr.ndim != 2:
             raise DicomError(f"{Path(path).name}: unsupported pixel array shape {ds.pixel_array.shape}")
-    h, w = arr.shape
-    disp = _to_display(ds, arr)
-    u8 = (disp * 255.0 + 0.5).astype(np.uint8)
-    return ConvertedImage(resize_max(u8, max_size), int(h), int(w))
+    return _finish(ds, arr, max_size, *arr.shape, fast)
+
+
+def _finish(ds, arr: np.ndarray, max_size: int | None, orig_h: int, orig_w: int, fast: bool) -> ConvertedImage:
+    if fast and max_size and max(arr.shape) > max_size and not _has_lut_sequence(ds):
+        # Rescale and windowing are linear per pixel, so averaging the stored values first gives the
+        # same image (to rounding, away from the window's clip points) at a fraction of the work.
+        arr = resize_max(arr.astype(np.float32), max_size)
+    u8 = (_to_display(ds, arr) * 255.0 + 0.5).astype(np.uint8)
+    return ConvertedImage(resize_max(u8, max_size), int(orig_h), int(orig_w))
+
+
+def _has_lut_sequence(ds) -> bool:
+    return bool(ds.get("ModalityLUTSequence")) or bool(ds.get("VOILUTSequence"))
 
 
 def read_dicom_image(path: str | Path, max_size: int | None = None) -> np.ndarray:
