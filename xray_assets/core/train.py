@@ -93,11 +93,16 @@ def train(
     tags: dict[str, str],
     weights: str | None = None,
     device: str | None = None,
-    resume_from: Path | None = None,
+    resume: bool = False,
     register: bool = True,
     log: Callable[[str], None] = print,
+    callbacks: dict[str, Callable] | None = None,
 ) -> TrainResult:
-    """Train `params.model` (or local `weights`) on `data_yaml`; return the best weights and run."""
+    """Train `params.model` (or local `weights`) on `data_yaml`; return the best weights and run.
+
+    `resume`: continue a killed training from `out_dir/train/weights/last.pt`, in the same MLflow
+    run (reopened from `out_dir/run.json`).
+    """
     configure_ultralytics(out_dir.parent)
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -106,6 +111,10 @@ def train(
 
     if weights and not Path(weights).is_file():
         raise FileNotFoundError(f"weights file {weights} does not exist (config `weights`)")
+    last = out_dir / "train" / "weights" / "last.pt"
+    run_file = out_dir / "run.json"
+    if resume and not last.exists():
+        raise FileNotFoundError(f"resume: no checkpoint at {last}; materialise without `resume` first")
     SETTINGS.update({"mlflow": True, "sync": False})
     _callback_always_logs()
     args, dropped = ultralytics_train_args(params)
@@ -115,14 +124,23 @@ def train(
     exp_id = mlflow_experiment(tracking_uri, experiment, artifact_root)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    run = mlflow.start_run(experiment_id=exp_id, run_name=f"{task}-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags)
+    import json
+
+    previous = json.loads(run_file.read_text()) if resume and run_file.exists() else None
+    if previous:
+        run = mlflow.start_run(run_id=previous["run_id"])
+        mlflow.set_tags({**tags, "resumed": "true"})
+    else:
+        run = mlflow.start_run(experiment_id=exp_id, run_name=f"{task}-{time.strftime('%Y%m%d-%H%M%S')}",
+                               tags=tags)
+        run_file.write_text(json.dumps({"run_id": run.info.run_id, "experiment_id": exp_id}))
     try:
-        # namespaced, so ultralytics' callback can log its own args (task, name, classes...) beside them
-        mlflow.log_params({f"xray.{k}": str(v)[:500] for k, v in run_params.items()})
-        if dropped:
-            mlflow.log_params({f"xray.not_passed.{k}": v for k, v in dropped.items()})
-        source = str(resume_from) if resume_from else (weights or params.model)
-        model = YOLO(source)
+        if not previous:
+            # namespaced, so ultralytics' callback can log its own args (task, name, classes...) beside them
+            mlflow.log_params({f"xray.{k}": str(v)[:500] for k, v in run_params.items()})
+            if dropped:
+                mlflow.log_params({f"xray.not_passed.{k}": v for k, v in dropped.items()})
+        model = YOLO(str(last) if resume else (weights or params.model))
 
         def on_epoch(trainer):
             losses = trainer.label_loss_items(trainer.tloss, prefix="train")
@@ -131,8 +149,19 @@ def train(
                 + " ".join(f"{k.split('/')[-1]}={float(v):.3f}" for k, v in shown.items()))
 
         model.add_callback("on_fit_epoch_end", on_epoch)
+        if resume:
+            # ultralytics' callback refuses a reopened run (its `resume` arg changed): log epochs here
+            def log_epoch(trainer):
+                clean = {k.replace("(", "").replace(")", ""): float(v) for k, v in
+                         {**trainer.label_loss_items(trainer.tloss, prefix="train"), **(trainer.metrics or {})}.items()}
+                mlflow.log_metrics(clean, step=trainer.epoch)
+
+            model.add_callback("on_fit_epoch_end", log_epoch)
+        for event, fn in (callbacks or {}).items():
+            model.add_callback(event, fn)
         with _env(MLFLOW_EXPERIMENT_NAME=experiment):
-            if resume_from:
+            if resume:
+                log(f"{task}: resuming from {last}")
                 model.train(resume=True)
             else:
                 model.train(data=str(data_yaml), project=str(out_dir), name="train", exist_ok=True,

@@ -21,6 +21,7 @@ class TrainConfig(dg.Config):
     weights: str | None = Field(default=None, description="local pretrained weights file (e.g. yolov8s.pt)")
     device: str | None = Field(default=None, description="None: GPU when present, else CPU")
     epochs: int | None = Field(default=None, description="override the profile's epochs")
+    resume: bool = Field(default=False, description="continue a killed training from its last checkpoint")
 
 
 def code_version() -> str:
@@ -56,7 +57,7 @@ def trained_models(context: dg.AssetExecutionContext, config: TrainConfig, xray:
         task=task.name, data_yaml=ds_root / "data.yaml", params=params, out_dir=out_dir,
         tracking_uri=xray.tracking_uri, experiment=EXPERIMENT, artifact_root=st.dir("mlflow", "artifacts"),
         run_params=run_params, tags=tags, weights=config.weights, device=config.device,
-        log=context.log.info,
+        resume=config.resume, log=context.log.info,
     )
     info = {"task": task.name, "weights": str(result.weights), "run_id": result.run_id,
             "experiment_id": result.experiment_id, "model_version": result.model_version,

@@ -1,0 +1,73 @@
+"""Training: a killed run resumes to completion in the same MLflow run; a failed run registers nothing."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from xray_assets.config import get_profile
+from xray_assets.core import train as core_train
+from xray_assets.core.classes import TASKS
+from xray_assets.core.synthetic import render
+from xray_assets.core.yolo_dataset import build_dataset
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Path:
+    rows, boxes = [], []
+    for i in range(12):
+        img, lesions = render(np.random.default_rng(i), ["Cardiomegaly"] if i % 2 else [], 128, 128)
+        p = tmp_path / "img" / f"{i:03d}.png"
+        p.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(p), (img * 255).astype(np.uint8))
+        rows.append({"image_id": f"{i:03d}.png", "path": str(p), "width": 128, "height": 128,
+                     "split": "train" if i < 8 else ("val" if i < 10 else "test")})
+        boxes += [{"image_id": f"{i:03d}.png", "label": l.label, "x_min": l.box[0] * 128, "y_min": l.box[1] * 128,
+                   "x_max": l.box[2] * 128, "y_max": l.box[3] * 128} for l in lesions]
+    build_dataset(tmp_path / "ds", TASKS["united_cardiomegaly"], pd.DataFrame(rows), pd.DataFrame(boxes))
+    return tmp_path / "ds" / "data.yaml"
+
+
+def _train(tmp_path, data_yaml, **kw):
+    params = replace(get_profile("smoke").train, epochs=3)
+    return core_train.train(task="united_cardiomegaly", data_yaml=data_yaml, params=params,
+                            out_dir=tmp_path / "models", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                            experiment="xray-assets", artifact_root=tmp_path / "artifacts",
+                            run_params={"task": "united_cardiomegaly"}, tags={"task": "united_cardiomegaly"}, **kw)
+
+
+def test_killed_training_resumes_to_completion(tmp_path, tiny_dataset):
+    def kill_after_first_epoch(trainer):
+        if trainer.epoch == 0:
+            raise KeyboardInterrupt("killed after epoch 1")
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path, tiny_dataset, callbacks={"on_fit_epoch_end": kill_after_first_epoch})
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("xray-assets")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FAILED"
+    assert client.search_model_versions("name='xray-united_cardiomegaly'") == []
+    assert (tmp_path / "models" / "train" / "weights" / "last.pt").exists()
+
+    result = _train(tmp_path, tiny_dataset, resume=True)
+    assert result.run_id == run.info.run_id, "resumed in the same MLflow run"
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    results = pd.read_csv(result.save_dir / "results.csv")
+    assert results["epoch"].max() == 3, "trained to the end after resuming"
+    steps = {m.step for m in client.get_metric_history(run.info.run_id, "train/box_loss")}
+    assert {0, 1, 2} <= steps
+    (version,) = client.search_model_versions("name='xray-united_cardiomegaly'")
+    assert version.run_id == run.info.run_id
+
+
+def test_resume_without_checkpoint_and_missing_weights_are_clear_errors(tmp_path, tiny_dataset):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        _train(tmp_path, tiny_dataset, resume=True)
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        _train(tmp_path, tiny_dataset, weights=str(tmp_path / "nope.pt"))
