@@ -53,6 +53,7 @@ def trained_models(context: dg.AssetExecutionContext, config: TrainConfig, xray:
     run_params = {**profile.as_params(), "task": task.name, "classes": ",".join(task.classes),
                   "dataset_hash": dataset_hash, "weights": config.weights or "none (built from yaml)"}
     out_dir = st.dir("models", task.name)
+    previous = st.read_json("models", task.name, "model.json") if st.exists("models", task.name, "model.json") else {}
     result = core_train.train(
         task=task.name, data_yaml=ds_root / "data.yaml", params=params, out_dir=out_dir,
         tracking_uri=xray.tracking_uri, experiment=EXPERIMENT, artifact_root=st.dir("mlflow", "artifacts"),
@@ -71,6 +72,10 @@ def trained_models(context: dg.AssetExecutionContext, config: TrainConfig, xray:
         "registered_model": f"xray-{task.name}",
         "registered_version": str(result.model_version),
         "dataset_hash": dataset_hash,
+        "dataset_changed_since_last_model": (
+            "first model" if not previous else
+            ("no: same dataset as version " + str(previous.get("model_version")))
+            if previous.get("dataset_hash") == dataset_hash else "yes"),
         "train_seconds": round(result.seconds, 1),
         **{f"val_{k.split('_', 1)[-1]}": round(v, 4) for k, v in result.metrics.items() if "mAP" in k or "recall" in k},
     }
