@@ -83,6 +83,7 @@ def materialize_graph(profile: str | None = None, select: list[str] | None = Non
 def cmd_materialize(args) -> int:
     _ensure_dagster_home()
     from .config import Settings
+    from .core.classes import TASK_NAMES
 
     select = [s.strip() for s in args.select.split(",")] if args.select else None
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
@@ -92,7 +93,7 @@ def cmd_materialize(args) -> int:
     storage = settings.storage_dir
     print(f"\nmaterialised in {time.time() - t0:.0f}s (profile {args.profile or settings.profile})")
     rows = []
-    for t in tasks or __import__("xray_assets.core.classes", fromlist=["x"]).TASK_NAMES:
+    for t in tasks or TASK_NAMES:
         f = storage / "reports" / t / "summary.json"
         if f.exists():
             s = json.loads(f.read_text())

@@ -83,6 +83,18 @@ def mosaic(samples: list[tuple[np.ndarray, pd.DataFrame, str]], classes, cols: i
     return _png(fig)
 
 
+def dataset_mosaic(images: pd.DataFrame, boxes: pd.DataFrame, classes, n: int = 8) -> bytes:
+    """A few annotated images of a dataset with their boxes drawn (image path and split from `images`)."""
+    from .labels import load_gray
+
+    by_id = images.set_index("image_id")
+    samples = []
+    for image_id in boxes["image_id"].drop_duplicates().head(n):
+        r = by_id.loc[image_id]
+        samples.append((load_gray(r["path"]), boxes[boxes.image_id == image_id], f"{str(image_id)[:16]} ({r['split']})"))
+    return mosaic(samples, classes)
+
+
 def gt_vs_pred(panels: list[tuple[np.ndarray, pd.DataFrame, pd.DataFrame, str]], classes) -> bytes:
     """The study's "Labels | Predictions" figure: one row per image."""
     n = max(1, len(panels))

@@ -33,6 +33,32 @@ def task_boxes(boxes: pd.DataFrame, task: TaskSpec) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def task_inputs(splits: pd.DataFrame, nih_boxes: pd.DataFrame, vbd_boxes: pd.DataFrame, task: TaskSpec
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(images, boxes) of a task, every box in the pixels of its own (converted) image.
+
+    `splits`: the patient_splits table (image_id, source, width, height, orig_width, orig_height, ...).
+    NIH boxes already live in the 1024 px PNG space; VinBigData boxes are in the DICOM's original
+    pixels and are scaled to the converted image. Labels: NIH names for `nih` tasks, united names else.
+    """
+    from .classes import NIH_TO_UNITED
+
+    nb = nih_boxes[["image_id", "label", *COORDS]]
+    if task.source == "nih":
+        images = splits[splits["source"] == "nih"].reset_index(drop=True)
+        return images, nb[nb["image_id"].isin(images["image_id"])].reset_index(drop=True)
+    nb = nb.assign(label=nb["label"].map(NIH_TO_UNITED))
+    sizes = splits.set_index("image_id")
+    vb = vbd_boxes[vbd_boxes["image_id"].isin(sizes.index)]
+    sx = vb["image_id"].map(sizes["width"] / sizes["orig_width"])
+    sy = vb["image_id"].map(sizes["height"] / sizes["orig_height"])
+    vb = pd.DataFrame({"image_id": vb["image_id"], "label": vb["united"],
+                       "x_min": vb["x_min"] * sx, "y_min": vb["y_min"] * sy,
+                       "x_max": vb["x_max"] * sx, "y_max": vb["y_max"] * sy})
+    boxes = pd.concat([nb[nb["image_id"].isin(splits["image_id"])], vb], ignore_index=True)
+    return splits.reset_index(drop=True), boxes
+
+
 def yolo_lines(boxes: pd.DataFrame, width: float, height: float) -> list[str]:
     lines = []
     for r in boxes.itertuples(index=False):
@@ -55,13 +81,16 @@ def read_yolo_label(path: str | Path, width: float, height: float) -> np.ndarray
     return np.asarray(rows, dtype=float).reshape(-1, 5)
 
 
-def build_dataset(out_dir: str | Path, task: TaskSpec, images: pd.DataFrame, boxes: pd.DataFrame) -> dict:
+def build_dataset(out_dir: str | Path, task: TaskSpec, images: pd.DataFrame, boxes: pd.DataFrame,
+                  final_dir: str | Path | None = None) -> dict:
     """Write the dataset into `out_dir` (a fresh folder). Returns its summary.
 
     `images`: image_id, path, width, height, split. `boxes`: image_id, label, x_min..y_max in the
-    pixels of the image at `path`.
+    pixels of the image at `path`. `final_dir`: where the folder will live once moved into place
+    (an atomic write builds it elsewhere); data.yaml and the split lists name paths there.
     """
     out = Path(out_dir)
+    final = Path(final_dir or out_dir).resolve()
     tb = task_boxes(boxes, task)
     by_image = {k: g for k, g in tb.groupby("image_id", sort=False)}
     lists: dict[str, list[str]] = {s: [] for s in SPLITS}
@@ -76,15 +105,15 @@ def build_dataset(out_dir: str | Path, task: TaskSpec, images: pd.DataFrame, box
         b = by_image.get(r.image_id, tb.iloc[0:0])
         lines = yolo_lines(b, r.width, r.height)
         label.write_text("\n".join(lines) + ("\n" if lines else ""))
-        lists[r.split].append(str(img_link))
+        lists[r.split].append(str(final / "images" / r.split / img_link.name))
         manifest.append({"image_id": r.image_id, "split": r.split, "n_boxes": len(lines)})
     for split, items in lists.items():
         (out / f"{split}.txt").write_text("\n".join(items) + ("\n" if items else ""))
     data = {
-        "path": str(out.resolve()),
-        "train": str((out / "train.txt").resolve()),
-        "val": str((out / "val.txt").resolve()),
-        "test": str((out / "test.txt").resolve()),
+        "path": str(final),
+        "train": str(final / "train.txt"),
+        "val": str(final / "val.txt"),
+        "test": str(final / "test.txt"),
         "names": {i: c for i, c in enumerate(task.classes)},
     }
     (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))

@@ -7,11 +7,10 @@ import dagster as dg
 import pandas as pd
 
 from ..core import plots
-from ..core.classes import NIH_TO_UNITED, TASKS
-from ..core.labels import load_gray
+from ..core.classes import TASKS
 from ..core.sampling import sample_background
 from ..core.splits import assign_splits
-from ..core.yolo_dataset import build_dataset, content_hash, dataset_checks, instances_table
+from ..core.yolo_dataset import build_dataset, content_hash, dataset_checks, instances_table, task_inputs
 from .nih import nih_boxes, nih_labels
 from .resources import TASK_PARTITIONS, XrayResource, md_image, table_md
 from .vinbigdata import read_manifests, vinbigdata_annotations, vinbigdata_boxes
@@ -128,27 +127,6 @@ def no_missing_images(xray: XrayResource) -> dg.AssetCheckResult:
                                metadata={"missing": len(missing)})
 
 
-def task_inputs(st, task_name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(images, boxes in each image's own pixels with the source's class names) for a task."""
-    task = TASKS[task_name]
-    table = st.read_parquet("datasets", "splits.parquet")
-    nb = st.read_parquet("nih", "boxes.parquet")[["image_id", "label", "x_min", "y_min", "x_max", "y_max"]]
-    if task.source == "nih":
-        images = table[table["source"] == "nih"].reset_index(drop=True)
-        return images, nb[nb["image_id"].isin(images["image_id"])]
-    nb = nb.assign(label=nb["label"].map(NIH_TO_UNITED))
-    vb = st.read_parquet("vinbigdata", "boxes.parquet")
-    sizes = table.set_index("image_id")
-    vb = vb[vb["image_id"].isin(sizes.index)]
-    sx = vb["image_id"].map(sizes["width"] / sizes["orig_width"])
-    sy = vb["image_id"].map(sizes["height"] / sizes["orig_height"])
-    vb = pd.DataFrame({"image_id": vb["image_id"], "label": vb["united"],
-                       "x_min": vb["x_min"] * sx, "y_min": vb["y_min"] * sy,
-                       "x_max": vb["x_max"] * sx, "y_max": vb["y_max"] * sy})
-    boxes = pd.concat([nb[nb["image_id"].isin(table["image_id"])], vb], ignore_index=True)
-    return table.reset_index(drop=True), boxes
-
-
 DATASET_CHECKS = {
     "no_patient_in_two_splits": ("No patient's images in two splits of this task's dataset.", dg.AssetCheckSeverity.ERROR, True),
     "boxes_inside_images": ("Every box inside its image with positive area.", dg.AssetCheckSeverity.ERROR, True),
@@ -158,6 +136,11 @@ DATASET_CHECKS = {
 }
 
 
+def read_task_inputs(st, task_name: str):
+    return task_inputs(st.read_parquet("datasets", "splits.parquet"), st.read_parquet("nih", "boxes.parquet"),
+                       st.read_parquet("vinbigdata", "boxes.parquet"), TASKS[task_name])
+
+
 @dg.asset(group_name="datasets", partitions_def=TASK_PARTITIONS, kinds={"yolo"}, deps=[patient_splits],
           check_specs=[dg.AssetCheckSpec(name, asset="yolo_datasets", description=d, blocking=b)
                        for name, (d, _, b) in DATASET_CHECKS.items()],
@@ -165,28 +148,19 @@ DATASET_CHECKS = {
 def yolo_datasets(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
     task = TASKS[context.partition_key]
     st = xray.storage
-    images, boxes = task_inputs(st, task.name)
+    images, boxes = read_task_inputs(st, task.name)
+    final = st.root / "datasets" / task.name
     with st.atomic_dir("datasets", task.name) as tmp:
-        built = build_dataset(tmp, task, images, boxes)
-        # data.yaml must name the final folder, not the temp one
-        text = (tmp / "data.yaml").read_text().replace(str(tmp.resolve()), str(st.root / "datasets" / task.name))
-        (tmp / "data.yaml").write_text(text)
-        for split in ("train", "val", "test"):
-            lst = tmp / f"{split}.txt"
-            lst.write_text(lst.read_text().replace(str(tmp), str(st.root / "datasets" / task.name)))
+        built = build_dataset(tmp, task, images, boxes, final_dir=final)
         tb = built["boxes"]
         images.to_parquet(tmp / "images.parquet", index=False)
         tb.to_parquet(tmp / "boxes.parquet", index=False)
         inst = instances_table(images, tb, task.classes)
         (tmp / "labels.png").write_bytes(plots.label_distribution(tb, images, task.classes))
-        samples = []
-        for image_id in tb["image_id"].drop_duplicates().head(8):
-            r = images.set_index("image_id").loc[image_id]
-            samples.append((load_gray(r["path"]), tb[tb.image_id == image_id], f"{image_id[:16]} ({r['split']})"))
-        (tmp / "mosaic.png").write_bytes(plots.mosaic(samples, task.classes))
+        (tmp / "mosaic.png").write_bytes(plots.dataset_mosaic(images, tb, task.classes))
         digest = content_hash(images, tb)
         (tmp / "dataset_hash.txt").write_text(digest)
-    root = st.root / "datasets" / task.name
+    root = final
     context.log.info(f"{task.name}: {len(images)} images, {len(tb)} boxes, hash {digest}")
     checks = []
     for name, (passed, facts) in dataset_checks(images, tb, task.classes).items():
