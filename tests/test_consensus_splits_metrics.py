@@ -146,3 +146,17 @@ def test_weighted_boxes_fusion_fuses_readers():
         weighted_boxes_fusion(ann.assign(image_id="b"), sizes)
     agree = reader_agreement(ann).set_index("class")
     assert abs(agree.loc["Cardiomegaly", "mean_pairwise_iou"] - 90 * 100 / (110 * 100)) < 1e-9
+
+
+def test_bootstrap_interval_and_confusion_matrix():
+    from xray_assets.core.metrics import bootstrap_ci, confusion_matrix
+
+    gt = _frame([(f"i{i}", "A" if i % 2 else "B", 0, 0, 10, 10) for i in range(20)])
+    pred = _frame([(f"i{i}", "A" if i % 2 else "B", 0, 0, 10, 10, 0.9) for i in range(10)]
+                  + [("i15", "B", 0, 0, 10, 10, 0.4)], score=True)  # i10..i19 missed, i15 called B
+    ci = bootstrap_ci(gt, pred, ["A", "B"], gt.image_id, n_boot=100, seed=1).set_index("label")
+    lo, hi = ci.loc["(mean AP50)", ["ci_low", "ci_high"]]
+    assert 0 < lo < 0.5 < hi < 1
+    cm = confusion_matrix(gt, pred, ["A", "B"])
+    assert cm.loc["A", "A"] == 5 and cm.loc["B", "B"] == 5 and cm.loc["A", "B"] == 1
+    assert cm.loc["A", "background"] == 4 and cm.loc["B", "background"] == 5

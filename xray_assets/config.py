@@ -71,6 +71,8 @@ class Profile:
     iou_grid: tuple[float, ...] = STUDY_IOU_GRID
     #: how many ground-truth-vs-prediction panels an evaluation report draws
     report_panels: int = 4
+    #: resamples of the test images for the 95% bootstrap intervals
+    bootstrap_resamples: int = 200
     #: most quarantined input rows an asset check accepts
     max_quarantine_rows: int = 10
 
@@ -142,6 +144,7 @@ PROFILES: dict[str, Profile] = {
         conf_grid=(0.03, 0.3),
         iou_grid=(0.5, 0.8),
         report_panels=2,
+        bootstrap_resamples=20,
     ),
 }
 

@@ -13,7 +13,7 @@ from ..storage import Storage
 from . import plots
 from .classes import SERVED_TASKS, TaskSpec
 from .labels import load_gray
-from .metrics import evaluate, match_label, pr_curve, summarise
+from .metrics import bootstrap_ci, confusion_matrix, evaluate, match_label, pr_curve, summarise
 from .report import markdown_to_html, md_table
 from .train import predict
 from .tuning import apply_nms, best_pair, score_grid
@@ -65,7 +65,19 @@ def evaluate_task(st: Storage, task: TaskSpec, profile: Profile, tracking_uri: s
     summary = summarise(table)
     log(f"{task.name}: test mAP50={summary['map50']:.3f} recall={summary['recall']:.3f} "
         f"({len(images)} images, {len(gt)} boxes)" + ("; no test boxes: metrics undefined" if gt.empty else ""))
+    ci = bootstrap_ci(gt, pred, task.classes, images["image_id"], n_boot=profile.bootstrap_resamples,
+                      seed=profile.seed)
+    cm = confusion_matrix(gt, pred, task.classes)
+    cis = ci.set_index("label")
+    summary["map50_ci_low"], summary["map50_ci_high"] = (float(cis.loc["(mean AP50)", "ci_low"]),
+                                                       float(cis.loc["(mean AP50)", "ci_high"]))
+    table = table.merge(ci.rename(columns={"ci_low": "ap50_ci_low", "ci_high": "ap50_ci_high"})
+                        [["label", "ap50_ci_low", "ap50_ci_high"]], on="label", how="left")
     base = ("reports", task.name)
+    st.write_parquet(ci, *base, "bootstrap_ci.parquet")
+    st.write_parquet(cm.reset_index(names="true"), *base, "confusion_matrix.parquet")
+    st.write_bytes(plots.confusion_heatmap(cm, f"{task.name}: test, conf {best['conf']:g}, iou {best['iou']:g}"),
+                   *base, "confusion_matrix.png")
     st.write_parquet(raw, *base, "raw_test.parquet")
     st.write_parquet(pred, *base, "predictions.parquet")
     st.write_parquet(table, *base, "metrics.parquet")
@@ -90,12 +102,16 @@ def evaluate_task(st: Storage, task: TaskSpec, profile: Profile, tracking_uri: s
         f"Profile `{profile.name}`; test split: {len(images)} images, {len(gt)} boxes; tuned on val: "
         f"conf {best['conf']:g}, iou {best['iou']:g}.",
         "",
-        f"mAP50 {summary['map50']:.3f}, mAP50-95 {summary['map50_95']:.3f}, mAP40 {summary['map40']:.3f}, "
+        f"mAP50 {summary['map50']:.3f} (95% bootstrap CI {summary['map50_ci_low']:.3f}-{summary['map50_ci_high']:.3f}, "
+        f"{profile.bootstrap_resamples} resamples of test images), mAP50-95 {summary['map50_95']:.3f}, "
+        f"mAP40 {summary['map40']:.3f}, "
         f"precision {summary['precision']:.3f}, recall {summary['recall']:.3f}, F1 {summary['f1']:.3f}.",
         "",
         md_table(table),
         "",
         "![PR curves](pr_curves.png)",
+        "",
+        "![Confusion matrix](confusion_matrix.png)",
         "",
         "![Labels | Predictions](panels.png)",
     ]
@@ -116,7 +132,7 @@ def _log_to_run(st: Storage, task: TaskSpec, tracking_uri: str, summary: dict, b
     for k, v in summary.items():
         client.log_metric(info["run_id"], f"test_{k}", float(v))
     folder = st.root.joinpath(*base)
-    for name in ("report.md", "report.html", "pr_curves.png", "panels.png", "metrics.parquet"):
+    for name in ("report.md", "report.html", "pr_curves.png", "panels.png", "confusion_matrix.png", "metrics.parquet"):
         client.log_artifact(info["run_id"], str(folder / name), artifact_path="evaluation")
 
 
@@ -129,7 +145,9 @@ def study_report(st: Storage, profile: Profile, tasks: list[str]) -> dict:
         s = st.read_json("reports", t, "summary.json")
         info = st.read_json("models", t, "model.json")
         s = {k: (float("nan") if v is None else v) for k, v in s.items()}
-        rows.append({"task": t, "test_map50": s["map50"], "test_map50_95": s["map50_95"], "test_recall": s["recall"],
+        rows.append({"task": t, "test_map50": s["map50"], "map50_ci_low": s.get("map50_ci_low", float("nan")),
+                     "map50_ci_high": s.get("map50_ci_high", float("nan")),
+                     "test_map50_95": s["map50_95"], "test_recall": s["recall"],
                      "test_precision": s["precision"], "conf": s["conf"], "iou": s["iou"],
                      "test_images": s["test_images"], "test_boxes": s["test_boxes"],
                      "model_version": info.get("model_version")})

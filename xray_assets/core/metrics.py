@@ -156,3 +156,65 @@ def summarise(table: pd.DataFrame) -> dict[str, float]:
         "recall": float(t["recall"].mean()),
         "f1": float(t["f1"].fillna(0).mean()),
     }
+
+
+def bootstrap_ci(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, image_ids,
+                 n_boot: int = 200, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+    """95% intervals of AP50 (per label and the mean) and recall, resampling images with replacement."""
+    rng = np.random.default_rng(seed)
+    ids = np.asarray(list(image_ids))
+    gt_by = {k: g for k, g in ground_truth.groupby("image_id")}
+    pr_by = {k: g for k, g in predictions.groupby("image_id")}
+    empty_gt, empty_pr = ground_truth.iloc[0:0], predictions.iloc[0:0]
+    samples: dict[str, list[float]] = {label: [] for label in labels}
+    samples["(mean AP50)"], samples["(mean recall)"] = [], []
+    for _ in range(n_boot):
+        draw = rng.choice(ids, size=len(ids), replace=True)
+        gts, prs = [], []
+        for k, image_id in enumerate(draw):
+            key = f"{image_id}#{k}"
+            gts.append(gt_by.get(image_id, empty_gt).assign(image_id=key))
+            prs.append(pr_by.get(image_id, empty_pr).assign(image_id=key))
+        gt, pr = pd.concat(gts, ignore_index=True), pd.concat(prs, ignore_index=True)
+        aps, recalls = [], []
+        for label in labels:
+            g = gt[gt["label"] == label]
+            if g.empty:
+                continue
+            s, tp, n = match_label(g, pr[pr["label"] == label], 0.5)
+            ap = ap_from_pr(*pr_curve(s, tp, n)[:2])
+            samples[label].append(ap)
+            aps.append(ap)
+            recalls.append(tp.sum() / n)
+        if aps:
+            samples["(mean AP50)"].append(float(np.mean(aps)))
+            samples["(mean recall)"].append(float(np.mean(recalls)))
+    rows = []
+    for label, vals in samples.items():
+        lo, hi = (np.quantile(vals, [alpha / 2, 1 - alpha / 2]) if vals else (np.nan, np.nan))
+        rows.append({"label": label, "ci_low": float(lo), "ci_high": float(hi), "resamples": len(vals)})
+    return pd.DataFrame(rows)
+
+
+def confusion_matrix(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, iou_thr: float = 0.5
+                     ) -> pd.DataFrame:
+    """Rows: true class (+ "background" for unmatched predictions); columns: predicted class
+    (+ "background" for missed boxes). Class-agnostic greedy matching by score at `iou_thr`."""
+    names = list(labels) + ["background"]
+    m = pd.DataFrame(0, index=names, columns=names)
+    for image_id in set(ground_truth["image_id"]) | set(predictions["image_id"]):
+        g = ground_truth[ground_truth["image_id"] == image_id]
+        p = predictions[predictions["image_id"] == image_id].sort_values("score", ascending=False)
+        ious = box_iou(p[COORDS].to_numpy(float), g[COORDS].to_numpy(float))
+        free = np.ones(len(g), bool)
+        for d in range(len(p)):
+            row = np.where(free, ious[d], -1.0) if len(g) else np.array([-1.0])
+            j = int(row.argmax())
+            if len(g) and row[j] >= iou_thr:
+                free[j] = False
+                m.loc[g.iloc[j]["label"], p.iloc[d]["label"]] += 1
+            else:
+                m.loc["background", p.iloc[d]["label"]] += 1
+        for j in np.flatnonzero(free):
+            m.loc[g.iloc[j]["label"], "background"] += 1
+    return m

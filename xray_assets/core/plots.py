@@ -125,3 +125,18 @@ def bar_compare(table: pd.DataFrame, value: str, title: str) -> bytes:
     ax.set_title(title)
     plt.setp(ax.get_xticklabels(), rotation=25, ha="right")
     return _png(fig)
+
+
+def confusion_heatmap(matrix: pd.DataFrame, title: str) -> bytes:
+    n = len(matrix)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
+    ax.imshow(matrix.to_numpy(), cmap="Blues")
+    ax.set_xticks(range(n), list(matrix.columns), rotation=40, ha="right", fontsize=7)
+    ax.set_yticks(range(n), list(matrix.index), fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), v in np.ndenumerate(matrix.to_numpy()):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return _png(fig)

@@ -46,7 +46,9 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
         "test_precision": round(out["summary"]["precision"], 4),
         "per_class": table_md(out["table"].round(4)),
         "report": dg.MetadataValue.path(str(root / "report.html")),
+        "test_map50_ci95": f"{out['summary']['map50_ci_low']:.3f} - {out['summary']['map50_ci_high']:.3f}",
         "pr_curves": md_image(root / "pr_curves.png"),
+        "confusion_matrix": md_image(root / "confusion_matrix.png"),
         "labels_vs_predictions": md_image(root / "panels.png"),
     })
 
