@@ -160,28 +160,41 @@ def summarise(table: pd.DataFrame) -> dict[str, float]:
 
 def bootstrap_ci(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, image_ids,
                  n_boot: int = 200, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
-    """95% intervals of AP50 (per label and the mean) and recall, resampling images with replacement."""
+    """95% intervals of AP50 (per label and the mean) and recall, resampling images with replacement.
+
+    Matching is per image, so each image's (scores, true-positive flags, ground-truth count) is
+    computed once; a resample only concatenates the drawn images' arrays.
+    """
     rng = np.random.default_rng(seed)
-    ids = np.asarray(list(image_ids))
-    gt_by = {k: g for k, g in ground_truth.groupby("image_id")}
-    pr_by = {k: g for k, g in predictions.groupby("image_id")}
-    empty_gt, empty_pr = ground_truth.iloc[0:0], predictions.iloc[0:0]
+    ids = list(dict.fromkeys(image_ids))
+    index = {image_id: k for k, image_id in enumerate(ids)}
+    per_label = {}
+    for label in labels:
+        gt = ground_truth[ground_truth["label"] == label]
+        pred = predictions[predictions["label"] == label]
+        scores = [np.zeros(0)] * len(ids)
+        tps = [np.zeros(0, bool)] * len(ids)
+        n_gt = np.zeros(len(ids), int)
+        for image_id, g in gt.groupby("image_id"):
+            if image_id in index:
+                n_gt[index[image_id]] = len(g)
+        for image_id in set(gt["image_id"]) | set(pred["image_id"]):
+            if image_id not in index:
+                continue
+            s, tp, _ = match_label(gt[gt["image_id"] == image_id], pred[pred["image_id"] == image_id], 0.5)
+            scores[index[image_id]], tps[index[image_id]] = s, tp
+        per_label[label] = (scores, tps, n_gt)
     samples: dict[str, list[float]] = {label: [] for label in labels}
     samples["(mean AP50)"], samples["(mean recall)"] = [], []
     for _ in range(n_boot):
-        draw = rng.choice(ids, size=len(ids), replace=True)
-        gts, prs = [], []
-        for k, image_id in enumerate(draw):
-            key = f"{image_id}#{k}"
-            gts.append(gt_by.get(image_id, empty_gt).assign(image_id=key))
-            prs.append(pr_by.get(image_id, empty_pr).assign(image_id=key))
-        gt, pr = pd.concat(gts, ignore_index=True), pd.concat(prs, ignore_index=True)
+        draw = rng.integers(0, len(ids), size=len(ids))
         aps, recalls = [], []
-        for label in labels:
-            g = gt[gt["label"] == label]
-            if g.empty:
+        for label, (scores, tps, n_gt) in per_label.items():
+            n = int(n_gt[draw].sum())
+            if n == 0:
                 continue
-            s, tp, n = match_label(g, pr[pr["label"] == label], 0.5)
+            s = np.concatenate([scores[i] for i in draw])
+            tp = np.concatenate([tps[i] for i in draw])
             ap = ap_from_pr(*pr_curve(s, tp, n)[:2])
             samples[label].append(ap)
             aps.append(ap)
