@@ -26,10 +26,9 @@ def _split(st: Storage, task: TaskSpec, split: str) -> tuple[pd.DataFrame, pd.Da
     return images, boxes[boxes["image_id"].isin(images["image_id"])].reset_index(drop=True)
 
 
-def raw_predictions(st: Storage, task: TaskSpec, profile: Profile, split: str) -> tuple[pd.DataFrame, float]:
+def raw_predictions(st: Storage, task: TaskSpec, profile: Profile, images: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     """One forward pass over a split at the grid's lowest confidence, no suppression (IoU 1.0)."""
     info = st.read_json("models", task.name, "model.json")
-    images, _ = _split(st, task, split)
     t0 = time.time()
     raw = predict(st.root / "models" / task.name / "best.pt", images, list(task.classes),
                   imgsz=int(info["imgsz"]), conf=min(profile.conf_grid), iou=1.0)
@@ -37,8 +36,8 @@ def raw_predictions(st: Storage, task: TaskSpec, profile: Profile, split: str) -
 
 
 def tune_task(st: Storage, task: TaskSpec, profile: Profile, log: Callable[[str], None] = print) -> dict:
-    raw, t_pred = raw_predictions(st, task, profile, "val")
-    _, gt = _split(st, task, "val")
+    images, gt = _split(st, task, "val")
+    raw, t_pred = raw_predictions(st, task, profile, images)
     if gt.empty:
         log(f"{task.name}: WARNING the val split has no boxes of this task; every grid point scores 0")
     log(f"{task.name}: {len(raw)} raw val detections in {t_pred:.1f}s; scoring "
@@ -58,8 +57,8 @@ def tune_task(st: Storage, task: TaskSpec, profile: Profile, log: Callable[[str]
 def evaluate_task(st: Storage, task: TaskSpec, profile: Profile, tracking_uri: str | None = None,
                   log: Callable[[str], None] = print) -> dict:
     best = st.read_json("tuning", task.name, "best.json")
-    raw, t_pred = raw_predictions(st, task, profile, "test")
     images, gt = _split(st, task, "test")
+    raw, t_pred = raw_predictions(st, task, profile, images)
     pred = apply_nms(raw, best["conf"], best["iou"])
     table = evaluate(gt, pred, task.classes)
     summary = summarise(table)
