@@ -9,7 +9,6 @@ min-max to uint8, cv2.resize INTER_AREA, PNG write. Also: 1 vs 2 worker processe
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import tempfile

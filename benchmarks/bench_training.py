@@ -9,39 +9,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
-import numpy as np
-import pandas as pd
-
-
-def make_dataset(root: Path, n: int = 32, size: int = 256) -> Path:
-    from xray_assets.core.classes import TASKS
-    from xray_assets.core.synthetic import render
-    from xray_assets.core.yolo_dataset import build_dataset
-
-    rows, boxes = [], []
-    for i in range(n):
-        img, lesions = render(np.random.default_rng(i), ["Cardiomegaly"] if i % 2 else [], size, size)
-        p = root / "img" / f"{i:03d}.png"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(p), (img * 255).astype(np.uint8))
-        rows.append({"image_id": p.name, "path": str(p), "width": size, "height": size,
-                     "split": "train" if i < n * 0.8 else "val"})
-        boxes += [{"image_id": p.name, "label": l.label, "x_min": l.box[0] * size, "y_min": l.box[1] * size,
-                   "x_max": l.box[2] * size, "y_max": l.box[3] * size} for l in lesions]
-    build_dataset(root / "ds", TASKS["united_cardiomegaly"], pd.DataFrame(rows), pd.DataFrame(boxes))
-    return root / "ds" / "data.yaml"
 
 
 def main() -> list[dict]:
     from xray_assets.config import configure_ultralytics, get_profile
     from xray_assets.core import train as core_train
+    from xray_assets.core.synthetic import toy_yolo_dataset
 
     configure_ultralytics()
     params = replace(get_profile("demo").train, epochs=6, imgsz=160, workers=0, extra={"nbs": 8, "val": False})
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        data = make_dataset(tmp, n=64)
+        data = toy_yolo_dataset(tmp, "united_cardiomegaly", 64, 256, [[], ["Cardiomegaly"]], (0.8, 1.0))
         # the store's one-time creation (schema migrations) is not a per-training cost
         core_train.mlflow_experiment(f"sqlite:///{tmp / 'mlflow.db'}", "bench", tmp / "artifacts")
         from ultralytics import YOLO

@@ -1,4 +1,3 @@
-import pandas as pd
 import pytest
 
 from xray_assets.core import labels

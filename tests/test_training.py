@@ -3,33 +3,18 @@
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 
 from xray_assets.config import get_profile
 from xray_assets.core import train as core_train
-from xray_assets.core.classes import TASKS
-from xray_assets.core.synthetic import render
-from xray_assets.core.yolo_dataset import build_dataset
+from xray_assets.core.synthetic import toy_yolo_dataset
 
 
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
-    rows, boxes = [], []
-    for i in range(12):
-        img, lesions = render(np.random.default_rng(i), ["Cardiomegaly"] if i % 2 else [], 128, 128)
-        p = tmp_path / "img" / f"{i:03d}.png"
-        p.parent.mkdir(exist_ok=True)
-        cv2.imwrite(str(p), (img * 255).astype(np.uint8))
-        rows.append({"image_id": f"{i:03d}.png", "path": str(p), "width": 128, "height": 128,
-                     "split": "train" if i < 8 else ("val" if i < 10 else "test")})
-        boxes += [{"image_id": f"{i:03d}.png", "label": l.label, "x_min": l.box[0] * 128, "y_min": l.box[1] * 128,
-                   "x_max": l.box[2] * 128, "y_max": l.box[3] * 128} for l in lesions]
-    build_dataset(tmp_path / "ds", TASKS["united_cardiomegaly"], pd.DataFrame(rows), pd.DataFrame(boxes))
-    return tmp_path / "ds" / "data.yaml"
+    return toy_yolo_dataset(tmp_path, "united_cardiomegaly", 12, 128, [[], ["Cardiomegaly"]], (8 / 12, 10 / 12))
 
 
 def _train(tmp_path, data_yaml, **kw):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 
 from ..config import Profile
@@ -16,7 +15,7 @@ from .labels import load_gray
 from .metrics import bootstrap_ci, confusion_matrix, evaluate, match_label, pr_curve, summarise
 from .report import markdown_to_html, md_table
 from .train import predict
-from .tuning import apply_nms, best_pair, score_grid
+from .tuning import apply_nms, best_pair, tune_grid
 
 
 def _split(st: Storage, task: TaskSpec, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -37,21 +36,19 @@ def raw_predictions(st: Storage, task: TaskSpec, profile: Profile, images: pd.Da
 
 def tune_task(st: Storage, task: TaskSpec, profile: Profile, log: Callable[[str], None] = print) -> dict:
     images, gt = _split(st, task, "val")
-    raw, t_pred = raw_predictions(st, task, profile, images)
     if gt.empty:
         log(f"{task.name}: WARNING the val split has no boxes of this task; every grid point scores 0")
-    log(f"{task.name}: {len(raw)} raw val detections in {t_pred:.1f}s; scoring "
-        f"{len(profile.conf_grid) * len(profile.iou_grid)} grid points")
-    t0 = time.time()
-    grid = score_grid(raw, gt, task.classes, profile.conf_grid, profile.iou_grid)
-    t_score = time.time() - t0
+    info = st.read_json("models", task.name, "model.json")
+    grid, timing = tune_grid(st.root / "models" / task.name / "best.pt", st.root / "datasets" / task.name / "data.yaml",
+                             profile.conf_grid, profile.iou_grid, imgsz=int(info["imgsz"]),
+                             log=lambda m: log(f"{task.name}: {m}"))
     best = best_pair(grid)
-    st.write_parquet(raw, "tuning", task.name, "raw_val.parquet")
     st.write_parquet(grid, "tuning", task.name, "grid.parquet")
-    st.write_json(best, "tuning", task.name, "best.json")
+    st.write_json({**best, **timing}, "tuning", task.name, "best.json")
     st.write_bytes(plots.grid_heatmap(grid, best), "tuning", task.name, "grid.png")
     log(f"{task.name}: best conf={best['conf']:g} iou={best['iou']:g} objective={best['objective']:.3f}")
-    return {"best": best, "grid": grid, "predict_seconds": t_pred, "score_seconds": t_score}
+    return {"best": best, "grid": grid, "predict_seconds": timing["pass_seconds"],
+            "score_seconds": timing["score_seconds"]}
 
 
 def evaluate_task(st: Storage, task: TaskSpec, profile: Profile, tracking_uri: str | None = None,

@@ -127,22 +127,6 @@ def evaluate(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels: list
     return pd.DataFrame(rows)
 
 
-def map50_recall(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels) -> dict[str, float]:
-    """mAP50 and recall at IoU 0.5, averaged over labels with ground truth (the tuning objective's parts)."""
-    aps, recalls, precisions = [], [], []
-    for label in labels:
-        gt = ground_truth[ground_truth["label"] == label]
-        if gt.empty:
-            continue
-        s, tp, n = match_label(gt, predictions[predictions["label"] == label], 0.5)
-        aps.append(ap_from_pr(*pr_curve(s, tp, n)[:2]))
-        recalls.append(tp.sum() / n)
-        precisions.append(tp.sum() / len(tp) if len(tp) else 0.0)
-    if not aps:
-        return {"map50": 0.0, "recall": 0.0, "precision": 0.0}
-    return {"map50": float(np.mean(aps)), "recall": float(np.mean(recalls)), "precision": float(np.mean(precisions))}
-
-
 def summarise(table: pd.DataFrame) -> dict[str, float]:
     """Mean over labels that have ground truth (NaN everywhere when nothing has ground truth)."""
     t = table[table["n_gt"] > 0]

@@ -543,3 +543,31 @@ def write_sample_data(out_dir: str | Path, size: int = 120, seed: int = 0, backg
     stats = write_nih(out / "nih", size, seed, background_ratio, workers=workers)
     stats |= write_vinbigdata(out / "vinbigdata", size, seed, max_side=vinbigdata_max_side, workers=workers)
     return stats
+
+
+def toy_yolo_dataset(root: str | Path, task: str, n: int, size: int, label_sets: list[list[str]],
+                     fractions: tuple[float, float] = (0.6, 0.8)) -> Path:
+    """A small YOLO dataset of rendered images for tests and benchmarks; returns its data.yaml.
+
+    Image i draws `label_sets[i % len(label_sets)]` (NIH names) with seed i; images before
+    `fractions[0] * n` are train, before `fractions[1] * n` val, the rest test.
+    """
+    import pandas as pd
+
+    from .classes import TASKS
+    from .yolo_dataset import build_dataset
+
+    root = Path(root)
+    rows, boxes = [], []
+    for i in range(n):
+        img, lesions = render(np.random.default_rng(i), label_sets[i % len(label_sets)], size, size)
+        p = root / "img" / f"{i:03d}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(p), (img * 255).astype(np.uint8))
+        split = "train" if i < fractions[0] * n else ("val" if i < fractions[1] * n else "test")
+        rows.append({"image_id": p.name, "path": str(p), "width": size, "height": size, "split": split})
+        boxes += [{"image_id": p.name, "label": les.label, "x_min": les.box[0] * size, "y_min": les.box[1] * size,
+                   "x_max": les.box[2] * size, "y_max": les.box[3] * size} for les in lesions]
+    build_dataset(root / "ds", TASKS[task], pd.DataFrame(rows),
+                  pd.DataFrame(boxes, columns=["image_id", "label", "x_min", "y_min", "x_max", "y_max"]))
+    return root / "ds" / "data.yaml"

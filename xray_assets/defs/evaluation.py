@@ -2,7 +2,6 @@
 
 
 import dagster as dg
-import pandas as pd
 
 from ..core import evaluation as core_eval
 from ..core.classes import TASK_NAMES, TASKS

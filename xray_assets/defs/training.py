@@ -1,7 +1,6 @@
 """One YOLO model per task, trained through ultralytics and tracked in one MLflow run each."""
 
 
-import json
 import subprocess
 from pathlib import Path
 
