@@ -49,3 +49,11 @@ def sample_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sample")
     write_sample_data(out, size=16, seed=3, vinbigdata_max_side=700)
     return out
+
+
+@pytest.fixture
+def data_copy(sample_dir, tmp_path) -> Path:
+    """A private copy of the sample data for tests that merge drops into it (append-only)."""
+    import shutil
+
+    return Path(shutil.copytree(sample_dir, tmp_path / "data"))

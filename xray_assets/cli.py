@@ -37,6 +37,17 @@ def cmd_sample_data(args) -> int:
     return 0
 
 
+def cmd_sample_drop(args) -> int:
+    from .config import Settings
+    from .core.synthetic import write_drop
+
+    inbox = Path(args.inbox) if args.inbox else Settings.from_env().inbox_dir
+    folder = write_drop(inbox / args.name, args.format, n_annotated=args.size, seed=args.seed,
+                        ready=not args.no_ready)
+    print(f"{args.format} drop written to {folder}" + ("" if args.no_ready else " (READY)"))
+    return 0
+
+
 def materialize_graph(profile: str | None = None, select: list[str] | None = None, tasks: list[str] | None = None,
                       instance=None, xray=None, raise_on_error: bool = True, log_level: str = "INFO") -> list:
     """Materialise the graph stage by stage, every run recorded in the Dagster instance."""
@@ -121,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--size", type=int, default=160, help="annotated images per dataset (default 160)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_sample_data)
+    d = sub.add_parser("sample-drop", help="write a sample annotation drop (new patients) into the inbox")
+    d.add_argument("name", help="the drop's folder name")
+    d.add_argument("--format", choices=["nih", "vinbigdata"], default="nih")
+    d.add_argument("--size", type=int, default=6, help="annotated images in the drop")
+    d.add_argument("--seed", type=int, default=101)
+    d.add_argument("--inbox", default=None, help="default: $XRAY_INBOX_DIR or <XRAY_DATA_DIR>/inbox")
+    d.add_argument("--no-ready", action="store_true", help="leave out the READY marker")
+    d.set_defaults(fn=cmd_sample_drop)
     m = sub.add_parser("materialize", help="materialise the graph, every task partition")
     m.add_argument("--profile", default=None, help="study, demo or smoke (default: $XRAY_PROFILE or demo)")
     m.add_argument("--select", default=None, help="comma-separated asset keys (default: all)")

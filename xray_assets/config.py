@@ -165,6 +165,9 @@ class Settings:
     storage_dir: Path
     profile: str
     mlflow_tracking_uri: str
+    inbox_dir: Path | None = None      # default: <data_dir>/inbox
+    champion_margin: float = 0.01      # a new model may be this much worse (test mAP50) and still be champion
+    retrain_cron: str = "0 3 * * 1"    # the retraining schedule (stopped by default)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -172,7 +175,11 @@ class Settings:
         data = Path(os.environ.get("XRAY_DATA_DIR", "data/sample")).expanduser().resolve()
         profile = os.environ.get("XRAY_PROFILE", "demo")
         uri = os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(storage)
-        return cls(data_dir=data, storage_dir=storage, profile=profile, mlflow_tracking_uri=uri)
+        inbox = os.environ.get("XRAY_INBOX_DIR")
+        return cls(data_dir=data, storage_dir=storage, profile=profile, mlflow_tracking_uri=uri,
+                   inbox_dir=Path(inbox).expanduser().resolve() if inbox else data / "inbox",
+                   champion_margin=float(os.environ.get("XRAY_CHAMPION_MARGIN", "0.01")),
+                   retrain_cron=os.environ.get("XRAY_RETRAIN_CRON", "0 3 * * 1"))
 
 
 def default_mlflow_uri(storage_dir: Path) -> str:

@@ -132,6 +132,26 @@ def _log_to_run(st: Storage, task: TaskSpec, tracking_uri: str, summary: dict, b
         client.log_artifact(info["run_id"], str(folder / name), artifact_path="evaluation")
 
 
+def _boxes_per_class_and_split(st: Storage, tasks: list[str]) -> pd.DataFrame:
+    rows = []
+    for t in tasks:
+        if not (st.exists("datasets", t, "images.parquet") and st.exists("datasets", t, "boxes.parquet")):
+            continue
+        images = st.read_parquet("datasets", t, "images.parquet")
+        boxes = st.read_parquet("datasets", t, "boxes.parquet").merge(images[["image_id", "split"]], on="image_id")
+        n_img = boxes.groupby(["label", "split"])["image_id"].nunique()
+        n_box = boxes.groupby(["label", "split"]).size()
+        for label in sorted(boxes["label"].unique()):
+            row = {"task": t, "class": label}
+            for split in ("train", "val", "test"):
+                row[split] = f"{n_box.get((label, split), 0)} ({n_img.get((label, split), 0)})"
+            rows.append(row)
+        rows.append({"task": t, "class": "(background images)",
+                     **{sp: str(int(((images["split"] == sp) & ~images["image_id"].isin(boxes["image_id"])).sum()))
+                        for sp in ("train", "val", "test")}})
+    return pd.DataFrame(rows)
+
+
 def study_report(st: Storage, profile: Profile, tasks: list[str]) -> dict:
     rows, missing = [], []
     for t in tasks:
@@ -163,6 +183,9 @@ def study_report(st: Storage, profile: Profile, tasks: list[str]) -> dict:
         cons = pd.DataFrame({"all_readers": before, "consensus": after}).fillna(0).astype(int)
         md += ["VinBigData boxes before and after consensus:", "",
                md_table(cons.rename_axis("class").reset_index()), ""]
+    per_task = _boxes_per_class_and_split(st, tasks)
+    if not per_task.empty:
+        md += ["Boxes per class and split in each task's dataset (images in brackets):", "", md_table(per_task), ""]
     md += ["## Results on the test split (tuned thresholds)", ""]
     if not table.empty:
         md += [md_table(table), ""]
@@ -170,10 +193,16 @@ def study_report(st: Storage, profile: Profile, tasks: list[str]) -> dict:
         md += ["![test mAP50 per task](map50.png)", "", "## Comparisons", ""]
         m = table.set_index("task")["test_map50"]
 
+        ci = table.set_index("task")[["map50_ci_low", "map50_ci_high"]]
+
         def cmp(a, b, what):
             if a in m and b in m:
                 verdict = "higher" if m[a] > m[b] else ("lower" if m[a] < m[b] else "equal")
-                md.append(f"- {what}: {a} mAP50 {m[a]:.3f} vs {b} {m[b]:.3f} ({a} is {verdict}).")
+                overlap = ci.loc[a, "map50_ci_low"] <= ci.loc[b, "map50_ci_high"] and \
+                    ci.loc[b, "map50_ci_low"] <= ci.loc[a, "map50_ci_high"]
+                note = "; the 95% intervals overlap, so this test set cannot tell them apart" if overlap else \
+                    "; the 95% intervals do not overlap"
+                md.append(f"- {what}: {a} mAP50 {m[a]:.3f} vs {b} {m[b]:.3f} ({a} is {verdict}{note}).")
 
         cmp("united_multi", "nih_multi", "Adding VinBigData (united vs NIH only, multi-class)")
         cmp("united_binary", "nih_binary", "Adding VinBigData (united vs NIH only, binary)")

@@ -323,7 +323,7 @@ def _nih_image(job: tuple) -> tuple[str, list[str]]:
 
 
 def write_nih(out: Path, n_annotated: int, seed: int, background_ratio: float = 2.0,
-              n_unboxed: int | None = None, workers: int | None = None) -> dict[str, int]:
+              n_unboxed: int | None = None, workers: int | None = None, first_patient: int = 1) -> dict[str, int]:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 1])
     n_background = int(round(n_annotated * background_ratio))
@@ -332,7 +332,7 @@ def write_nih(out: Path, n_annotated: int, seed: int, background_ratio: float = 
     kinds = [kinds[i] for i in rng.permutation(len(kinds))]
     label_plan = iter(_nih_label_plan(rng, n_annotated))
     meta, jobs = [], []
-    idx, patient = 0, 0
+    idx, patient = 0, first_patient - 1
     while idx < len(kinds):
         patient += 1
         n_follow = int(rng.choice([1, 1, 2, 2, 3, 4]))
@@ -364,7 +364,7 @@ def write_nih(out: Path, n_annotated: int, seed: int, background_ratio: float = 
     test = {i for i in ids if int(i[:8]) % 5 == 0}
     _write_lines(out / "train_val_list.txt", [i for i in ids if i not in test], final_newline=False)
     _write_lines(out / "test_list.txt", [i for i in ids if i in test], final_newline=False)
-    return {"nih_images": len(entries), "nih_boxes": len(boxes), "nih_patients": patient}
+    return {"nih_images": len(entries), "nih_boxes": len(boxes), "nih_patients": patient - first_patient + 1}
 
 
 def _write_lines(path: Path, lines: list[str], final_newline: bool = True) -> None:
@@ -571,3 +571,21 @@ def toy_yolo_dataset(root: str | Path, task: str, n: int, size: int, label_sets:
     build_dataset(root / "ds", TASKS[task], pd.DataFrame(rows),
                   pd.DataFrame(boxes, columns=["image_id", "label", "x_min", "y_min", "x_max", "y_max"]))
     return root / "ds" / "data.yaml"
+
+
+def write_drop(folder: str | Path, fmt: str, n_annotated: int = 6, seed: int = 101,
+               first_patient: int = 90_000, max_side: int = 700, ready: bool = True) -> Path:
+    """A sample annotation drop for the inbox: new patients (NIH) or new image ids (VinBigData),
+    in the native formats, with a READY marker unless `ready` is False."""
+    folder = Path(folder)
+    if fmt == "nih":
+        write_nih(folder, n_annotated, seed, background_ratio=0.0, n_unboxed=0, first_patient=first_patient)
+        for extra in ("train_val_list.txt", "test_list.txt"):
+            (folder / extra).unlink(missing_ok=True)
+    elif fmt == "vinbigdata":
+        write_vinbigdata(folder, n_annotated, seed, n_no_finding=1, n_unmapped_only=0, max_side=max_side)
+    else:
+        raise ValueError(f"unknown drop format {fmt!r}: nih or vinbigdata")
+    if ready:
+        (folder / "READY").write_text("")
+    return folder

@@ -3,6 +3,7 @@
 
 import dagster as dg
 
+from ..core import champion
 from ..core import evaluation as core_eval
 from ..core.classes import TASK_NAMES, TASKS
 from .resources import TASK_PARTITIONS, XrayResource, md_image, table_md
@@ -36,6 +37,17 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
     task = TASKS[context.partition_key]
     st, profile = xray.storage, xray.config
     out = core_eval.evaluate_task(st, task, profile, tracking_uri=xray.tracking_uri, log=context.log.info)
+    info = st.read_json("models", task.name, "model.json")
+    gate = {"decision": "not gated (no registered version)"}
+    if info.get("model_version"):
+        gate = champion.gate(xray.tracking_uri, f"xray-{task.name}", info["model_version"],
+                             float(out["summary"]["map50"]), xray.champion_margin)
+        before = gate["champion_map50_before"]
+        context.log.info(f"{task.name}: version {gate['version']} is {gate['decision']} (test mAP50 "
+                         f"{gate['new_map50']:.3f} vs champion " +
+                         (f"v{gate['champion_version_before']} {before:.3f}" if before is not None else "none") +
+                         f", margin {gate['margin']:g})")
+    st.write_json(gate, "reports", task.name, "champion.json")
     root = st.root / "reports" / task.name
     return dg.MaterializeResult(metadata={
         "test_boxes": int(out["table"]["n_gt"].sum()),
@@ -49,6 +61,11 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
         "pr_curves": md_image(root / "pr_curves.png"),
         "confusion_matrix": md_image(root / "confusion_matrix.png"),
         "labels_vs_predictions": md_image(root / "panels.png"),
+        "champion_decision": gate["decision"],
+        "champion_margin": xray.champion_margin,
+        "previous_champion": (f"v{gate['champion_version_before']}: test mAP50 {gate['champion_map50_before']:.4f}"
+                              if gate.get("champion_map50_before") is not None else "none"),
+        "new_version": (f"v{gate['version']}: test mAP50 {gate['new_map50']:.4f}" if "version" in gate else "none"),
     })
 
 

@@ -22,6 +22,8 @@ class XrayResource(dg.ConfigurableResource):
     profile: str = Field(default="demo", description="study, demo or smoke")
     mlflow_tracking_uri: str = Field(default="", description="empty: the embedded store under storage_dir")
     mlflow_ui_url: str = Field(default="http://127.0.0.1:5000", description="for links in metadata")
+    inbox_dir: str = Field(default="", description="annotation drops; empty: <data_dir>/inbox")
+    champion_margin: float = Field(default=0.01, description="test mAP50 a new model may lose and still be champion")
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> "XrayResource":
@@ -30,7 +32,8 @@ class XrayResource(dg.ConfigurableResource):
         s = settings or Settings.from_env()
         return cls(data_dir=str(s.data_dir), storage_dir=str(s.storage_dir), profile=s.profile,
                    mlflow_tracking_uri=s.mlflow_tracking_uri,
-                   mlflow_ui_url=os.environ.get("XRAY_MLFLOW_UI", "http://127.0.0.1:5000"))
+                   mlflow_ui_url=os.environ.get("XRAY_MLFLOW_UI", "http://127.0.0.1:5000"),
+                   inbox_dir=str(s.inbox_dir or ""), champion_margin=s.champion_margin)
 
     @property
     def storage(self) -> Storage:
@@ -43,6 +46,10 @@ class XrayResource(dg.ConfigurableResource):
     @property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or default_mlflow_uri(Path(self.storage_dir))
+
+    @property
+    def inbox(self) -> Path:
+        return Path(self.inbox_dir) if self.inbox_dir else Path(self.data_dir) / "inbox"
 
     def data(self, *parts: str) -> Path:
         return Path(self.data_dir).joinpath(*parts)
