@@ -35,7 +35,7 @@ def build_definitions(xray: XrayResource | None = None) -> dg.Definitions:
         assets=ASSETS,
         asset_checks=CHECKS,
         jobs=[automation.ingest_labels_job],
-        sensors=[automation.new_annotations],
+        sensors=[automation.new_annotations, automation.downstream_automation],
         schedules=[automation.retrain_schedule()],
         resources={"xray": xray or XrayResource.from_settings()},
     )

@@ -21,6 +21,13 @@ ingest_labels_job = dg.define_asset_job(
 
 CURSOR_KEEP = 500
 
+#: Dagster's own automation sensor, running by default: it evaluates ON_UPSTREAM_CHANGE each tick.
+downstream_automation = dg.AutomationConditionSensorDefinition(
+    "retrain_downstream", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Re-materialises what became stale below the labels: conversions, splits, datasets, "
+                "models, thresholds, reports (one layer per tick).")
+
 
 @dg.sensor(job=ingest_labels_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Merges complete annotation drops (a folder with READY) from the inbox into the raw "
