@@ -124,6 +124,13 @@ def cmd_materialize(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve.app import serve
+
+    serve(host=args.host, port=args.port, backend=args.backend)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="xray-assets", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -145,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--select", default=None, help="comma-separated asset keys (default: all)")
     m.add_argument("--tasks", default=None, help="comma-separated task partitions (default: all six)")
     m.set_defaults(fn=cmd_materialize)
+    v = sub.add_parser("serve", help="the web app: four served models side by side on an upload")
+    v.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    v.add_argument("--port", type=int, default=8080)
+    v.add_argument("--backend", choices=["onnx", "pytorch"], default="onnx",
+                   help="onnx: ONNX Runtime export cached per model version (default); pytorch: the .pt weights")
+    v.set_defaults(fn=cmd_serve)
     args = p.parse_args(argv)
     return args.fn(args)
 

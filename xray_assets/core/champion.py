@@ -40,7 +40,9 @@ def decide(new_score: float, champion_score: float | None, margin: float) -> str
     return CHAMPION if new_score >= champion_score - margin else CHALLENGER
 
 
-def gate(tracking_uri: str, model_name: str, version: str | int, new_score: float, margin: float) -> dict:
+def gate(tracking_uri: str, model_name: str, version: str | int, new_score: float, margin: float,
+         tags: dict[str, str] | None = None) -> dict:
+    """Decide and set the alias; `tags` (e.g. the tuned thresholds) are set on the new version too."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -52,6 +54,8 @@ def gate(tracking_uri: str, model_name: str, version: str | int, new_score: floa
     decision = decide(new_score, champ_score, margin)
     client.set_model_version_tag(model_name, version, SCORE_TAG, f"{new_score:.6f}")
     client.set_model_version_tag(model_name, version, "gate_decision", decision)
+    for k, v in (tags or {}).items():
+        client.set_model_version_tag(model_name, version, k, str(v))
     if current is not None:
         client.set_model_version_tag(model_name, version, "gate_compared_with", str(current.version))
     client.set_registered_model_alias(model_name, decision, version)

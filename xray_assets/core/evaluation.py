@@ -119,6 +119,14 @@ def evaluate_task(st: Storage, task: TaskSpec, profile: Profile, tracking_uri: s
     return {"table": table, "summary": summary, "predict_seconds": t_pred}
 
 
+def serving_tags(st: Storage, task: TaskSpec) -> dict[str, str]:
+    """What a server needs beside the weights, tagged on the registered version at the gate."""
+    best = st.read_json("tuning", task.name, "best.json")
+    info = st.read_json("models", task.name, "model.json")
+    return {"nms_conf": f"{best['conf']:g}", "nms_iou": f"{best['iou']:g}", "imgsz": str(info["imgsz"]),
+            "classes": ",".join(task.classes)}
+
+
 def _log_to_run(st: Storage, task: TaskSpec, tracking_uri: str, summary: dict, base: tuple) -> None:
     import mlflow
 

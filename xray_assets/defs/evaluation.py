@@ -41,7 +41,8 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
     gate = {"decision": "not gated (no registered version)"}
     if info.get("model_version"):
         gate = champion.gate(xray.tracking_uri, f"xray-{task.name}", info["model_version"],
-                             float(out["summary"]["map50"]), xray.champion_margin)
+                             float(out["summary"]["map50"]), xray.champion_margin,
+                             tags=core_eval.serving_tags(st, task))
         before = gate["champion_map50_before"]
         context.log.info(f"{task.name}: version {gate['version']} is {gate['decision']} (test mAP50 "
                          f"{gate['new_map50']:.3f} vs champion " +

@@ -1,6 +1,7 @@
-"""The inference web app (FastAPI) that shows the four served models side by side.
+"""The inference web app (FastAPI): the study's four served models side by side.
 
-Not built yet: issue 8 brings `xray-assets serve`. It will read models and thresholds written by
-the graph (`storage/models/<task>`, `storage/tuning/<task>/best.json`) through `core`, `config` and
-`storage` only, never through Dagster.
+`models.py` resolves each served task's champion (MLflow alias, else the latest version, else the
+graph's latest weights), its tuned thresholds, and a cached ONNX Runtime export; `decode.py` turns an
+upload (PNG, JPEG or DICOM) into pixels; `app.py` is the FastAPI app. It reads `core`, `config` and
+`storage` only, never Dagster.
 """

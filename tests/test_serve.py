@@ -1,0 +1,218 @@
+"""The served panel: models resolved from the registry, ONNX parity, safe uploads, concurrency,
+and the page in a real browser (Debian chromium via Playwright)."""
+
+import concurrent.futures as cf
+import dataclasses
+import io
+import sys
+import threading
+
+import cv2
+import dagster as dg
+import numpy as np
+import pytest
+
+from browser import browser, free_port, server
+from conftest import ROOT
+from xray_assets.config import Settings
+from xray_assets.core.classes import SERVED_TASKS
+
+SMOKE_TASKS = list(SERVED_TASKS)
+
+
+@pytest.fixture(scope="module")
+def served(sample_dir, tmp_path_factory):
+    """The smoke graph for the four served tasks, materialised once for this module."""
+    from xray_assets.cli import materialize_graph
+    from xray_assets.defs.resources import XrayResource
+
+    storage = tmp_path_factory.mktemp("serve") / "storage"
+    xray = XrayResource(data_dir=str(sample_dir), storage_dir=str(storage), profile="smoke")
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert all(r.success for r in materialize_graph(instance=instance, xray=xray, tasks=SMOKE_TASKS))
+    settings = Settings(data_dir=sample_dir, storage_dir=storage, profile="smoke",
+                        mlflow_tracking_uri=xray.tracking_uri)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def panel(served):
+    from xray_assets.serve.models import load_panel
+
+    return load_panel(served)
+
+
+@pytest.fixture(scope="module")
+def client(panel):
+    from fastapi.testclient import TestClient
+
+    from xray_assets.serve.app import create_app
+
+    return TestClient(create_app(panel, limit_mb=2))
+
+
+def _png(img: np.ndarray) -> bytes:
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+def _nih_png(sample_dir, i=0) -> bytes:
+    return sorted((sample_dir / "nih").glob("images_*/images/*.png"))[i].read_bytes()
+
+
+def _dicom(sample_dir, i=0):
+    return sorted((sample_dir / "vinbigdata" / "train").glob("*.dicom"))[i]
+
+
+def test_panel_serves_each_tasks_champion_with_its_tuned_thresholds(panel, served):
+    import json
+
+    assert [m.task for m in panel] == SMOKE_TASKS
+    for m in panel:
+        assert m.chosen == "champion" and m.version == "1"
+        best = json.loads((served.storage_dir / "tuning" / m.task / "best.json").read_text())
+        assert (m.conf, m.iou) == (best["conf"], best["iou"])
+        assert m.backend == "onnx" and str(m.weights).endswith("best.pt")
+        assert m.agnostic == (m.task == "united_multi")
+    assert list((served.storage_dir / "serve" / "united_multi" / "v1").glob("*.onnx")), "export cached per version"
+
+
+def test_onnx_matches_pytorch_on_sample_images(panel, sample_dir):
+    from xray_assets.core.dicom import read_dicom_image
+    from xray_assets.core.metrics import box_iou
+    from xray_assets.serve.models import ServedModel
+
+    images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+              for p in sorted((sample_dir / "nih").glob("images_*/images/*.png"))[:3]]
+    images.append(read_dicom_image(_dicom(sample_dir)))
+    compared = 0
+    for m in panel:
+        fast = dataclasses.replace(m, conf=0.001, lock=threading.Lock())
+        fast.model = m.model
+        ref = dataclasses.replace(m, conf=0.001, backend="pytorch", model=None, lock=threading.Lock()).load()
+        for img in images:
+            a, b = ref.detect(img), fast.detect(img)
+            for box in a[:20]:
+                same = [o for o in b if o["label"] == box["label"]]
+                assert same, (m.task, box)
+                xy = lambda d: np.array([[d["x_min"], d["y_min"], d["x_max"], d["y_max"]]])
+                ious = [float(box_iou(xy(box), xy(o))[0, 0]) for o in same]
+                j = int(np.argmax(ious))
+                assert ious[j] >= 0.9, (m.task, box, same[j])
+                assert abs(same[j]["score"] - box["score"]) <= 0.05
+                compared += 1
+    assert compared >= 20, f"only {compared} boxes compared: the parity check needs detections"
+
+
+def test_api_detect_json_shape_png_and_dicom(client, sample_dir):
+    r = client.post("/api/detect", files={"file": ("x.png", _nih_png(sample_dir), "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["image"] == {"width": 1024, "height": 1024}
+    assert [m["task"] for m in body["models"]] == SMOKE_TASKS
+    for m in body["models"]:
+        assert {"task", "version", "conf", "iou", "boxes"} <= set(m)
+        for b in m["boxes"]:
+            assert set(b) == {"label", "score", "x_min", "y_min", "x_max", "y_max"}
+            assert 0 <= b["x_min"] <= b["x_max"] <= 1024
+    path = _dicom(sample_dir)
+    r = client.post("/api/detect", files={"file": ("scan.dicom", path.read_bytes(), "application/dicom")})
+    assert r.status_code == 200, r.text
+    from xray_assets.core.dicom import read_dicom_image
+
+    h, w = read_dicom_image(path).shape
+    assert r.json()["image"] == {"width": w, "height": h}
+    assert b"SYNTHETIC" not in r.content and b"SYN00" not in r.content
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_bad_uploads_get_clear_status_codes(client, sample_dir):
+    big = b"\x89PNG\r\n\x1a\n" + b"0" * (3 * 1024 * 1024)
+    r = client.post("/api/detect", files={"file": ("big.png", big, "image/png")})
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+    r = client.post("/api/detect", files={"file": ("notes.txt", b"hello, not an x-ray\n", "text/plain")})
+    assert r.status_code == 415 and "unsupported" in r.json()["error"]
+    r = client.post("/api/detect", files={"file": ("x.png", _nih_png(sample_dir)[:300], "image/png")})
+    assert r.status_code == 400 and "corrupt" in r.json()["error"]
+    r = client.post("/api/detect", files={"file": ("x.dcm", b"\0" * 128 + b"DICM" + b"\x01" * 200, "application/dicom")})
+    assert r.status_code == 400 and "DICOM" in r.json()["error"]
+    r = client.post("/detect", files={"file": ("notes.txt", b"hello", "text/plain")})
+    assert r.status_code == 415 and "unsupported file type" in r.text
+
+
+def test_twenty_concurrent_requests_each_get_their_own_answer(panel, sample_dir):
+    import httpx
+    import uvicorn
+
+    from xray_assets.serve.app import create_app, run_panel
+
+    base = cv2.imread(str(sorted((sample_dir / "nih").glob("images_*/images/*.png"))[1]), cv2.IMREAD_GRAYSCALE)
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(20):   # different sizes and content: the size identifies the image in the answer
+        h, w = 600 + 7 * i, 500 + 11 * i
+        y, x = rng.integers(0, 1024 - h), rng.integers(0, 1024 - w)
+        images.append(np.ascontiguousarray(base[y:y + h, x:x + w]))
+    expected = [run_panel(panel, img) for img in images]
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(panel), host="127.0.0.1", port=port, log_level="warning"))
+
+
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    try:
+        for _ in range(100):
+            if srv.started:
+                break
+            import time
+            time.sleep(0.1)
+
+        def call(i):
+            r = httpx.post(f"http://127.0.0.1:{port}/api/detect", timeout=120,
+                           files={"file": (f"{i}.png", _png(images[i]), "image/png")})
+            return i, r.status_code, r.json()
+
+        with cf.ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(call, range(20)))
+    finally:
+        srv.should_exit = True
+        t.join(timeout=10)
+    for i, status, body in answers:
+        assert status == 200
+        h, w = images[i].shape
+        assert body["image"] == {"width": w, "height": h}, i
+        for got, want in zip(body["models"], expected[i]["models"]):
+            assert [b["label"] for b in got["boxes"]] == [b["label"] for b in want["boxes"]], i
+            assert np.allclose([b["x_min"] for b in got["boxes"]], [b["x_min"] for b in want["boxes"]], atol=0.5)
+
+
+@pytest.mark.slow
+def test_page_in_a_browser_png_dicom_and_error(served, sample_dir, tmp_path):
+    port = free_port()
+    env = {"XRAY_DATA_DIR": str(served.data_dir), "XRAY_STORAGE_DIR": str(served.storage_dir),
+           "XRAY_PROFILE": "smoke", "MLFLOW_TRACKING_URI": served.mlflow_tracking_uri, "YOLO_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "xray_assets.cli", "serve", "--port", str(port)]
+    png = tmp_path / "chest.png"
+    png.write_bytes(_nih_png(sample_dir, 2))
+    text = tmp_path / "notes.txt"
+    text.write_text("not an x-ray")
+    with server(cmd, f"http://127.0.0.1:{port}/health", env, ROOT, tmp_path / "serve.log"), browser() as b:
+        page = b.new_page(viewport={"width": 1400, "height": 1000})
+        for upload in (png, _dicom(sample_dir)):
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.set_input_files("#file", str(upload))
+            page.click("#submit")
+            page.wait_for_selector("figure.panel", timeout=60_000)
+            figs = page.locator("figure.panel")
+            assert figs.count() == 4
+            captions = [figs.nth(i).locator("figcaption").inner_text() for i in range(4)]
+            for task, caption in zip(SMOKE_TASKS, captions):
+                assert caption.startswith(task) and "conf" in caption and "iou" in caption
+            assert all(figs.nth(i).locator("img").evaluate("i => i.naturalWidth") > 0 for i in range(4))
+        page.screenshot(path=str(tmp_path / "panel.png"))
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.set_input_files("#file", str(text))
+        page.click("#submit")
+        alert = page.wait_for_selector(".error", timeout=30_000)
+        assert "unsupported file type" in alert.inner_text()
+    log = (tmp_path / "serve.log").read_text()
+    assert "notes.txt" not in log and "SYNTHETIC" not in log

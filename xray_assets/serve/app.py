@@ -1,0 +1,163 @@
+"""`xray-assets serve`: FastAPI on uvicorn, the four served models loaded once at start-up.
+
+- `GET /`: the upload page; `POST /detect`: the same page with four labelled panels (or the error);
+- `POST /api/detect` (multipart field `file`): JSON, boxes in the original image's pixels;
+- `GET /health`: the models served (task, version, how chosen, thresholds, runtime).
+Uploads over the limit get 413, unsupported types 415, corrupt images or DICOMs 400. An upload is
+held in memory (a DICOM goes through a private temp file, deleted at once); nothing from a DICOM
+header is returned or logged, nor is the uploaded file's name.
+"""
+
+
+import base64
+import html
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .decode import UploadError, decode
+from .models import ServedModel
+
+log = logging.getLogger("xray_assets.serve")
+TEMPLATE = (Path(__file__).parent / "templates" / "index.html").read_text()
+DEFAULT_LIMIT_MB = float(os.environ.get("XRAY_MAX_UPLOAD_MB", "50"))
+PALETTE = [(66, 135, 245), (245, 130, 48), (60, 180, 75), (230, 25, 75), (145, 30, 180), (70, 240, 240),
+           (240, 50, 230), (210, 245, 60)]
+
+
+def run_panel(panel: list[ServedModel], gray: np.ndarray) -> dict:
+    h, w = gray.shape[:2]
+    return {"image": {"width": int(w), "height": int(h)},
+            "models": [{"task": m.task, "version": m.version, "chosen": m.chosen, "conf": m.conf, "iou": m.iou,
+                        "boxes": m.detect(gray)} for m in panel]}
+
+
+def draw(gray: np.ndarray, result: dict, classes: list[str], max_side: int = 640) -> bytes:
+    """One panel: the image with its boxes, class names and scores (OpenCV's built-in font)."""
+    scale = min(1.0, max_side / max(gray.shape[:2]))
+    img = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
+    img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    for b in result["boxes"]:
+        color = PALETTE[classes.index(b["label"]) % len(PALETTE)] if b["label"] in classes else PALETTE[0]
+        p0 = (int(b["x_min"] * scale), int(b["y_min"] * scale))
+        p1 = (int(b["x_max"] * scale), int(b["y_max"] * scale))
+        cv2.rectangle(img, p0, p1, color, 2)
+        text = f"{b['label']} {b['score']:.2f}"
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+        y = max(p0[1], th + 4)
+        cv2.rectangle(img, (p0[0], y - th - 4), (p0[0] + tw + 4, y), color, -1)
+        cv2.putText(img, text, (p0[0] + 2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+def _page(body: str, panel: list[ServedModel], limit_mb: float) -> str:
+    models = "Served: " + "; ".join(f"{m.task} v{m.version} ({m.chosen}, {m.backend}, conf {m.conf:g}, "
+                                     f"iou {m.iou:g})" for m in panel)
+    return (TEMPLATE.replace("{{BODY}}", body).replace("{{MODELS}}", html.escape(models))
+            .replace("{{LIMIT_MB}}", f"{limit_mb:g}"))
+
+
+def _panels_html(gray: np.ndarray, result: dict, panel: list[ServedModel]) -> str:
+    figs = []
+    for m, r in zip(panel, result["models"]):
+        png = base64.b64encode(draw(gray, r, m.classes)).decode()
+        rows = "".join(f"<tr><td>{html.escape(b['label'])}</td><td>{b['score']:.2f}</td>"
+                       f"<td>{b['x_min']:.0f}, {b['y_min']:.0f}, {b['x_max']:.0f}, {b['y_max']:.0f}</td></tr>"
+                       for b in r["boxes"])
+        table = (f"<table><tr><th>class</th><th>score</th><th>box (px)</th></tr>{rows}</table>" if rows
+                 else "<div>no finding above the threshold</div>")
+        figs.append(f'<figure class="panel" data-task="{m.task}"><img alt="{m.task}" src="data:image/png;base64,'
+                    f'{png}"><figcaption><b>{m.task}</b> v{html.escape(m.version)} ({m.chosen}), conf {m.conf:g}, '
+                    f'iou {m.iou:g}: {len(r["boxes"])} box(es){table}</figcaption></figure>')
+    w, h = result["image"]["width"], result["image"]["height"]
+    return f'<p class="sub">image {w} x {h} px</p><div class="grid">{"".join(figs)}</div>'
+
+
+def create_app(panel: list[ServedModel], limit_mb: float = DEFAULT_LIMIT_MB):
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    limit = int(limit_mb * 1024 * 1024)
+    app = FastAPI(title="xray-assets panel", docs_url="/docs", redoc_url=None)
+    app.state.panel = panel
+
+    async def read_upload(request: Request) -> tuple[np.ndarray, str, int]:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+            raise UploadError(413, f"upload too large: the limit is {limit_mb:g} MB")
+        form = await request.form(max_part_size=limit + 1)
+        up = form.get("file")
+        if up is None or not hasattr(up, "read"):
+            raise UploadError(400, "no file: send the image in the multipart field 'file'")
+        data = await up.read(limit + 1)
+        if len(data) > limit:
+            raise UploadError(413, f"upload too large: the limit is {limit_mb:g} MB")
+        if not data:
+            raise UploadError(400, "the uploaded file is empty")
+        gray, kind = decode(data, up.filename or "")
+        return gray, kind, len(data)
+
+    async def handle(request: Request) -> tuple[np.ndarray, dict]:
+        rid = uuid.uuid4().hex[:8]
+        t0 = time.perf_counter()
+        try:
+            gray, kind, size = await read_upload(request)
+        except UploadError as exc:
+            log.info(f"request {rid}: rejected {exc.status} ({exc})")
+            raise
+        except Exception as exc:   # a malformed multipart body
+            if "size" in str(exc).lower() and "exceed" in str(exc).lower():
+                raise UploadError(413, f"upload too large: the limit is {limit_mb:g} MB") from None
+            raise UploadError(400, "the request is not a readable multipart upload") from None
+        from starlette.concurrency import run_in_threadpool
+
+        result = await run_in_threadpool(run_panel, panel, gray)
+        n = sum(len(m["boxes"]) for m in result["models"])
+        log.info(f"request {rid}: {kind} {size} bytes {gray.shape[1]}x{gray.shape[0]} -> {n} boxes in "
+                 f"{(time.perf_counter() - t0) * 1000:.0f} ms")
+        return gray, result
+
+    @app.get("/", response_class=HTMLResponse)
+    def index():
+        return _page("", panel, limit_mb)
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "models": [m.describe() for m in panel]}
+
+    @app.post("/api/detect")
+    async def api_detect(request: Request):
+        try:
+            _, result = await handle(request)
+        except UploadError as exc:
+            return JSONResponse({"error": str(exc), "status": exc.status}, status_code=exc.status)
+        return result
+
+    @app.post("/detect", response_class=HTMLResponse)
+    async def page_detect(request: Request):
+        try:
+            gray, result = await handle(request)
+        except UploadError as exc:
+            body = f'<div class="error" role="alert">Error {exc.status}: {html.escape(str(exc))}</div>'
+            return HTMLResponse(_page(body, panel, limit_mb), status_code=exc.status)
+        return HTMLResponse(_page(_panels_html(gray, result, panel), panel, limit_mb))
+
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, backend: str = "onnx") -> None:
+    import uvicorn
+
+    from .models import load_panel
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    panel = load_panel(backend=backend)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(f"binding {host}: the panel is reachable from other machines")
+    # access logs off: they would carry nothing sensitive, but the app's own line says more
+    uvicorn.run(create_app(panel), host=host, port=port, access_log=False, log_level="info")
