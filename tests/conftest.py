@@ -57,3 +57,26 @@ def data_copy(sample_dir, tmp_path) -> Path:
     import shutil
 
     return Path(shutil.copytree(sample_dir, tmp_path / "data"))
+
+
+TOY_SIZE = 128
+
+
+@pytest.fixture(scope="session")
+def toy_model(tmp_path_factory):
+    """A three-class (nih_multi) model trained long enough to find things: (weights, data.yaml)."""
+    from xray_assets.config import configure_ultralytics
+    from xray_assets.core.synthetic import toy_yolo_dataset
+
+    tmp = tmp_path_factory.mktemp("toy_model")
+    data = toy_yolo_dataset(tmp, "nih_multi", 40, TOY_SIZE,
+                            [["Cardiomegaly"], ["Mass"], ["Effusion"], ["Cardiomegaly", "Effusion"], []], (0.7, 0.9))
+    configure_ultralytics()
+    from ultralytics import YOLO
+    from ultralytics.utils import SETTINGS
+
+    SETTINGS.update({"mlflow": False})
+    YOLO("yolov8n.yaml").train(data=str(data), epochs=30, imgsz=TOY_SIZE, batch=8, workers=0, plots=False, val=False,
+                               device="cpu", project=str(tmp / "runs"), name="t", exist_ok=True, mosaic=0, nbs=8,
+                               optimizer="AdamW", lr0=0.01, warmup_epochs=1, amp=False, verbose=False)
+    return tmp / "runs" / "t" / "weights" / "last.pt", data

@@ -2,34 +2,14 @@
 
 import pytest
 
-from xray_assets.config import configure_ultralytics
-from xray_assets.core.synthetic import toy_yolo_dataset
+from conftest import TOY_SIZE as SIZE
 from xray_assets.core.tuning import best_pair, tune_grid, val_args
 
-SIZE = 128
 
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A three-class model trained long enough that its grid is far from all-zero."""
-    tmp = tmp_path_factory.mktemp("tuning")
-    data = toy_yolo_dataset(tmp, "nih_multi", 40, SIZE,
-                            [["Cardiomegaly"], ["Mass"], ["Effusion"], ["Cardiomegaly", "Effusion"], []], (0.7, 0.9))
-    configure_ultralytics()
-    from ultralytics import YOLO
-    from ultralytics.utils import SETTINGS
-
-    SETTINGS.update({"mlflow": False})
-    YOLO("yolov8n.yaml").train(data=str(data), epochs=30, imgsz=SIZE, batch=8, workers=0, plots=False, val=False,
-                               device="cpu", project=str(tmp / "runs"), name="t", exist_ok=True, mosaic=0, nbs=8,
-                               optimizer="AdamW", lr0=0.01, warmup_epochs=1, amp=False, verbose=False)
-    return tmp / "runs" / "t" / "weights" / "last.pt", data
-
-
-def test_one_pass_grid_equals_ultralytics_val_at_every_checked_point(trained):
+def test_one_pass_grid_equals_ultralytics_val_at_every_checked_point(toy_model):
     from ultralytics import YOLO
 
-    weights, data = trained
+    weights, data = toy_model
     grid, info = tune_grid(weights, data, (0.01, 0.1, 0.3), (0.3, 0.6, 0.8), imgsz=SIZE, batch=4, log=lambda m: None)
     assert info["images"] == 8 and info["candidates"] > 0
     assert grid["map50"].max() > 0.2, "the parity check needs a model that finds something"

@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("serve", help="the web app: four served models side by side on an upload")
     v.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     v.add_argument("--port", type=int, default=8080)
-    v.add_argument("--backend", choices=["onnx", "pytorch"], default="onnx",
-                   help="onnx: ONNX Runtime export cached per model version (default); pytorch: the .pt weights")
+    v.add_argument("--backend", choices=["openvino", "onnx", "pytorch"], default="openvino",
+                   help="openvino (default) or onnx: an export cached per model version; pytorch: the .pt weights")
     v.set_defaults(fn=cmd_serve)
     args = p.parse_args(argv)
     return args.fn(args)

@@ -150,7 +150,7 @@ def create_app(panel: list[ServedModel], limit_mb: float = DEFAULT_LIMIT_MB):
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8080, backend: str = "onnx") -> None:
+def serve(host: str = "127.0.0.1", port: int = 8080, backend: str = "openvino") -> None:
     import uvicorn
 
     from .models import load_panel

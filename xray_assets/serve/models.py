@@ -3,8 +3,8 @@
 Each served task's model is its MLflow `champion` (the gate's alias), else its latest registered
 version, else the graph's latest weights under the storage root. Thresholds come from the version's
 tags (written at the gate), else `tuning/<task>/best.json`. The fast CPU path exports the weights
-once per version to ONNX (cached under `storage/serve/<task>/v<version>/`) and runs them with ONNX
-Runtime through ultralytics, so pre- and post-processing are the training code's own.
+once per version to OpenVINO (default) or ONNX (cached under `storage/serve/<task>/v<version>/`)
+and runs them through ultralytics, so pre- and post-processing are the training code's own.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class ServedModel:
     imgsz: int
     classes: list[str]
     weights: Path
-    backend: str = "onnx"
+    backend: str = "openvino"
     agnostic: bool = False
     model: object = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -53,7 +53,7 @@ class ServedModel:
         configure_ultralytics()
         from ultralytics import YOLO
 
-        path = export_onnx(self.weights, self.imgsz) if self.backend == "onnx" else self.weights
+        path = export_model(self.weights, self.imgsz, self.backend) if self.backend in EXPORTS else self.weights
         self.model = YOLO(str(path), task="detect")
         self.detect(np.zeros((self.imgsz, self.imgsz), np.uint8))   # warm-up: first call builds sessions
         return self
@@ -76,9 +76,13 @@ class ServedModel:
                 "conf": self.conf, "iou": self.iou, "imgsz": self.imgsz, "agnostic_nms": self.agnostic}
 
 
-def export_onnx(weights: Path, imgsz: int) -> Path:
-    """`<weights>.onnx` beside the weights, exported once (atomically) and reused."""
-    final = weights.with_name(f"{weights.stem}-{imgsz}.onnx")
+#: what `ultralytics` exports for each fast backend, and the suffix of the cached export
+EXPORTS = {"openvino": "_openvino_model", "onnx": ".onnx"}
+
+
+def export_model(weights: Path, imgsz: int, backend: str) -> Path:
+    """The weights exported for `backend` beside them, once (moved into place atomically), then reused."""
+    final = weights.with_name(f"{weights.stem}-{imgsz}{EXPORTS[backend]}")
     if final.exists():
         return final
     configure_ultralytics()
@@ -87,7 +91,8 @@ def export_onnx(weights: Path, imgsz: int) -> Path:
     with tempfile.TemporaryDirectory(dir=weights.parent, prefix=".export-") as tmp:
         src = Path(tmp) / weights.name
         shutil.copyfile(weights, src)
-        out = YOLO(str(src)).export(format="onnx", imgsz=imgsz, dynamic=False, simplify=False, verbose=False)
+        kwargs = {"simplify": False} if backend == "onnx" else {}
+        out = YOLO(str(src)).export(format=backend, imgsz=imgsz, dynamic=False, verbose=False, **kwargs)
         os.replace(out, final)
     return final
 
@@ -123,7 +128,7 @@ def _registry_weights(settings: Settings, task: str, st: Storage) -> tuple[Path,
     return weights, str(version), chosen, dict(mv.tags or {})
 
 
-def resolve(settings: Settings, task: str, backend: str = "onnx") -> ServedModel:
+def resolve(settings: Settings, task: str, backend: str = "openvino") -> ServedModel:
     st = Storage(settings.storage_dir)
     spec = TASKS[task]
     found = _registry_weights(settings, task, st)
@@ -146,7 +151,7 @@ def resolve(settings: Settings, task: str, backend: str = "onnx") -> ServedModel
                        classes=list(spec.classes), weights=weights, backend=backend, agnostic=task in AGNOSTIC)
 
 
-def load_panel(settings: Settings | None = None, backend: str = "onnx", tasks=SERVED_TASKS) -> list[ServedModel]:
+def load_panel(settings: Settings | None = None, backend: str = "openvino", tasks=SERVED_TASKS) -> list[ServedModel]:
     settings = settings or Settings.from_env()
     panel = []
     for task in tasks:
