@@ -3,7 +3,6 @@
 import json
 
 import dagster as dg
-import pandas as pd
 import pytest
 
 from xray_assets.core import champion, inbox

@@ -2,8 +2,6 @@
 and the page in a real browser (Debian chromium via Playwright)."""
 
 import concurrent.futures as cf
-import dataclasses
-import io
 import sys
 import threading
 
