@@ -12,7 +12,7 @@ export XRAY_STORAGE_DIR ?= $(CURDIR)/storage
 export YOLO_CONFIG_DIR ?= $(CURDIR)/.ultralytics
 export YOLO_OFFLINE := 1
 
-.PHONY: demo test ui bench install sample-data clean
+.PHONY: demo test ui serve bench install sample-data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(XRAY_STORAGE_DIR)/mlflow/mlflow.db \
 		--default-artifact-root $(XRAY_STORAGE_DIR)/mlflow/artifacts --host 127.0.0.1 --port 5000 & \
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+serve: $(STAMP)
+	$(BIN)/xray-assets serve --host 127.0.0.1 --port 8080
 
 # the real VinBigData table when the shared folder is beside the checkout, else the sample data
 bench: $(STAMP) $(SAMPLE)/.complete
