@@ -162,7 +162,7 @@ class Settings:
     """Where things live, read from the environment (DESIGN "Public surface")."""
 
     data_dir: Path
-    storage_dir: Path
+    storage_dir: Path | str   # a folder, or an object-store URL (s3://bucket/prefix)
     profile: str
     mlflow_tracking_uri: str
     inbox_dir: Path | None = None      # default: <data_dir>/inbox
@@ -171,7 +171,8 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> "Settings":
-        storage = Path(os.environ.get("XRAY_STORAGE_DIR", "storage")).expanduser().resolve()
+        raw = os.environ.get("XRAY_STORAGE_DIR", "storage")
+        storage = raw.rstrip("/") if "://" in raw else Path(raw).expanduser().resolve()
         data = Path(os.environ.get("XRAY_DATA_DIR", "data/sample")).expanduser().resolve()
         profile = os.environ.get("XRAY_PROFILE", "demo")
         uri = os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(storage)
@@ -182,7 +183,11 @@ class Settings:
                    retrain_cron=os.environ.get("XRAY_RETRAIN_CRON", "0 3 * * 1"))
 
 
-def default_mlflow_uri(storage_dir: Path) -> str:
+def default_mlflow_uri(storage_dir: Path | str) -> str:
+    """The embedded store under the storage root; with an object-store root (which sqlite cannot
+    live on) a local one under ~/.cache: a team sets MLFLOW_TRACKING_URI to its server instead."""
+    if "://" in str(storage_dir):
+        return f"sqlite:///{Path.home() / '.cache' / 'xray-assets' / 'mlflow' / 'mlflow.db'}"
     return f"sqlite:///{Path(storage_dir).resolve() / 'mlflow' / 'mlflow.db'}"
 
 

@@ -1,4 +1,10 @@
-"""The one storage helper: every artefact the graph writes goes through here, atomically."""
+"""The one storage helper: every artefact the graph writes goes through here, atomically.
+
+The root is a local folder or an object-store URL (`s3://bucket/prefix`, through fsspec/UPath; the
+endpoint comes from `AWS_ENDPOINT_URL` for S3-compatible servers). Locally a write goes to a temp
+file in the same folder, then `os.replace`; on an object store it is written to a local temp file and
+uploaded in one PUT, so readers see the whole object or none.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +19,38 @@ from typing import Any, Iterator
 import pandas as pd
 
 
+def is_url(root: str | os.PathLike) -> bool:
+    return "://" in str(root)
+
+
+def _upath(url: str):
+    from upath import UPath
+
+    opts = {}
+    if url.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
+        opts["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
+    return UPath(url, **opts)
+
+
 class Storage:
-    """Files under one root. Writes go to a temp file in the same folder, then `os.replace`."""
+    """Files under one root (a folder or an object-store URL), written atomically."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root).resolve()
+        self.remote = is_url(root)
+        self.root = _upath(str(root).rstrip("/")) if self.remote else Path(root).resolve()
 
     def path(self, *parts: str) -> Path:
         p = self.root.joinpath(*parts)
-        p.parent.mkdir(parents=True, exist_ok=True)
+        if not self.remote:
+            p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
     def dir(self, *parts: str) -> Path:
+        """A local working folder (training, conversion and datasets need real files)."""
+        if self.remote:
+            raise NotImplementedError(
+                f"{self.root}: this step needs a local folder ({'/'.join(parts)}); object storage holds the "
+                "tables and reports of the ingest stage. Run the later stages with a local XRAY_STORAGE_DIR.")
         p = self.root.joinpath(*parts)
         p.mkdir(parents=True, exist_ok=True)
         return p
@@ -36,11 +62,24 @@ class Storage:
     @contextlib.contextmanager
     def atomic(self, *parts: str) -> Iterator[Path]:
         """Yield a temp path to write; it becomes `parts` only if the block finishes."""
-        yield from _atomic(self.path(*parts))
+        if not self.remote:
+            yield from _atomic(self.path(*parts))
+            return
+        final = self.root.joinpath(*parts)
+        fd, name = tempfile.mkstemp(prefix=".xray-upload-", suffix=Path(parts[-1]).suffix)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            yield tmp
+            final.fs.put_file(str(tmp), final.path)   # one PUT: the whole object or nothing
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def atomic_dir(self, *parts: str) -> Iterator[Path]:
         """Yield a temp folder; it replaces the folder `parts` only if the block finishes."""
+        if self.remote:
+            self.dir(*parts)   # raises: a dataset folder is local work
         final = self.path(*parts)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
         try:
@@ -59,7 +98,11 @@ class Storage:
         return self.root.joinpath(*parts)
 
     def read_parquet(self, *parts: str) -> pd.DataFrame:
-        return pd.read_parquet(self.root.joinpath(*parts))
+        p = self.root.joinpath(*parts)
+        if self.remote:
+            with p.open("rb") as fh:
+                return pd.read_parquet(fh)
+        return pd.read_parquet(p)
 
     def write_json(self, obj: Any, *parts: str) -> Path:
         return self.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str), *parts)

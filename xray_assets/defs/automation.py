@@ -7,7 +7,7 @@ import dagster as dg
 
 from ..config import Settings
 from ..core import inbox
-from .resources import XrayResource
+from .resources import TASK_PARTITIONS, XrayResource
 
 #: The three label readers: a merged drop or a scheduled retrain re-materialises these in one run;
 #: everything below them follows through ON_UPSTREAM_CHANGE (Dagster's automation sensor).
@@ -18,6 +18,12 @@ ON_UPSTREAM_CHANGE = dg.AutomationCondition.eager()
 ingest_labels_job = dg.define_asset_job(
     "ingest_labels", selection=dg.AssetSelection.assets(*LABEL_ASSETS),
     description="Re-read the raw label files; the automation sensor re-materialises everything downstream.")
+
+train_models_job = dg.define_asset_job(
+    "train_models", selection=dg.AssetSelection.assets("yolo_datasets", "trained_models", "nms_thresholds",
+                                                       "evaluation_reports"),
+    partitions_def=TASK_PARTITIONS,
+    description="One task end to end from its dataset: train, tune, evaluate, gate (a partition per task).")
 
 CURSOR_KEEP = 500
 

@@ -6,12 +6,12 @@ import dagster as dg
 from ..core import champion
 from ..core import evaluation as core_eval
 from ..core.classes import TASK_NAMES, TASKS
-from .resources import TASK_PARTITIONS, XrayResource, md_image, table_md
+from .resources import GPU_STEP_TAGS, TASK_PARTITIONS, XrayResource, md_image, table_md
 from .training import trained_models
 
 
 @dg.asset(group_name="models", partitions_def=TASK_PARTITIONS, kinds={"pytorch"}, deps=[trained_models],
-          pool="gpu", description="The (conf, iou) pair chosen on val per task, with the whole grid "
+          pool="gpu", op_tags=GPU_STEP_TAGS, description="The (conf, iou) pair chosen on val per task, with the whole grid "
                                   "(objective: mean(recall, mAP50)), scored from one forward pass.")
 def nms_thresholds(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
     task = TASKS[context.partition_key]
@@ -30,7 +30,7 @@ def nms_thresholds(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.
 
 
 @dg.asset(group_name="reports", partitions_def=TASK_PARTITIONS, kinds={"pytorch", "mlflow"},
-          deps=[nms_thresholds], pool="gpu",
+          deps=[nms_thresholds], pool="gpu", op_tags=GPU_STEP_TAGS,
           description="Test-split metrics and plots per task at the tuned thresholds, logged to the "
                       "model's MLflow run.")
 def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:

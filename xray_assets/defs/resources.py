@@ -16,6 +16,20 @@ CONVERSION_SHARDS = 4
 SHARD_PARTITIONS = dg.StaticPartitionsDefinition([f"shard-{i}" for i in range(CONVERSION_SHARDS)])
 
 
+#: Per-step Kubernetes settings (read by dagster-k8s's K8sRunLauncher / k8s_job_executor; ignored
+#: when running locally). Training, tuning and evaluation ask for one GPU and tolerate GPU nodes.
+GPU_STEP_TAGS = {"dagster-k8s/config": {
+    "container_config": {"resources": {"requests": {"cpu": "4", "memory": "24Gi", "nvidia.com/gpu": "1"},
+                                       "limits": {"memory": "48Gi", "nvidia.com/gpu": "1"}}},
+    "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                        "node_selector": {"xray-assets/accelerator": "gpu"}},
+}}
+#: DICOM conversion: CPU-heavy; each shard partition is its own run, hence its own pod.
+CONVERSION_STEP_TAGS = {"dagster-k8s/config": {
+    "container_config": {"resources": {"requests": {"cpu": "8", "memory": "16Gi"}, "limits": {"memory": "32Gi"}}},
+}}
+
+
 class XrayResource(dg.ConfigurableResource):
     data_dir: str = Field(description="holds nih/ and vinbigdata/ in their native layouts")
     storage_dir: str = Field(description="every artefact the graph writes")
@@ -45,7 +59,7 @@ class XrayResource(dg.ConfigurableResource):
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow_tracking_uri or default_mlflow_uri(Path(self.storage_dir))
+        return self.mlflow_tracking_uri or default_mlflow_uri(self.storage_dir)
 
     @property
     def inbox(self) -> Path:

@@ -10,7 +10,7 @@ from pydantic import Field
 from ..core import train as core_train
 from ..core.classes import TASKS
 from .datasets import yolo_datasets
-from .resources import TASK_PARTITIONS, XrayResource, md_image
+from .resources import GPU_STEP_TAGS, TASK_PARTITIONS, XrayResource, md_image
 
 CODE_VERSION = "train-v1"
 EXPERIMENT = "xray-assets"
@@ -33,7 +33,7 @@ def code_version() -> str:
 
 
 @dg.asset(group_name="models", partitions_def=TASK_PARTITIONS, kinds={"pytorch", "mlflow"},
-          deps=[yolo_datasets], pool="gpu", code_version=CODE_VERSION,
+          deps=[yolo_datasets], pool="gpu", op_tags=GPU_STEP_TAGS, code_version=CODE_VERSION,
           description="A YOLOv8 model per task, an MLflow run (params, per-epoch metrics, plots, "
                       "weights) and a registered model version `xray-<task>`.")
 def trained_models(context: dg.AssetExecutionContext, config: TrainConfig, xray: XrayResource

@@ -12,7 +12,7 @@ import pandas as pd
 from ..core import consensus, labels
 from ..core.classes import UNITED_CLASSES
 from ..core.dicom import convert_one, file_sha256
-from .resources import CONVERSION_SHARDS, SHARD_PARTITIONS, XrayResource, ingest_table, table_md
+from .resources import CONVERSION_STEP_TAGS, CONVERSION_SHARDS, SHARD_PARTITIONS, XrayResource, ingest_table, table_md
 
 MANIFEST_COLUMNS = ["image_id", "source", "source_hash", "stat_key", "path", "height", "width",
                     "orig_height", "orig_width", "status", "reason", "max_size"]
@@ -42,7 +42,7 @@ def _stat_key(path: Path) -> str:
 
 
 @dg.asset(group_name="vinbigdata", partitions_def=SHARD_PARTITIONS, kinds={"pydicom", "png"},
-          deps=[vinbigdata_annotations],
+          deps=[vinbigdata_annotations], op_tags=CONVERSION_STEP_TAGS,
           check_specs=[dg.AssetCheckSpec("conversion_quarantine", asset="vinbigdata_images",
                                          description="Quarantined DICOMs stay under the profile's limit.")],
           description="DICOM -> display-ready PNG conversions with a manifest (id, path, sizes, "

@@ -1,0 +1,76 @@
+"""Real servers started by tests: PostgreSQL (Debian's binaries) and an S3-compatible server (moto)."""
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from browser import free_port, wait_http
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run its tools as the `postgres` user then."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+@contextmanager
+def postgres(tmp: Path):
+    """A private PostgreSQL cluster on 127.0.0.1 with trust auth; yields connection settings."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+    bindir = Path(found[-1]).parent
+    # a folder the postgres user can reach (pytest's tmp folders are private to their owner)
+    base = Path(tempfile.mkdtemp(prefix="xray-pg-"))
+    data, sock = base / "pgdata", base / "pgsock"
+    data.mkdir()
+    sock.mkdir()
+    if os.geteuid() == 0:
+        for p in (base, data, sock):
+            shutil.chown(p, "postgres")
+    port = free_port()
+    subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                                 "-E", "UTF8"]), check=True, capture_output=True)
+    log = base / "pg.log"
+    subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
+                                 f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start"]),
+                   check=True, capture_output=True)
+    try:
+        subprocess.run(_as_postgres([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
+                                     "postgres", "dagster"]), check=True, capture_output=True)
+        yield {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port), "DAGSTER_PG_DB": "dagster",
+               "DAGSTER_PG_USERNAME": "postgres", "DAGSTER_PG_PASSWORD": "trust-auth"}
+    finally:
+        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def s3_server(tmp: Path):
+    """moto's S3-compatible server on 127.0.0.1; yields its endpoint URL."""
+    port = free_port()
+    log = tmp / "moto.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url, proc, log, timeout=60)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    time.sleep(0)
