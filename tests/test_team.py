@@ -1,6 +1,5 @@
 """Running for a team: Postgres-backed Dagster, artefacts on S3, the Kubernetes executor config."""
 
-import os
 import shutil
 
 import dagster as dg
