@@ -96,6 +96,11 @@ def test_whole_graph_materialises_offline_on_smoke(sample_dir, tmp_path, no_netw
         assert len(versions) == 1 and versions[0].run_id == run.info.run_id
     assert len(runs) == len(TASKS)
     assert (storage / "reports" / "study" / "report.html").exists()
+    report = (storage / "reports" / "study" / "report.md").read_text()
+    for part in ("Boxes per class and split", "before and after consensus", "## Comparisons", "## The served panel",
+                 *TASKS):
+        assert part in report, part
+    assert "95% intervals" in report, "comparisons weigh the bootstrap intervals"
 
     # the sample DICOMs carry made-up patient names, IDs and dates: none may reach any output
     leaks = []

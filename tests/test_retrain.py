@@ -34,8 +34,10 @@ def test_drop_for_new_patients_retrains_and_gates(data_copy, tmp_path, no_networ
     with dg.instance_for_test() as instance:
         assert all(r.success for r in materialize_graph(instance=instance, xray=xray))
         splits_before = pd.read_parquet(storage / "datasets" / "splits.parquet")
-        cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor
-        idle = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        # `make ui` after `make demo`: the automation sensor's first ticks must not retrain anything
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert first.total_requested == 0, _requested(first, defs)
+        idle = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
         assert idle.total_requested == 0, "a freshly materialised graph does not retrain by itself"
 
         write_drop(xray.inbox / "radiology-2026-11", "nih", n_annotated=4, seed=202)
