@@ -4,7 +4,8 @@
 - `POST /api/detect` (multipart field `file`): JSON, boxes in the original image's pixels;
 - `GET /health`: the models served (task, version, how chosen, thresholds, runtime).
 Uploads over the limit get 413, unsupported types 415, corrupt images or DICOMs 400. An upload is
-held in memory (a DICOM goes through a private temp file, deleted at once); nothing from a DICOM
+parsed into memory (or Starlette's private spooled temp file past 1 MB); a DICOM is decoded from its
+own `mkstemp` file, deleted at once, so no two uploads share a file name. Nothing from a DICOM
 header is returned or logged, nor is the uploaded file's name.
 """
 
