@@ -115,7 +115,26 @@ def _bad_row(folder):
     return "Data_Entry_2017.csv row"
 
 
-@pytest.mark.parametrize("break_it", [_unknown_label, _missing_image, _bad_csv, _bad_row])
+def _existing_image(folder):
+    png = sorted(folder.rglob("*.png"))[0]
+    old, new = png.name, "00000001_000.png"      # the sample data's first image
+    for f in ("Data_Entry_2017.csv", "BBox_List_2017.csv"):
+        (folder / f).write_text((folder / f).read_text().replace(old, new))
+    png.rename(png.with_name(new))
+    return f"image id(s) already in the raw data: {new}"
+
+
+def _other_columns(folder):
+    p = folder / "Data_Entry_2017.csv"
+    rows = [line.split(",") for line in p.read_text().splitlines()]
+    for r in rows:
+        r[4], r[5] = r[5], r[4]                  # Patient Gender before Patient Age, values too
+    p.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    return "differ from Data_Entry_2017.csv's"
+
+
+@pytest.mark.parametrize("break_it", [_unknown_label, _missing_image, _bad_csv, _bad_row, _existing_image,
+                                      _other_columns])
 def test_malformed_drop_is_rejected_with_a_readable_error(xray, data_copy, break_it):
     raw = {f: (data_copy / "nih" / f).read_bytes() for f in ("Data_Entry_2017.csv", "BBox_List_2017.csv")}
     folder = write_drop(xray.inbox / "bad", "nih", n_annotated=3)
