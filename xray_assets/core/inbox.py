@@ -229,7 +229,7 @@ def merge(drop: Drop, data_dir: Path, inbox: Path) -> dict:
     return entry
 
 
-def set_aside(folder: Path, inbox: Path, entry: dict) -> Path:
+def set_aside(folder: Path, inbox: Path) -> Path:
     """A second copy of an already merged drop: kept under merged/duplicates/, merged again never."""
     target = inbox / "merged" / "duplicates" / f"{folder.name}-{time.strftime('%Y%m%d%H%M%S')}"
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -48,13 +48,15 @@ def new_annotations(context: dg.SensorEvaluationContext, xray: XrayResource) -> 
         digest = inbox.drop_digest(folder)
         if digest in ledger or digest in seen:
             first = ledger.get(digest, {}).get("drop", "an earlier drop")
-            target = inbox.set_aside(folder, box, ledger.get(digest, {}))
+            target = inbox.set_aside(folder, box)
             context.log.info(f"drop {folder.name} is a copy of {first}, already merged; set aside at {target}")
             notes.append(f"{folder.name}: already merged (as {first}), no new run")
             continue
         try:
             drop = inbox.validate(folder, xray.data(), digest=digest)
-        except inbox.DropError as exc:
+        except Exception as exc:   # DropError, or a file no reader can take: rejected, never lost
+            exc = exc if isinstance(exc, inbox.DropError) else inbox.DropError(
+                f"unreadable drop ({exc.__class__.__name__}: {exc})")
             target = inbox.reject(folder, box, str(exc))
             context.log.warning(f"rejected drop {folder.name}: {exc} (moved to {target})")
             notes.append(f"rejected {folder.name}: {str(exc).splitlines()[0]}")
