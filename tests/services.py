@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -73,4 +72,3 @@ def s3_server(tmp: Path):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-    time.sleep(0)

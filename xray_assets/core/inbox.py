@@ -201,10 +201,8 @@ def read_ledger(inbox: Path) -> dict[str, dict]:
 
 
 def merge(drop: Drop, data_dir: Path, inbox: Path) -> dict:
-    """Append a validated drop to the raw data and move it to `merged/`. A merged digest is a no-op."""
-    ledger = read_ledger(inbox)
-    if drop.digest in ledger:
-        return {**ledger[drop.digest], "already_merged": True}
+    """Append a validated drop to the raw data, move it to `merged/` and add its ledger line.
+    The caller checks the ledger first (a copy of a merged drop is set aside, never merged)."""
     if drop.fmt == "nih":
         dest = data_dir / "nih" / "images_inbox" / "images"
         dest.mkdir(parents=True, exist_ok=True)

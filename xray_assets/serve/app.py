@@ -82,6 +82,7 @@ def _panels_html(gray: np.ndarray, result: dict, panel: list[ServedModel]) -> st
 def create_app(panel: list[ServedModel], limit_mb: float = DEFAULT_LIMIT_MB):
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.concurrency import run_in_threadpool
 
     limit = int(limit_mb * 1024 * 1024)
     app = FastAPI(title="xray-assets panel", docs_url="/docs", redoc_url=None)
@@ -115,8 +116,6 @@ def create_app(panel: list[ServedModel], limit_mb: float = DEFAULT_LIMIT_MB):
             if "size" in str(exc).lower() and "exceed" in str(exc).lower():
                 raise UploadError(413, f"upload too large: the limit is {limit_mb:g} MB") from None
             raise UploadError(400, "the request is not a readable multipart upload") from None
-        from starlette.concurrency import run_in_threadpool
-
         result = await run_in_threadpool(run_panel, panel, gray)
         n = sum(len(m["boxes"]) for m in result["models"])
         log.info(f"request {rid}: {kind} {size} bytes {gray.shape[1]}x{gray.shape[0]} -> {n} boxes in "
