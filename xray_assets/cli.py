@@ -95,19 +95,19 @@ def cmd_materialize(args) -> int:
     _ensure_dagster_home()
     from .config import Settings
     from .core.classes import TASK_NAMES
+    from .storage import Storage
 
     select = [s.strip() for s in args.select.split(",")] if args.select else None
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     t0 = time.time()
     materialize_graph(args.profile, select, tasks)
     settings = Settings.from_env()
-    storage = settings.storage_dir
+    st = Storage(settings.storage_dir)
     print(f"\nmaterialised in {time.time() - t0:.0f}s (profile {args.profile or settings.profile})")
     rows = []
     for t in tasks or TASK_NAMES:
-        f = storage / "reports" / t / "summary.json"
-        if f.exists():
-            s = json.loads(f.read_text())
+        if st.exists("reports", t, "summary.json"):
+            s = st.read_json("reports", t, "summary.json")
             if s["map50"] is None:
                 rows.append(f"  {t:22s} test mAP50 n/a (the test split has no boxes of this task)")
                 continue
@@ -116,9 +116,8 @@ def cmd_materialize(args) -> int:
     if rows:
         print("per-task test metrics:")
         print("\n".join(rows))
-    report = storage / "reports" / "study" / "report.html"
-    if report.exists():
-        print(f"study report: {report}")
+    if st.exists("reports", "study", "report.html"):
+        print(f"study report: {st.root / 'reports' / 'study' / 'report.html'}")
     print("Dagster UI: make ui, then http://127.0.0.1:3000 ; MLflow UI: http://127.0.0.1:5000 "
           f"(store {settings.mlflow_tracking_uri})")
     return 0

@@ -28,8 +28,10 @@ def _split(st: Storage, task: TaskSpec, split: str) -> tuple[pd.DataFrame, pd.Da
 def raw_predictions(st: Storage, task: TaskSpec, profile: Profile, images: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     """One forward pass over a split at the grid's lowest confidence, no suppression (IoU 1.0)."""
     info = st.read_json("models", task.name, "model.json")
+    weights = st.local("models", task.name, "best.pt")
+    st.localise(images["path"])
     t0 = time.time()
-    raw = predict(st.root / "models" / task.name / "best.pt", images, list(task.classes),
+    raw = predict(weights, images, list(task.classes),
                   imgsz=int(info["imgsz"]), conf=min(profile.conf_grid), iou=1.0)
     return raw, time.time() - t0
 
@@ -39,7 +41,7 @@ def tune_task(st: Storage, task: TaskSpec, profile: Profile, log: Callable[[str]
     if gt.empty:
         log(f"{task.name}: WARNING the val split has no boxes of this task; every grid point scores 0")
     info = st.read_json("models", task.name, "model.json")
-    grid, timing = tune_grid(st.root / "models" / task.name / "best.pt", st.root / "datasets" / task.name / "data.yaml",
+    grid, timing = tune_grid(st.local("models", task.name, "best.pt"), st.local("datasets", task.name) / "data.yaml",
                              profile.conf_grid, profile.iou_grid, imgsz=int(info["imgsz"]),
                              log=lambda m: log(f"{task.name}: {m}"))
     best = best_pair(grid)
@@ -135,7 +137,7 @@ def _log_to_run(st: Storage, task: TaskSpec, tracking_uri: str, summary: dict, b
     client = mlflow.MlflowClient()
     for k, v in summary.items():
         client.log_metric(info["run_id"], f"test_{k}", float(v))
-    folder = st.root.joinpath(*base)
+    folder = st.local(*base)
     for name in ("report.md", "report.html", "pr_curves.png", "panels.png", "confusion_matrix.png", "metrics.parquet"):
         client.log_artifact(info["run_id"], str(folder / name), artifact_path="evaluation")
 
@@ -229,7 +231,7 @@ def study_report(st: Storage, profile: Profile, tasks: list[str]) -> dict:
            "(united_multi with class-agnostic NMS). Labels | predictions on test images:", ""]
     for t in SERVED_TASKS:
         if st.exists("reports", t, "panels.png"):
-            st.copy_in(st.root / "reports" / t / "panels.png", "reports", "study", f"panels_{t}.png")
+            st.copy_in(st.local("reports", t, "panels.png"), "reports", "study", f"panels_{t}.png")
             md += [f"### {t}", "", f"![{t}](panels_{t}.png)", ""]
     if missing:
         md += [f"Not yet evaluated: {', '.join(missing)}.", ""]

@@ -44,16 +44,18 @@ def ultralytics_train_args(params: TrainParams) -> tuple[dict[str, Any], dict[st
     return known, dropped
 
 
-def mlflow_experiment(tracking_uri: str, name: str, artifact_root: Path | None) -> str:
-    """Set the tracking URI and make sure `name` exists, with artefacts under `artifact_root`
-    for a local store (a server decides for itself)."""
+def mlflow_experiment(tracking_uri: str, name: str, artifact_root: Path | str | None) -> str:
+    """Set the tracking URI and make sure `name` exists, with artefacts under `artifact_root` (a
+    folder or a URI such as s3://...) for a local store (a server decides for itself)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         local = artifact_root is not None and not tracking_uri.startswith(("http://", "https://"))
-        location = artifact_root.resolve().as_uri() if local else None
+        location = None
+        if local:
+            location = str(artifact_root) if "://" in str(artifact_root) else Path(artifact_root).resolve().as_uri()
         return mlflow.create_experiment(name, artifact_location=location)
     return exp.experiment_id
 
@@ -88,7 +90,7 @@ def train(
     out_dir: Path,
     tracking_uri: str,
     experiment: str,
-    artifact_root: Path | None,
+    artifact_root: Path | str | None,
     run_params: dict[str, Any],
     tags: dict[str, str],
     weights: str | None = None,

@@ -149,7 +149,10 @@ def yolo_datasets(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.M
     task = TASKS[context.partition_key]
     st = xray.storage
     images, boxes = read_task_inputs(st, task.name)
-    final = st.root / "datasets" / task.name
+    fetched = st.localise(images["path"])   # converted images kept on an object store come to the mirror
+    if fetched:
+        context.log.info(f"{task.name}: fetched {fetched} image(s) from {st.url}")
+    final = st.local_path("datasets", task.name)
     with st.atomic_dir("datasets", task.name) as tmp:
         built = build_dataset(tmp, task, images, boxes, final_dir=final)
         tb = built["boxes"]
@@ -170,7 +173,7 @@ def yolo_datasets(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.M
                                           metadata=facts))
     return dg.MaterializeResult(
         metadata={
-            "data_yaml": dg.MetadataValue.path(str(root / "data.yaml")),
+            "data_yaml": dg.MetadataValue.path(str(st.root / "datasets" / task.name / "data.yaml")),
             "dataset_hash": digest,
             "images": len(images),
             "boxes": len(tb),

@@ -23,7 +23,7 @@ def nms_thresholds(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.
         "objective": round(best["objective"], 4), "val_map50": round(best["map50"], 4),
         "val_recall": round(best["recall"], 4),
         "grid": table_md(grid.round(4)),
-        "heatmap": md_image(st.root / "tuning" / task.name / "grid.png"),
+        "heatmap": md_image(st.local("tuning", task.name, "grid.png")),
         "forward_pass_seconds": round(out["predict_seconds"], 2),
         "grid_scoring_seconds": round(out["score_seconds"], 2),
     })
@@ -49,7 +49,8 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
                          (f"v{gate['champion_version_before']} {before:.3f}" if before is not None else "none") +
                          f", margin {gate['margin']:g})")
     st.write_json(gate, "reports", task.name, "champion.json")
-    root = st.root / "reports" / task.name
+    root = st.root / "reports" / task.name   # where the report lives (a path or an object URL)
+    local = st.local("reports", task.name)
     return dg.MaterializeResult(metadata={
         "test_boxes": int(out["table"]["n_gt"].sum()),
         "test_map50": round(out["summary"]["map50"], 4),
@@ -59,9 +60,9 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
         "per_class": table_md(out["table"].round(4)),
         "report": dg.MetadataValue.path(str(root / "report.html")),
         "test_map50_ci95": f"{out['summary']['map50_ci_low']:.3f} - {out['summary']['map50_ci_high']:.3f}",
-        "pr_curves": md_image(root / "pr_curves.png"),
-        "confusion_matrix": md_image(root / "confusion_matrix.png"),
-        "labels_vs_predictions": md_image(root / "panels.png"),
+        "pr_curves": md_image(local / "pr_curves.png"),
+        "confusion_matrix": md_image(local / "confusion_matrix.png"),
+        "labels_vs_predictions": md_image(local / "panels.png"),
         "champion_decision": gate["decision"],
         "champion_margin": xray.champion_margin,
         "previous_champion": (f"v{gate['champion_version_before']}: test mAP50 {gate['champion_map50_before']:.4f}"

@@ -45,20 +45,20 @@ def trained_models(context: dg.AssetExecutionContext, config: TrainConfig, xray:
         from dataclasses import replace
 
         params = replace(params, epochs=config.epochs)
-    ds_root = st.root / "datasets" / task.name
+    ds_root = st.local("datasets", task.name)   # (from an object store: with the images it links to)
     dataset_hash = (ds_root / "dataset_hash.txt").read_text().strip()
     tags = {"dagster_run_id": context.run.run_id, "task": task.name, "profile": profile.name,
             "dataset_hash": dataset_hash, "code_version": code_version()}
     run_params = {**profile.as_params(), "task": task.name, "classes": ",".join(task.classes),
                   "dataset_hash": dataset_hash, "weights": config.weights or "none (built from yaml)"}
-    out_dir = st.dir("models", task.name)
     previous = st.read_json("models", task.name, "model.json") if st.exists("models", task.name, "model.json") else {}
-    result = core_train.train(
-        task=task.name, data_yaml=ds_root / "data.yaml", params=params, out_dir=out_dir,
-        tracking_uri=xray.tracking_uri, experiment=EXPERIMENT, artifact_root=st.dir("mlflow", "artifacts"),
-        run_params=run_params, tags=tags, weights=config.weights, device=config.device,
-        resume=config.resume, log=context.log.info,
-    )
+    with st.workdir("models", task.name) as out_dir:
+        result = core_train.train(
+            task=task.name, data_yaml=ds_root / "data.yaml", params=params, out_dir=out_dir,
+            tracking_uri=xray.tracking_uri, experiment=EXPERIMENT, artifact_root=st.uri("mlflow", "artifacts"),
+            run_params=run_params, tags=tags, weights=config.weights, device=config.device,
+            resume=config.resume, log=context.log.info,
+        )
     info = {"task": task.name, "weights": str(result.weights), "run_id": result.run_id,
             "experiment_id": result.experiment_id, "model_version": result.model_version,
             "dataset_hash": dataset_hash, "metrics": result.metrics, "profile": profile.name,

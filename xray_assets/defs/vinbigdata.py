@@ -57,27 +57,29 @@ def vinbigdata_images(context: dg.AssetExecutionContext, xray: XrayResource) -> 
     old = st.read_parquet(*manifest_parts) if st.exists(*manifest_parts) else pd.DataFrame(columns=MANIFEST_COLUMNS)
     old = old.set_index("image_id", drop=False)
     rows, todo = [], []
+    on_store = st.names("vinbigdata", "images", "png")   # converted PNGs the storage root holds
     for p in sources:
         key = _stat_key(p)
         prev = old.loc[p.stem] if p.stem in old.index else None
         if prev is not None and prev["stat_key"] == key and int(prev["max_size"]) == max_size and (
-            prev["status"] != "ok" or Path(prev["path"]).exists()
+            prev["status"] != "ok" or Path(prev["path"]).name in on_store
         ):
             rows.append(prev.to_dict())
             continue
         digest = file_sha256(p)
         if prev is not None and prev["source_hash"] == digest and int(prev["max_size"]) == max_size and (
-            prev["status"] != "ok" or Path(prev["path"]).exists()
+            prev["status"] != "ok" or Path(prev["path"]).name in on_store
         ):
             rows.append({**prev.to_dict(), "stat_key": key})
             continue
         todo.append((p, digest, key))
-    out_dir = st.dir("vinbigdata", "images", "png")
     context.log.info(f"{context.partition_key}: {len(sources)} DICOMs, {len(todo)} to convert, "
                      f"{len(sources) - len(todo)} unchanged")
     workers = max(1, min(os.cpu_count() or 1, len(todo)))
     if todo:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # written locally, uploaded when the block ends if the root is an object store
+        with st.workdir("vinbigdata", "images", "png", pull=False) as out_dir, \
+                ProcessPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(convert_one, str(p), str(out_dir / f"{p.stem}.png"), max_size) for p, _, _ in todo]
             for n, ((p, digest, key), fut) in enumerate(zip(todo, futures), start=1):
                 r = fut.result()

@@ -137,7 +137,7 @@ def resolve(settings: Settings, task: str, backend: str = "openvino") -> ServedM
         if not info:
             raise PanelError(f"no model for {task}: materialise the graph first (make demo, or "
                              f"xray-assets materialize) so that {st.root / 'models' / task} holds weights")
-        found = Path(info["weights"]), str(info.get("model_version") or "local"), "storage", {}
+        found = st.local("models", task, "best.pt"), str(info.get("model_version") or "local"), "storage", {}
     weights, version, chosen, tags = found
     if "nms_conf" in tags:
         conf, iou = float(tags["nms_conf"]), float(tags["nms_iou"])
