@@ -51,46 +51,99 @@ def test_postgres_instance_materialises_ingest_and_datasets(sample_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_ingest_assets_materialise_into_s3(sample_dir, tmp_path, monkeypatch):
-    """The storage root is an s3:// URL on a real S3-compatible server (moto) on 127.0.0.1."""
+def test_whole_graph_materialises_into_s3(sample_dir, tmp_path, monkeypatch, request):
+    """The storage root is an s3:// URL on a real S3-compatible server (moto) on 127.0.0.1. Every stage
+    runs as if on a fresh pod: the local mirror is wiped between stages, so whatever a stage needs
+    (converted images, datasets, weights, reports) has to come back from the object store."""
+    import io
+
     import boto3
+    import mlflow
     import pandas as pd
 
     from services import s3_server
-    from xray_assets.cli import materialize_graph
+    from xray_assets.cli import STAGES, materialize_graph
+    from xray_assets.config import Settings
     from xray_assets.core.labels import read_nih_boxes
     from xray_assets.defs.resources import XrayResource
+    from xray_assets.serve.models import resolve
+    from xray_assets.storage import Storage
 
+    tasks = ["united_multi", "nih_binary"]   # one task on converted VinBigData images, one on NIH's own
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+                 "AWS_DEFAULT_REGION": "us-east-1", "XRAY_CACHE_DIR": str(tmp_path / "cache")}.items():
         monkeypatch.setenv(k, v)
+    url, tracking = "s3://xray-team/study", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mirror = Storage(url).mirror
     with s3_server(tmp_path) as endpoint:
+        request.getfixturevalue("no_network")    # from here on only loopback (the server is up)
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
         s3 = boto3.client("s3", endpoint_url=endpoint)
         s3.create_bucket(Bucket="xray-team")
-        xray = XrayResource(data_dir=str(sample_dir), storage_dir="s3://xray-team/study", profile="smoke",
-                            mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        xray = XrayResource(data_dir=str(sample_dir), storage_dir=url, profile="smoke", mlflow_tracking_uri=tracking)
+        results = []
         with dg.DagsterInstance.ephemeral() as instance:
-            results = materialize_graph(instance=instance, xray=xray, select=["nih_labels", "nih_boxes",
-                                                                              "vinbigdata_annotations"])
-            assert results and all(r.success for r in results)
-            checks = [c for r in results for c in r.get_asset_check_evaluations()]
-            assert len(checks) == 3 and all(c.passed for c in checks), "quarantine checks read from S3"
-            mats = [e for r in results for e in r.get_asset_materialization_events()]
-            paths = {e.materialization.metadata["path"].value for e in mats}
-            assert paths == {"s3://xray-team/study/nih/labels.parquet", "s3://xray-team/study/nih/boxes.parquet",
-                             "s3://xray-team/study/vinbigdata/annotations.parquet"}
-        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="xray-team")["Contents"]}
-        assert {"study/nih/boxes.parquet", "study/nih/boxes_quarantine.parquet",
-                "study/vinbigdata/annotations.parquet"} <= keys
-        assert not any(".xray-upload-" in k or ".tmp" in k for k in keys), "no temp objects left behind"
-        body = s3.get_object(Bucket="xray-team", Key="study/nih/boxes.parquet")["Body"].read()
-        import io
+            for stage, keys, _ in STAGES:
+                for key in keys:    # one asset at a time, as k8s_job_executor gives each step its own pod
+                    got = materialize_graph(instance=instance, xray=xray, select=[key], tasks=tasks)
+                    assert got and all(r.success for r in got), key
+                    results += got
+                    if stage == "ingest":
+                        assert not mirror.exists(), "tables go straight to the object store"
+                    shutil.rmtree(mirror, ignore_errors=True)    # the next step runs elsewhere
+        mats = [e for r in results for e in r.get_asset_materialization_events()]
+        assert {e.asset_key.to_user_string() for e in mats} == {
+            "nih_labels", "nih_boxes", "vinbigdata_annotations", "vinbigdata_images", "vinbigdata_boxes",
+            "background_samples", "patient_splits", "yolo_datasets", "trained_models", "nms_thresholds",
+            "evaluation_reports", "study_report"}
+        checks = [c for r in results for c in r.get_asset_check_evaluations()]
+        assert all(c.passed for c in checks if c.check_name in (
+            "no_patient_in_two_splits", "listed_images_exist", "boxes_inside_images")), \
+            "the dataset checks found every image on this machine"
+        paths = {e.materialization.metadata["path"].value for e in mats if "path" in e.materialization.metadata}
+        assert {"s3://xray-team/study/nih/labels.parquet", "s3://xray-team/study/nih/boxes.parquet",
+                "s3://xray-team/study/vinbigdata/annotations.parquet"} <= paths
 
-        got = pd.read_parquet(io.BytesIO(body))
-        want = read_nih_boxes(sample_dir / "nih" / "BBox_List_2017.csv")
-        pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
-    assert not (tmp_path / "storage").exists() and not list(tmp_path.glob("s3:*")), "nothing written locally"
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket="xray-team")
+        objects = {o["Key"][len("study/"):]: o["Size"] for page in pages for o in page.get("Contents", [])}
+        assert not any(".xray-" in k and not k.endswith(".xray-links.json") or ".tmp" in k for k in objects), \
+            "no temp objects left behind"
+        manifest = pd.concat(pd.read_parquet(io.BytesIO(s3.get_object(Bucket="xray-team", Key=f"study/{k}")["Body"].read()))
+                             for k in objects if k.startswith("vinbigdata/images/manifest-"))
+        ok = manifest[manifest["status"] == "ok"]
+        assert len(ok) > 0 and all(f"vinbigdata/images/png/{i}.png" in objects for i in ok["image_id"])
+        for task in tasks:
+            assert {f"datasets/{task}/data.yaml", f"datasets/{task}/dataset_hash.txt", f"tuning/{task}/best.json",
+                    f"reports/{task}/metrics.parquet", f"reports/{task}/champion.json"} <= set(objects), task
+            assert objects[f"models/{task}/best.pt"] > 100_000, task
+        assert "datasets/united_multi/.xray-links.json" in objects
+        assert not any(k.startswith("datasets/") and k.endswith(".png") and "/images/" in k for k in objects), \
+            "dataset images are links, not copies"
+        assert {"reports/study/report.html", "reports/study/report.md"} <= set(objects)
+        body = s3.get_object(Bucket="xray-team", Key="study/nih/boxes.parquet")["Body"].read()
+        pd.testing.assert_frame_equal(pd.read_parquet(io.BytesIO(body)).reset_index(drop=True),
+                                      read_nih_boxes(sample_dir / "nih" / "BBox_List_2017.csv").reset_index(drop=True))
+
+        # MLflow's artefacts are on the object store too, and the web app serves the champion from there
+        mlflow.set_tracking_uri(tracking)
+        client = mlflow.MlflowClient()
+        for task in tasks:
+            run = client.search_runs([client.get_experiment_by_name("xray-assets").experiment_id],
+                                     f"tags.task = '{task}'")[0]
+            assert run.info.artifact_uri.startswith("s3://xray-team/study/mlflow/artifacts/")
+            assert {"weights", "evaluation"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert any(k.startswith("mlflow/artifacts/") and k.endswith("/weights/best.pt") for k in objects)
+        shutil.rmtree(mirror, ignore_errors=True)
+        settings = Settings(data_dir=sample_dir, storage_dir=url, profile="smoke", mlflow_tracking_uri=tracking)
+        served = resolve(settings, "united_multi", backend="pytorch")
+        assert served.chosen == "champion" and served.weights.stat().st_size > 100_000
+
+        # the sample DICOMs carry made-up patient names, IDs and dates: none may reach any object
+        leaks = [f"{k}: {tag!r}" for k, size in objects.items() if size < 50_000_000
+                 for data in [s3.get_object(Bucket="xray-team", Key=f"study/{k}")["Body"].read()]
+                 for tag in (b"SYNTHETIC^PATIENT", b"SYN00", b"19600101", b"20200102") if tag in data]
+        assert not leaks, leaks
+    assert not (tmp_path / "storage").exists() and not list(tmp_path.glob("s3:*")), "nothing outside the mirror"
 
 
 def test_kubernetes_executor_config_and_gpu_tags(monkeypatch):
