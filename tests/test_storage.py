@@ -16,21 +16,15 @@ def s3(tmp_path_factory):
 
     from services import s3_server
 
-    keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in [*keys, "AWS_ENDPOINT_URL"]}
-    os.environ.update(keys)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            mp.setenv(k, v)
         with s3_server(tmp_path_factory.mktemp("moto")) as endpoint:
-            os.environ["AWS_ENDPOINT_URL"] = endpoint
+            mp.setenv("AWS_ENDPOINT_URL", endpoint)
             client = boto3.client("s3", endpoint_url=endpoint)
             client.create_bucket(Bucket="xray-unit")
             yield endpoint, client
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def keys(client, prefix):
