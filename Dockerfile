@@ -6,7 +6,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \
     YOLO_OFFLINE=1 \
     YOLO_CONFIG_DIR=/opt/xray/.ultralytics \
-    DAGSTER_HOME=/opt/dagster/dagster_home
+    DAGSTER_HOME=/opt/dagster/dagster_home \
+    XRAY_CACHE_DIR=/var/cache/xray-assets/mirror
+# (XRAY_CACHE_DIR: the local mirror of an s3:// storage root, the same path in every pod of this image)
 
 # OpenCV's runtime libraries; nothing is downloaded at run time
 RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
