@@ -178,9 +178,14 @@ class Settings:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(storage)
         inbox = os.environ.get("XRAY_INBOX_DIR")
         return cls(data_dir=data, storage_dir=storage, profile=profile, mlflow_tracking_uri=uri,
-                   inbox_dir=Path(inbox).expanduser().resolve() if inbox else data / "inbox",
+                   inbox_dir=Path(inbox).expanduser().resolve() if inbox else default_inbox(data),
                    champion_margin=float(os.environ.get("XRAY_CHAMPION_MARGIN", "0.01")),
                    retrain_cron=os.environ.get("XRAY_RETRAIN_CRON", "0 3 * * 1"))
+
+
+def default_inbox(data_dir: Path | str) -> Path:
+    """Where annotation drops land unless XRAY_INBOX_DIR says otherwise."""
+    return Path(data_dir) / "inbox"
 
 
 def default_mlflow_uri(storage_dir: Path | str) -> str:

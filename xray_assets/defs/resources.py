@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from ..config import Profile, Settings, default_mlflow_uri, get_profile
+from ..config import Profile, Settings, default_inbox, default_mlflow_uri, get_profile
 from ..core.classes import TASK_NAMES
 from ..storage import Storage
 
@@ -63,7 +63,7 @@ class XrayResource(dg.ConfigurableResource):
 
     @property
     def inbox(self) -> Path:
-        return Path(self.inbox_dir) if self.inbox_dir else Path(self.data_dir) / "inbox"
+        return Path(self.inbox_dir) if self.inbox_dir else default_inbox(self.data_dir)
 
     def data(self, *parts: str) -> Path:
         return Path(self.data_dir).joinpath(*parts)
