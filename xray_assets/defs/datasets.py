@@ -93,7 +93,10 @@ def patient_splits(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.
             continue
         m = man.loc[image_id]
         rows.append({"image_id": image_id, "source": "vinbigdata", "kind": kind, "group": f"vbd:{image_id}",
-                     "path": m["path"], "width": int(m["width"]), "height": int(m["height"]),
+                     # where the converted PNG is on this storage root (or its mirror), whatever
+                     # machine converted it
+                     "path": str(st.local_path("vinbigdata", "images", "png", Path(m["path"]).name)),
+                     "width": int(m["width"]), "height": int(m["height"]),
                      "orig_width": int(m["orig_width"]), "orig_height": int(m["orig_height"])})
     table = pd.DataFrame(rows)
     table["split"] = assign_splits(table["group"], cfg.split_fractions, seed=cfg.seed).to_numpy()
