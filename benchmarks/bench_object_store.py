@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 TASKS = ["united_multi"]
 
@@ -46,7 +47,6 @@ def main() -> list[dict]:
 
     configure_ultralytics()
     env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in [*env, "AWS_ENDPOINT_URL", "XRAY_CACHE_DIR"]}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -59,24 +59,16 @@ def main() -> list[dict]:
 
         _materialise(resource(str(tmp / "warm-up"), "warm-up"), None)   # imports, first-use costs
         local = _materialise(resource(str(tmp / "local"), "local"), None)
-        try:
-            os.environ.update(env, XRAY_CACHE_DIR=str(tmp / "cache"))
-            with s3_server(tmp) as endpoint:
-                os.environ["AWS_ENDPOINT_URL"] = endpoint
-                s3 = boto3.client("s3", endpoint_url=endpoint)
-                for bucket, wipe in (("bench-kept", False), ("bench-fresh", True)):
-                    s3.create_bucket(Bucket=bucket)
-                    url = f"s3://{bucket}/study"
-                    seconds = _materialise(resource(url, bucket), Storage(url).mirror if wipe else None)
-                    rows.append({"benchmark": "s3 root, fresh pod per step" if wipe else "s3 root, one machine",
-                                 "ours_s": seconds, "baseline_s": local, "speedup": local / seconds,
-                                 "baseline": "the same steps on a local storage root"})
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        with mock.patch.dict(os.environ, {**env, "XRAY_CACHE_DIR": str(tmp / "cache")}), s3_server(tmp) as endpoint:
+            os.environ["AWS_ENDPOINT_URL"] = endpoint     # (patch.dict restores the environment on exit)
+            s3 = boto3.client("s3", endpoint_url=endpoint)
+            for bucket, wipe in (("bench-kept", False), ("bench-fresh", True)):
+                s3.create_bucket(Bucket=bucket)
+                url = f"s3://{bucket}/study"
+                seconds = _materialise(resource(url, bucket), Storage(url).mirror if wipe else None)
+                rows.append({"benchmark": "s3 root, fresh pod per step" if wipe else "s3 root, one machine",
+                             "ours_s": seconds, "baseline_s": local, "speedup": local / seconds,
+                             "baseline": "the same steps on a local storage root"})
     return rows
 
 
