@@ -25,9 +25,10 @@ def _split(st: Storage, task: TaskSpec, split: str) -> tuple[pd.DataFrame, pd.Da
     return images, boxes[boxes["image_id"].isin(images["image_id"])].reset_index(drop=True)
 
 
-def raw_predictions(st: Storage, task: TaskSpec, profile: Profile, images: pd.DataFrame) -> tuple[pd.DataFrame, float]:
-    """One forward pass over a split at the grid's lowest confidence, no suppression (IoU 1.0)."""
-    info = st.read_json("models", task.name, "model.json")
+def raw_predictions(st: Storage, task: TaskSpec, profile: Profile, images: pd.DataFrame, info: dict
+                    ) -> tuple[pd.DataFrame, float]:
+    """One forward pass over a split at the grid's lowest confidence, no suppression (IoU 1.0).
+    `info`: the model's model.json."""
     weights = st.local("models", task.name, "best.pt")
     st.localise(images["path"])
     t0 = time.time()
@@ -56,8 +57,9 @@ def tune_task(st: Storage, task: TaskSpec, profile: Profile, log: Callable[[str]
 def evaluate_task(st: Storage, task: TaskSpec, profile: Profile, tracking_uri: str | None = None,
                   log: Callable[[str], None] = print) -> dict:
     best = st.read_json("tuning", task.name, "best.json")
+    info = st.read_json("models", task.name, "model.json")
     images, gt = _split(st, task, "test")
-    raw, t_pred = raw_predictions(st, task, profile, images)
+    raw, t_pred = raw_predictions(st, task, profile, images, info)
     pred = apply_nms(raw, best["conf"], best["iou"])
     table = evaluate(gt, pred, task.classes)
     summary = summarise(table)
@@ -117,29 +119,26 @@ def evaluate_task(st: Storage, task: TaskSpec, profile: Profile, tracking_uri: s
     st.write_text(text, *base, "report.md")
     st.write_text(markdown_to_html(text, f"Evaluation {task.name}"), *base, "report.html")
     if tracking_uri:
-        _log_to_run(st, task, tracking_uri, summary, base)
-    return {"table": table, "summary": summary, "predict_seconds": t_pred}
+        _log_to_run(st, info["run_id"], tracking_uri, summary, base)
+    return {"table": table, "summary": summary, "predict_seconds": t_pred, "best": best, "info": info}
 
 
-def serving_tags(st: Storage, task: TaskSpec) -> dict[str, str]:
-    """What a server needs beside the weights, tagged on the registered version at the gate."""
-    best = st.read_json("tuning", task.name, "best.json")
-    info = st.read_json("models", task.name, "model.json")
+def serving_tags(task: TaskSpec, best: dict, info: dict) -> dict[str, str]:
+    """What a server needs beside the weights, tagged on the registered version at the gate.
+    `best`: the tuned pair (tuning/<task>/best.json); `info`: the model's model.json."""
     return {"nms_conf": f"{best['conf']:g}", "nms_iou": f"{best['iou']:g}", "imgsz": str(info["imgsz"]),
             "classes": ",".join(task.classes)}
 
 
-def _log_to_run(st: Storage, task: TaskSpec, tracking_uri: str, summary: dict, base: tuple) -> None:
+def _log_to_run(st: Storage, run_id: str, tracking_uri: str, summary: dict, base: tuple) -> None:
     import mlflow
 
-    info = st.read_json("models", task.name, "model.json")
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient()
     for k, v in summary.items():
-        client.log_metric(info["run_id"], f"test_{k}", float(v))
-    folder = st.local(*base)
+        client.log_metric(run_id, f"test_{k}", float(v))
     for name in ("report.md", "report.html", "pr_curves.png", "panels.png", "confusion_matrix.png", "metrics.parquet"):
-        client.log_artifact(info["run_id"], str(folder / name), artifact_path="evaluation")
+        client.log_artifact(run_id, str(st.local(*base, name)), artifact_path="evaluation")
 
 
 def _boxes_per_class_and_split(st: Storage, tasks: list[str]) -> pd.DataFrame:

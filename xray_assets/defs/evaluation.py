@@ -37,12 +37,12 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
     task = TASKS[context.partition_key]
     st, profile = xray.storage, xray.config
     out = core_eval.evaluate_task(st, task, profile, tracking_uri=xray.tracking_uri, log=context.log.info)
-    info = st.read_json("models", task.name, "model.json")
+    info = out["info"]
     gate = {"decision": "not gated (no registered version)"}
     if info.get("model_version"):
         gate = champion.gate(xray.tracking_uri, f"xray-{task.name}", info["model_version"],
                              float(out["summary"]["map50"]), xray.champion_margin,
-                             tags=core_eval.serving_tags(st, task))
+                             tags=core_eval.serving_tags(task, out["best"], info))
         before = gate["champion_map50_before"]
         context.log.info(f"{task.name}: version {gate['version']} is {gate['decision']} (test mAP50 "
                          f"{gate['new_map50']:.3f} vs champion " +
@@ -50,7 +50,6 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
                          f", margin {gate['margin']:g})")
     st.write_json(gate, "reports", task.name, "champion.json")
     root = st.root / "reports" / task.name   # where the report lives (a path or an object URL)
-    local = st.local("reports", task.name)
     return dg.MaterializeResult(metadata={
         "test_boxes": int(out["table"]["n_gt"].sum()),
         "test_map50": round(out["summary"]["map50"], 4),
@@ -60,9 +59,9 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
         "per_class": table_md(out["table"].round(4)),
         "report": dg.MetadataValue.path(str(root / "report.html")),
         "test_map50_ci95": f"{out['summary']['map50_ci_low']:.3f} - {out['summary']['map50_ci_high']:.3f}",
-        "pr_curves": md_image(local / "pr_curves.png"),
-        "confusion_matrix": md_image(local / "confusion_matrix.png"),
-        "labels_vs_predictions": md_image(local / "panels.png"),
+        "pr_curves": md_image(st.local("reports", task.name, "pr_curves.png")),
+        "confusion_matrix": md_image(st.local("reports", task.name, "confusion_matrix.png")),
+        "labels_vs_predictions": md_image(st.local("reports", task.name, "panels.png")),
         "champion_decision": gate["decision"],
         "champion_margin": xray.champion_margin,
         "previous_champion": (f"v{gate['champion_version_before']}: test mAP50 {gate['champion_map50_before']:.4f}"
