@@ -159,13 +159,13 @@ def bootstrap_ci(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, 
         scores = [np.zeros(0)] * len(ids)
         tps = [np.zeros(0, bool)] * len(ids)
         n_gt = np.zeros(len(ids), int)
-        for image_id, g in gt.groupby("image_id"):
-            if image_id in index:
-                n_gt[index[image_id]] = len(g)
-        for image_id in set(gt["image_id"]) | set(pred["image_id"]):
+        gt_by, pred_by = dict(tuple(gt.groupby("image_id"))), dict(tuple(pred.groupby("image_id")))
+        for image_id in gt_by.keys() | pred_by.keys():
             if image_id not in index:
                 continue
-            s, tp, _ = match_label(gt[gt["image_id"] == image_id], pred[pred["image_id"] == image_id], 0.5)
+            g = gt_by.get(image_id, gt.iloc[0:0])
+            n_gt[index[image_id]] = len(g)
+            s, tp, _ = match_label(g, pred_by.get(image_id, pred.iloc[0:0]), 0.5)
             scores[index[image_id]], tps[index[image_id]] = s, tp
         per_label[label] = (scores, tps, n_gt)
     samples: dict[str, list[float]] = {label: [] for label in labels}
