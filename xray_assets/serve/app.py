@@ -101,7 +101,8 @@ def create_app(panel: list[ServedModel], limit_mb: float = DEFAULT_LIMIT_MB):
             raise UploadError(413, f"upload too large: the limit is {limit_mb:g} MB")
         if not data:
             raise UploadError(400, "the uploaded file is empty")
-        gray, kind = decode(data, up.filename or "")
+        # decoding (a DICOM takes a few hundred ms) runs beside the event loop, as the models do
+        gray, kind = await run_in_threadpool(decode, data, up.filename or "")
         return gray, kind, len(data)
 
     async def handle(request: Request) -> tuple[np.ndarray, dict]:
@@ -145,7 +146,8 @@ def create_app(panel: list[ServedModel], limit_mb: float = DEFAULT_LIMIT_MB):
         except UploadError as exc:
             body = f'<div class="error" role="alert">Error {exc.status}: {html.escape(str(exc))}</div>'
             return HTMLResponse(_page(body, panel, limit_mb), status_code=exc.status)
-        return HTMLResponse(_page(_panels_html(gray, result, panel), panel, limit_mb))
+        body = await run_in_threadpool(_panels_html, gray, result, panel)
+        return HTMLResponse(_page(body, panel, limit_mb))
 
     return app
 
