@@ -98,12 +98,6 @@ class Storage:
             self.mirror = self.root
 
     # -- where things are ----------------------------------------------------------------------
-    def path(self, *parts: str) -> Path:
-        p = self.root.joinpath(*parts)
-        if not self.remote:
-            p.parent.mkdir(parents=True, exist_ok=True)
-        return p
-
     def local_path(self, *parts: str) -> Path:
         """Where `parts` is (or will be) on this machine: under the root, or under the mirror."""
         return self.mirror.joinpath(*parts)
@@ -224,9 +218,7 @@ class Storage:
     def workdir(self, *parts: str, pull: bool = True) -> Iterator[Path]:
         """A local folder for work on real files. On an object store it starts as a copy of the
         stored folder (unless `pull=False`) and what the block wrote is uploaded when it finishes."""
-        p = self.local(*parts) if pull and self.remote and self.exists(*parts) else self.dir(*parts)
-        p.mkdir(parents=True, exist_ok=True)
-        yield p
+        yield self.local(*parts) if pull and self.remote and self.exists(*parts) else self.dir(*parts)
         self.push(*parts)
 
     def _listing(self, key: str) -> dict[str, dict]:
@@ -294,7 +286,7 @@ class Storage:
     def atomic(self, *parts: str) -> Iterator[Path]:
         """Yield a temp path to write; it becomes `parts` only if the block finishes."""
         if not self.remote:
-            yield from _atomic(self.path(*parts))
+            yield from _atomic(self.root.joinpath(*parts))
             return
         final = self._key(*parts)
         fd, name = tempfile.mkstemp(prefix=".xray-upload-", suffix=Path(parts[-1]).suffix)
