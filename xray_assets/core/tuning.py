@@ -8,7 +8,8 @@ scored by re-applying ultralytics' NMS at (conf, iou) to those candidates and fe
 own matching and metrics, so each row equals `model.val(conf=..., iou=...)` on the same data
 (a test checks this). Objective (the study's): mean(recall, mAP50).
 
-`apply_nms` is the table-level NMS used on raw predictions for test evaluation and serving.
+`apply_nms` is the table-level NMS applied to raw predictions for test evaluation (the web app
+applies the same pair through ultralytics' `predict`).
 """
 
 from __future__ import annotations
