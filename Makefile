@@ -1,23 +1,29 @@
 # Two commands set everything up: `make demo` and `make test` (see README.md).
 PYTHON ?= python3
+PYTHON312 ?= python3.12
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := constraints.txt
 SAMPLE := data/sample
-SIZE   ?= 160
+SIZE   ?= 140
+PROFILE ?= demo
 
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 export XRAY_DATA_DIR ?= $(CURDIR)/$(SAMPLE)
 export XRAY_STORAGE_DIR ?= $(CURDIR)/storage
 export YOLO_CONFIG_DIR ?= $(CURDIR)/.ultralytics
-export YOLO_OFFLINE := 1
+# nothing reaches the network (xray_assets sets these itself; `mlflow ui` does not import it)
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
 
-.PHONY: demo test ui serve bench install sample-data clean
+.PHONY: demo test test-fast ui serve bench install sample-data lock clean
 
-$(STAMP): pyproject.toml
+# The lock pins every package, so the pip a new venv ships (23.2 on Python 3.11) installs it
+# without backtracking; no pip upgrade, no download of pip itself.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install --progress-bar off -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,10 +35,14 @@ $(SAMPLE)/.complete: | $(STAMP)
 sample-data: $(SAMPLE)/.complete
 
 demo: $(STAMP) $(SAMPLE)/.complete
-	$(BIN)/xray-assets materialize --profile demo
+	$(BIN)/xray-assets materialize --profile $(PROFILE)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# everything that does not train a model (the `slow` marker), in under two minutes
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(XRAY_STORAGE_DIR)/mlflow/mlflow.db \
@@ -46,6 +56,28 @@ serve: $(STAMP)
 bench: $(STAMP) $(SAMPLE)/.complete
 	XRAY_REAL_DATA=$${XRAY_REAL_DATA:-$$(test -d ../shared/data/real && cd ../shared/data/real && pwd)} \
 		$(BIN)/python benchmarks/run_all.py
+
+# Regenerate the lock: resolve pyproject.toml in a fresh 3.11 venv with the newest pip, write its
+# freeze, then check that Python 3.12 resolves to exactly the same pins (a dry run, nothing installed).
+lock:
+	rm -rf .lock && mkdir .lock
+	$(PYTHON) -m venv .lock/py311
+	.lock/py311/bin/pip install -q --upgrade pip
+	.lock/py311/bin/pip install -q --progress-bar off -e '.[dev]'
+	{ grep '^#' $(LOCK); .lock/py311/bin/pip freeze --all --exclude-editable \
+		| grep -v -e '^pip==' -e '^xray-assets' -e '^wheel==' | LC_ALL=C sort -f; } > .lock/constraints.txt
+	$(PYTHON312) -m venv .lock/py312
+	.lock/py312/bin/pip install -q --upgrade pip
+	.lock/py312/bin/pip install -q --dry-run --ignore-installed --report .lock/py312.json \
+		-c .lock/constraints.txt -e '.[dev]'
+	$(PYTHON) -c "import json, re, sys; \
+		pins = dict(l.strip().lower().split('==') for l in open('.lock/constraints.txt') if '==' in l); \
+		got = {i['metadata']['name'].lower(): i['metadata']['version'] for i in json.load(open('.lock/py312.json'))['install']}; \
+		norm = lambda n: re.sub(r'[-_.]+', '-', n); pins = {norm(k): v for k, v in pins.items()}; \
+		extra = sorted(n for n in map(norm, got) if n not in pins and n != 'xray-assets'); \
+		assert not extra, f'3.12 needs packages the 3.11 lock lacks: {extra}'; print('3.12 resolves within the lock')"
+	mv .lock/constraints.txt $(LOCK)
+	rm -rf .lock
 
 clean:
 	rm -rf storage $(SAMPLE) dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/*.db
