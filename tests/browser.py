@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
+#: the same rule as .ci/run: XRAY_CHROMIUM, else Debian's /usr/bin/chromium
+CHROMIUM = os.environ.get("XRAY_CHROMIUM", "/usr/bin/chromium")
+
+
+def missing_service(what: str) -> None:
+    """Skip on a developer machine without it; fail in CI (.ci/run sets XRAY_REQUIRE_SERVICES=1)."""
+    if os.environ.get("XRAY_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{what} (XRAY_REQUIRE_SERVICES=1: .ci/run installs it)")
+    pytest.skip(what)
 
 
 def free_port() -> int:
@@ -54,7 +62,7 @@ def server(cmd: list[str], url: str, env: dict, cwd: Path, log: Path, timeout: f
 @contextmanager
 def browser():
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does: apt-get install chromium)")
+        missing_service(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

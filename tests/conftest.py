@@ -1,10 +1,95 @@
 import os
-import socket
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
-import pytest
+# Before xray_assets (hence ultralytics) is imported anywhere: a fresh ultralytics config dir for the
+# session (so a missing font would really be fetched, and the guard would see it), and the recording
+# network guard in this process and, through sitecustomize, in every Python subprocess a test starts.
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="xray-tests-"))
+os.environ["YOLO_CONFIG_DIR"] = str(_SESSION_TMP / "ultralytics")
+os.environ["XRAY_NETGUARD_LOG"] = str(_SESSION_TMP / "netguard.jsonl")
+_GUARD_SITE = str(Path(__file__).parent / "guard_site")
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_GUARD_SITE, os.environ.get("PYTHONPATH")) if p)
+sys.path.insert(0, str(Path(__file__).parent))
+import netguard  # noqa: E402
+
+netguard.install()
+
+import xray_assets  # noqa: E402,F401  (its offline settings, before any test imports mlflow or ultralytics)
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+_IGNORE_NEW = (".pytest_cache", "__pycache__", ".venv", ".ultralytics")
+
+
+def _checkout_entries() -> set[str]:
+    """Untracked and ignored paths in the checkout (what `git status --ignored` lists)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    return {line[3:] for line in out.stdout.splitlines()
+            if line[:2] in ("??", "!!") and not any(part in _IGNORE_NEW for part in Path(line[3:]).parts)}
+
+
+def pytest_sessionstart(session):
+    session.config._xray_checkout = _checkout_entries()
+    session.config._xray_guard = netguard.mark()
+
+
+def pytest_report_header(config):
+    from importlib.metadata import version
+
+    names = ("dagster", "mlflow", "ultralytics", "torch", "pydicom", "pandas", "numpy")
+    return "xray-assets versions: " + ", ".join(f"{n} {version(n)}" for n in names)
+
+
+def _guarded_phase(item):
+    position = netguard.mark()
+    result = yield
+    found = netguard.since(position)
+    if found:
+        item.config._xray_guard_hits = getattr(item.config, "_xray_guard_hits", 0) + len(found)
+        raise AssertionError(f"{item.nodeid}: {netguard.describe(found)}")
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    return (yield from _guarded_phase(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    return (yield from _guarded_phase(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item):
+    return (yield from _guarded_phase(item))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Outside any test (collection, session fixtures): no network attempt; and the suite leaves no
+    new file in the checkout (runs/, instance databases, storage...)."""
+    problems = []
+    found = [r for r in netguard.since(session.config._xray_guard)]
+    attributed = getattr(session.config, "_xray_guard_hits", 0)
+    if len(found) > attributed:
+        problems.append(netguard.describe(found))
+    if session.testscollected and not os.environ.get("XRAY_SKIP_CHECKOUT_CHECK"):
+        new = sorted(_checkout_entries() - session.config._xray_checkout)
+        if new:
+            problems.append(f"the test suite left new file(s) in the checkout: {new[:20]}")
+    if problems:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        for p in problems:
+            if reporter:
+                reporter.write_line(f"ERROR: {p}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def real_data_dir() -> Path | None:
@@ -14,31 +99,16 @@ def real_data_dir() -> Path | None:
 
 @pytest.fixture
 def real_data() -> Path:
+    """The genuine public files (../shared/data/real): skipped when XRAY_REAL_DATA is unset, a failure
+    when it is set and the files are not there (a CI that silently skips them proves nothing)."""
     d = real_data_dir()
     if d is None:
         pytest.skip("XRAY_REAL_DATA is unset: the genuine public files are not beside this checkout")
-    if not d.is_dir():
-        pytest.skip(f"XRAY_REAL_DATA={d} is not a folder")
+    expected = [d / "nih" / "BBox_List_2017.csv", d / "vinbigdata" / "train_meta.csv", d / "dicom"]
+    missing = [str(p) for p in expected if not p.exists()]
+    if missing:
+        pytest.fail(f"XRAY_REAL_DATA={d} is set but lacks {missing}")
     return d
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Refuse every connection that leaves the machine (loopback and unix sockets stay allowed)."""
-    real_connect = socket.socket.connect
-
-    def guarded(self, address):
-        if self.family == socket.AF_UNIX:
-            return real_connect(self, address)
-        host = address[0] if isinstance(address, tuple) else address
-        if str(host).startswith("127.") or host in ("localhost", "::1"):
-            return real_connect(self, address)
-        raise OSError(f"network disabled in this test: refused connection to {address}")
-
-    monkeypatch.setattr(socket.socket, "connect", guarded)
-    monkeypatch.setattr(socket, "create_connection",
-                        lambda *a, **k: (_ for _ in ()).throw(OSError("network disabled in this test")))
-    yield
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +123,7 @@ def sample_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def data_copy(sample_dir, tmp_path) -> Path:
-    """A private copy of the sample data for tests that merge drops into it (append-only)."""
+    """A private copy of the sample data for tests that change it."""
     import shutil
 
     return Path(shutil.copytree(sample_dir, tmp_path / "data"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from browser import free_port, wait_http
+from browser import free_port, missing_service, wait_http
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
@@ -26,7 +26,7 @@ def postgres(tmp: Path):
     """A private PostgreSQL cluster on 127.0.0.1 with trust auth; yields connection settings."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
-        pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+        missing_service("PostgreSQL is not installed (apt-get install postgresql)")
     bindir = Path(found[-1]).parent
     # a folder the postgres user can reach (pytest's tmp folders are private to their owner)
     base = Path(tempfile.mkdtemp(prefix="xray-pg-"))
