@@ -1,10 +1,15 @@
-"""The champion gate: a newly evaluated model version is promoted only if it is not worse.
+"""The champion gate's decision, on paired figures.
 
-After evaluation on the (stable) test patients, the new registered version of `xray-<task>` gets the
-MLflow alias `champion` when its test mAP50 is at least the current champion's minus `margin`, and
-the alias `challenger` otherwise. The first version of a model becomes champion. Both figures and
-the decision are tagged on the new version and returned for the asset's metadata. Serving reads the
-`champion` alias.
+When a new model version is evaluated, the current champion is re-scored on the *current* test split
+with its own detection rule (the shell does that), so both are measured on the same images. The
+gate then looks at the paired difference new − champion of threshold-free test mAP50, with a paired
+bootstrap 95% interval (`metrics.paired_bootstrap`).
+
+Rule: promote (alias `champion`) when the point estimate of the difference is >= −margin; otherwise
+the new version becomes `challenger`. The point estimate decides, not the interval's lower bound: on
+the small test sets of a retraining loop the interval is wide, and a lower-bound rule would keep an
+old champion forever. The interval is recorded beside the decision, with `non_inferior` saying
+whether its lower bound also clears −margin. The first version is champion.
 """
 
 from __future__ import annotations
@@ -12,70 +17,28 @@ from __future__ import annotations
 import math
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-SCORE_TAG = "test_map50"
 
 
-def _alias_version(client, name: str, alias: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-
-
-def _score(client, mv) -> float:
-    if SCORE_TAG in (mv.tags or {}):
-        return float(mv.tags[SCORE_TAG])
-    run = client.get_run(mv.run_id)
-    return float(run.data.metrics.get("test_map50", float("nan")))
-
-
-def decide(new_score: float, champion_score: float | None, margin: float) -> str:
-    """champion when there is none, or the new score >= the champion's minus the margin."""
-    if champion_score is None or math.isnan(champion_score):
+def decide(diff: float | None, margin: float) -> str:
+    """champion when there is no champion to compare with (diff None), or diff >= −margin."""
+    if diff is None:
         return CHAMPION
-    if math.isnan(new_score):
+    if math.isnan(diff):
         return CHALLENGER
-    return CHAMPION if new_score >= champion_score - margin else CHALLENGER
+    return CHAMPION if diff >= -margin else CHALLENGER
 
 
-def gate(tracking_uri: str, model_name: str, version: str | int, new_score: float, margin: float,
-         tags: dict[str, str] | None = None) -> dict:
-    """Decide and set the alias; `tags` (e.g. the tuned thresholds) are set on the new version too."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    version = str(version)
-    current = _alias_version(client, model_name, CHAMPION)
-    if current is not None and str(current.version) == version:  # re-evaluating the champion itself
-        current = None
-    champ_score = _score(client, current) if current is not None else None
-    decision = decide(new_score, champ_score, margin)
-    client.set_model_version_tag(model_name, version, SCORE_TAG, f"{new_score:.6f}")
-    client.set_model_version_tag(model_name, version, "gate_decision", decision)
-    for k, v in (tags or {}).items():
-        client.set_model_version_tag(model_name, version, k, str(v))
-    if current is not None:
-        client.set_model_version_tag(model_name, version, "gate_compared_with", str(current.version))
-    client.set_registered_model_alias(model_name, decision, version)
-    return {"decision": decision, "model": model_name, "version": version, "new_map50": new_score,
-            "champion_version_before": None if current is None else str(current.version),
-            "champion_map50_before": champ_score, "margin": margin}
-
-
-def served_version(tracking_uri: str, model_name: str) -> tuple[str | None, str]:
-    """(version, how it was chosen): the champion alias, else the latest version, else None."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    mv = _alias_version(client, model_name, CHAMPION)
-    if mv is not None:
-        return str(mv.version), CHAMPION
-    try:
-        versions = client.search_model_versions(f"name='{model_name}'")
-    except Exception:
-        versions = []
-    if versions:
-        return str(max(int(v.version) for v in versions)), "latest"
-    return None, "none"
+def gate_record(paired: dict | None, margin: float, new_version: str, champion_version: str | None) -> dict:
+    """The decision and its figures, as tags for the new version and metadata for the asset.
+    `paired`: `metrics.paired_bootstrap(new, champion)` on the current test images, or None."""
+    if paired is None:
+        return {"decision": CHAMPION, "version": str(new_version), "compared_with": None, "margin": margin,
+                "reason": "first version: nothing to compare with"}
+    decision = decide(paired["diff"], margin)
+    return {"decision": decision, "version": str(new_version), "compared_with": str(champion_version),
+            "margin": margin, "new_map50": paired["a"], "champion_map50": paired["b"], "diff": paired["diff"],
+            "diff_ci_low": paired["ci_low"], "diff_ci_high": paired["ci_high"], "test_images": paired["images"],
+            "non_inferior": bool(paired["ci_low"] >= -margin) if paired["ci_low"] == paired["ci_low"] else False,
+            "reason": f"paired difference {paired['diff']:+.4f} (95% CI {paired['ci_low']:+.4f} to "
+                      f"{paired['ci_high']:+.4f}) on {paired['images']} test images "
+                      f"{'>=' if decision == CHAMPION else '<'} -{margin:g}"}

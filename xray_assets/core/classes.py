@@ -81,6 +81,8 @@ class TaskSpec:
     classes: tuple[str, ...]
     #: united/NIH label -> task class; labels absent from the map are not boxes of this task
     label_map: dict[str, str]
+    #: class-agnostic NMS in the task's detection rule (tuning, evaluation and serving alike)
+    agnostic_nms: bool = False
 
     def class_index(self) -> dict[str, int]:
         return {c: i for i, c in enumerate(self.classes)}
@@ -95,7 +97,8 @@ TASKS: dict[str, TaskSpec] = {
     "nih_binary": TaskSpec(
         "nih_binary", "nih", (BINARY_CLASS,), {n: BINARY_CLASS for n in NIH_CLASSES}
     ),
-    "united_multi": TaskSpec("united_multi", "united", UNITED_CLASSES, _identity(UNITED_CLASSES)),
+    # the study's demo served united_multi with class-agnostic NMS: its rule is agnostic everywhere
+    "united_multi": TaskSpec("united_multi", "united", UNITED_CLASSES, _identity(UNITED_CLASSES), agnostic_nms=True),
     "united_binary": TaskSpec(
         "united_binary", "united", (BINARY_CLASS,), {n: BINARY_CLASS for n in UNITED_CLASSES}
     ),
@@ -108,7 +111,7 @@ TASKS: dict[str, TaskSpec] = {
 }
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
-#: The study's served panel, in display order; united_multi uses class-agnostic NMS.
+#: The study's served panel, in display order (united_multi's rule is class-agnostic: `agnostic_nms`).
 SERVED_TASKS: tuple[str, ...] = (
     "united_multi",
     "united_binary",

@@ -140,3 +140,35 @@ def confusion_heatmap(matrix: pd.DataFrame, title: str) -> bytes:
             ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
     ax.set_title(title, fontsize=9)
     return _png(fig)
+
+
+def froc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], rates, title: str) -> bytes:
+    """Sensitivity against false positives per image (log axis), the FROC operating rates marked."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for i, (label, (fppi, sens)) in enumerate(curves.items()):
+        if len(fppi) > 1:
+            ax.step(np.maximum(fppi, rates[0] / 2), sens, where="post", label=label, color=PALETTE(i % 10),
+                    lw=2.2 if label == "(all)" else 1.2)
+    for r in rates:
+        ax.axvline(r, color="0.85", lw=0.8, zorder=0)
+    ax.set_xscale("log")
+    ax.set(xlim=(rates[0] / 2, rates[-1] * 1.5), ylim=(0, 1.02), xlabel="false positives per image",
+           ylabel="sensitivity", title=title)
+    ax.set_xticks(list(rates), [f"{r:g}" for r in rates])
+    if curves:
+        ax.legend(fontsize=7, loc="lower right")
+    return _png(fig)
+
+
+def paired_differences(table: pd.DataFrame, title: str) -> bytes:
+    """The study report's paired comparisons: difference a - b with its 95% interval."""
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.55 * max(1, len(table))))
+    y = np.arange(len(table))
+    ax.errorbar(table["diff"], y, xerr=[table["diff"] - table["ci_low"], table["ci_high"] - table["diff"]],
+                fmt="o", color="k", capsize=3)
+    ax.axvline(0, color="r", lw=1)
+    ax.set_yticks(y, [f"{a} - {b}" for a, b in zip(table["a"], table["b"])], fontsize=8)
+    ax.set_xlabel("AP50 difference (paired bootstrap 95% CI)")
+    ax.set_title(title, fontsize=9)
+    ax.invert_yaxis()
+    return _png(fig)
