@@ -21,8 +21,15 @@ def test_nih_layout_and_headers(sample_dir):
     assert patients.value_counts().max() > 1, "some patients have follow-up images"
     from PIL import Image
 
-    modes = {Image.open(p).mode for p in pngs}
-    assert "L" in modes
+    from xray_assets.core.detection import read_gray
+
+    modes = {p: Image.open(p).mode for p in pngs}
+    assert "L" in modes.values()
+    rgba = [p for p, m in modes.items() if m == "RGBA"]
+    assert rgba, "a few RGBA files, like the real set"
+    img = np.asarray(Image.open(rgba[0]))
+    assert (img[..., 0] == img[..., 1]).all() and (img[..., 3] == 255).all(), "grey in colour channels, opaque"
+    assert (read_gray(rgba[0]) == img[..., 0]).all(), "the pipeline reads it as the same grey image"
 
 
 def test_vinbigdata_readers_disagree_and_dicoms_vary(sample_dir):
@@ -69,5 +76,9 @@ def test_each_class_has_its_own_look():
         img, lesions = render(np.random.default_rng(i), [label], 256, 256)
         assert [l.label for l in lesions] == [label]
         x0, y0, x1, y1 = (np.array(lesions[0].box) * 256).astype(int)
-        inside = np.abs(img - base)[y0:y1, x0:x1].mean()
+        diff = np.abs(img - base)
+        mask = np.zeros_like(diff, bool)
+        mask[y0:y1, x0:x1] = True
+        inside, outside = diff[mask].mean(), diff[~mask].mean()
         assert inside > 0.04, label
+        assert inside > 1.5 * outside, (label, inside, outside)   # pneumothorax also clears markings beside its box

@@ -16,11 +16,24 @@ STUDY_CONF_GRID: tuple[float, ...] = (0.03, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 STUDY_IOU_GRID: tuple[float, ...] = (0.1, 0.3, 0.5, 0.6, 0.8)
 
 
+#: The study's settings that ultralytics' box detection ignores: `copy_paste` pastes segmentation
+#: masks (boxes have none) and `erasing` is a classification augmentation. They are passed and logged
+#: as the study's, and named as acting on nothing (README, MLflow `xray.no_effect.*`).
+NO_EFFECT_FOR_DETECTION: tuple[str, ...] = ("copy_paste", "erasing")
+
+
 @dataclass(frozen=True)
 class TrainParams:
     """ultralytics `train` arguments. Fields left None keep ultralytics' defaults."""
 
+    #: the architecture (a yaml: what "from scratch" builds)
     model: str = "yolov8s.yaml"
+    #: the COCO-pretrained checkpoint of that architecture a model starts from, by file name: the
+    #: task's `weights` config, else XRAY_WEIGHTS_DIR/<pretrained>, else ultralytics' download where allowed
+    pretrained: str | None = "yolov8s.pt"
+    #: True: no pretrained file and no permission to download is an error before training starts
+    #: (unless `from_scratch: true`); False: build from the yaml and say so
+    require_pretrained: bool = True
     epochs: int = 100
     imgsz: int = 800
     batch: int = 64
@@ -39,6 +52,8 @@ class TrainParams:
     iou: float = 0.8  # NMS IoU for validation during training
     lr0: float | None = None
     workers: int = 8
+    #: ultralytics' own training plots (labels, results, curves; a few seconds per model, logged to MLflow)
+    plots: bool = True
     seed: int = 0
     patience: int = 100
     extra: dict[str, Any] = field(default_factory=dict)
@@ -48,7 +63,7 @@ class TrainParams:
         args = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("model", "extra") and getattr(self, f.name) is not None
+            if f.name not in ("model", "pretrained", "require_pretrained", "extra") and getattr(self, f.name) is not None
         }
         args.update(self.extra)
         return args
@@ -58,6 +73,14 @@ class TrainParams:
 class Profile:
     name: str
     train: TrainParams
+    #: MLflow namespace: experiment `<prefix>-assets`, registered models `<prefix>-<task>`, so the
+    #: profiles' models never share a registry entry or a champion alias on one tracking server
+    registry_prefix: str = "xray"
+    #: may ultralytics download the pretrained weights (XRAY_ALLOW_DOWNLOADS=1/0 overrides)
+    allow_downloads: bool = False
+    #: leave out of a task the NIH images whose Data_Entry lists a finding of the task's classes that
+    #: has no box (they would be negatives for a visible finding); False: the study's behaviour
+    exclude_unboxed_findings: bool = True
     #: background ("No Finding") images per annotated image
     background_ratio: float = 2.0
     include_vinbigdata_no_finding: bool = False
@@ -76,6 +99,21 @@ class Profile:
     #: most quarantined input rows an asset check accepts
     max_quarantine_rows: int = 10
 
+    def model_name(self, task: str) -> str:
+        return f"{self.registry_prefix}-{task}"
+
+    @property
+    def experiment(self) -> str:
+        return f"{self.registry_prefix}-assets"
+
+    def downloads_allowed(self) -> bool:
+        forced = os.environ.get("XRAY_ALLOW_DOWNLOADS", "").strip().lower()
+        if forced in ("1", "true", "yes"):
+            return True
+        if forced in ("0", "false", "no"):
+            return False
+        return self.allow_downloads
+
     def as_params(self) -> dict[str, Any]:
         """A flat dict of every setting, for MLflow params and Dagster metadata."""
         flat: dict[str, Any] = {}
@@ -90,14 +128,17 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # DESIGN's numbers, exactly.
-    "study": Profile(name="study", train=TrainParams()),
+    # DESIGN's numbers, exactly: YOLOv8s fine-tuned from COCO-pretrained yolov8s.pt.
+    "study": Profile(name="study", train=TrainParams(), allow_downloads=True),
     # CPU-sized: the whole graph in minutes on the sample data.
     "demo": Profile(
         name="demo",
+        registry_prefix="xray-demo",
         train=TrainParams(
             model="yolov8n.yaml",
-            epochs=13,
+            pretrained="yolov8n.pt",
+            require_pretrained=False,
+            epochs=12,
             imgsz=160,
             batch=8,
             optimizer="AdamW",
@@ -111,9 +152,11 @@ PROFILES: dict[str, Profile] = {
             copy_paste=0.0,
             cls=1.5,
             weight_decay=0.0005,
-            workers=2,
-            # a CPU budget: step every batch (no accumulation to 64), decoded images kept in
-            # memory, milder geometry, no per-epoch validation (the final one still runs)
+            # a CPU budget: no loader processes beside a second run, no ultralytics plots (the
+            # evaluation report draws its own), step every batch (no accumulation to 64), decoded
+            # images kept in memory, milder geometry, no per-epoch validation (the final one runs)
+            workers=0,
+            plots=False,
             extra={"nbs": 8, "cache": "ram", "scale": 0.25, "translate": 0.05, "val": False},
         ),
         background_ratio=0.25,
@@ -123,8 +166,11 @@ PROFILES: dict[str, Profile] = {
     # The smallest run that still trains and evaluates every task (tests).
     "smoke": Profile(
         name="smoke",
+        registry_prefix="xray-smoke",
         train=TrainParams(
             model="yolov8n.yaml",
+            pretrained="yolov8n.pt",
+            require_pretrained=False,
             epochs=1,
             imgsz=64,
             batch=8,
@@ -137,6 +183,7 @@ PROFILES: dict[str, Profile] = {
             erasing=0.0,
             copy_paste=0.0,
             workers=0,
+            plots=False,
             extra={"nbs": 8},
         ),
         background_ratio=0.5,
@@ -168,6 +215,7 @@ class Settings:
     inbox_dir: Path | None = None      # default: <data_dir>/inbox
     champion_margin: float = 0.01      # a new model may be this much worse (test mAP50) and still be champion
     retrain_cron: str = "0 3 * * 1"    # the retraining schedule (stopped by default)
+    weights_dir: Path | None = None    # pretrained checkpoints by file name; default: default_weights_dir()
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -180,7 +228,14 @@ class Settings:
         return cls(data_dir=data, storage_dir=storage, profile=profile, mlflow_tracking_uri=uri,
                    inbox_dir=Path(inbox).expanduser().resolve() if inbox else default_inbox(data),
                    champion_margin=float(os.environ.get("XRAY_CHAMPION_MARGIN", "0.01")),
-                   retrain_cron=os.environ.get("XRAY_RETRAIN_CRON", "0 3 * * 1"))
+                   retrain_cron=os.environ.get("XRAY_RETRAIN_CRON", "0 3 * * 1"),
+                   weights_dir=default_weights_dir())
+
+
+def default_weights_dir() -> Path:
+    """Where pretrained checkpoints are looked for (and downloaded to, where allowed)."""
+    raw = os.environ.get("XRAY_WEIGHTS_DIR")
+    return Path(raw).expanduser().resolve() if raw else Path.home() / ".cache" / "xray-assets" / "weights"
 
 
 def default_inbox(data_dir: Path | str) -> Path:
@@ -197,24 +252,7 @@ def default_mlflow_uri(storage_dir: Path | str) -> str:
 
 
 def configure_ultralytics(storage_dir: Path | None = None) -> None:
-    """Offline, project-local ultralytics settings. Call before importing ultralytics."""
-    os.environ["YOLO_OFFLINE"] = "1"
-    if "YOLO_CONFIG_DIR" not in os.environ:
-        base = Path(storage_dir) if storage_dir else Path.cwd()
-        cfg = base / ".ultralytics"
-        cfg.mkdir(parents=True, exist_ok=True)
-        os.environ["YOLO_CONFIG_DIR"] = str(cfg)
-    os.environ.setdefault("YOLO_VERBOSE", "False")
-    # ultralytics looks for Arial in its config dir and otherwise asks the network for it: give it
-    # matplotlib's own DejaVu Sans under those names so no font is ever fetched.
-    cfg_dir = Path(os.environ["YOLO_CONFIG_DIR"])
-    cfg_dir.mkdir(parents=True, exist_ok=True)
-    import matplotlib
+    """Offline ultralytics (see `offline.py`). Call before ultralytics trains, validates or predicts."""
+    from . import offline
 
-    dejavu = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
-        target = cfg_dir / name
-        if not target.exists() and dejavu.exists():
-            import shutil
-
-            shutil.copyfile(dejavu, target)
+    offline.prepare()

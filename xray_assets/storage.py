@@ -134,6 +134,17 @@ class Storage:
         except FileNotFoundError:
             return set()
 
+    def subfolders(self, *parts: str) -> set[str]:
+        """Names of the folders directly inside folder `parts` (empty if there is none)."""
+        if not self.remote:
+            p = self.root.joinpath(*parts)
+            return {c.name for c in p.iterdir() if c.is_dir()} if p.is_dir() else set()
+        try:
+            return {PurePosixPath(i["name"]).name for i in self.fs.ls(self._key(*parts), detail=True)
+                    if i.get("type") == "directory"}
+        except FileNotFoundError:
+            return set()
+
     # -- the local mirror of an object store ---------------------------------------------------
     def local(self, *parts: str) -> Path:
         """A local path to the file or folder `parts`, downloaded first if the root is remote and the

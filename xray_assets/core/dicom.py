@@ -229,3 +229,36 @@ def convert_one(src: str, dst: str, max_size: int | None) -> dict:
     except Exception as exc:  # a corrupt file must not stop the run
         row.update(status="quarantined", reason=f"{Path(src).name}: {exc.__class__.__name__}: {exc}", path="")
     return row
+
+
+def stat_key(path: Path) -> str:
+    """A cheap identity of a file version (size and modification time)."""
+    s = Path(path).stat()
+    return f"{s.st_size}:{s.st_mtime_ns}"
+
+
+def plan_conversion(sources: list[Path], old: "pd.DataFrame", converted: set[str], max_size: int,
+                    digest=file_sha256) -> tuple[list[dict], list[tuple[Path, str, str]]]:
+    """Which DICOMs need converting: (manifest rows kept as they are, [(source, sha256, stat key)]).
+
+    A source is unchanged when its stat key matches the manifest's (no read at all), or else when its
+    content hash does (a touched but identical file); it also needs the same target size and, when it
+    converted fine, its PNG among `converted` (the names the storage root holds). Anything else is
+    converted again: a new file, new bytes, another size, a lost PNG.
+    """
+    prev_by_id = old.set_index("image_id", drop=False) if len(old) else None
+    keep, todo = [], []
+    for p in sources:
+        key = stat_key(p)
+        prev = prev_by_id.loc[p.stem] if prev_by_id is not None and p.stem in prev_by_id.index else None
+        usable = prev is not None and int(prev["max_size"]) == max_size and (
+            prev["status"] != "ok" or Path(prev["path"]).name in converted)
+        if usable and prev["stat_key"] == key:
+            keep.append(prev.to_dict())
+            continue
+        sha = digest(p)
+        if usable and prev["source_hash"] == sha:
+            keep.append({**prev.to_dict(), "stat_key": key})
+            continue
+        todo.append((p, sha, key))
+    return keep, todo

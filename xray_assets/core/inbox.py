@@ -1,4 +1,4 @@
-"""The annotation inbox: radiologists drop new annotations; complete drops are validated and merged.
+"""The annotation inbox: radiologists drop new annotations; complete drops are validated and accepted.
 
 A drop is a folder under the inbox holding either
 - NIH format: a box list (`BBox_List_2017.csv` header) and a Data_Entry table (`Data_Entry_2017.csv`
@@ -6,17 +6,15 @@ A drop is a folder under the inbox holding either
 - VinBigData format: a `train.csv`-format table plus the `<image_id>.dicom` files it names,
 and it is complete when it holds a `READY` file. Validation reads the files with the same checked
 readers as ingestion: any quarantined row, unknown label, missing image or image id already in the
-raw data rejects the whole drop (it is moved to `rejected/` with an `ERROR.txt`). A valid drop is
-merged append-only (rows appended to the raw CSVs, images copied beside the others) and then moved to
-`merged/`; a ledger of merged drop hashes makes a second copy of the same drop a no-op.
+data rejects the whole drop. Nothing here writes the raw data: an accepted drop's rows and images are
+stored beside it under the storage root (see `defs/drops.py`), and the folder is archived under
+`accepted/` (or `rejected/` with an `ERROR.txt`).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -24,19 +22,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..storage import atomic_path
-from .labels import InputFormatError, read_nih_boxes_checked, read_nih_labels_checked, \
-    read_vinbigdata_annotations_checked
+from .labels import (InputFormatError, read_nih_boxes_checked, read_nih_labels_checked,
+                     read_vinbigdata_annotations_checked)
 
 READY = "READY"
 ERROR_FILE = "ERROR.txt"
-LEDGER = "ledger.jsonl"
+ARCHIVES = ("accepted", "rejected", "merged")
 HEADERS = {"nih_boxes": "Image Index,Finding Label,", "nih_labels": "Image Index,Finding Labels,",
            "vinbigdata": "image_id,class_name,class_id,rad_id,"}
 
 
 class DropError(ValueError):
-    """A drop that cannot be merged; the message says why, naming the file and row."""
+    """A drop that cannot be accepted; the message says why, naming the file and row."""
 
 
 @dataclass
@@ -44,29 +41,32 @@ class Drop:
     path: Path
     fmt: str = ""                      # "nih" or "vinbigdata"
     digest: str = ""                   # sha256 over every file's name and bytes
-    tables: dict[str, Path] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)   # parsed rows, by table name
     images: dict[str, Path] = field(default_factory=dict)   # image id (file name for NIH) -> file
     summary: dict = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def run_key(self) -> str:
-        return f"drop-{self.digest[:16]}"
 
 
 def pending(inbox: Path) -> tuple[list[Path], list[Path]]:
     """(complete drops, incomplete drops) directly under the inbox, oldest first."""
     if not inbox.is_dir():
         return [], []
-    folders = sorted((p for p in inbox.iterdir() if p.is_dir() and p.name not in ("merged", "rejected")
+    folders = sorted((p for p in inbox.iterdir() if p.is_dir() and p.name not in ARCHIVES
                       and not p.name.startswith(".")), key=lambda p: (p.stat().st_mtime, p.name))
     return [p for p in folders if (p / READY).exists()], [p for p in folders if not (p / READY).exists()]
 
 
+def stat_key(folder: Path) -> str:
+    """Cheap identity of a folder's current contents (names, sizes, times): a cache key for its digest."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        s = f.stat()
+        h.update(f"{f.relative_to(folder)}:{s.st_size}:{s.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
 def drop_digest(folder: Path) -> str:
+    """Content hash: every file's relative name and bytes (READY and ERROR.txt excluded), so the same
+    export dropped twice has the same digest wherever and whenever it was copied."""
     h = hashlib.sha256()
     for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (READY, ERROR_FILE)):
         h.update(str(f.relative_to(folder)).encode())
@@ -74,6 +74,12 @@ def drop_digest(folder: Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def partition_key(folder_name: str, digest: str) -> str:
+    """The drop's partition: its folder name (made safe) and the digest's first 8 hex digits."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", folder_name).strip("_") or "drop"
+    return f"{safe[:60]}-{digest[:8]}"
 
 
 def _kind(csv_path: Path) -> str | None:
@@ -85,18 +91,6 @@ def _kind(csv_path: Path) -> str | None:
     return None
 
 
-def _columns(path: Path) -> list[str]:
-    with open(path, encoding="utf-8-sig", errors="replace") as fh:
-        return [c.strip() for c in next(csv.reader([fh.readline()]), []) if c.strip()]
-
-
-def _check_columns(drop_table: Path, raw: Path) -> None:
-    """Rows are appended as they are, so a drop's table must have the raw file's columns in order."""
-    if raw.exists() and _columns(drop_table) != _columns(raw):
-        raise DropError(f"{drop_table.name}: columns {_columns(drop_table)} differ from {raw.name}'s "
-                        f"{_columns(raw)}; export with the same header")
-
-
 def _reject_quarantine(q: pd.DataFrame) -> None:
     if len(q):
         lines = [f"{r.source} row {r.row}: {r.reason}" for r in q.head(20).itertuples(index=False)]
@@ -104,8 +98,9 @@ def _reject_quarantine(q: pd.DataFrame) -> None:
         raise DropError("bad rows:\n" + "\n".join(lines) + more)
 
 
-def validate(folder: Path, data_dir: Path, digest: str | None = None) -> Drop:
-    """Check a complete drop against the raw data; raises DropError with a readable reason."""
+def validate(folder: Path, known_nih: set[str], known_vinbigdata: set[str], digest: str | None = None) -> Drop:
+    """Check a complete drop against the ids already in the data; raises DropError with a readable reason.
+    `known_*`: image ids of the original files and of every other accepted drop."""
     drop = Drop(folder, digest=digest or drop_digest(folder))
     csvs = sorted(folder.rglob("*.csv"))
     if not csvs:
@@ -122,13 +117,13 @@ def validate(folder: Path, data_dir: Path, digest: str | None = None) -> Drop:
         if "vinbigdata" in kinds:
             if len(kinds) > 1:
                 raise DropError("a drop holds one dataset's annotations: found VinBigData and NIH tables")
-            return _validate_vinbigdata(drop, kinds["vinbigdata"], data_dir)
-        return _validate_nih(drop, kinds, data_dir)
+            return _validate_vinbigdata(drop, kinds["vinbigdata"], known_vinbigdata)
+        return _validate_nih(drop, kinds, known_nih)
     except InputFormatError as exc:
         raise DropError(str(exc)) from exc
 
 
-def _validate_nih(drop: Drop, kinds: dict[str, Path], data_dir: Path) -> Drop:
+def _validate_nih(drop: Drop, kinds: dict[str, Path], known: set[str]) -> Drop:
     if "nih_boxes" not in kinds or "nih_labels" not in kinds:
         raise DropError("an NIH drop needs a box list (BBox_List_2017.csv header) and a Data_Entry table "
                         "(Data_Entry_2017.csv header) giving each new image its patient")
@@ -142,95 +137,54 @@ def _validate_nih(drop: Drop, kinds: dict[str, Path], data_dir: Path) -> Drop:
     missing = sorted(set(labels["image_id"]) - set(pngs))
     if missing:
         raise DropError(f"missing image file(s) named by {kinds['nih_labels'].name}: {', '.join(missing[:5])}")
-    existing = data_dir / "nih" / "Data_Entry_2017.csv"
-    _check_columns(kinds["nih_labels"], existing)
-    if existing.exists():
-        known, _ = read_nih_labels_checked(existing)
-        dup = sorted(set(labels["image_id"]) & set(known["image_id"]))
-        if dup:
-            raise DropError(f"image id(s) already in the raw data: {', '.join(dup[:5])} (drops add new images)")
-    drop.fmt, drop.tables = "nih", {"boxes": kinds["nih_boxes"], "labels": kinds["nih_labels"]}
+    dup = sorted(set(labels["image_id"]) & known)
+    if dup:
+        raise DropError(f"image id(s) already in the data: {', '.join(dup[:5])} (drops add new images)")
+    drop.fmt, drop.tables = "nih", {"labels": labels, "boxes": boxes}
     drop.images = {i: pngs[i] for i in labels["image_id"]}
     drop.summary = {"format": "nih", "images": len(labels), "boxes": len(boxes),
                     "patients": int(labels["patient_id"].nunique())}
     return drop
 
 
-def _validate_vinbigdata(drop: Drop, table: Path, data_dir: Path) -> Drop:
+def _validate_vinbigdata(drop: Drop, table: Path, known: set[str]) -> Drop:
     ann, q = read_vinbigdata_annotations_checked(table)
     _reject_quarantine(q)
     files = {p.stem: p for p in drop.path.rglob("*") if p.suffix.lower() in (".dicom", ".dcm")}
     missing = sorted(set(ann["image_id"]) - set(files))
     if missing:
         raise DropError(f"missing DICOM(s) named by {table.name}: {', '.join(missing[:5])}")
-    existing = data_dir / "vinbigdata" / "train.csv"
-    _check_columns(table, existing)
-    if existing.exists():
-        known = pd.read_csv(existing, usecols=["image_id"], dtype=str)["image_id"]
-        dup = sorted(set(ann["image_id"]) & set(known))
-        if dup:
-            raise DropError(f"image id(s) already in the raw data: {', '.join(dup[:5])} (drops add new images)")
-    drop.fmt, drop.tables = "vinbigdata", {"train": table}
+    dup = sorted(set(ann["image_id"]) & known)
+    if dup:
+        raise DropError(f"image id(s) already in the data: {', '.join(dup[:5])} (drops add new images)")
+    drop.fmt, drop.tables = "vinbigdata", {"annotations": ann}
     drop.images = {i: files[i] for i in ann["image_id"].unique()}
     drop.summary = {"format": "vinbigdata", "images": len(drop.images), "rows": len(ann),
                     "boxes": int(ann["x_min"].notna().sum())}
     return drop
 
 
-def _append_rows(target: Path, source: Path) -> int:
-    """Append `source`'s data rows to `target` (a CSV with the same columns), atomically."""
-    rows = list(csv.reader(io.StringIO(source.read_text(encoding="utf-8-sig"), newline="")))[1:]
-    rows = [r for r in rows if any(c.strip() for c in r)]
-    old = target.read_bytes() if target.exists() else b""
-    with atomic_path(target) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(old)
-            if old and not old.endswith(b"\n"):
-                fh.write(b"\n")
-            buf = io.StringIO()
-            csv.writer(buf, lineterminator="\n").writerows(rows)
-            fh.write(buf.getvalue().encode())
-    return len(rows)
+def find(inbox: Path, key: str, name: str | None = None) -> Path | None:
+    """A drop's folder by partition key: in the inbox, or already archived under accepted/."""
+    for base in (inbox, inbox / "accepted"):
+        for candidate in ([base / name] if name else []) + [base / key]:
+            if candidate.is_dir():
+                return candidate
+    stem = key.rsplit("-", 1)[0]
+    for base in (inbox, inbox / "accepted"):
+        if (base / stem).is_dir() and (base / stem / READY).exists():
+            return base / stem
+    return None
 
 
-def read_ledger(inbox: Path) -> dict[str, dict]:
-    path = inbox / "merged" / LEDGER
-    if not path.exists():
-        return {}
-    return {e["digest"]: e for e in (json.loads(line) for line in path.read_text().splitlines() if line.strip())}
-
-
-def merge(drop: Drop, data_dir: Path, inbox: Path) -> dict:
-    """Append a validated drop to the raw data, move it to `merged/` and add its ledger line.
-    The caller checks the ledger first (a copy of a merged drop is set aside, never merged)."""
-    if drop.fmt == "nih":
-        dest = data_dir / "nih" / "images_inbox" / "images"
-        dest.mkdir(parents=True, exist_ok=True)
-        for name, src in drop.images.items():
-            shutil.copy2(src, dest / name)
-        # the header row of an appended Data_Entry/box list is the existing file's own
-        _append_rows(data_dir / "nih" / "Data_Entry_2017.csv", drop.tables["labels"])
-        _append_rows(data_dir / "nih" / "BBox_List_2017.csv", drop.tables["boxes"])
-    else:
-        dest = data_dir / "vinbigdata" / "train"
-        dest.mkdir(parents=True, exist_ok=True)
-        for image_id, src in drop.images.items():
-            shutil.copy2(src, dest / f"{image_id}.dicom")
-        _append_rows(data_dir / "vinbigdata" / "train.csv", drop.tables["train"])
-    target = inbox / "merged" / f"{drop.name}-{drop.digest[:8]}"
+def archive(folder: Path, inbox: Path, key: str) -> Path:
+    """Move an accepted drop to `accepted/<key>` (a no-op when it is there already)."""
+    target = inbox / "accepted" / key
+    if folder.resolve() == target.resolve():
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(drop.path), str(target))
-    entry = {"digest": drop.digest, "drop": drop.name, "kept_at": str(target), "run_key": drop.run_key,
-             "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **drop.summary}
-    with open(inbox / "merged" / LEDGER, "a") as fh:
-        fh.write(json.dumps(entry) + "\n")
-    return entry
-
-
-def set_aside(folder: Path, inbox: Path) -> Path:
-    """A second copy of an already merged drop: kept under merged/duplicates/, merged again never."""
-    target = inbox / "merged" / "duplicates" / f"{folder.name}-{time.strftime('%Y%m%d%H%M%S')}"
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
     shutil.move(str(folder), str(target))
     return target
 
@@ -243,6 +197,6 @@ def reject(folder: Path, inbox: Path, reason: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(folder), str(target))
     (target / ERROR_FILE).write_text(
-        f"This drop was rejected and not merged ({time.strftime('%Y-%m-%d %H:%M:%S')}).\n\n{reason}\n\n"
+        f"This drop was rejected and not accepted ({time.strftime('%Y-%m-%d %H:%M:%S')}).\n\n{reason}\n\n"
         "Fix the files, then move the folder back into the inbox (it needs its READY file).\n")
     return target

@@ -287,33 +287,42 @@ def _nih_label_plan(rng: np.random.Generator, n: int) -> list[list[str]]:
 
 def _pool_map(fn, jobs: list, workers: int | None):
     """Render in a process pool (each job carries its own seed, so the output is the same either way)."""
+    import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor
 
     workers = workers or os.cpu_count() or 1
     if workers <= 1 or len(jobs) < 8:
         return [fn(j) for j in jobs]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # spawned workers (a forked child of a process that used OpenCV's threads can deadlock), one
+    # OpenCV thread each: the pool already fills the cores
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=cv2.setNumThreads, initargs=(1,)) as pool:
         return list(pool.map(fn, jobs, chunksize=4))
 
 
 def _nih_image(job: tuple) -> tuple[str, list[str]]:
     """Render and write one NIH PNG. Returns (finding text, box lines)."""
-    seed, idx, path, image_id, kind, labels = job
+    seed, idx, path, image_id, kind, labels, unboxed = job
     rng = np.random.default_rng([seed, 11, idx])
-    img, lesions = render(rng, labels, NIH_SIZE, NIH_SIZE)
+    # `unboxed`: a finding drawn and listed in Data_Entry but left without a box, as in the real list.
+    # Drawn at half size and scaled up to NIH's 1024 px (4x less drawing; boxes are normalised)
+    img, lesions = render(rng, labels + unboxed, NIH_SIZE // 2, NIH_SIZE // 2)
+    img = cv2.resize(img, (NIH_SIZE, NIH_SIZE), interpolation=cv2.INTER_LINEAR)
     findings = sorted({"Infiltration" if les.label == "Infiltrate" else les.label for les in lesions})
     if kind != "background" and rng.random() < 0.2:
         findings = sorted(set(findings) | {str(rng.choice(NIH_UNBOXED_FINDINGS))})
     boxes = []
     if kind == "annotated":
         for les in lesions:
+            if les.label in unboxed:
+                continue
             x0, y0, x1, y1 = (v * NIH_SIZE for v in les.box)
             x0, y0 = max(x0, 0.0), max(y0, 0.0)
             x1, y1 = min(x1, NIH_SIZE), min(y1, NIH_SIZE)
             boxes.append(",".join([image_id, les.label, *(repr(float(v)) for v in (x0, y0, x1 - x0, y1 - y0))]))
     u8 = (img * 255).round().astype(np.uint8)
-    if rng.random() < 0.04:  # a few RGBA files, like the real set
+    if idx % 25 == 7:  # a few RGBA files (every 25th), like the real set
         u8 = cv2.cvtColor(u8, cv2.COLOR_GRAY2BGRA)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -323,7 +332,10 @@ def _nih_image(job: tuple) -> tuple[str, list[str]]:
 
 
 def write_nih(out: Path, n_annotated: int, seed: int, background_ratio: float = 2.0,
-              n_unboxed: int | None = None, workers: int | None = None, first_patient: int = 1) -> dict[str, int]:
+              n_unboxed: int | None = None, workers: int | None = None, first_patient: int = 1,
+              unboxed_extra: float = 0.1) -> dict[str, int]:
+    """NIH's layout under `out`. `n_unboxed`: images listing a finding with no box at all;
+    `unboxed_extra`: the share of box images that list one more finding without a box."""
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 1])
     n_background = int(round(n_annotated * background_ratio))
@@ -343,15 +355,18 @@ def write_nih(out: Path, n_annotated: int, seed: int, background_ratio: float = 
             kind = kinds[idx]
             image_id = f"{patient:08d}_{follow:03d}.png"
             folder = out / f"images_{1 + (idx // 500) % 12:03d}" / "images"
+            unboxed: list[str] = []
             if kind == "annotated":
                 labels = next(label_plan)
+                if rng.random() < unboxed_extra:   # a second finding the box annotator left out
+                    unboxed = [str(rng.choice([c for c in NIH_CLASSES if c not in labels]))]
             elif kind == "unboxed":
                 labels = [NIH_CLASSES[rng.integers(len(NIH_CLASSES))]]
             else:
                 labels = []
             ow, oh = int(rng.integers(2000, 3056)), int(rng.integers(2000, 3056))
             meta.append((image_id, follow, patient, age + follow // 2, sex, str(rng.choice(["PA", "AP"])), ow, oh))
-            jobs.append((seed, idx, str(folder / image_id), image_id, kind, labels))
+            jobs.append((seed, idx, str(folder / image_id), image_id, kind, labels, unboxed))
             idx += 1
     results = _pool_map(_nih_image, jobs, workers)
     entries, boxes = [], []
@@ -536,12 +551,32 @@ def _jitter(rng, box, w, h) -> tuple[float, float, float, float]:
     return x0, y0, max(x1, x0 + 2), max(y1, y0 + 2)
 
 
+#: written at the root of generated sample data: models trained on it say so (web app, reports)
+SAMPLE_MARKER = "SAMPLE_DATA.json"
+
+
+def is_sample_data(data_dir: str | Path) -> bool:
+    return (Path(data_dir) / SAMPLE_MARKER).exists()
+
+
 def write_sample_data(out_dir: str | Path, size: int = 120, seed: int = 0, background_ratio: float = 2.0,
-                      vinbigdata_max_side: int = 1400, workers: int | None = None) -> dict[str, int]:
-    """Both datasets under `out_dir` (`nih/`, `vinbigdata/`). `size`: annotated images per dataset."""
+                      vinbigdata_max_side: int = 1100, workers: int | None = None,
+                      progress=None) -> dict[str, int]:
+    """Both datasets under `out_dir` (`nih/`, `vinbigdata/`). `size`: annotated images per dataset.
+    `progress(message)`: called as each part is written."""
+    import json
+
     out = Path(out_dir)
+    say = progress or (lambda m: None)
+    say(f"NIH: {size} annotated images, their backgrounds and follow-ups, 1024 px PNGs ...")
     stats = write_nih(out / "nih", size, seed, background_ratio, workers=workers)
+    say(f"NIH: {stats['nih_images']} images, {stats['nih_boxes']} boxes written")
+    say(f"VinBigData: {size} annotated DICOMs read by three radiologists each ...")
     stats |= write_vinbigdata(out / "vinbigdata", size, seed, max_side=vinbigdata_max_side, workers=workers)
+    say(f"VinBigData: {stats['vinbigdata_images']} DICOMs, {stats['vinbigdata_rows']} reader rows written")
+    with atomic_path(out / SAMPLE_MARKER) as tmp:
+        tmp.write_text(json.dumps({"generator": "xray-assets sample-data", "synthetic": True, "seed": seed,
+                                   "size": size, **stats}, indent=2))
     return stats
 
 
@@ -579,7 +614,8 @@ def write_drop(folder: str | Path, fmt: str, n_annotated: int = 6, seed: int = 1
     in the native formats, with a READY marker unless `ready` is False."""
     folder = Path(folder)
     if fmt == "nih":
-        write_nih(folder, n_annotated, seed, background_ratio=0.0, n_unboxed=0, first_patient=first_patient)
+        write_nih(folder, n_annotated, seed, background_ratio=0.0, n_unboxed=0, first_patient=first_patient,
+                  unboxed_extra=0.0)
         for extra in ("train_val_list.txt", "test_list.txt"):
             (folder / extra).unlink(missing_ok=True)
     elif fmt == "vinbigdata":

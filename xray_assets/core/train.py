@@ -15,9 +15,75 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import pandas as pd
 
-from ..config import TrainParams, configure_ultralytics
+from ..config import NO_EFFECT_FOR_DETECTION, TrainParams, configure_ultralytics
+
+
+class InitError(FileNotFoundError):
+    """No starting weights: says which file, and the folder to put it in."""
+
+
+@dataclass(frozen=True)
+class Init:
+    """A model's starting point: a pretrained checkpoint (file, sha256, size) or the yaml (scratch)."""
+
+    kind: str                 # "pretrained" or "scratch"
+    source: str               # the checkpoint's path, or the architecture yaml
+    sha256: str | None = None
+    size: int | None = None
+    note: str = ""            # how it was found (for the logs)
+
+    @property
+    def label(self) -> str:
+        return f"pretrained:{Path(self.source).name}" if self.kind == "pretrained" else "scratch"
+
+    def as_dict(self) -> dict:
+        return {"init": self.label, "init_source": self.source, "init_sha256": self.sha256 or "",
+                "init_bytes": self.size or 0}
+
+
+def _pretrained(path: Path, note: str) -> Init:
+    from .dicom import file_sha256
+
+    return Init("pretrained", str(path), file_sha256(path), path.stat().st_size, note)
+
+
+def resolve_init(params: TrainParams, weights: str | None = None, from_scratch: bool = False,
+                 weights_dir: Path | None = None, allow_downloads: bool = False,
+                 log: Callable[[str], None] = print) -> Init:
+    """The starting weights, in this order: `weights` (a path given by config; missing is an error);
+    `from_scratch` (the yaml, on purpose); `weights_dir/<params.pretrained>`; ultralytics' own
+    download into `weights_dir` where allowed; otherwise an InitError naming the file and the folder
+    when the profile requires a pretrained start, else the yaml (and the log says so)."""
+    if weights:
+        p = Path(weights).expanduser()
+        if not p.is_file():
+            raise InitError(f"weights file {weights} does not exist (config `weights`)")
+        return _pretrained(p.resolve(), "config `weights`")
+    if from_scratch or not params.pretrained:
+        return Init("scratch", params.model, note="from_scratch: true" if from_scratch else "no pretrained file named")
+    folder = Path(weights_dir or Path.home() / ".cache" / "xray-assets" / "weights").expanduser()
+    local = folder / params.pretrained
+    if local.is_file():
+        return _pretrained(local.resolve(), f"found in {folder}")
+    if allow_downloads:
+        folder.mkdir(parents=True, exist_ok=True)
+        log(f"downloading {params.pretrained} into {folder} (ultralytics' release assets)")
+        configure_ultralytics()
+        from ultralytics.utils.downloads import attempt_download_asset
+
+        got = Path(attempt_download_asset(local))
+        if got.is_file():
+            return _pretrained(got.resolve(), "downloaded by ultralytics")
+    if params.require_pretrained:
+        raise InitError(
+            f"no pretrained weights: {params.pretrained} is not in {folder}"
+            + ("" if allow_downloads else " and downloads are not allowed here (XRAY_ALLOW_DOWNLOADS=0 or offline)")
+            + f". Put {params.pretrained} in {folder} (or set XRAY_WEIGHTS_DIR), give the task's `weights` config a "
+            "path, or set `from_scratch: true` to train from random weights on purpose.")
+    log(f"no {params.pretrained} in {folder}: building {params.model} from scratch (random weights); put the "
+        f"file there for a pretrained start")
+    return Init("scratch", params.model, note=f"no {params.pretrained} in {folder}")
 
 
 @dataclass
@@ -93,26 +159,25 @@ def train(
     artifact_root: Path | str | None,
     run_params: dict[str, Any],
     tags: dict[str, str],
-    weights: str | None = None,
+    init: Init,
+    model_name: str | None = None,
     device: str | None = None,
     resume: bool = False,
     register: bool = True,
     log: Callable[[str], None] = print,
     callbacks: dict[str, Callable] | None = None,
 ) -> TrainResult:
-    """Train `params.model` (or local `weights`) on `data_yaml`; return the best weights and run.
+    """Train from `init` (see `resolve_init`) on `data_yaml`; return the best weights and run.
 
-    `resume`: continue a killed training from `out_dir/train/weights/last.pt`, in the same MLflow
-    run (reopened from `out_dir/run.json`).
+    `model_name`: the registered model (default `xray-<task>`). `resume`: continue a killed training
+    from `out_dir/train/weights/last.pt`, in the same MLflow run (reopened from `out_dir/run.json`).
     """
-    configure_ultralytics(out_dir.parent)
+    configure_ultralytics()
     import mlflow
     from mlflow.tracking import MlflowClient
     from ultralytics import YOLO
     from ultralytics.utils import SETTINGS
 
-    if weights and not Path(weights).is_file():
-        raise FileNotFoundError(f"weights file {weights} does not exist (config `weights`)")
     last = out_dir / "train" / "weights" / "last.pt"
     run_file = out_dir / "run.json"
     if resume and not last.exists():
@@ -139,10 +204,15 @@ def train(
     try:
         if not previous:
             # namespaced, so ultralytics' callback can log its own args (task, name, classes...) beside them
-            mlflow.log_params({f"xray.{k}": str(v)[:500] for k, v in run_params.items()})
+            mlflow.log_params({f"xray.{k}": str(v)[:500] for k, v in {**run_params, **init.as_dict()}.items()})
             if dropped:
                 mlflow.log_params({f"xray.not_passed.{k}": v for k, v in dropped.items()})
-        model = YOLO(str(last) if resume else (weights or params.model))
+            mlflow.log_params({f"xray.no_effect.{k}": f"{getattr(params, k)} (ultralytics ignores it for box detection)"
+                               for k in NO_EFFECT_FOR_DETECTION if getattr(params, k, None)})
+            mlflow.set_tags({"init": init.label, "init_sha256": init.sha256 or ""})
+        log(f"{task}: starting from {init.label}" + (f" ({init.source}, sha256 {init.sha256[:12]}, {init.size} bytes)"
+                                                      if init.sha256 else f" ({init.source}; {init.note})"))
+        model = YOLO(str(last) if resume else init.source)
 
         def on_epoch(trainer):
             losses = trainer.label_loss_items(trainer.tloss, prefix="train")
@@ -167,7 +237,7 @@ def train(
                 model.train(resume=True)
             else:
                 model.train(data=str(data_yaml), project=str(out_dir), name="train", exist_ok=True,
-                            device=device, plots=True, verbose=False, **args)
+                            device=device, verbose=False, **args)
         trainer = model.trainer
         save_dir = Path(trainer.save_dir)
         best = Path(trainer.best) if Path(trainer.best).exists() else Path(trainer.last)
@@ -189,14 +259,15 @@ def train(
         mlflow.log_metrics({f"final_{k}": v for k, v in final.items()})
         version = None
         if register:
-            name = f"xray-{task}"
+            name = model_name or f"xray-{task}"
             try:
                 client.get_registered_model(name)
             except Exception:
                 client.create_registered_model(name, description=f"YOLO detector for task {task}")
             mv = client.create_model_version(
                 name=name, source=f"{run.info.artifact_uri}/weights", run_id=run.info.run_id,
-                tags={k: v for k, v in tags.items() if k in ("dataset_hash", "profile", "task")},
+                tags={**{k: v for k, v in tags.items() if k in ("dataset_hash", "profile", "task", "trained_on_synthetic")},
+                      "init": init.label, "init_sha256": init.sha256 or ""},
             )
             version = mv.version
         mlflow.end_run(status="FINISHED")
@@ -211,27 +282,3 @@ def train(
         results_png=results_png if results_png.exists() else None, save_dir=save_dir,
         seconds=time.time() - t0, dropped_args=dropped,
     )
-
-
-def predict(weights: Path, images: pd.DataFrame, class_names: list[str], imgsz: int, conf: float,
-            iou: float = 0.95, device: str | None = None, batch: int = 16, max_det: int = 300) -> pd.DataFrame:
-    """Raw detections over `images` (image_id, path): image_id, label, score, x_min..y_max (pixels)."""
-    configure_ultralytics()
-    from ultralytics import YOLO
-
-    model = YOLO(str(weights))
-    rows = []
-    paths = images["path"].tolist()
-    ids = images["image_id"].tolist()
-    for start in range(0, len(paths), batch):
-        chunk = paths[start:start + batch]
-        results = model.predict(chunk, imgsz=imgsz, conf=conf, iou=iou, device=device, verbose=False,
-                                max_det=max_det)
-        for image_id, res in zip(ids[start:start + batch], results):
-            b = res.boxes
-            if b is None or len(b) == 0:
-                continue
-            xyxy = b.xyxy.cpu().numpy()
-            for (x0, y0, x1, y1), s, c in zip(xyxy, b.conf.cpu().numpy(), b.cls.cpu().numpy().astype(int)):
-                rows.append((image_id, class_names[c], float(s), float(x0), float(y0), float(x1), float(y1)))
-    return pd.DataFrame(rows, columns=["image_id", "label", "score", "x_min", "y_min", "x_max", "y_max"])

@@ -1,7 +1,9 @@
 """One YOLO-format dataset per task: linked images, normalised labels, data.yaml.
 
 Layout (what ultralytics expects): `images/<split>/<name>.png` links and `labels/<split>/<name>.txt`.
-A one-class task uses every image of its source; an image without that class is a negative for it.
+A one-class task uses every image of its source; an image without that class is a negative for it,
+except (by default) an NIH image whose Data_Entry lists one of the task's findings without a box for
+it: that finding is visible but unlabelled, so the image is left out of the task (`unboxed_findings`).
 """
 
 from __future__ import annotations
@@ -33,20 +35,50 @@ def task_boxes(boxes: pd.DataFrame, task: TaskSpec) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def task_inputs(splits: pd.DataFrame, nih_boxes: pd.DataFrame, vbd_boxes: pd.DataFrame, task: TaskSpec
-                ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(images, boxes) of a task, every box in the pixels of its own (converted) image.
+def unboxed_findings(nih_labels: pd.DataFrame, nih_boxes: pd.DataFrame, task: TaskSpec,
+                     image_ids=None) -> pd.DataFrame:
+    """(image_id, finding) for each NIH image whose Data_Entry `findings` list a box class of the
+    task with no box of that finding on the image. Findings are compared in the task's vocabulary:
+    NIH names for NIH tasks, united names for united tasks (a listed Mass with a Nodule box is boxed
+    for Mass/Nodule). `image_ids`: restrict to these images (default: every Data_Entry row)."""
+    from .classes import NIH_CLASSES, NIH_TO_UNITED
+
+    name = (lambda f: f) if task.source == "nih" else NIH_TO_UNITED.get
+    labels = nih_labels[["image_id", "findings"]]
+    if image_ids is not None:
+        labels = labels[labels["image_id"].isin(set(image_ids))]
+    listed = labels.explode("findings").dropna(subset=["findings"])
+    listed = listed[listed["findings"].isin(NIH_CLASSES)]
+    listed = listed.assign(finding=listed["findings"].map(name))
+    listed = listed[listed["finding"].isin(list(task.label_map))]
+    boxed = set(zip(nih_boxes["image_id"], nih_boxes["label"].map(name)))
+    keep = [(i, f) not in boxed for i, f in zip(listed["image_id"], listed["finding"])]
+    return listed.loc[keep, ["image_id", "finding"]].drop_duplicates().reset_index(drop=True)
+
+
+def task_inputs(splits: pd.DataFrame, nih_boxes: pd.DataFrame, vbd_boxes: pd.DataFrame, task: TaskSpec,
+                nih_labels: pd.DataFrame | None = None, exclude_unboxed: bool = True
+                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(images, boxes, excluded) of a task, every box in the pixels of its own (converted) image.
 
     `splits`: the patient_splits table (image_id, source, width, height, orig_width, orig_height, ...).
     NIH boxes already live in the 1024 px PNG space; VinBigData boxes are in the DICOM's original
     pixels and are scaled to the converted image. Labels: NIH names for `nih` tasks, united names else.
+    `excluded`: (image_id, finding, split) of the NIH images left out because `nih_labels` lists a
+    finding of the task without a box (only when `exclude_unboxed`; empty otherwise).
     """
     from .classes import NIH_TO_UNITED
 
+    excluded = pd.DataFrame(columns=["image_id", "finding", "split"])
+    if exclude_unboxed and nih_labels is not None:
+        nih_ids = splits.loc[splits["source"] == "nih", "image_id"]
+        found = unboxed_findings(nih_labels, nih_boxes, task, nih_ids)
+        excluded = found.merge(splits[["image_id", "split"]], on="image_id", how="left")
+        splits = splits[~splits["image_id"].isin(set(found["image_id"]))]
     nb = nih_boxes[["image_id", "label", *COORDS]]
     if task.source == "nih":
         images = splits[splits["source"] == "nih"].reset_index(drop=True)
-        return images, nb[nb["image_id"].isin(images["image_id"])].reset_index(drop=True)
+        return images, nb[nb["image_id"].isin(images["image_id"])].reset_index(drop=True), excluded
     nb = nb.assign(label=nb["label"].map(NIH_TO_UNITED))
     sizes = splits.set_index("image_id")
     vb = vbd_boxes[vbd_boxes["image_id"].isin(sizes.index)]
@@ -56,7 +88,7 @@ def task_inputs(splits: pd.DataFrame, nih_boxes: pd.DataFrame, vbd_boxes: pd.Dat
                        "x_min": vb["x_min"] * sx, "y_min": vb["y_min"] * sy,
                        "x_max": vb["x_max"] * sx, "y_max": vb["y_max"] * sy})
     boxes = pd.concat([nb[nb["image_id"].isin(splits["image_id"])], vb], ignore_index=True)
-    return splits.reset_index(drop=True), boxes
+    return splits.reset_index(drop=True), boxes, excluded
 
 
 def yolo_lines(boxes: pd.DataFrame, width: float, height: float) -> list[str]:
