@@ -1,54 +1,73 @@
-"""vinbigdata_images: bad files are quarantined and the run goes on; a second run converts nothing."""
+"""vinbigdata_images: bad files are quarantined and the run goes on; a second run converts nothing; a
+DICOM whose bytes change is converted again, a touched but identical one is not."""
 
+import hashlib
+import os
 import shutil
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pydicom
 
-from xray_assets.cli import materialize_graph
+from helpers import materialize_stages
 from xray_assets.defs.resources import XrayResource
 
+SELECT = ["vinbigdata_annotations", "vinbigdata_images"]
 
-def test_conversion_quarantines_bad_files_and_is_incremental(sample_dir, tmp_path):
+
+def _converted(results) -> int:
+    return sum(e.materialization.metadata["converted_this_run"].value for r in results
+               for e in r.get_asset_materialization_events() if e.asset_key.to_user_string() == "vinbigdata_images")
+
+
+def _manifest(root) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(p) for p in (root / "vinbigdata" / "images").glob("manifest-*.parquet")])
+
+
+def test_conversion_quarantines_bad_files_and_reconverts_only_changed_sources(sample_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(sample_dir, data)
     train = data / "vinbigdata" / "train"
     (train / "0badc0de0badc0de0badc0de0badc0de.dicom").write_bytes(b"\x00" * 200 + b"not a dicom")
-    # a DICOM without pixel data (a structured report, say)
-    ds = pydicom.dcmread(next(train.glob("*.dicom")))
+    ds = pydicom.dcmread(next(train.glob("*.dicom")))   # a DICOM without pixel data (a structured report, say)
     del ds.PixelData
     ds.save_as(train / "5eed5eed5eed5eed5eed5eed5eed5eed.dicom")
 
     xray = XrayResource(data_dir=str(data), storage_dir=str(tmp_path / "st"), profile="smoke")
-    select = ["vinbigdata_annotations", "vinbigdata_images"]
-    with dg.DagsterInstance.ephemeral() as instance:
-        first = materialize_graph(instance=instance, xray=xray, select=select)
+    root = tmp_path / "st" / "smoke"
+    with dg.instance_for_test() as instance:
+        first = materialize_stages(xray, instance, select=SELECT)
         assert all(r.success for r in first)
-        man = pd.concat([pd.read_parquet(p) for p in (tmp_path / "st" / "vinbigdata" / "images").glob("manifest-*.parquet")])
+        man = _manifest(root)
         bad = man[man.status != "ok"].set_index("image_id")
         assert set(bad.index) == {"0badc0de0badc0de0badc0de0badc0de", "5eed5eed5eed5eed5eed5eed5eed5eed"}
         assert "not a DICOM" in bad.loc["0badc0de0badc0de0badc0de0badc0de", "reason"]
         assert "no pixel data" in bad.loc["5eed5eed5eed5eed5eed5eed5eed5eed", "reason"]
         ok = man[man.status == "ok"]
         assert len(ok) == len(list(train.glob("*.dicom"))) - 2
-        assert (ok.orig_height > ok.height).all() or (ok.orig_height >= ok.height).all()
-        converted = sum(e.materialization.metadata["converted_this_run"].value
-                        for r in first for e in r.get_asset_materialization_events()
-                        if e.asset_key.to_user_string() == "vinbigdata_images")
-        assert converted == len(man)
+        assert (ok.orig_height >= ok.height).all() and (ok.orig_height > ok.height).any(), "downscaled to the profile's size"
+        assert _converted(first) == len(man)
+        assert _converted(materialize_stages(xray, instance, select=SELECT)) == 0, "nothing new: nothing converted"
 
-        second = materialize_graph(instance=instance, xray=xray, select=select)
-        again = sum(e.materialization.metadata["converted_this_run"].value
-                    for r in second for e in r.get_asset_materialization_events()
-                    if e.asset_key.to_user_string() == "vinbigdata_images")
-        assert again == 0
-
-        # a changed source is converted again, nothing else
-        victim = next(iter(sorted(ok.image_id)))
-        f = train / f"{victim}.dicom"
-        f.write_bytes(f.read_bytes())  # same content, new mtime: hashed, found unchanged
-        third = materialize_graph(instance=instance, xray=xray, select=select)
-        assert sum(e.materialization.metadata["converted_this_run"].value
-                   for r in third for e in r.get_asset_materialization_events()
-                   if e.asset_key.to_user_string() == "vinbigdata_images") == 0
+        victims = sorted(ok.image_id)[:2]
+        touched, changed = (train / f"{v}.dicom" for v in victims)
+        touched.write_bytes(touched.read_bytes())   # same bytes, new mtime: hashed, found unchanged
+        os.utime(touched, (1e9, 1e9))
+        png = root / "vinbigdata" / "images" / "png" / f"{victims[1]}.png"
+        png_before = hashlib.sha256(png.read_bytes()).hexdigest()
+        ds = pydicom.dcmread(changed)          # new pixels: a brighter square in the middle
+        arr = ds.pixel_array.copy()
+        h, w = arr.shape
+        arr[h // 3: 2 * h // 3, w // 3: 2 * w // 3] = int(arr.max())
+        ds.PixelData = arr.astype(arr.dtype).tobytes()
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        ds.save_as(changed, enforce_file_format=True)
+        third = materialize_stages(xray, instance, select=SELECT)
+        assert _converted(third) == 1, "only the DICOM whose bytes changed is converted again"
+        after = _manifest(root).set_index("image_id")
+        assert after.loc[victims[1], "source_hash"] != ok.set_index("image_id").loc[victims[1], "source_hash"]
+        assert hashlib.sha256(png.read_bytes()).hexdigest() != png_before, "its PNG shows the new pixels"
+        assert after.loc[victims[0], "source_hash"] == ok.set_index("image_id").loc[victims[0], "source_hash"]
+        assert np.array_equal(after.loc[victims[0], ["height", "width"]].to_numpy(int),
+                              ok.set_index("image_id").loc[victims[0], ["height", "width"]].to_numpy(int))

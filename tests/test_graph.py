@@ -1,7 +1,9 @@
-"""The graph: its shape matches DESIGN, and the whole study materialises offline (smoke profile)."""
+"""The graph: its catalog (keys, groups, partitions, owners, kinds, code versions, conditions, schemas,
+declared reads), and `xray-assets materialize` as one backfill through the instance."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +13,7 @@ import pytest
 from conftest import ROOT
 
 DESIGN_ASSETS = {
+    "annotation_drops": ("datasets", "drops"),
     "nih_labels": ("nih", None), "nih_boxes": ("nih", None),
     "vinbigdata_annotations": ("vinbigdata", None), "vinbigdata_images": ("vinbigdata", "shards"),
     "vinbigdata_boxes": ("vinbigdata", None), "background_samples": ("datasets", None),
@@ -19,89 +22,152 @@ DESIGN_ASSETS = {
     "evaluation_reports": ("reports", "tasks"), "study_report": ("reports", None),
 }
 TASKS = ["nih_multi", "nih_binary", "united_multi", "united_binary", "united_cardiomegaly", "united_mass_nodule"]
+TABLE_ASSETS = ["nih_labels", "nih_boxes", "vinbigdata_annotations", "vinbigdata_images", "vinbigdata_boxes",
+                "background_samples", "patient_splits", "yolo_datasets", "evaluation_reports"]
+#: every file an asset reads is a declared dependency
+READS = {"patient_splits": {"nih_labels", "nih_boxes", "vinbigdata_images", "vinbigdata_boxes", "background_samples"},
+         "yolo_datasets": {"patient_splits", "nih_labels", "nih_boxes", "vinbigdata_boxes"},
+         "nms_thresholds": {"trained_models", "yolo_datasets"},
+         "evaluation_reports": {"nms_thresholds", "trained_models", "yolo_datasets", "nih_labels"},
+         "study_report": {"evaluation_reports", "patient_splits", "yolo_datasets", "vinbigdata_annotations",
+                          "vinbigdata_boxes"}}
 
 
-def test_asset_keys_groups_and_partitions_are_designs():
+def test_catalog_specs_a_team_can_read():
     from xray_assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == set(DESIGN_ASSETS)
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == set(DESIGN_ASSETS)
+    specs = {s.key.to_user_string(): s for a in defs.assets for s in a.specs}
     for key, (group, parts) in DESIGN_ASSETS.items():
-        node = graph.get(dg.AssetKey(key))
+        node, spec = graph.get(dg.AssetKey(key)), specs[key]
         assert node.group_name == group, key
         pdef = node.partitions_def
         if parts is None:
             assert pdef is None, key
         elif parts == "tasks":
             assert pdef.get_partition_keys() == TASKS, key
+        elif parts == "drops":
+            assert isinstance(pdef, dg.DynamicPartitionsDefinition) and pdef.name == "annotation_drops"
         else:
             assert len(pdef.get_partition_keys()) >= 2, key
+        assert spec.owners and all(o.startswith("team:") for o in spec.owners), key
+        assert spec.kinds and len(spec.kinds) <= 3, key
+        assert spec.description and len(spec.description) > 40, key
+        assert "dagster/code_references" in spec.metadata, key
+        if key != "annotation_drops":
+            assert node.code_version and len(node.code_version) == 12, f"{key}: code version from its source"
+            assert spec.automation_condition is not None, f"{key}: its condition is on the asset"
+        if key in TABLE_ASSETS:
+            schema = spec.metadata.get("dagster/column_schema")
+            assert schema is not None and len(schema.columns) >= 3, key
+    for key, reads in READS.items():
+        deps = {k.to_user_string() for k in graph.get(dg.AssetKey(key)).parent_keys}
+        assert reads <= deps, (key, reads - deps)
+    assert graph.get(dg.AssetKey("trained_models")).pools == {"gpu"}
+    # conditions: the labels follow drops, the rest follow changed data; the report tolerates missing tasks
+    assert "drop" in str(specs["nih_labels"].automation_condition.get_label())
+    assert "missing inputs allowed" in str(specs["study_report"].automation_condition.get_label())
+    checks = {c.name for c in graph.asset_check_keys}
+    assert {"no_patient_in_two_splits", "nih_boxes_quarantine", "conversion_quarantine", "listed_images_exist"} <= checks
 
 
-def test_dagster_definitions_validate():
-    env = {**os.environ, "DAGSTER_HOME": str(ROOT / "dagster_home")}
+def test_dagster_definitions_validate(tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", tmp_path / "dagster.yaml")
     out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-@pytest.mark.slow
-def test_whole_graph_materialises_offline_on_smoke(sample_dir, tmp_path, no_network, monkeypatch):
-    import mlflow
-
-    from xray_assets.cli import materialize_graph
-    from xray_assets.config import get_profile
+def test_quarantine_check_fails_when_bad_rows_pass_the_profiles_limit(sample_dir, tmp_path):
+    from helpers import graph
     from xray_assets.defs.resources import XrayResource
 
+    data = tmp_path / "data"
+    shutil.copytree(sample_dir, data)
+    box_list = data / "nih" / "BBox_List_2017.csv"
+    box_list.write_text(box_list.read_text() + "".join(f"bad_{i}.png,Alien,1,2,3,4\n" for i in range(11)))
+    xray = XrayResource(data_dir=str(data), storage_dir=str(tmp_path / "st"), profile="smoke")
+    _, everything = graph(xray)
+    with dg.instance_for_test() as instance:
+        res = dg.materialize(everything, selection=["nih_boxes"], instance=instance, resources={"xray": xray})
+        (check,) = [e for e in res.get_asset_check_evaluations() if e.check_name == "nih_boxes_quarantine"]
+    assert check.passed is False
+    assert check.metadata["quarantined_rows"].value == 11 and check.metadata["limit"].value == 10
+    assert "label 'Alien'" in check.metadata["reasons"].value and "row" in check.metadata["first_rows"].value
+    assert res.success, "bad rows are quarantined, the run goes on"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_one_backfill_materialises_the_study_and_a_failed_task_reexecutes(sample_dir, tmp_path, monkeypatch):
+    """`xray-assets materialize --profile smoke` with nih_binary's training failing on purpose."""
+    from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
+    from dagster._serdes import serialize_value
+
+    import mlflow
+    from xray_assets import backfill, cli
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     storage = tmp_path / "storage"
-    monkeypatch.setenv("YOLO_OFFLINE", "1")
-    xray = XrayResource(data_dir=str(sample_dir), storage_dir=str(storage), profile="smoke")
-    with dg.DagsterInstance.ephemeral() as instance:
-        results = materialize_graph(instance=instance, xray=xray)
-        assert all(r.success for r in results)
-        checks = [e for r in results for e in r.get_asset_check_evaluations()]
-        leak = [c for c in checks if c.check_name == "no_patient_in_two_splits"]
-        assert leak and all(c.passed for c in leak)
-        mats = {e.asset_key.to_user_string() for r in results for e in r.get_asset_materialization_events()}
-        assert mats == set(DESIGN_ASSETS)
+    for k, v in {"DAGSTER_HOME": str(home), "XRAY_DATA_DIR": str(sample_dir), "XRAY_STORAGE_DIR": str(storage),
+                 "XRAY_PROFILE": "demo", "XRAY_WEIGHTS_DIR": str(tmp_path / "no-weights"),
+                 "XRAY_TEST_FAIL_TASK": "nih_binary"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(ROOT)
+    assert cli.main(["materialize", "--profile", "smoke"]) == 1, "a failed task makes the exit status non-zero"
 
-    profile = get_profile("smoke")
-    mlflow.set_tracking_uri(xray.tracking_uri)
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name("xray-assets")
-    runs = client.search_runs([exp.experiment_id], max_results=100)
-    for task in TASKS:
-        assert (storage / "models" / task / "best.pt").stat().st_size > 100_000
-        best = json.loads((storage / "tuning" / task / "best.json").read_text())
-        assert best["conf"] in profile.conf_grid and best["iou"] in profile.iou_grid
-        import pandas as pd
+    with dg.DagsterInstance.get() as instance:
+        (bf,) = instance.get_backfills()
+        runs = instance.get_runs()
+        assert runs and all(r.tags.get(BACKFILL_ID_TAG) == bf.backfill_id for r in runs), "one backfill, all runs"
+        assert all(r.remote_job_origin is not None and r.job_code_origin is not None for r in runs), \
+            "every run has a code origin (the UI can re-execute it)"
+        assert all(r.tags.get("xray/profile") == "smoke" for r in runs), "the run config's profile, not the env's"
+        failed = [r for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
+        assert [r.tags.get(PARTITION_NAME_TAG) for r in failed] == ["nih_binary"]
+        done = instance.get_materialized_partitions(dg.AssetKey("evaluation_reports"))
+        assert done == set(TASKS) - {"nih_binary"}, "the other tasks went on"
 
-        table = pd.read_parquet(storage / "reports" / task / "metrics.parquet")
-        assert {"label", "ap50", "ap50_95", "ap40", "precision", "recall", "f1"} <= set(table.columns)
-        assert len(table) >= 1
-        mine = [r for r in runs if r.data.tags.get("task") == task]
-        assert len(mine) == 1, f"{task}: {len(mine)} MLflow runs"
-        run = mine[0]
-        assert run.info.status == "FINISHED"
-        assert run.data.params["xray.task"] == task
-        assert run.data.params["xray.train.imgsz"] == str(profile.train.imgsz) == run.data.params["imgsz"]
-        assert "dagster_run_id" in run.data.tags
-        assert any(k.startswith("test_") for k in run.data.metrics)
-        history = client.get_metric_history(run.info.run_id, "train/box_loss")
-        assert len(history) >= 1, "ultralytics' callback logged per-epoch metrics into our run"
-        arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert "weights" in arts and "evaluation" in arts
-        versions = client.search_model_versions(f"name='xray-{task}'")
-        assert len(versions) == 1 and versions[0].run_id == run.info.run_id
-    assert len(runs) == len(TASKS)
-    assert (storage / "reports" / "study" / "report.html").exists()
-    report = (storage / "reports" / "study" / "report.md").read_text()
-    for part in ("Boxes per class and split", "before and after consensus", "## Comparisons", "## The served panel",
-                 *TASKS):
+        monkeypatch.delenv("XRAY_TEST_FAIL_TASK")
+        again = backfill.reexecute(failed[0].run_id, instance=instance, timeout=600)
+        assert again.status == dg.DagsterRunStatus.SUCCESS and again.parent_run_id == failed[0].run_id
+        assert instance.get_materialized_partitions(dg.AssetKey("evaluation_reports")) == set(TASKS)
+
+        # the event log stays small: plots are files and thumbnails, not full PNGs
+        sizes = [len(serialize_value(rec.event_log_entry)) for r in [*runs, again]
+                 for rec in instance.get_records_for_run(r.run_id).records
+                 if rec.event_log_entry.dagster_event and rec.event_log_entry.dagster_event.is_step_materialization]
+        assert sizes and max(sizes) < 200_000, max(sizes)
+
+    assert (storage / "smoke" / "reports").is_dir() and not (storage / "demo").exists(), "storage per profile"
+    client = mlflow.MlflowClient(f"sqlite:///{storage / 'mlflow' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("xray-smoke-assets")
+    mruns = client.search_runs([exp.experiment_id], max_results=100)
+    assert sorted(r.data.tags["task"] for r in mruns) == sorted(TASKS)
+    for r in mruns:
+        task = r.data.tags["task"]
+        assert r.info.status == "FINISHED" and r.data.params["xray.init"] == "scratch"
+        assert r.data.tags["trained_on_synthetic"] == "false", "the test's data has no sample-data marker"
+        assert "xray.no_effect.copy_paste" not in r.data.params, "smoke sets copy_paste to 0"
+        assert {"test_map50", "test_cpm", "test_op_recall"} <= set(r.data.metrics), task
+        assert len(client.get_metric_history(r.info.run_id, "train/box_loss")) >= 1
+        arts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"weights", "evaluation"} <= arts, task
+        (v,) = client.search_model_versions(f"name='xray-smoke-{task}'")
+        assert v.tags["init"] == "scratch" and v.tags["gate_decision"] == "champion"
+        best = json.loads((storage / "smoke" / "tuning" / task / "best.json").read_text())
+        assert (float(v.tags["nms_conf"]), float(v.tags["nms_iou"])) == (best["conf"], best["iou"])
+        assert v.tags["nms_agnostic"] == ("true" if task == "united_multi" else "false")
+        summary = json.loads((storage / "smoke" / "reports" / task / "summary.json").read_text())
+        assert summary["rule"]["conf"] == best["conf"] and "cpm" in summary and "map_iou40" in summary
+    report = (storage / "smoke" / "reports" / "study" / "report.md").read_text()
+    for part in ("## Comparisons on the same images", "No fair comparison exists for", "## Results on the test split"):
         assert part in report, part
-    assert "95% intervals" in report, "comparisons weigh the bootstrap intervals"
-
     # the sample DICOMs carry made-up patient names, IDs and dates: none may reach any output
     leaks = []
     for f in storage.rglob("*"):

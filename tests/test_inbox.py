@@ -1,33 +1,25 @@
-"""The annotation inbox and its sensor: complete drops merge and trigger once; others never do."""
+"""Annotation drops: the sensor only looks and requests; a run accepts a drop, crash-safe; the raw
+files are never written; malformed drops fail their run and land in rejected/."""
 
+import datetime
+import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
 
 import dagster as dg
+import pandas as pd
 import pytest
 
-from xray_assets.core import champion, inbox
-from xray_assets.core.labels import read_nih_labels, read_vinbigdata_annotations
+from conftest import ROOT
+from xray_assets.core import inbox
+from xray_assets.core.labels import read_nih_boxes, read_nih_labels
 from xray_assets.core.synthetic import write_drop
-from xray_assets.defs.automation import new_annotations
+from xray_assets.defs.drops import new_annotations
 from xray_assets.defs.resources import XrayResource
-
-
-def _tick(xray, cursor=None, instance=None):
-    with dg.instance_for_test() if instance is None else _same(instance) as inst:
-        ctx = dg.build_sensor_context(instance=inst, cursor=cursor, resources={"xray": xray})
-        result = new_annotations(ctx)
-        return result, ctx
-
-
-class _same:
-    def __init__(self, instance):
-        self.instance = instance
-
-    def __enter__(self):
-        return self.instance
-
-    def __exit__(self, *exc):
-        return False
 
 
 @pytest.fixture
@@ -35,57 +27,124 @@ def xray(data_copy, tmp_path):
     return XrayResource(data_dir=str(data_copy), storage_dir=str(tmp_path / "storage"), profile="smoke")
 
 
-def test_complete_nih_drop_yields_one_run_and_merges_append_only(xray, data_copy):
-    before = read_nih_labels(data_copy / "nih" / "Data_Entry_2017.csv")
-    raw_before = (data_copy / "nih" / "BBox_List_2017.csv").read_bytes()
+def _tree(folder) -> dict:
+    """Every file under `folder` with its size and modification time."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def _raw(data_dir) -> dict:
+    files = ["nih/Data_Entry_2017.csv", "nih/BBox_List_2017.csv", "vinbigdata/train.csv"]
+    return {f: hashlib.sha256((data_dir / f).read_bytes()).hexdigest() for f in files}
+
+
+def _tick(xray, instance, cursor=None):
+    return new_annotations(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"xray": xray}))
+
+
+def _accept(xray, instance, key, folder=None, raise_on_error=True):
+    from helpers import graph
+
+    _, everything = graph(xray)
+    config = {"ops": {"annotation_drops": {"config": {"folder": str(folder) if folder else ""}}}}
+    return dg.materialize(everything, selection=["annotation_drops"], partition_key=key, instance=instance,
+                          resources={"xray": xray}, run_config=config, raise_on_error=raise_on_error)
+
+
+def test_sensor_only_looks_and_requests(xray, data_copy):
     write_drop(xray.inbox / "batch-1", "nih", n_annotated=4)
-    result, _ = _tick(xray)
-    assert len(result.run_requests) == 1
-    rr = result.run_requests[0]
-    assert rr.run_key.startswith("drop-") and rr.tags["xray/drop"] == "batch-1"
-    after = read_nih_labels(data_copy / "nih" / "Data_Entry_2017.csv")
-    new = after[~after["image_id"].isin(before["image_id"])]
-    assert len(after) == len(before) + len(new) and len(new) >= 4
-    assert (after.iloc[:len(before)].reset_index(drop=True)["image_id"] == before["image_id"]).all()
-    assert (data_copy / "nih" / "BBox_List_2017.csv").read_bytes().startswith(raw_before), "append-only"
-    assert all((data_copy / "nih" / "images_inbox" / "images" / i).exists() for i in new["image_id"])
-    kept = list((xray.inbox / "merged").glob("batch-1-*"))
-    assert len(kept) == 1 and (kept[0] / "READY").exists(), "the original drop is kept"
-    assert not (xray.inbox / "batch-1").exists()
-    assert json.loads(result.cursor)["merged"]
-
-
-def test_incomplete_drop_yields_nothing_and_stays(xray):
     write_drop(xray.inbox / "half", "nih", n_annotated=2, ready=False)
-    result, _ = _tick(xray)
-    assert not result.run_requests
-    assert "without READY" in result.skip_reason.skip_message
-    assert (xray.inbox / "half" / "Data_Entry_2017.csv").exists()
+    before, raw = _tree(data_copy), _raw(data_copy)
+    with dg.instance_for_test() as instance:
+        result = _tick(xray, instance)
+    (rr,) = result.run_requests
+    digest = inbox.drop_digest(xray.inbox / "batch-1")
+    assert rr.run_key == digest and rr.partition_key == inbox.partition_key("batch-1", digest)
+    assert result.dynamic_partitions_requests[0].partition_keys == [rr.partition_key]
+    assert rr.run_config["ops"]["annotation_drops"]["config"]["folder"] == str(xray.inbox / "batch-1")
+    assert _tree(data_copy) == before and _raw(data_copy) == raw, "the tick copied, wrote or moved nothing"
 
 
-def test_same_drop_twice_yields_one_run(xray, tmp_path):
-    import shutil
-
+def test_same_export_twice_is_requested_once_and_incomplete_drops_wait(xray, tmp_path):
     drop = write_drop(tmp_path / "export", "vinbigdata", n_annotated=3)
     shutil.copytree(drop, xray.inbox / "batch")
-    first, _ = _tick(xray)
-    assert len(first.run_requests) == 1
-    shutil.copytree(drop, xray.inbox / "batch-again")   # the same export dropped again
-    second, _ = _tick(xray, cursor=first.cursor)
-    assert not second.run_requests
-    assert "already merged" in second.skip_reason.skip_message
-    third, _ = _tick(xray, cursor=second.cursor)                    # and a later tick: still nothing
-    assert not third.run_requests
+    write_drop(xray.inbox / "later", "nih", n_annotated=2, ready=False)
+    with dg.instance_for_test() as instance:
+        first = _tick(xray, instance)
+        assert len(first.run_requests) == 1
+        shutil.copytree(drop, xray.inbox / "batch-again")   # the same export dropped again
+        second = _tick(xray, instance, first.cursor)
+        assert not second.run_requests and "already requested" in second.skip_reason.skip_message
+        assert "without READY" in second.skip_reason.skip_message
+        (xray.inbox / "later" / "READY").write_text("")
+        third = _tick(xray, instance, second.cursor)
+        assert [r.partition_key.startswith("later-") for r in third.run_requests] == [True]
 
 
-def test_vinbigdata_drop_adds_rows_and_dicoms(xray, data_copy):
-    n_before = len(read_vinbigdata_annotations(data_copy / "vinbigdata" / "train.csv"))
-    write_drop(xray.inbox / "vbd", "vinbigdata", n_annotated=3, seed=7)
-    result, _ = _tick(xray)
-    assert len(result.run_requests) == 1
-    after = read_vinbigdata_annotations(data_copy / "vinbigdata" / "train.csv")
-    assert len(after) > n_before
-    assert all((data_copy / "vinbigdata" / "train" / f"{i}.dicom").exists() for i in after["image_id"].unique())
+@pytest.mark.timeout(300)
+def test_cursor_survives_a_restart_of_a_real_instance(xray, tmp_path, monkeypatch):
+    """The sensor ticks through the daemon's own code on a sqlite instance; the instance is closed and
+    opened again from DAGSTER_HOME; the next tick does not request the drop a second time."""
+    import logging
+
+    from dagster._core.scheduler.instigation import InstigatorType
+    from dagster._daemon.sensor import execute_sensor_iteration
+
+    from xray_assets.backfill import workspace
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    for k, v in {"XRAY_DATA_DIR": xray.data_dir, "XRAY_STORAGE_DIR": xray.storage_dir, "XRAY_PROFILE": "smoke"}.items():
+        monkeypatch.setenv(k, v)
+    write_drop(xray.inbox / "batch-1", "nih", n_annotated=3)
+    log = logging.getLogger("test")
+
+    def tick():
+        with dg.DagsterInstance.get() as instance, workspace(instance, str(ROOT)) as ctx:
+            list(execute_sensor_iteration(ctx, log, threadpool_executor=None, submit_threadpool_executor=None))
+            (state,) = [s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+                        if s.name == "new_annotations"]
+            (last,) = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
+            return len(instance.get_runs()), state.instigator_data.cursor, last
+
+    runs, cursor, first = tick()
+    assert runs == 1 and inbox.drop_digest(xray.inbox / "batch-1") in cursor and first.run_keys
+    from dagster._core.test_utils import freeze_time
+    from dagster._time import get_current_datetime
+
+    with freeze_time(get_current_datetime() + datetime.timedelta(seconds=90)):   # past the 30 s interval
+        runs_after, cursor_after, second = tick()   # a new instance object, the same DAGSTER_HOME: a restart
+    assert runs_after == 1, "the drop was not requested again after the restart"
+    # the sensor itself skipped the drop because the restored cursor lists it (a lost cursor would
+    # request it again, and only Dagster's run-key dedup would hide that)
+    assert not second.run_keys and "already requested" in (second.skip_reason or ""), second
+    assert json.loads(cursor_after)["requested"] == json.loads(cursor)["requested"]
+
+
+def test_accepted_drop_is_stored_and_read_with_its_source_raw_files_untouched(xray, data_copy):
+    from helpers import materialize_stages
+
+    raw = _raw(data_copy)
+    folder = write_drop(xray.inbox / "radiology-1", "nih", n_annotated=4, seed=7)
+    drop_labels = read_nih_labels(folder / "Data_Entry_2017.csv")
+    drop_boxes = read_nih_boxes(folder / "BBox_List_2017.csv")
+    with dg.instance_for_test() as instance:
+        rr = _tick(xray, instance).run_requests[0]
+        instance.add_dynamic_partitions("annotation_drops", [rr.partition_key])
+        res = _accept(xray, instance, rr.partition_key, folder)
+        assert res.success
+        materialize_stages(xray, instance, select=["nih_labels", "nih_boxes"])
+    assert _raw(data_copy) == raw, "the original CSVs are byte-identical"
+    assert (xray.inbox / "accepted" / rr.partition_key / "READY").exists() and not folder.exists()
+    labels = pd.read_parquet(xray.storage.root / "nih" / "labels.parquet")
+    boxes = pd.read_parquet(xray.storage.root / "nih" / "boxes.parquet")
+    mine = labels[labels["source"] == rr.partition_key]
+    assert sorted(mine["image_id"]) == sorted(drop_labels["image_id"])
+    assert (labels.loc[labels["source"] != rr.partition_key, "source"] == "Data_Entry_2017.csv").all()
+    assert len(boxes[boxes["source"] == rr.partition_key]) == len(drop_boxes)
+    stored = xray.shared.root / "drops" / rr.partition_key
+    assert sorted(p.name for p in (stored / "images").iterdir()) == sorted(drop_labels["image_id"])
 
 
 def _unknown_label(folder):
@@ -110,8 +169,7 @@ def _bad_csv(folder):
 
 def _bad_row(folder):
     p = folder / "Data_Entry_2017.csv"
-    lines = p.read_text().splitlines()
-    p.write_text("\n".join([*lines, "broken.png"]) + "\n")
+    p.write_text(p.read_text().rstrip("\n") + "\nbroken.png\n")
     return "Data_Entry_2017.csv row"
 
 
@@ -121,61 +179,85 @@ def _existing_image(folder):
     for f in ("Data_Entry_2017.csv", "BBox_List_2017.csv"):
         (folder / f).write_text((folder / f).read_text().replace(old, new))
     png.rename(png.with_name(new))
-    return f"image id(s) already in the raw data: {new}"
+    return f"image id(s) already in the data: {new}"
 
 
-def _other_columns(folder):
-    p = folder / "Data_Entry_2017.csv"
-    rows = [line.split(",") for line in p.read_text().splitlines()]
-    for r in rows:
-        r[4], r[5] = r[5], r[4]                  # Patient Gender before Patient Age, values too
-    p.write_text("\n".join(",".join(r) for r in rows) + "\n")
-    return "differ from Data_Entry_2017.csv's"
-
-
-@pytest.mark.parametrize("break_it", [_unknown_label, _missing_image, _bad_csv, _bad_row, _existing_image,
-                                      _other_columns])
-def test_malformed_drop_is_rejected_with_a_readable_error(xray, data_copy, break_it):
-    raw = {f: (data_copy / "nih" / f).read_bytes() for f in ("Data_Entry_2017.csv", "BBox_List_2017.csv")}
+@pytest.mark.parametrize("break_it", [_unknown_label, _missing_image, _bad_csv, _bad_row, _existing_image])
+def test_malformed_drop_fails_its_run_with_the_reason_and_is_rejected(xray, data_copy, break_it):
+    raw = _raw(data_copy)
     folder = write_drop(xray.inbox / "bad", "nih", n_annotated=3)
     files_before = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
     expected = break_it(folder)
-    result, _ = _tick(xray)
-    assert not result.run_requests
-    assert "rejected bad" in result.skip_reason.skip_message
+    with dg.instance_for_test() as instance:
+        rr = _tick(xray, instance).run_requests[0]
+        instance.add_dynamic_partitions("annotation_drops", [rr.partition_key])
+        res = _accept(xray, instance, rr.partition_key, folder, raise_on_error=False)
+        assert not res.success
+        (failure,) = [e for e in res.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert expected in str(failure.event_specific_data.error.message) + str(
+            failure.event_specific_data.user_failure_data.description if failure.event_specific_data.user_failure_data else "")
     rejected = xray.inbox / "rejected" / "bad"
-    error = (rejected / inbox.ERROR_FILE).read_text()
-    assert expected in error, error
+    assert expected in (rejected / inbox.ERROR_FILE).read_text()
     kept = sorted(p.relative_to(rejected) for p in rejected.rglob("*") if p.is_file() and p.name != inbox.ERROR_FILE)
     assert len(kept) == len(files_before) - (break_it is _missing_image), "nothing in the drop is lost"
-    assert {f: (data_copy / "nih" / f).read_bytes() for f in raw} == raw, "a rejected drop merges nothing"
+    assert _raw(data_copy) == raw and not (xray.shared.root / "drops" / rr.partition_key / "drop.json").exists()
 
 
-def test_champion_gate_promotes_only_when_not_worse(tmp_path):
-    import mlflow
+KILL = {
+    # kill point -> a patch, in the run's own process, that ends it there with os._exit (a killed process)
+    "after_images": "Storage.write_parquet = lambda self, *a, **k: os._exit(137)",
+    "between_tables": textwrap.dedent("""\
+        real = Storage.write_parquet
+        calls = []
+        def write(self, *a, **k):
+            calls.append(1)
+            if len(calls) == 2:
+                os._exit(137)
+            return real(self, *a, **k)
+        Storage.write_parquet = write"""),
+    "before_the_partition_is_recorded": "inbox.archive = lambda *a, **k: os._exit(137)",
+}
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    exp = client.create_experiment("gate", artifact_location=str(tmp_path / "art"))
-    client.create_registered_model("xray-t")
 
-    def version():
-        run = client.create_run(exp)
-        return client.create_model_version("xray-t", f"runs:/{run.info.run_id}/weights", run.info.run_id).version
+@pytest.mark.parametrize("point", list(KILL))
+def test_drop_killed_at_any_point_then_run_again_has_each_row_once(xray, data_copy, tmp_path, point):
+    from helpers import materialize_stages
 
-    assert champion.served_version(uri, "xray-t") == (None, "none")
-    v1 = version()
-    assert champion.served_version(uri, "xray-t") == (str(v1), "latest")
-    first = champion.gate(uri, "xray-t", v1, 0.60, margin=0.02)
-    assert first["decision"] == "champion" and first["champion_map50_before"] is None
-    v2 = version()
-    worse = champion.gate(uri, "xray-t", v2, 0.55, margin=0.02)
-    assert worse["decision"] == "challenger" and worse["champion_map50_before"] == pytest.approx(0.60)
-    assert str(client.get_model_version_by_alias("xray-t", "champion").version) == str(v1)
-    assert str(client.get_model_version_by_alias("xray-t", "challenger").version) == str(v2)
-    v3 = version()
-    close = champion.gate(uri, "xray-t", v3, 0.59, margin=0.02)   # within the margin
-    assert close["decision"] == "champion" and close["champion_version_before"] == str(v1)
-    assert champion.served_version(uri, "xray-t") == (str(v3), "champion")
-    assert champion.decide(float("nan"), 0.5, 0.0) == "challenger"
-    assert champion.decide(0.1, None, 0.0) == "champion"
+    raw = _raw(data_copy)
+    folder = write_drop(xray.inbox / "radiology-2", "nih", n_annotated=4, seed=11)
+    want_labels = read_nih_labels(folder / "Data_Entry_2017.csv")
+    want_boxes = read_nih_boxes(folder / "BBox_List_2017.csv")
+    home = tmp_path / "home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        key = _tick(xray, instance).run_requests[0].partition_key
+        instance.add_dynamic_partitions("annotation_drops", [key])
+    script = textwrap.dedent(f"""\
+        import os, sys
+        sys.path.insert(0, {str(ROOT / 'tests')!r})
+        import dagster as dg
+        from xray_assets.core import inbox
+        from xray_assets.storage import Storage
+        from xray_assets.defs.resources import XrayResource
+        {{patch}}
+        from helpers import graph
+        xray = XrayResource(data_dir={xray.data_dir!r}, storage_dir={xray.storage_dir!r}, profile="smoke")
+        _, everything = graph(xray)
+        with dg.instance_for_test(temp_dir={str(home)!r}) as instance:
+            dg.materialize(everything, selection=["annotation_drops"], partition_key={key!r}, instance=instance,
+                           resources={{"xray": xray}}, run_config={{"ops": {{"annotation_drops": {{"config": {{"folder": {str(folder)!r}}}}}}}}})
+        """)
+    patch = textwrap.indent(KILL[point], "")
+    killed = subprocess.run([sys.executable, "-c", script.replace("{patch}", patch)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=240)
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        assert _accept(xray, instance, key).success, "run again, it completes"
+        materialize_stages(xray, instance, select=["nih_labels", "nih_boxes"])
+    labels = pd.read_parquet(xray.storage.root / "nih" / "labels.parquet")
+    boxes = pd.read_parquet(xray.storage.root / "nih" / "boxes.parquet")
+    got = labels[labels["image_id"].isin(want_labels["image_id"])]
+    assert len(got) == len(want_labels) and got["image_id"].is_unique, "each Data_Entry row exactly once"
+    mine = boxes[boxes["image_id"].isin(want_labels["image_id"])]
+    assert len(mine) == len(want_boxes), "each box exactly once"
+    assert _raw(data_copy) == raw

@@ -12,7 +12,6 @@ import dagster as dg
 import mlflow
 import pytest
 
-from xray_assets.cli import materialize_graph
 from xray_assets.defs.resources import XrayResource
 
 
@@ -49,20 +48,23 @@ def mlflow_server(tmp_path):
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_model_tracked_in_a_real_mlflow_server(mlflow_server, sample_dir, tmp_path):
+    from helpers import materialize_stages
+
     xray = XrayResource(data_dir=str(sample_dir), storage_dir=str(tmp_path / "st"), profile="smoke",
                         mlflow_tracking_uri=mlflow_server)
     select = ["nih_labels", "nih_boxes", "vinbigdata_annotations", "vinbigdata_images", "vinbigdata_boxes",
               "background_samples", "patient_splits", "yolo_datasets", "trained_models"]
     with dg.DagsterInstance.ephemeral() as instance:
-        results = materialize_graph(instance=instance, xray=xray, select=select, tasks=["united_binary"])
+        results = materialize_stages(xray, instance, select=select, tasks=["united_binary"])
         assert all(r.success for r in results)
         (event,) = [e for r in results for e in r.get_asset_materialization_events()
                     if e.asset_key.to_user_string() == "trained_models"]
         assert event.materialization.metadata["mlflow_run"].value.startswith(mlflow_server)
 
     client = mlflow.MlflowClient(tracking_uri=mlflow_server)
-    exp = client.get_experiment_by_name("xray-assets")
+    exp = client.get_experiment_by_name("xray-smoke-assets")
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params["xray.task"] == "united_binary" and run.data.params["epochs"] == "1"
@@ -70,7 +72,8 @@ def test_model_tracked_in_a_real_mlflow_server(mlflow_server, sample_dir, tmp_pa
     assert client.get_metric_history(run.info.run_id, "train/box_loss")
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "weights" in arts and "results.csv" in arts
+    assert run.data.params["xray.init"] == "scratch" and run.data.tags["init"] == "scratch"
     assert {a.path for a in client.list_artifacts(run.info.run_id, "weights")} >= {"weights/best.pt"}
-    (version,) = client.search_model_versions("name='xray-united_binary'")
+    (version,) = client.search_model_versions("name='xray-smoke-united_binary'")
     assert version.run_id == run.info.run_id and version.tags["dataset_hash"] == run.data.tags["dataset_hash"]
     assert any((tmp_path / "server-artifacts").rglob("best.pt")), "artefacts stored by the server"

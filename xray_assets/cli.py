@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
-
-#: The graph in runs: a Dagster run covers assets of one partitions definition.
-STAGES: list[tuple[str, list[str], str | None]] = [
-    ("ingest", ["nih_labels", "nih_boxes", "vinbigdata_annotations"], None),
-    ("convert", ["vinbigdata_images"], "shards"),
-    ("consensus+splits", ["vinbigdata_boxes", "background_samples", "patient_splits"], None),
-    ("tasks", ["yolo_datasets", "trained_models", "nms_thresholds", "evaluation_reports"], "tasks"),
-    ("report", ["study_report"], None),
-]
-
-
-def _ensure_dagster_home() -> None:
-    if not os.environ.get("DAGSTER_HOME"):
-        home = Path("dagster_home").resolve()
-        home.mkdir(exist_ok=True)
-        os.environ["DAGSTER_HOME"] = str(home)
 
 
 def cmd_sample_data(args) -> int:
     from .core.synthetic import write_sample_data
 
     t0 = time.time()
-    stats = write_sample_data(args.out_dir, size=args.size, seed=args.seed)
+
+    def progress(message: str) -> None:
+        print(f"[{time.time() - t0:5.0f}s] {message}", flush=True)
+
+    stats = write_sample_data(args.out_dir, size=args.size, seed=args.seed, progress=progress)
     print(json.dumps(stats))
     print(f"sample data written to {Path(args.out_dir).resolve()} in {time.time() - t0:.0f}s")
     return 0
@@ -48,79 +34,59 @@ def cmd_sample_drop(args) -> int:
     return 0
 
 
-def materialize_graph(profile: str | None = None, select: list[str] | None = None, tasks: list[str] | None = None,
-                      instance=None, xray=None, raise_on_error: bool = True, log_level: str = "INFO") -> list:
-    """Materialise the graph stage by stage, every run recorded in the Dagster instance."""
-    import dagster as dg
+def task_table(storage_root, profile: str, tasks) -> list[str]:
+    """The per-task lines `make demo` prints: threshold-free test AP and the operating point."""
+    from .storage import Storage
 
-    from .config import Settings
-    from .core.classes import TASK_NAMES
-    from .definitions import ASSETS, CHECKS
-    from .defs.resources import SHARD_PARTITIONS, XrayResource
-
-    settings = Settings.from_env()
-    if profile:
-        settings = dataclasses.replace(settings, profile=profile)
-    if xray is None:
-        xray = XrayResource.from_settings(settings)
-    instance = instance or dg.DagsterInstance.get()
-    results = []
-    for name, keys, parts in STAGES:
-        keys = [k for k in keys if not select or k in select]
-        if not keys:
+    st = Storage(f"{storage_root}/{profile}" if "://" in str(storage_root) else Path(storage_root) / profile)
+    rows = [f"  {'task':22s} {'mAP50':>6s} {'95% CI':>13s} {'AP@.4':>6s} {'mAP50-95':>8s} {'CPM':>6s}   "
+            f"operating point (P / R at conf)   init"]
+    for t in tasks:
+        if not st.exists("reports", t, "summary.json"):
+            rows.append(f"  {t:22s} not evaluated")
             continue
-        if parts == "shards":
-            partition_keys = SHARD_PARTITIONS.get_partition_keys()
-        elif parts == "tasks":
-            partition_keys = tasks or list(TASK_NAMES)
-        else:
-            partition_keys = [None]
-        for pk in partition_keys:
-            t0 = time.time()
-            label = f"{name}" + (f" [{pk}]" if pk else "")
-            print(f"==> {label}: {', '.join(keys)}", flush=True)
-            res = dg.materialize(
-                [*ASSETS, *CHECKS], selection=keys, partition_key=pk, instance=instance,
-                resources={"xray": xray}, raise_on_error=raise_on_error,
-                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-                tags={"xray/profile": xray.profile, "xray/stage": name},
-            )
-            results.append(res)
-            print(f"    {label}: {'ok' if res.success else 'FAILED'} in {time.time() - t0:.0f}s "
-                  f"(run {res.run_id})", flush=True)
-    return results
+        s = st.read_json("reports", t, "summary.json")
+        if s.get("map50") is None:
+            rows.append(f"  {t:22s} n/a (the test split has no boxes of this task)")
+            continue
+        rows.append(f"  {t:22s} {s['map50']:6.3f} {s['map50_ci_low']:6.3f}-{s['map50_ci_high']:.3f} "
+                    f"{s['map_iou40']:6.3f} {s['map50_95']:8.3f} {s['cpm']:6.3f}   "
+                    f"{s['precision']:.3f} / {s['recall']:.3f} at conf > {s['conf']:g} (iou {s['iou']:g})   "
+                    f"{s.get('init')}  [{s['test_images']} images, {s['test_boxes']} boxes]")
+    return rows
 
 
 def cmd_materialize(args) -> int:
-    _ensure_dagster_home()
-    from .config import Settings
+    from .backfill import ensure_dagster_home, materialize, summary_lines
+    from .config import Settings, get_profile
     from .core.classes import TASK_NAMES
-    from .storage import Storage
 
+    ensure_dagster_home()
+    settings = Settings.from_env()
+    profile = get_profile(args.profile).name
     select = [s.strip() for s in args.select.split(",")] if args.select else None
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
-    t0 = time.time()
-    materialize_graph(args.profile, select, tasks)
-    settings = Settings.from_env()
-    st = Storage(settings.storage_dir)
-    print(f"\nmaterialised in {time.time() - t0:.0f}s (profile {args.profile or settings.profile})")
-    rows = []
-    for t in tasks or TASK_NAMES:
-        if st.exists("reports", t, "summary.json"):
-            s = st.read_json("reports", t, "summary.json")
-            if s["map50"] is None:
-                rows.append(f"  {t:22s} test mAP50 n/a (the test split has no boxes of this task)")
-                continue
-            rows.append(f"  {t:22s} test mAP50 {s['map50']:.3f}  recall {s['recall']:.3f}  "
-                        f"(conf {s['conf']:g}, iou {s['iou']:g}; {s['test_images']} images, {s['test_boxes']} boxes)")
-    if rows:
-        print("per-task test metrics:")
-        print("\n".join(rows))
-    if st.exists("reports", "study", "report.html"):
-        print(f"study report: {st.root / 'reports' / 'study' / 'report.html'}")
-    print("Dagster UI: make ui, then http://127.0.0.1:3000 ; MLflow UI: http://127.0.0.1:5000 "
-          f"(store {settings.mlflow_tracking_uri})")
-    return 0
+    outcome = materialize(select, tasks, profile)
+    print()
+    print("\n".join(summary_lines(outcome)))
+    print(f"materialised in {outcome.seconds:.0f}s (profile {profile})")
+    print("per-task test figures (threshold-free AP with bootstrap CI; operating point at the tuned conf):")
+    print("\n".join(task_table(settings.storage_dir, profile, tasks or TASK_NAMES)))
+    report = Path(str(settings.storage_dir)) / profile / "reports" / "study" / "report.html"
+    if "://" in str(settings.storage_dir) or report.exists():
+        print(f"study report: {report}")
+    print("Dagster UI: make ui, then http://127.0.0.1:3000 (the Backfills page shows this one); "
+          f"MLflow UI: http://127.0.0.1:5000 (store {settings.mlflow_tracking_uri})")
+    return 0 if outcome.ok else 1
+
+
+def cmd_reexecute(args) -> int:
+    from .backfill import ensure_dagster_home, reexecute
+
+    ensure_dagster_home()
+    run = reexecute(args.run_id)
+    print(f"re-execution {run.run_id} of {args.run_id}: {run.status.value}")
+    return 0 if run.status.value == "SUCCESS" else 1
 
 
 def cmd_serve(args) -> int:
@@ -146,11 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--inbox", default=None, help="default: $XRAY_INBOX_DIR or <XRAY_DATA_DIR>/inbox")
     d.add_argument("--no-ready", action="store_true", help="leave out the READY marker")
     d.set_defaults(fn=cmd_sample_drop)
-    m = sub.add_parser("materialize", help="materialise the graph, every task partition")
+    m = sub.add_parser("materialize", help="materialise the graph: one asset backfill through the Dagster instance")
     m.add_argument("--profile", default=None, help="study, demo or smoke (default: $XRAY_PROFILE or demo)")
     m.add_argument("--select", default=None, help="comma-separated asset keys (default: all)")
     m.add_argument("--tasks", default=None, help="comma-separated task partitions (default: all six)")
     m.set_defaults(fn=cmd_materialize)
+    r = sub.add_parser("reexecute", help="re-execute a failed run from its failure (as the UI's button does)")
+    r.add_argument("run_id")
+    r.set_defaults(fn=cmd_reexecute)
     v = sub.add_parser("serve", help="the web app: four served models side by side on an upload")
     v.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     v.add_argument("--port", type=int, default=8080)

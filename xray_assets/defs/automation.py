@@ -1,83 +1,109 @@
-"""Keeping the study alive: the annotation inbox sensor, the retraining schedule, and the
-automation condition that carries a change from the label files down to the evaluation reports."""
+"""Keeping the study alive: the automation conditions each asset declares, Dagster's automation
+sensor that evaluates them, the weekly re-ingest schedule, and the helpers that version the code.
 
-import json
+Every asset returns a content-derived data version, so "changed" means changed content:
+- the label assets re-read their files when a new annotation drop is accepted (`on_new_drop`);
+- everything below re-materialises only when the data version of a dependency that feeds it changed,
+  or its own code version changed (`on_new_data`); re-ingesting unchanged labels changes no data
+  version and launches nothing;
+- nothing runs while a dependency is missing or in progress, or while a blocking check on a
+  dependency is failing (a leak in `patient_splits` stops datasets and training for every task);
+- `study_report` runs on the tasks that exist: a task partition that was never materialised does not
+  hold it back (the report lists the missing ones).
+"""
+
+
+import hashlib
+import inspect
 
 import dagster as dg
 
 from ..config import Settings
-from ..core import inbox
-from .resources import TASK_PARTITIONS, XrayResource
 
-#: The three label readers: a merged drop or a scheduled retrain re-materialises these in one run;
-#: everything below them follows through ON_UPSTREAM_CHANGE (Dagster's automation sensor).
+#: The three label readers: a new drop (or the weekly schedule) re-materialises these.
 LABEL_ASSETS = ["nih_labels", "nih_boxes", "vinbigdata_annotations"]
-#: Everything downstream of the labels re-materialises when its inputs change.
-ON_UPSTREAM_CHANGE = dg.AutomationCondition.eager()
+
+
+def _changed_deps(only: list[str] | None = None) -> dg.AutomationCondition:
+    """True while a dependency (of `only`, if given) has a new data version since the last tick,
+    unless the run that produced it also ran this asset."""
+    cond = dg.AutomationCondition.any_deps_match(
+        dg.AutomationCondition.data_version_changed() & ~dg.AutomationCondition.executed_with_root_target()
+    )
+    if only:
+        cond = cond.allow(dg.AssetSelection.assets(*only))
+    return cond.with_label("dependency data changed" + (f" ({', '.join(only)})" if only else ""))
+
+
+def on_new_data(only: list[str] | None = None, allow_missing: bool = False) -> dg.AutomationCondition:
+    """Re-materialise when the content of a dependency (of `only`) or this asset's code changed."""
+    cond = ((_changed_deps(only) | dg.AutomationCondition.code_version_changed()).since_last_handled()
+            & ~dg.AutomationCondition.any_deps_in_progress()
+            & ~dg.AutomationCondition.in_progress()
+            & dg.AutomationCondition.all_deps_blocking_checks_passed())
+    if not allow_missing:
+        cond = cond & ~dg.AutomationCondition.any_deps_missing()
+    return cond.with_label("on new data" + (" (missing inputs allowed)" if allow_missing else ""))
+
+
+def on_new_drop() -> dg.AutomationCondition:
+    """The label readers: when an annotation drop partition is newly accepted (a failed drop does not block)."""
+    return ((dg.AutomationCondition.any_deps_updated() | dg.AutomationCondition.code_version_changed())
+            .since_last_handled()
+            & ~dg.AutomationCondition.any_deps_in_progress()
+            & ~dg.AutomationCondition.in_progress()).with_label("on a new annotation drop")
+
+
+def code_version(*objects) -> str:
+    """A code version derived from the source of what a step runs (functions, modules)."""
+    h = hashlib.sha256()
+    for o in objects:
+        h.update(inspect.getsource(o).encode())
+    return h.hexdigest()[:12]
+
+
+def content_version(*parts) -> dg.DataVersion:
+    """A data version from content: tables (hashed row by row), strings or bytes."""
+    import pandas as pd
+
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, pd.DataFrame):
+            h.update(pd.util.hash_pandas_object(p.astype(str), index=False).values.tobytes())
+            h.update(",".join(map(str, p.columns)).encode())
+        else:
+            h.update(p if isinstance(p, bytes) else str(p).encode())
+    return dg.DataVersion(h.hexdigest()[:16])
+
 
 ingest_labels_job = dg.define_asset_job(
     "ingest_labels", selection=dg.AssetSelection.assets(*LABEL_ASSETS),
-    description="Re-read the raw label files; the automation sensor re-materialises everything downstream.")
+    description="Re-read the raw label files and every accepted drop; what changed flows downstream.")
 
 train_models_job = dg.define_asset_job(
     "train_models", selection=dg.AssetSelection.assets("yolo_datasets", "trained_models", "nms_thresholds",
                                                        "evaluation_reports"),
-    partitions_def=TASK_PARTITIONS,
+    partitions_def=dg.StaticPartitionsDefinition(
+        ["nih_multi", "nih_binary", "united_multi", "united_binary", "united_cardiomegaly", "united_mass_nodule"]),
     description="One task end to end from its dataset: train, tune, evaluate, gate (a partition per task).")
 
-CURSOR_KEEP = 500
-
-#: Dagster's own automation sensor, running by default: it evaluates ON_UPSTREAM_CHANGE each tick.
+#: Dagster's own automation sensor, running by default: it evaluates each asset's condition.
 downstream_automation = dg.AutomationConditionSensorDefinition(
     "retrain_downstream", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
-    description="Re-materialises what became stale below the labels: conversions, splits, datasets, "
-                "models, thresholds, reports (one layer per tick).")
-
-
-@dg.sensor(job=ingest_labels_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Merges complete annotation drops (a folder with READY) from the inbox into the raw "
-                       "data and re-ingests the labels; malformed drops go to rejected/ with ERROR.txt.")
-def new_annotations(context: dg.SensorEvaluationContext, xray: XrayResource) -> dg.SensorResult | dg.SkipReason:
-    box = xray.inbox
-    seen: list[str] = json.loads(context.cursor)["merged"] if context.cursor else []
-    complete, incomplete = inbox.pending(box)
-    requests, notes = [], []
-    ledger = inbox.read_ledger(box)
-    for folder in complete:
-        digest = inbox.drop_digest(folder)
-        if digest in ledger or digest in seen:
-            first = ledger.get(digest, {}).get("drop", "an earlier drop")
-            target = inbox.set_aside(folder, box)
-            context.log.info(f"drop {folder.name} is a copy of {first}, already merged; set aside at {target}")
-            notes.append(f"{folder.name}: already merged (as {first}), no new run")
-            continue
-        try:
-            drop = inbox.validate(folder, xray.data(), digest=digest)
-        except Exception as exc:   # DropError, or a file no reader can take: rejected, never lost
-            exc = exc if isinstance(exc, inbox.DropError) else inbox.DropError(
-                f"unreadable drop ({exc.__class__.__name__}: {exc})")
-            target = inbox.reject(folder, box, str(exc))
-            context.log.warning(f"rejected drop {folder.name}: {exc} (moved to {target})")
-            notes.append(f"rejected {folder.name}: {str(exc).splitlines()[0]}")
-            continue
-        inbox.merge(drop, xray.data(), box)
-        seen.append(digest)
-        context.log.info(f"merged drop {folder.name}: {drop.summary}")
-        requests.append(dg.RunRequest(run_key=drop.run_key, tags={"xray/drop": folder.name,
-                                                                  "xray/drop_digest": digest[:16]}))
-    if incomplete:
-        notes.append(f"{len(incomplete)} drop(s) without READY yet: {', '.join(p.name for p in incomplete[:5])}")
-    cursor = json.dumps({"merged": seen[-CURSOR_KEEP:]})
-    if not requests:
-        return dg.SensorResult(skip_reason=dg.SkipReason("; ".join(notes) or f"no complete drop in {box}"),
-                               cursor=cursor)
-    return dg.SensorResult(run_requests=requests, cursor=cursor)
+    description="Evaluates each asset's automation condition: what changed below a new drop re-materialises, "
+                "layer by layer, never past a failing blocking check.")
 
 
 def retrain_schedule(cron: str | None = None) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(
         name="weekly_retrain", job=ingest_labels_job, cron_schedule=cron or Settings.from_env().retrain_cron,
         default_status=dg.DefaultScheduleStatus.STOPPED,
-        description="Re-ingest the labels on a cron (XRAY_RETRAIN_CRON, weekly by default); the models "
-                    "downstream retrain, are evaluated and gated. Stopped until someone starts it.")
+        description="Re-ingest the labels on a cron (XRAY_RETRAIN_CRON, weekly by default): whatever changed in "
+                    "the raw files since retrains downstream; unchanged files retrain nothing. Stopped until "
+                    "someone starts it.")
+
+
+def build_defs(cron: str | None = None) -> dg.Definitions:
+    return dg.Definitions(jobs=[ingest_labels_job, train_models_job], sensors=[downstream_automation],
+                          schedules=[retrain_schedule(cron)])

@@ -1,5 +1,4 @@
-"""Asset checks that count quarantined input rows."""
-
+"""Asset checks that count quarantined input rows against the profile's limit."""
 
 import dagster as dg
 
@@ -17,7 +16,8 @@ def _quarantine_check(asset, parts: tuple[str, ...], name: str):
         return dg.AssetCheckResult(
             passed=len(q) <= limit,
             metadata={"quarantined_rows": len(q), "limit": limit,
-                      "reasons": "; ".join(f"{k} ({v})" for k, v in reasons.items()) or "none"},
+                      "reasons": "; ".join(f"{k} ({v})" for k, v in reasons.items()) or "none",
+                      "first_rows": "; ".join(f"{r.source} row {r.row}" for r in q.head(5).itertuples()) or "none"},
         )
 
     return _check
@@ -29,3 +29,5 @@ quarantine_checks = [
     _quarantine_check(vinbigdata_annotations, ("vinbigdata", "annotations_quarantine.parquet"),
                       "vinbigdata_annotations_quarantine"),
 ]
+
+defs = dg.Definitions(asset_checks=quarantine_checks)

@@ -6,36 +6,54 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from ..core import plots
+from ..core import plots, sampling, splits, yolo_dataset
 from ..core.classes import TASKS
 from ..core.sampling import sample_background
-from ..core.splits import assign_splits
+from ..core.splits import assign_splits, study_images
 from ..core.yolo_dataset import build_dataset, content_hash, dataset_checks, instances_table, task_inputs
+from .automation import code_version, content_version, on_new_data
+from .drops import drop_image_paths
 from .nih import nih_boxes, nih_labels
-from .resources import TASK_PARTITIONS, XrayResource, md_image, table_md
-from .vinbigdata import read_manifests, vinbigdata_annotations, vinbigdata_boxes
+from .resources import TASK_PARTITIONS, XrayResource, column_schema, table_value, thumbnail
+from .vinbigdata import read_manifests, vinbigdata_annotations, vinbigdata_boxes, vinbigdata_images
 
-NIH_PNG_SIZE = 1024
+OWNERS = ["team:radiology-data"]
+TAGS = {"stage": "prepare"}
+BACKGROUND_SCHEMA = column_schema({
+    "image_id": ("string", "a 'No Finding' image"), "patient_id": ("int", "its patient (-1: VinBigData)"),
+    "source": ("string", "nih or vinbigdata")})
+SPLITS_SCHEMA = column_schema({
+    "image_id": ("string", "the image"), "source": ("string", "nih or vinbigdata"),
+    "kind": ("string", "annotated or background"), "group": ("string", "the patient (nih:<id>) or the image (vbd:<id>)"),
+    "path": ("string", "the PNG on this storage root (or its mirror)"), "width": ("int", "PNG width"),
+    "height": ("int", "PNG height"), "orig_width": ("int", "the boxes' pixel space width"),
+    "orig_height": ("int", "the boxes' pixel space height"), "split": ("string", "train, val or test")})
 
 
-def nih_image_index(data_dir: Path) -> dict[str, Path]:
-    """image file name -> path, over `images_001/images` .. `images_012/images` (or a flat `images/`)."""
+def nih_image_index(data_dir: Path, shared=None) -> dict[str, Path]:
+    """image file name -> path, over `images_001/images` .. `images_012/images` (or a flat `images/`),
+    then the accepted drops' images (`shared`: the storage shared by the profiles)."""
     index: dict[str, Path] = {}
     for pattern in ("images_*/images/*.png", "images/*.png"):
         for p in data_dir.glob(pattern):
             index.setdefault(p.name, p)
+    if shared is not None:
+        for name, p in drop_image_paths(shared, "images").items():
+            index.setdefault(name, p)
     return index
 
 
-@dg.asset(group_name="datasets", kinds={"pandas", "parquet"},
-          deps=[nih_labels, nih_boxes, vinbigdata_annotations],
-          description="'No Finding' NIH images drawn as background: ratio x annotated images, seeded "
-                      "and stable (a larger draw keeps every earlier pick).")
+@dg.asset(group_name="datasets", kinds={"pandas", "parquet"}, owners=OWNERS, tags=TAGS,
+          deps=[nih_labels, nih_boxes, vinbigdata_annotations], automation_condition=on_new_data(),
+          code_version=code_version(sampling),
+          metadata={"dagster/column_schema": BACKGROUND_SCHEMA},
+          description="'No Finding' NIH images drawn as background: ratio x annotated images, seeded and stable "
+                      "(a larger draw keeps every earlier pick).")
 def background_samples(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
     st, cfg = xray.storage, xray.config
     lab = st.read_parquet("nih", "labels.parquet")
     boxes = st.read_parquet("nih", "boxes.parquet")
-    index = nih_image_index(xray.data("nih"))
+    index = nih_image_index(xray.data("nih"), xray.shared)
     no_finding = lab[lab["findings"].map(lambda f: list(f) == ["No Finding"])]
     on_disk = no_finding[no_finding["image_id"].isin(index)]
     n_annotated = int(boxes["image_id"].nunique())
@@ -58,60 +76,41 @@ def background_samples(context: dg.AssetExecutionContext, xray: XrayResource) ->
         "ratio": cfg.background_ratio,
         "no_finding_candidates": len(on_disk),
         "kept_from_previous_draw": int(picked["image_id"].isin(previous["image_id"]).sum()) if previous is not None else 0,
-    })
+    }, data_version=content_version(picked))
 
 
-@dg.asset(group_name="datasets", kinds={"pandas", "parquet"},
-          deps=[nih_labels, nih_boxes, vinbigdata_boxes, background_samples],
-          description="Every image of the study -> train/val/test, grouped by patient (a VinBigData "
-                      "image is its own group); a pure function of (patient, seed).")
+@dg.asset(group_name="datasets", kinds={"pandas", "parquet"}, owners=OWNERS, tags=TAGS,
+          deps=[nih_labels, nih_boxes, vinbigdata_images, vinbigdata_boxes, background_samples],
+          automation_condition=on_new_data(), code_version=code_version(splits),
+          metadata={"dagster/column_schema": SPLITS_SCHEMA},
+          description="Every image of the study -> train/val/test, grouped by patient (a VinBigData image is its "
+                      "own group); a pure function of (patient, seed).")
 def patient_splits(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
     st, cfg = xray.storage, xray.config
-    lab = st.read_parquet("nih", "labels.parquet").set_index("image_id")
+    lab = st.read_parquet("nih", "labels.parquet")
     nboxes = st.read_parquet("nih", "boxes.parquet")
     bg = st.read_parquet("datasets", "background.parquet")
-    index = nih_image_index(xray.data("nih"))
-    rows, missing = [], []
-    nih_ids = [(i, "annotated") for i in sorted(nboxes["image_id"].unique())]
-    nih_ids += [(i, "background") for i in bg.loc[bg.source == "nih", "image_id"]]
-    for image_id, kind in nih_ids:
-        if image_id not in index:
-            missing.append(image_id)
-            continue
-        pid = int(lab.loc[image_id, "patient_id"]) if image_id in lab.index else int(image_id[:8])
-        rows.append({"image_id": image_id, "source": "nih", "kind": kind, "group": f"nih:{pid}",
-                     "path": str(index[image_id]), "width": NIH_PNG_SIZE, "height": NIH_PNG_SIZE,
-                     "orig_width": NIH_PNG_SIZE, "orig_height": NIH_PNG_SIZE})
     man = read_manifests(st)
-    man = man[man["status"] == "ok"].set_index("image_id")
-    vbox = st.read_parquet("vinbigdata", "boxes.parquet")
-    vbd_ids = [(i, "annotated") for i in sorted(vbox["image_id"].unique())]
-    vbd_ids += [(i, "background") for i in bg.loc[bg.source == "vinbigdata", "image_id"]]
-    for image_id, kind in vbd_ids:
-        if image_id not in man.index:
-            missing.append(image_id)
-            continue
-        m = man.loc[image_id]
-        rows.append({"image_id": image_id, "source": "vinbigdata", "kind": kind, "group": f"vbd:{image_id}",
-                     # where the converted PNG is on this storage root (or its mirror), whatever
-                     # machine converted it
-                     "path": str(st.local_path("vinbigdata", "images", "png", Path(m["path"]).name)),
-                     "width": int(m["width"]), "height": int(m["height"]),
-                     "orig_width": int(m["orig_width"]), "orig_height": int(m["orig_height"])})
-    table = pd.DataFrame(rows)
+    man = man[man["status"] == "ok"]
+    # where each converted PNG is on this storage root (or its mirror), whatever machine converted it
+    man = man.assign(path=[str(st.local_path("vinbigdata", "images", "png", Path(p).name)) for p in man["path"]])
+    table, missing = study_images(
+        nboxes["image_id"], list(bg.loc[bg.source == "nih", "image_id"]),
+        dict(zip(lab["image_id"], lab["patient_id"])), nih_image_index(xray.data("nih"), xray.shared),
+        st.read_parquet("vinbigdata", "boxes.parquet")["image_id"], list(bg.loc[bg.source == "vinbigdata", "image_id"]),
+        man)
     table["split"] = assign_splits(table["group"], cfg.split_fractions, seed=cfg.seed).to_numpy()
     st.write_parquet(table, "datasets", "splits.parquet")
-    st.write_parquet(pd.DataFrame({"image_id": missing}), "datasets", "missing_images.parquet")
+    st.write_parquet(pd.DataFrame({"image_id": pd.Series(missing, dtype=str)}), "datasets", "missing_images.parquet")
     if missing:
-        context.log.warning(f"{len(missing)} referenced image(s) not on disk (or not converted), "
-                            f"left out: {missing[:5]}")
+        context.log.warning(f"{len(missing)} referenced image(s) not on disk (or not converted), left out: {missing[:5]}")
     summary = table.groupby(["source", "kind", "split"]).size().unstack("split").fillna(0).astype(int).reset_index()
     return dg.MaterializeResult(metadata={
         "dagster/row_count": len(table),
         "patients": int(table["group"].nunique()),
         "missing_images": len(missing),
-        "images_per_split": table_md(summary),
-    })
+        "images_per_split": table_value(summary),
+    }, data_version=content_version(table.drop(columns=["path"])))
 
 
 @dg.asset_check(asset=patient_splits, blocking=True, description="No patient appears in two splits.")
@@ -139,19 +138,27 @@ DATASET_CHECKS = {
 }
 
 
-def read_task_inputs(st, task_name: str):
+def read_task_inputs(xray: XrayResource, task_name: str):
+    st = xray.storage
     return task_inputs(st.read_parquet("datasets", "splits.parquet"), st.read_parquet("nih", "boxes.parquet"),
-                       st.read_parquet("vinbigdata", "boxes.parquet"), TASKS[task_name])
+                       st.read_parquet("vinbigdata", "boxes.parquet"), TASKS[task_name],
+                       nih_labels=st.read_parquet("nih", "labels.parquet"),
+                       exclude_unboxed=xray.config.exclude_unboxed_findings)
 
 
-@dg.asset(group_name="datasets", partitions_def=TASK_PARTITIONS, kinds={"yolo"}, deps=[patient_splits],
+@dg.asset(group_name="datasets", partitions_def=TASK_PARTITIONS, kinds={"yolo", "parquet"}, owners=OWNERS,
+          tags=TAGS, deps=[patient_splits, nih_labels, nih_boxes, vinbigdata_boxes],
+          automation_condition=on_new_data(), code_version=code_version(yolo_dataset),
+          metadata={"dagster/column_schema": SPLITS_SCHEMA},
           check_specs=[dg.AssetCheckSpec(name, asset="yolo_datasets", description=d, blocking=b)
                        for name, (d, _, b) in DATASET_CHECKS.items()],
-          description="One YOLO-format dataset per task: data.yaml, labels, linked images, split lists.")
+          description="One YOLO-format dataset per task: data.yaml, labels, linked images, split lists "
+                      "(images.parquet has the columns shown). NIH images that list a finding of the task "
+                      "without a box are left out (excluded.parquet).")
 def yolo_datasets(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
     task = TASKS[context.partition_key]
     st = xray.storage
-    images, boxes = read_task_inputs(st, task.name)
+    images, boxes, excluded = read_task_inputs(xray, task.name)
     fetched = st.localise(images["path"])   # converted images kept on an object store come to the mirror
     if fetched:
         context.log.info(f"{task.name}: fetched {fetched} image(s) from {st.url}")
@@ -161,29 +168,39 @@ def yolo_datasets(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.M
         tb = built["boxes"]
         images.to_parquet(tmp / "images.parquet", index=False)
         tb.to_parquet(tmp / "boxes.parquet", index=False)
+        excluded.to_parquet(tmp / "excluded.parquet", index=False)
         inst = instances_table(images, tb, task.classes)
         (tmp / "labels.png").write_bytes(plots.label_distribution(tb, images, task.classes))
         (tmp / "mosaic.png").write_bytes(plots.dataset_mosaic(images, tb, task.classes))
         digest = content_hash(images, tb)
         (tmp / "dataset_hash.txt").write_text(digest)
-    root = final
-    context.log.info(f"{task.name}: {len(images)} images, {len(tb)} boxes, hash {digest}")
+    context.log.info(f"{task.name}: {len(images)} images, {len(tb)} boxes, hash {digest}; "
+                     f"{excluded['image_id'].nunique()} NIH image(s) left out for an unboxed finding")
     checks = []
     for name, (passed, facts) in dataset_checks(images, tb, task.classes).items():
         if not passed:
             context.log.warning(f"{task.name}: check {name} failed: {facts}")
         checks.append(dg.AssetCheckResult(check_name=name, passed=passed, severity=DATASET_CHECKS[name][1],
                                           metadata=facts))
+    ex_counts = (excluded.groupby("finding")["image_id"].nunique().rename_axis("finding").reset_index(name="images")
+                 if len(excluded) else pd.DataFrame({"finding": [], "images": []}))
     return dg.MaterializeResult(
         metadata={
             "data_yaml": dg.MetadataValue.path(str(st.root / "datasets" / task.name / "data.yaml")),
             "dataset_hash": digest,
             "images": len(images),
             "boxes": len(tb),
-            "instances_per_class_and_split": table_md(inst),
-            "label_distribution": md_image(root / "labels.png"),
-            "sample_mosaic": md_image(root / "mosaic.png"),
+            "dagster/row_count": len(images),
+            "excluded_unboxed_images": int(excluded["image_id"].nunique()),
+            "excluded_by_finding": table_value(ex_counts),
+            "instances_per_class_and_split": table_value(inst),
+            "label_distribution": thumbnail(final / "labels.png"),
+            "sample_mosaic": thumbnail(final / "mosaic.png"),
         },
         data_version=dg.DataVersion(digest),
         check_results=checks,
     )
+
+
+defs = dg.Definitions(assets=[background_samples, patient_splits, yolo_datasets],
+                      asset_checks=[no_patient_in_two_splits, no_missing_images])

@@ -1,84 +1,277 @@
-"""NMS tuning on val, evaluation on test, and the study report across tasks."""
+"""NMS tuning on val, evaluation on test with the champion gate, and the study report: the storage
+and MLflow side. The figures are computed in `core` (detection, tuning, metrics, evaluation)."""
 
+
+import time
 
 import dagster as dg
+import pandas as pd
 
-from ..core import champion
+from .. import tracking
+from ..core import champion, detection, metrics, plots, tuning
 from ..core import evaluation as core_eval
-from ..core.classes import TASK_NAMES, TASKS
-from .resources import GPU_STEP_TAGS, TASK_PARTITIONS, XrayResource, md_image, table_md
+from ..core.classes import SERVED_TASKS, TASK_NAMES, TASKS
+from ..core.detection import AP_FLOOR, DetectionRule
+from ..core.report import markdown_to_html
+from .automation import code_version, content_version, on_new_data
+from .datasets import patient_splits, yolo_datasets
+from .nih import nih_labels
+from .resources import GPU_STEP_TAGS, TASK_PARTITIONS, XrayResource, column_schema, share_cores, table_value, thumbnail
 from .training import trained_models
+from .vinbigdata import vinbigdata_annotations, vinbigdata_boxes
+
+OWNERS = ["team:ml"]
+METRICS_SCHEMA = column_schema({
+    "label": ("string", "the class"), "n_gt": ("int", "test boxes"), "n_pred": ("int", "detections above 0.001"),
+    "n_pred_op": ("int", "detections above the tuned conf"),
+    "ap50": ("float", "threshold-free AP at IoU 0.5 (COCO 101-point)"), "ap_iou40": ("float", "AP at IoU 0.4"),
+    "ap50_95": ("float", "AP averaged over IoU 0.50:0.95"), "precision": ("float", "at the operating point"),
+    "recall": ("float", "at the operating point"), "f1": ("float", "at the operating point"),
+    "ap50_ci_low": ("float", "95% bootstrap CI"), "ap50_ci_high": ("float", "95% bootstrap CI")})
 
 
-@dg.asset(group_name="models", partitions_def=TASK_PARTITIONS, kinds={"pytorch"}, deps=[trained_models],
-          pool="gpu", op_tags=GPU_STEP_TAGS, description="The (conf, iou) pair chosen on val per task, with the whole grid "
-                                  "(objective: mean(recall, mAP50)), scored from one forward pass.")
+def _task_tables(st, task: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return st.read_parquet("datasets", task, "images.parquet"), st.read_parquet("datasets", task, "boxes.parquet")
+
+
+def _model(st, task: str):
+    return detection.load_model(st.local("models", task, "best.pt"))
+
+
+@dg.asset(group_name="models", partitions_def=TASK_PARTITIONS, kinds={"pytorch", "yolo"}, owners=OWNERS,
+          tags={"stage": "tune"}, deps=[trained_models, yolo_datasets], pool="gpu", op_tags=GPU_STEP_TAGS,
+          automation_condition=on_new_data(only=["trained_models"]),
+          code_version=code_version(tuning, detection),
+          description="The task's detection rule: (conf, iou) chosen on val over the study's grid (objective "
+                      "mean(recall, mAP50) as ultralytics' validator scores it), every point the served rule "
+                      "replayed on one forward pass.")
 def nms_thresholds(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
     task = TASKS[context.partition_key]
     st, profile = xray.storage, xray.config
-    out = core_eval.tune_task(st, task, profile, log=context.log.info)
-    best, grid = out["best"], out["grid"]
+    share_cores()
+    images, boxes = core_eval.split(*_task_tables(st, task.name), "val")
+    if boxes.empty:
+        context.log.warning(f"{task.name}: the val split has no boxes of this task; every grid point scores 0")
+    info = st.read_json("models", task.name, "model.json")
+    st.localise(images["path"])
+    t0 = time.time()
+    cands = detection.capture_candidates(_model(st, task.name), images, int(info["imgsz"]), min(profile.conf_grid),
+                                         progress=lambda n, m: context.log.info(f"{task.name}: val forward pass {n}/{m}"))
+    pass_seconds = time.time() - t0
+    base = DetectionRule(conf=min(profile.conf_grid), iou=max(profile.iou_grid), agnostic=task.agnostic_nms)
+    grid, timing = tuning.tune_grid(cands, boxes, task.classes, base, profile.conf_grid, profile.iou_grid,
+                                    log=lambda m: context.log.info(f"{task.name}: {m}"))
+    best = tuning.best_pair(grid)
+    rule = base.at(best["conf"], best["iou"])
+    record = {**rule.as_dict(), **{k: best[k] for k in ("objective", "map50", "recall", "precision", "map50_95")},
+              **timing, "pass_seconds": pass_seconds}
+    st.write_parquet(grid, "tuning", task.name, "grid.parquet")
+    st.write_json(record, "tuning", task.name, "best.json")
+    st.write_bytes(plots.grid_heatmap(grid, best), "tuning", task.name, "grid.png")
+    context.log.info(f"{task.name}: rule {rule.describe()}; val objective {best['objective']:.3f}")
     return dg.MaterializeResult(metadata={
-        "conf": best["conf"], "iou": best["iou"],
-        "objective": round(best["objective"], 4), "val_map50": round(best["map50"], 4),
+        "conf": rule.conf, "iou": rule.iou, "agnostic_nms": rule.agnostic, "max_det": rule.max_det,
+        "rule": rule.describe(),
+        "objective": round(best["objective"], 4), "val_map50_at_conf": round(best["map50"], 4),
         "val_recall": round(best["recall"], 4),
-        "grid": table_md(grid.round(4)),
-        "heatmap": md_image(st.local("tuning", task.name, "grid.png")),
-        "forward_pass_seconds": round(out["predict_seconds"], 2),
-        "grid_scoring_seconds": round(out["score_seconds"], 2),
-    })
+        "grid": table_value(grid),
+        "heatmap": thumbnail(st.local("tuning", task.name, "grid.png")),
+        "forward_pass_seconds": round(pass_seconds, 2),
+        "grid_scoring_seconds": round(timing["score_seconds"], 2),
+    }, data_version=content_version(str(sorted(rule.as_dict().items())), info["run_id"]))
 
 
-@dg.asset(group_name="reports", partitions_def=TASK_PARTITIONS, kinds={"pytorch", "mlflow"},
-          deps=[nms_thresholds], pool="gpu", op_tags=GPU_STEP_TAGS,
-          description="Test-split metrics and plots per task at the tuned thresholds, logged to the "
-                      "model's MLflow run.")
+def _champion_detections(xray: XrayResource, task, images: pd.DataFrame, new_version: str, context):
+    """The current champion (another version) re-scored on these test images with its own rule, or None."""
+    name = xray.config.model_name(task.name)
+    current = tracking.alias_version(xray.tracking_uri, name, tracking.CHAMPION)
+    if current is None or str(current.version) == str(new_version):
+        return None, None
+    tags = dict(current.tags or {})
+    if "nms_conf" not in tags:
+        context.log.warning(f"{name} v{current.version}: no detection rule on its tags; not compared")
+        return None, None
+    rule = DetectionRule.from_tags(tags)
+    weights = tracking.fetch_weights(xray.tracking_uri, current.run_id, xray.storage.dir("serve", task.name,
+                                                                                         f"v{current.version}"))
+    context.log.info(f"{task.name}: re-scoring champion v{current.version} on the current {len(images)} test images "
+                     f"({rule.describe()})")
+    dets = detection.detect_images(detection.load_model(weights), images, rule.at(conf=AP_FLOOR),
+                                   int(tags.get("imgsz", 640)), task.classes)
+    return str(current.version), dets
+
+
+@dg.asset(group_name="reports", partitions_def=TASK_PARTITIONS, kinds={"pytorch", "mlflow"}, owners=OWNERS,
+          tags={"stage": "evaluate"}, deps=[nms_thresholds, trained_models, yolo_datasets, nih_labels], pool="gpu",
+          op_tags=GPU_STEP_TAGS, automation_condition=on_new_data(only=["nms_thresholds"]),
+          code_version=code_version(core_eval, metrics, champion, detection),
+          metadata={"dagster/column_schema": METRICS_SCHEMA},
+          description="Test-split figures per task with its detection rule: threshold-free AP (AP50, AP@IoU0.4, "
+                      "AP50-95) with intervals, the operating point, FROC, NIH subgroups; logged to the model's run. "
+                      "The champion gate compares the new version with the champion re-scored on the same images.")
 def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
     task = TASKS[context.partition_key]
     st, profile = xray.storage, xray.config
-    out = core_eval.evaluate_task(st, task, profile, tracking_uri=xray.tracking_uri, log=context.log.info)
-    info = out["info"]
+    share_cores()
+    rule = DetectionRule.from_dict(st.read_json("tuning", task.name, "best.json"))
+    info = st.read_json("models", task.name, "model.json")
+    all_images, all_boxes = _task_tables(st, task.name)
+    images, gt = core_eval.split(all_images, all_boxes, "test")
+    st.localise(images["path"])
+    dets = detection.detect_images(_model(st, task.name), images, rule.at(conf=AP_FLOOR), int(info["imgsz"]),
+                                   task.classes, progress=lambda n, m: context.log.info(f"{task.name}: test image {n}/{m}"))
+    labels = st.read_parquet("nih", "labels.parquet")
+    nih_meta = labels[labels["image_id"].isin(images.loc[images["source"] == "nih", "image_id"])][
+        ["image_id", "sex", "age", "view"]]
+    ev = core_eval.evaluate_task(gt, dets, images, task.classes, rule, nih_meta,
+                                 n_boot=profile.bootstrap_resamples, seed=profile.seed)
+    s = ev.summary
+    context.log.info(f"{task.name}: test mAP50 {s['map50']:.3f} (threshold-free), operating point conf > {rule.conf:g}: "
+                     f"P {s['precision']:.3f} R {s['recall']:.3f}; CPM {s['cpm']:.3f} ({len(images)} images, {len(gt)} boxes)")
+    base = ("reports", task.name)
+    excluded = (st.read_parquet("datasets", task.name, "excluded.parquet")
+                if st.exists("datasets", task.name, "excluded.parquet") else None)
+    for name, frame in (("metrics", ev.table), ("bootstrap_ci", ev.ci), ("froc", ev.froc), ("subgroups", ev.subgroups),
+                        ("detections", dets), ("ground_truth", gt), ("test_images", images[["image_id", "source"]])):
+        st.write_parquet(frame, *base, f"{name}.parquet")
+    st.write_parquet(ev.confusion.reset_index(names="true"), *base, "confusion_matrix.parquet")
+    st.write_bytes(plots.confusion_heatmap(ev.confusion, f"{task.name}: test, conf > {rule.conf:g}"), *base,
+                   "confusion_matrix.png")
+    st.write_bytes(plots.pr_curves(ev.pr_curves, f"{task.name}: PR on test (IoU 0.5)"), *base, "pr_curves.png")
+    st.write_bytes(plots.froc_plot(ev.froc_curves, metrics.FROC_FP_RATES, f"{task.name}: FROC on test"), *base,
+                   "froc.png")
+    operating = dets[dets["score"] > rule.conf]
+    panels = [(detection.read_gray(p), gt[gt.image_id == i], operating[operating.image_id == i], i[:16])
+              for i, p in zip(images["image_id"], images["path"]) if i in set(gt["image_id"])][:profile.report_panels]
+    st.write_bytes(plots.gt_vs_pred(panels, task.classes), *base, "panels.png")
+    text = core_eval.report_markdown(task.name, profile.name, ev, rule, info, excluded, profile.bootstrap_resamples)
+    st.write_text(text, *base, "report.md")
+    st.write_text(markdown_to_html(text, f"Evaluation {task.name}"), *base, "report.html")
+    summary = {**core_eval.nan_to_none(s), "rule": rule.as_dict(), "conf": rule.conf, "iou": rule.iou,
+               "model_version": info.get("model_version"), "init": info.get("init")}
+    st.write_json(summary, *base, "summary.json")
+    logged = {"test_map50": s["map50"], "test_map_iou40": s["map_iou40"], "test_map50_95": s["map50_95"],
+              "test_cpm": s["cpm"], "test_op_precision": s["precision"], "test_op_recall": s["recall"],
+              "test_op_f1": s["f1"], "test_map50_ci_low": s["map50_ci_low"], "test_map50_ci_high": s["map50_ci_high"]}
+    tracking.log_evaluation(xray.tracking_uri, info["run_id"], logged,
+                            [st.local(*base, f) for f in ("report.md", "report.html", "pr_curves.png", "froc.png",
+                                                          "panels.png", "confusion_matrix.png", "metrics.parquet")])
+    # the gate: the champion re-scored on these same images, the paired difference decides
     gate = {"decision": "not gated (no registered version)"}
-    if info.get("model_version"):
-        gate = champion.gate(xray.tracking_uri, f"xray-{task.name}", info["model_version"],
-                             float(out["summary"]["map50"]), xray.champion_margin,
-                             tags=core_eval.serving_tags(task, out["best"], info))
-        before = gate["champion_map50_before"]
-        context.log.info(f"{task.name}: version {gate['version']} is {gate['decision']} (test mAP50 "
-                         f"{gate['new_map50']:.3f} vs champion " +
-                         (f"v{gate['champion_version_before']} {before:.3f}" if before is not None else "none") +
-                         f", margin {gate['margin']:g})")
-    st.write_json(gate, "reports", task.name, "champion.json")
-    root = st.root / "reports" / task.name   # where the report lives (a path or an object URL)
-    return dg.MaterializeResult(metadata={
-        "test_boxes": int(out["table"]["n_gt"].sum()),
-        "test_map50": round(out["summary"]["map50"], 4),
-        "test_map50_95": round(out["summary"]["map50_95"], 4),
-        "test_recall": round(out["summary"]["recall"], 4),
-        "test_precision": round(out["summary"]["precision"], 4),
-        "per_class": table_md(out["table"].round(4)),
+    version = info.get("model_version")
+    if version:
+        name = profile.model_name(task.name)
+        champ_version, champ_dets = _champion_detections(xray, task, images, version, context)
+        paired = (metrics.paired_bootstrap(gt, dets, champ_dets, task.classes, images["image_id"],
+                                           n_boot=profile.bootstrap_resamples, seed=profile.seed)
+                  if champ_dets is not None else None)
+        gate = champion.gate_record(paired, xray.margin, version, champ_version)
+        if champ_dets is not None:   # what the gate compared, kept beside the new model's detections
+            st.write_parquet(champ_dets, *base, "champion_detections.parquet")
+        tracking.tag_version(xray.tracking_uri, name, version, {
+            **rule.tags(), "imgsz": info["imgsz"], "classes": ",".join(task.classes), "test_map50": f"{s['map50']:.6f}",
+            "test_images": len(images), "gate_decision": gate["decision"], "gate_reason": gate["reason"][:250],
+            **({"gate_compared_with": gate["compared_with"], "gate_diff": f"{gate['diff']:.6f}",
+                "gate_diff_ci_low": f"{gate['diff_ci_low']:.6f}", "gate_diff_ci_high": f"{gate['diff_ci_high']:.6f}",
+                "gate_champion_map50": f"{gate['champion_map50']:.6f}"} if paired else {})})
+        tracking.set_alias(xray.tracking_uri, name, gate["decision"], version)
+        context.log.info(f"{task.name}: version {version} is {gate['decision']} ({gate['reason']})")
+    st.write_json(gate, *base, "champion.json")
+    root = st.root / "reports" / task.name
+    md = {
+        "test_images": len(images), "test_boxes": len(gt),
+        "test_map50 (threshold-free)": round(s["map50"], 4) if s["map50"] == s["map50"] else None,
+        "test_map50_ci95": f"{s['map50_ci_low']:.3f} - {s['map50_ci_high']:.3f}",
+        "test_map_iou40 (threshold-free)": round(s["map_iou40"], 4) if s["map_iou40"] == s["map_iou40"] else None,
+        "test_map50_95 (threshold-free)": round(s["map50_95"], 4) if s["map50_95"] == s["map50_95"] else None,
+        "operating_point": f"conf > {rule.conf:g}: precision {s['precision']:.3f}, recall {s['recall']:.3f}, "
+                           f"F1 {s['f1']:.3f}",
+        "froc_cpm": round(s["cpm"], 4) if s["cpm"] == s["cpm"] else None,
+        "rule": rule.describe(),
+        "init": info.get("init"),
+        "per_class": table_value(ev.table),
+        "froc": table_value(ev.froc),
+        "subgroups": table_value(ev.subgroups),
         "report": dg.MetadataValue.path(str(root / "report.html")),
-        "test_map50_ci95": f"{out['summary']['map50_ci_low']:.3f} - {out['summary']['map50_ci_high']:.3f}",
-        "pr_curves": md_image(st.local("reports", task.name, "pr_curves.png")),
-        "confusion_matrix": md_image(st.local("reports", task.name, "confusion_matrix.png")),
-        "labels_vs_predictions": md_image(st.local("reports", task.name, "panels.png")),
+        "froc_curve": thumbnail(st.local(*base, "froc.png")),
+        "labels_vs_predictions": thumbnail(st.local(*base, "panels.png")),
         "champion_decision": gate["decision"],
-        "champion_margin": xray.champion_margin,
-        "previous_champion": (f"v{gate['champion_version_before']}: test mAP50 {gate['champion_map50_before']:.4f}"
-                              if gate.get("champion_map50_before") is not None else "none"),
-        "new_version": (f"v{gate['version']}: test mAP50 {gate['new_map50']:.4f}" if "version" in gate else "none"),
-    })
+        "gate": gate.get("reason", gate["decision"]),
+        "dagster/row_count": len(ev.table),
+    }
+    if gate.get("compared_with"):
+        md.update({"gate_champion_version": gate["compared_with"], "gate_new_map50": round(gate["new_map50"], 4),
+                   "gate_champion_map50_rescored": round(gate["champion_map50"], 4),
+                   "gate_diff": round(gate["diff"], 4),
+                   "gate_diff_ci95": f"{gate['diff_ci_low']:+.4f} to {gate['diff_ci_high']:+.4f}"})
+    return dg.MaterializeResult(metadata=md, data_version=content_version(ev.table, version, gate["decision"]))
 
 
-@dg.asset(group_name="reports", kinds={"markdown", "html"}, deps=[evaluation_reports],
-          description="All tasks side by side: the study's write-up regenerated from this materialisation.")
+def _task_result(st, task: str) -> core_eval.TaskResult | None:
+    base = ("reports", task)
+    if not all(st.exists(*base, f) for f in ("summary.json", "detections.parquet", "ground_truth.parquet",
+                                              "test_images.parquet")):
+        return None
+    s = st.read_json(*base, "summary.json")
+    excluded = st.read_parquet("datasets", task, "excluded.parquet") if st.exists("datasets", task, "excluded.parquet") else None
+    return core_eval.TaskResult(
+        name=task, summary={k: (float("nan") if v is None else v) for k, v in s.items() if k != "rule"},
+        model=st.read_json("models", task, "model.json"), rule=s["rule"], gt=st.read_parquet(*base, "ground_truth.parquet"),
+        detections=st.read_parquet(*base, "detections.parquet"), images=st.read_parquet(*base, "test_images.parquet"),
+        excluded=excluded)
+
+
+@dg.asset(group_name="reports", kinds={"markdown", "html"}, owners=OWNERS, tags={"stage": "report"},
+          deps=[evaluation_reports, patient_splits, yolo_datasets, vinbigdata_annotations, vinbigdata_boxes],
+          automation_condition=on_new_data(only=["evaluation_reports"], allow_missing=True),
+          code_version=code_version(core_eval),
+          description="All tasks side by side: the study's write-up regenerated from data, comparisons only on the "
+                      "same test images and findings (paired bootstrap), unboxed-finding exclusions, subgroups. "
+                      "Runs on the tasks that exist and lists the missing ones.")
 def study_report(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
-    st = xray.storage
-    out = core_eval.study_report(st, xray.config, [t for t in TASK_NAMES])
-    context.log.info(f"study report: {out['html']}")
-    return dg.MaterializeResult(metadata={
-        "report": dg.MetadataValue.path(str(out["html"])),
-        "markdown": dg.MetadataValue.path(str(out["md"])),
-        "tasks": table_md(out["table"].round(4)),
-        "missing_tasks": ", ".join(out["missing"]) or "none",
-    })
+    st, profile = xray.storage, xray.config
+    results = {t: r for t in TASK_NAMES if (r := _task_result(st, t)) is not None}
+    missing = [t for t in TASK_NAMES if t not in results]
+    data = []
+    if st.exists("datasets", "splits.parquet"):
+        data += ["Images per source and split (patient-grouped):", "",
+                 core_eval.md_table(core_eval.split_counts(st.read_parquet("datasets", "splits.parquet"))), ""]
+    if st.exists("vinbigdata", "annotations.parquet") and st.exists("vinbigdata", "boxes.parquet"):
+        cons = core_eval.consensus_counts(st.read_parquet("vinbigdata", "annotations.parquet"),
+                                          st.read_parquet("vinbigdata", "boxes.parquet"))
+        data += ["VinBigData boxes before and after consensus:", "", core_eval.md_table(cons), ""]
+    per_task = core_eval.boxes_per_class_and_split(
+        {t: _task_tables(st, t) for t in TASK_NAMES if st.exists("datasets", t, "images.parquet")})
+    if len(per_task):
+        data += ["Boxes per class and split in each task's dataset (images in brackets):", "",
+                 core_eval.md_table(per_task), ""]
+    n_boot = max(profile.bootstrap_resamples, 200)
+    comparisons, unfair = core_eval.fair_comparisons(results, n_boot=n_boot, seed=profile.seed)
+    groups = core_eval.subgroup_table(results, {t: st.read_parquet("reports", t, "subgroups.parquet")
+                                                for t in results if st.exists("reports", t, "subgroups.parquet")})
+    table = core_eval.tasks_table(results)
+    if len(table):
+        st.write_bytes(plots.bar_compare(table.rename(columns={"map50": "test mAP50"}), "test mAP50",
+                                         "threshold-free test mAP50 per task"), "reports", "study", "map50.png")
+    if len(comparisons):
+        st.write_bytes(plots.paired_differences(comparisons, "paired differences on shared test images"),
+                       "reports", "study", "comparisons.png")
+    for t in SERVED_TASKS:
+        if t in results and st.exists("reports", t, "panels.png"):
+            st.copy_in(st.local("reports", t, "panels.png"), "reports", "study", f"panels_{t}.png")
+    text = core_eval.study_markdown(profile.name, results, missing, data, comparisons, unfair, groups, n_boot,
+                                    list(SERVED_TASKS), time.strftime("%Y-%m-%d %H:%M"))
+    md_path = st.write_text(text, "reports", "study", "report.md")
+    html_path = st.write_text(markdown_to_html(text, "Study report"), "reports", "study", "report.html")
+    st.write_parquet(table, "reports", "study", "tasks.parquet")
+    st.write_parquet(comparisons, "reports", "study", "comparisons.parquet")
+    context.log.info(f"study report ({len(results)} task(s), missing: {', '.join(missing) or 'none'}): {html_path}")
+    md = {"report": dg.MetadataValue.path(str(html_path)), "markdown": dg.MetadataValue.path(str(md_path)),
+          "tasks": table_value(table), "comparisons": table_value(comparisons.drop(columns=["reading"])),
+          "missing_tasks": ", ".join(missing) or "none"}
+    if len(comparisons):
+        md["paired_differences"] = thumbnail(st.local("reports", "study", "comparisons.png"))
+    return dg.MaterializeResult(metadata=md, data_version=content_version(table, comparisons))
+
+
+defs = dg.Definitions(assets=[nms_thresholds, evaluation_reports, study_report])

@@ -1,12 +1,14 @@
-"""The one resource every asset uses: where data and artefacts live, and which profile runs."""
+"""The one resource every asset uses (where data and artefacts live, which profile runs), the
+partitions, and the metadata helpers that keep the catalog readable and the event log small."""
 
 
+import os
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
-from ..config import Profile, Settings, default_inbox, default_mlflow_uri, get_profile
+from ..config import Profile, default_inbox, default_mlflow_uri, default_weights_dir, get_profile
 from ..core.classes import TASK_NAMES
 from ..storage import Storage
 
@@ -14,7 +16,9 @@ TASK_PARTITIONS = dg.StaticPartitionsDefinition(list(TASK_NAMES))
 #: VinBigData conversion splits into shards (by image id) so workers or pods can share the work.
 CONVERSION_SHARDS = 4
 SHARD_PARTITIONS = dg.StaticPartitionsDefinition([f"shard-{i}" for i in range(CONVERSION_SHARDS)])
-
+#: one partition per accepted annotation drop (added by the `new_annotations` sensor)
+DROP_PARTITIONS = dg.DynamicPartitionsDefinition(name="annotation_drops")
+PROFILE_TAG = "xray/profile"
 
 #: Per-step Kubernetes settings (read by dagster-k8s's K8sRunLauncher / k8s_job_executor; ignored
 #: when running locally). Training, tuning and evaluation ask for one GPU and tolerate GPU nodes.
@@ -29,77 +33,181 @@ CONVERSION_STEP_TAGS = {"dagster-k8s/config": {
     "container_config": {"resources": {"requests": {"cpu": "8", "memory": "16Gi"}, "limits": {"memory": "32Gi"}}},
 }}
 
+#: defaults of the settings the environment may leave unset (DESIGN "Public surface")
+ENV_DEFAULTS = {"XRAY_DATA_DIR": "data/sample", "XRAY_STORAGE_DIR": "storage", "XRAY_PROFILE": "demo",
+                "MLFLOW_TRACKING_URI": "", "XRAY_MLFLOW_UI": "http://127.0.0.1:5000", "XRAY_INBOX_DIR": "",
+                "XRAY_CHAMPION_MARGIN": "0.01", "XRAY_WEIGHTS_DIR": ""}
+
+
+def _env(name: str) -> str:
+    return os.environ.get(name) or ENV_DEFAULTS[name]
+
 
 class XrayResource(dg.ConfigurableResource):
-    data_dir: str = Field(description="holds nih/ and vinbigdata/ in their native layouts")
-    storage_dir: str = Field(description="every artefact the graph writes")
-    profile: str = Field(default="demo", description="study, demo or smoke")
-    mlflow_tracking_uri: str = Field(default="", description="empty: the embedded store under storage_dir")
-    mlflow_ui_url: str = Field(default="http://127.0.0.1:5000", description="for links in metadata")
-    inbox_dir: str = Field(default="", description="annotation drops; empty: <data_dir>/inbox")
-    champion_margin: float = Field(default=0.01, description="test mAP50 a new model may lose and still be champion")
+    """Settings bound to the environment (`dg.EnvVar`: the UI names the variable, the value is read
+    when a run starts); any field can be set per run in the Launchpad, for instance only
+    `resources: xray: config: profile: smoke` (a field left empty reads its variable, or its
+    default). Every run that uses it is tagged with its profile, and the profile's artefacts live
+    under `<storage_dir>/<profile>/`."""
+
+    data_dir: str = Field(default="", description="holds nih/ and vinbigdata/ in their native layouts "
+                                                  "(empty: $XRAY_DATA_DIR, else data/sample)")
+    storage_dir: str = Field(default="", description="every artefact the graph writes: a folder or s3://bucket/prefix "
+                                                     "(empty: $XRAY_STORAGE_DIR, else storage)")
+    profile: str = Field(default="", description="study, demo or smoke: the run's settings and storage namespace "
+                                                 "(empty: $XRAY_PROFILE, else demo)")
+    mlflow_tracking_uri: str = Field(default="", description="empty: $MLFLOW_TRACKING_URI, else the embedded store")
+    mlflow_ui_url: str = Field(default="", description="for links in metadata (empty: $XRAY_MLFLOW_UI)")
+    inbox_dir: str = Field(default="", description="annotation drops (empty: $XRAY_INBOX_DIR, else <data_dir>/inbox)")
+    champion_margin: str = Field(default="", description="test mAP50 a new model may lose and still be champion "
+                                                         "(empty: $XRAY_CHAMPION_MARGIN, else 0.01)")
+    weights_dir: str = Field(default="", description="pretrained checkpoints (empty: $XRAY_WEIGHTS_DIR, else "
+                                                     "~/.cache/xray-assets/weights)")
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> "XrayResource":
-        import os
+    def from_env(cls) -> "XrayResource":
+        """The code location's resource: every field bound to its environment variable."""
+        for k, v in ENV_DEFAULTS.items():
+            os.environ.setdefault(k, v)
+        return cls(data_dir=dg.EnvVar("XRAY_DATA_DIR"), storage_dir=dg.EnvVar("XRAY_STORAGE_DIR"),
+                   profile=dg.EnvVar("XRAY_PROFILE"), mlflow_tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
+                   mlflow_ui_url=dg.EnvVar("XRAY_MLFLOW_UI"), inbox_dir=dg.EnvVar("XRAY_INBOX_DIR"),
+                   champion_margin=dg.EnvVar("XRAY_CHAMPION_MARGIN"), weights_dir=dg.EnvVar("XRAY_WEIGHTS_DIR"))
 
-        s = settings or Settings.from_env()
-        return cls(data_dir=str(s.data_dir), storage_dir=str(s.storage_dir), profile=s.profile,
-                   mlflow_tracking_uri=s.mlflow_tracking_uri,
-                   mlflow_ui_url=os.environ.get("XRAY_MLFLOW_UI", "http://127.0.0.1:5000"),
-                   inbox_dir=str(s.inbox_dir or ""), champion_margin=s.champion_margin)
+    @property
+    def profile_name(self) -> str:
+        return self.profile or _env("XRAY_PROFILE")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        name = get_profile(self.profile_name).name   # an unknown profile fails the run here, with the choices
+        run = context.run
+        if run is not None and context.instance is not None and run.tags.get(PROFILE_TAG) != name:
+            context.instance.add_run_tags(run.run_id, {PROFILE_TAG: name})
+
+    # -- where things are ----------------------------------------------------------------------
+    @property
+    def root(self) -> str:
+        raw = str(self.storage_dir or _env("XRAY_STORAGE_DIR"))
+        return raw.rstrip("/") if "://" in raw else str(Path(raw).expanduser().resolve())
 
     @property
     def storage(self) -> Storage:
-        return Storage(self.storage_dir)
+        """This profile's artefacts: <storage_dir>/<profile>/ (profiles never overwrite each other)."""
+        name = self.profile_name
+        return Storage(f"{self.root}/{name}" if "://" in self.root else Path(self.root) / name)
+
+    @property
+    def shared(self) -> Storage:
+        """What all profiles share: accepted annotation drops (data, not results)."""
+        return Storage(self.root)
 
     @property
     def config(self) -> Profile:
-        return get_profile(self.profile)
+        return get_profile(self.profile_name)
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow_tracking_uri or default_mlflow_uri(self.storage_dir)
+        return self.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(self.root)
+
+    @property
+    def margin(self) -> float:
+        return float(self.champion_margin or _env("XRAY_CHAMPION_MARGIN"))
 
     @property
     def inbox(self) -> Path:
-        return Path(self.inbox_dir) if self.inbox_dir else default_inbox(self.data_dir)
+        raw = self.inbox_dir or os.environ.get("XRAY_INBOX_DIR")
+        return Path(raw).expanduser().resolve() if raw else default_inbox(self.data())
+
+    @property
+    def weights(self) -> Path:
+        raw = self.weights_dir or os.environ.get("XRAY_WEIGHTS_DIR")
+        return Path(raw).expanduser().resolve() if raw else default_weights_dir()
 
     def data(self, *parts: str) -> Path:
-        return Path(self.data_dir).joinpath(*parts)
+        return Path(self.data_dir or _env("XRAY_DATA_DIR")).expanduser().resolve().joinpath(*parts)
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
-        base = self.tracking_uri if self.tracking_uri.startswith("http") else self.mlflow_ui_url
+        base = self.tracking_uri if self.tracking_uri.startswith("http") else (self.mlflow_ui_url or _env("XRAY_MLFLOW_UI"))
         return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def md_image(path: Path) -> dg.MetadataValue:
-    """An image inline in the asset's metadata (the UI renders Markdown with a data URI)."""
+def share_cores() -> int:
+    """Give this step its share of the machine's cores (torch threads): XRAY_TORCH_THREADS, else half
+    of them, since the local instance runs two runs side by side. Returns the thread count."""
+    import torch
+
+    n = int(os.environ.get("XRAY_TORCH_THREADS") or max(1, (os.cpu_count() or 2) // 2))
+    torch.set_num_threads(n)
+    return n
+
+
+# -- metadata a team can read ----------------------------------------------------------------------
+THUMB_WIDTH = 360
+
+
+def thumbnail(path: Path | str, width: int = THUMB_WIDTH) -> dg.MetadataValue:
+    """A small JPEG of a plot inline (a few tens of KB, not the full PNG); the full-size file stays
+    under the storage root, linked by path."""
     import base64
 
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return dg.MetadataValue.md(f"![{Path(path).name}](data:image/png;base64,{data})")
+    import cv2
+    import numpy as np
+
+    img = cv2.imdecode(np.frombuffer(Path(path).read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        return dg.MetadataValue.path(str(path))
+    if img.shape[1] > width:
+        img = cv2.resize(img, (width, int(img.shape[0] * width / img.shape[1])), interpolation=cv2.INTER_AREA)
+    data = base64.b64encode(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()).decode()
+    return dg.MetadataValue.md(f"![{Path(path).name}](data:image/jpeg;base64,{data})")
 
 
-def table_md(df) -> dg.MetadataValue:
-    from ..core.report import md_table
+def _column_type(dtype) -> str:
+    import pandas as pd
 
-    return dg.MetadataValue.md(md_table(df))
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "int"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    return "string"
 
 
-def ingest_table(context, xray: XrayResource, reader, src: Path, folder: str, name: str) -> dict:
+def table_value(df, max_rows: int = 60) -> dg.MetadataValue:
+    """A small table as Dagster's own table metadata (typed columns; the UI sorts and shows it)."""
+    import math
+
+    df = df.head(max_rows)
+    schema = dg.TableSchema(columns=[dg.TableColumn(str(c), _column_type(df[c].dtype)) for c in df.columns])
+    records = []
+    for row in df.itertuples(index=False):
+        values = {}
+        for c, v in zip(df.columns, row):
+            if isinstance(v, float):
+                v = None if math.isnan(v) else round(v, 4)
+            elif hasattr(v, "item"):
+                v = v.item()
+            elif v is not None and not isinstance(v, (int, str, bool)):
+                v = str(v)
+            values[str(c)] = v
+        records.append(dg.TableRecord(values))
+    return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def column_schema(columns: dict[str, tuple[str, str]]) -> dg.TableSchema:
+    """name -> (type, description): a table asset's `dagster/column_schema`."""
+    return dg.TableSchema(columns=[dg.TableColumn(n, t, description=d) for n, (t, d) in columns.items()])
+
+
+def ingest_table(context, st: Storage, reader, src: Path, folder: str, name: str, limit: int) -> dict:
     """Read a label file with a `*_checked` reader, write the table and its quarantine beside it,
-    log each quarantined row (file and row), and return the common metadata plus the tables."""
+    log each quarantined row (file and row), and return the tables and the common metadata."""
     df, quarantine = reader(src)
-    st = xray.storage
-    st.write_parquet(df, folder, f"{name}.parquet")
-    st.write_parquet(quarantine, folder, f"{name}_quarantine.parquet")
     for r in quarantine.head(50).itertuples(index=False):
         context.log.warning(f"{r.source} row {r.row}: {r.reason}")
     if len(quarantine) > 50:
         context.log.warning(f"{src.name}: {len(quarantine) - 50} more quarantined row(s)")
+    st.write_parquet(quarantine, folder, f"{name}_quarantine.parquet")
     return {"table": df, "quarantine": quarantine, "metadata": {
-        "path": dg.MetadataValue.path(str(st.root / folder / f"{name}.parquet")),
-        "dagster/row_count": len(df),
-        "quarantined_rows": len(quarantine),
-    }}
+        "quarantined_rows": len(quarantine), "quarantine_limit": limit}}

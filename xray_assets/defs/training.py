@@ -2,28 +2,35 @@
 
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
+from .. import config as config_module
+from .. import tracking
 from ..core import train as core_train
 from ..core.classes import TASKS
+from ..core.synthetic import is_sample_data
+from .automation import code_version, on_new_data
 from .datasets import yolo_datasets
-from .resources import GPU_STEP_TAGS, TASK_PARTITIONS, XrayResource, md_image
+from .resources import GPU_STEP_TAGS, TASK_PARTITIONS, XrayResource, share_cores, thumbnail
 
-CODE_VERSION = "train-v1"
-EXPERIMENT = "xray-assets"
+OWNERS = ["team:ml"]
+TAGS = {"stage": "train"}
 
 
 class TrainConfig(dg.Config):
-    weights: str | None = Field(default=None, description="local pretrained weights file (e.g. yolov8s.pt)")
+    weights: str | None = Field(default=None, description="a pretrained weights file to start from (overrides the "
+                                                          "profile's yolov8*.pt from XRAY_WEIGHTS_DIR)")
+    from_scratch: bool = Field(default=False, description="start from random weights (the profile's yaml) on purpose")
     device: str | None = Field(default=None, description="None: GPU when present, else CPU")
     epochs: int | None = Field(default=None, description="override the profile's epochs")
     resume: bool = Field(default=False, description="continue a killed training from its last checkpoint")
 
 
-def code_version() -> str:
+def git_revision() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).parent, timeout=5)
@@ -32,52 +39,69 @@ def code_version() -> str:
         return "unknown"
 
 
-@dg.asset(group_name="models", partitions_def=TASK_PARTITIONS, kinds={"pytorch", "mlflow"},
-          deps=[yolo_datasets], pool="gpu", op_tags=GPU_STEP_TAGS, code_version=CODE_VERSION,
-          description="A YOLOv8 model per task, an MLflow run (params, per-epoch metrics, plots, "
-                      "weights) and a registered model version `xray-<task>`.")
+CODE_VERSION = code_version(core_train, config_module)
+
+
+@dg.asset(group_name="models", partitions_def=TASK_PARTITIONS, kinds={"pytorch", "mlflow", "yolo"}, owners=OWNERS,
+          tags=TAGS, deps=[yolo_datasets], pool="gpu", op_tags=GPU_STEP_TAGS, code_version=CODE_VERSION,
+          automation_condition=on_new_data(),
+          description="A YOLOv8 model per task (COCO-pretrained start where the profile has one), an MLflow run "
+                      "(params, per-epoch metrics, plots, weights) and a registered model version.")
 def trained_models(context: dg.AssetExecutionContext, config: TrainConfig, xray: XrayResource
                    ) -> dg.MaterializeResult:
     task = TASKS[context.partition_key]
     st, profile = xray.storage, xray.config
-    params = profile.train
-    if config.epochs:
-        from dataclasses import replace
-
-        params = replace(params, epochs=config.epochs)
+    context.log.info(f"{task.name}: {share_cores()} torch thread(s)")
+    params = replace(profile.train, epochs=config.epochs) if config.epochs else profile.train
+    # the starting weights are settled before anything else: a missing file stops the run here
+    init = core_train.resolve_init(params, weights=config.weights, from_scratch=config.from_scratch,
+                                   weights_dir=xray.weights, allow_downloads=profile.downloads_allowed(),
+                                   log=context.log.info)
+    tracking.ensure_store(xray.tracking_uri)
     ds_root = st.local("datasets", task.name)   # (from an object store: with the images it links to)
     dataset_hash = (ds_root / "dataset_hash.txt").read_text().strip()
+    synthetic = is_sample_data(xray.data())
     tags = {"dagster_run_id": context.run.run_id, "task": task.name, "profile": profile.name,
-            "dataset_hash": dataset_hash, "code_version": code_version()}
+            "dataset_hash": dataset_hash, "code_version": git_revision(),
+            "trained_on_synthetic": str(synthetic).lower()}
     run_params = {**profile.as_params(), "task": task.name, "classes": ",".join(task.classes),
-                  "dataset_hash": dataset_hash, "weights": config.weights or "none (built from yaml)"}
+                  "dataset_hash": dataset_hash, "trained_on_synthetic": synthetic}
     previous = st.read_json("models", task.name, "model.json") if st.exists("models", task.name, "model.json") else {}
     with st.workdir("models", task.name) as out_dir:
         result = core_train.train(
             task=task.name, data_yaml=ds_root / "data.yaml", params=params, out_dir=out_dir,
-            tracking_uri=xray.tracking_uri, experiment=EXPERIMENT, artifact_root=st.uri("mlflow", "artifacts"),
-            run_params=run_params, tags=tags, weights=config.weights, device=config.device,
-            resume=config.resume, log=context.log.info,
+            tracking_uri=xray.tracking_uri, experiment=profile.experiment, artifact_root=xray.shared.uri("mlflow", "artifacts"),
+            run_params=run_params, tags=tags, init=init, model_name=profile.model_name(task.name),
+            device=config.device, resume=config.resume, log=context.log.info,
         )
     info = {"task": task.name, "weights": str(result.weights), "run_id": result.run_id,
             "experiment_id": result.experiment_id, "model_version": result.model_version,
-            "dataset_hash": dataset_hash, "metrics": result.metrics, "profile": profile.name,
-            "imgsz": params.imgsz, "classes": list(task.classes), "seconds": round(result.seconds, 1)}
+            "registered_model": profile.model_name(task.name), "dataset_hash": dataset_hash,
+            "metrics": result.metrics, "profile": profile.name, "imgsz": params.imgsz, "classes": list(task.classes),
+            "seconds": round(result.seconds, 1), "trained_on_synthetic": synthetic, **init.as_dict()}
     st.write_json(info, "models", task.name, "model.json")
+    changed = ("first model" if not previous else
+               f"no: same dataset as version {previous.get('model_version')}"
+               if previous.get("dataset_hash") == dataset_hash else "yes")
+    val = {f"val_{k.split('_', 1)[-1]}": round(v, 4) for k, v in result.metrics.items() if "mAP" in k or "recall" in k}
     md = {
-        "weights": dg.MetadataValue.path(str(result.weights)),
+        "weights": dg.MetadataValue.path(str(st.root / "models" / task.name / "best.pt")),
         "mlflow_run": dg.MetadataValue.url(xray.run_url(result.experiment_id, result.run_id)),
         "mlflow_run_id": result.run_id,
-        "registered_model": f"xray-{task.name}",
+        "registered_model": profile.model_name(task.name),
         "registered_version": str(result.model_version),
+        "init": init.label,
+        "init_sha256": init.sha256 or "n/a (random weights)",
+        "init_bytes": init.size or 0,
+        "trained_on_synthetic": synthetic,
         "dataset_hash": dataset_hash,
-        "dataset_changed_since_last_model": (
-            "first model" if not previous else
-            ("no: same dataset as version " + str(previous.get("model_version")))
-            if previous.get("dataset_hash") == dataset_hash else "yes"),
+        "dataset_changed_since_last_model": changed,
         "train_seconds": round(result.seconds, 1),
-        **{f"val_{k.split('_', 1)[-1]}": round(v, 4) for k, v in result.metrics.items() if "mAP" in k or "recall" in k},
+        **val,
     }
     if result.results_png:
-        md["results"] = md_image(result.results_png)
+        md["results"] = thumbnail(result.results_png)
     return dg.MaterializeResult(metadata=md, data_version=dg.DataVersion(f"{dataset_hash}-{result.run_id[:8]}"))
+
+
+defs = dg.Definitions(assets=[trained_models])

@@ -1,0 +1,51 @@
+"""Test helpers: the graph materialised in this process, stage by stage, in one Dagster instance.
+
+Fast (no code server, no run subprocesses): for tests whose subject is what the assets do. What
+`xray-assets materialize` does (one backfill through the instance's launcher) is tested on its own in
+test_graph.py.
+"""
+
+import dagster as dg
+
+#: The graph in runs: a Dagster run covers assets of one partitions definition.
+STAGES: list[tuple[str, list[str], str | None]] = [
+    ("ingest", ["nih_labels", "nih_boxes", "vinbigdata_annotations"], None),
+    ("convert", ["vinbigdata_images"], "shards"),
+    ("consensus+splits", ["vinbigdata_boxes", "background_samples", "patient_splits"], None),
+    ("tasks", ["yolo_datasets", "trained_models", "nms_thresholds", "evaluation_reports"], "tasks"),
+    ("report", ["study_report"], None),
+]
+TASKS = ["nih_multi", "nih_binary", "united_multi", "united_binary", "united_cardiomegaly", "united_mass_nodule"]
+
+
+def graph(xray):
+    from xray_assets.definitions import build_definitions
+
+    defs = build_definitions(xray)
+    return defs, [*defs.assets, *defs.asset_checks]
+
+
+def materialize_stages(xray, instance, select=None, tasks=None, raise_on_error=True) -> list:
+    """Every stage (or the assets in `select`), every partition (task partitions: `tasks` if given)."""
+    from xray_assets.defs.resources import SHARD_PARTITIONS
+
+    _, everything = graph(xray)
+    results = []
+    for _, keys, parts in STAGES:
+        keys = [k for k in keys if not select or k in select]
+        if not keys:
+            continue
+        if parts == "shards":
+            partition_keys = SHARD_PARTITIONS.get_partition_keys()
+        elif parts == "tasks":
+            partition_keys = tasks or TASKS
+        else:
+            partition_keys = [None]
+        for pk in partition_keys:
+            results.append(dg.materialize(everything, selection=keys, partition_key=pk, instance=instance,
+                                          resources={"xray": xray}, raise_on_error=raise_on_error))
+    return results
+
+
+def materialized(results) -> set[str]:
+    return {e.asset_key.to_user_string() for r in results for e in r.get_asset_materialization_events()}

@@ -1,0 +1,256 @@
+"""`xray-assets materialize`: one asset backfill through the Dagster instance, as the UI's
+"Materialize all" makes it.
+
+The backfill is created in the instance of DAGSTER_HOME (it shows on the UI's Backfills page, every
+run carries its id, a code origin and the profile). Its runs are submitted by the backfill daemon's
+own code and go through the instance's run coordinator and launcher, so pools, run limits and the
+executor (`XRAY_EXECUTOR=k8s`) apply, and a failed run can be re-executed from the UI.
+
+When a Dagster daemon is alive (`make ui`), it executes the backfill and this only follows it. When
+none is (a fresh clone, `make demo`), this process drives the two daemon iterations a backfill needs,
+the backfill daemon's and the run queue's, and no others (no sensor ticks): it submits a stage as
+soon as the one before finishes, with no idle wait, and stops when the backfill is done. Either way
+it prints each run's progress and log lines, and the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOCATION = "xray_assets.definitions"   # the code location name in workspace.yaml (the UI's)
+DAEMON_FRESH_SECONDS = 60
+#: what `materialize` selects by default: the study (accepted drops are the sensor's business)
+DEFAULT_SELECTION = ["nih_labels", "nih_boxes", "vinbigdata_annotations", "vinbigdata_images", "vinbigdata_boxes",
+                     "background_samples", "patient_splits", "yolo_datasets", "trained_models", "nms_thresholds",
+                     "evaluation_reports", "study_report"]
+
+
+@dataclass
+class Outcome:
+    backfill_id: str
+    status: str
+    runs: list = field(default_factory=list)         # DagsterRun objects, in launch order
+    seconds: float = 0.0
+
+    @property
+    def failed_runs(self) -> list:
+        return [r for r in self.runs if r.status.value in ("FAILURE", "CANCELED")]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "COMPLETED_SUCCESS" and not self.failed_runs
+
+
+def daemon_alive(instance) -> bool:
+    beats = instance.get_daemon_heartbeats()
+    beat = beats.get("BACKFILL")
+    return beat is not None and time.time() - beat.timestamp < DAEMON_FRESH_SECONDS
+
+
+def workspace(instance, working_directory: str | None = None):
+    """The code location as the UI loads it (workspace.yaml's module, same location name)."""
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import ModuleTarget
+
+    target = ModuleTarget(module_name="xray_assets.definitions", attribute=None,
+                          working_directory=working_directory or os.getcwd(), location_name=LOCATION)
+    return WorkspaceProcessContext(instance, target, code_server_log_level="WARNING")
+
+
+def _label(run) -> str:
+    from dagster._core.storage.tags import PARTITION_NAME_TAG
+
+    keys = sorted(k.to_user_string() for k in (run.asset_selection or []))
+    part = run.tags.get(PARTITION_NAME_TAG)
+    return (f"[{part}] " if part else "") + ", ".join(keys)
+
+
+def _runs(instance, backfill_id: str) -> list:
+    from dagster._core.storage.dagster_run import RunsFilter
+    from dagster._core.storage.tags import BACKFILL_ID_TAG
+
+    return sorted(instance.get_runs(filters=RunsFilter(tags={BACKFILL_ID_TAG: backfill_id})),
+                  key=lambda r: r.run_id)
+
+
+class _Follower:
+    """Prints each run of the backfill as it starts and ends, and its log lines as they arrive."""
+
+    def __init__(self, instance, out=sys.stdout, log_level: int = logging.INFO):
+        self.instance, self.out, self.level = instance, out, log_level
+        self.status: dict[str, str] = {}
+        self.cursors: dict[str, str | None] = {}
+        self.started: dict[str, float] = {}
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def poll(self, runs) -> None:
+        from dagster._core.events import DagsterEventType
+
+        for run in runs:
+            rid, status = run.run_id, run.status.value
+            if self.status.get(rid) != status:
+                if status == "STARTED":
+                    self.started[rid] = time.time()
+                    self.say(f"==> {_label(run)}: started (run {rid[:8]})")
+                elif status in ("SUCCESS", "FAILURE", "CANCELED"):
+                    took = time.time() - self.started.get(rid, time.time())
+                    word = {"SUCCESS": "ok", "FAILURE": "FAILED", "CANCELED": "canceled"}[status]
+                    self.say(f"    {_label(run)}: {word} in {took:.0f}s (run {rid[:8]})")
+                self.status[rid] = status
+            if status in ("STARTED", "SUCCESS", "FAILURE", "CANCELED"):
+                conn = self.instance.get_records_for_run(rid, cursor=self.cursors.get(rid), limit=500)
+                self.cursors[rid] = conn.cursor
+                for rec in conn.records:
+                    e = rec.event_log_entry
+                    if e.dagster_event is None and e.level >= self.level and e.user_message:
+                        self.say(f"    {e.step_key or ''}: {e.user_message}".rstrip())
+                    elif e.dagster_event is not None and e.dagster_event.event_type == DagsterEventType.STEP_FAILURE:
+                        err = e.dagster_event.event_specific_data.error
+                        self.say(f"    {e.step_key}: FAILED: {err.message.strip().splitlines()[0] if err else ''}")
+
+
+def materialize(select: list[str] | None = None, tasks: list[str] | None = None, profile: str | None = None,
+                instance=None, working_directory: str | None = None, poll_seconds: float = 0.5,
+                timeout: float | None = None, out=sys.stdout) -> Outcome:
+    """Create one backfill for `select` (default: the study) over every partition (task partitions:
+    `tasks` if given) and see it through. Returns the outcome; raises nothing for failed runs."""
+    import dagster as dg
+    from dagster._core.definitions.selector import PartitionRangeSelector, PartitionsByAssetSelector, PartitionsSelector
+    from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+    from dagster._core.utils import make_new_backfill_id
+    from dagster._daemon.backfill import execute_backfill_jobs
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+    from dagster._time import get_current_timestamp
+
+    from .config import get_profile
+    from .defs.resources import PROFILE_TAG, TASK_PARTITIONS
+
+    profile = get_profile(profile).name
+    instance = instance or dg.DagsterInstance.get()
+    keys = [k for k in (select or DEFAULT_SELECTION)]
+    logger = logging.getLogger("xray_assets.backfill")
+    follower = _Follower(instance, out)
+    t0 = time.time()
+    with workspace(instance, working_directory) as ctx:
+        request = ctx.create_request_context()
+        errors = request.code_location_errors()
+        if errors:
+            raise RuntimeError(f"the code location does not load: {errors[0].message}")
+        graph = request.asset_graph
+        unknown = [k for k in keys if not graph.has(dg.AssetKey(k))]
+        if unknown:
+            raise ValueError(f"unknown asset(s) {unknown}; the graph has {sorted(k.to_user_string() for k in graph.get_all_asset_keys())}")
+        selectors = []
+        for k in keys:
+            pdef = graph.get(dg.AssetKey(k)).partitions_def
+            parts = None
+            if tasks and pdef is not None and set(pdef.get_partition_keys()) == set(TASK_PARTITIONS.get_partition_keys()):
+                parts = PartitionsSelector(ranges=[PartitionRangeSelector(start=t, end=t) for t in tasks])
+            selectors.append(PartitionsByAssetSelector(asset_key=dg.AssetKey(k), partitions=parts))
+        backfill_id = make_new_backfill_id()
+        backfill = PartitionBackfill.from_partitions_by_assets(
+            backfill_id=backfill_id, asset_graph=graph, backfill_timestamp=get_current_timestamp(),
+            tags={PROFILE_TAG: profile, "xray/launched_by": "xray-assets materialize"},
+            dynamic_partitions_store=instance, partitions_by_assets=selectors,
+            title=f"xray-assets materialize ({profile})",
+            description=f"{len(keys)} asset(s), every partition" + (f" of tasks {', '.join(tasks)}" if tasks else ""),
+            # the profile for every run; the runs' own console stays quiet (this process prints their
+            # log lines from the event log, which the UI shows in full)
+            run_config={"resources": {"xray": {"config": {"profile": profile}}},
+                        "loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+        instance.add_backfill(backfill)
+        drive = not daemon_alive(instance)
+        follower.say(f"backfill {backfill_id} ({profile} profile): {', '.join(keys)}"
+                     + ("" if drive else " - executed by the running Dagster daemon"))
+        queue = QueuedRunCoordinatorDaemon(interval_seconds=1) if drive else None
+        try:
+            while True:
+                current = instance.get_backfill(backfill_id)
+                runs = _runs(instance, backfill_id)
+                follower.poll(runs)
+                active = [r for r in runs if not r.is_finished]
+                if current.status not in (BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING,
+                                          BulkActionStatus.FAILING) and not active:
+                    break
+                if timeout and time.time() - t0 > timeout:
+                    raise TimeoutError(f"backfill {backfill_id} not done after {timeout:.0f}s")
+                if drive:
+                    if not active:   # the previous stage is done: submit what is ready now
+                        list(execute_backfill_jobs(ctx, logger, [current]))
+                    list(queue.run_iteration(ctx))
+                time.sleep(poll_seconds)
+        finally:
+            if queue is not None:
+                queue.__exit__(None, None, None)
+        runs = _runs(instance, backfill_id)
+        follower.poll(runs)
+        final = instance.get_backfill(backfill_id)
+    return Outcome(backfill_id=backfill_id, status=final.status.value, runs=runs, seconds=time.time() - t0)
+
+
+def summary_lines(outcome: Outcome) -> list[str]:
+    lines = [f"backfill {outcome.backfill_id}: {outcome.status}, {len(outcome.runs)} run(s) in {outcome.seconds:.0f}s"]
+    for r in outcome.failed_runs:
+        lines.append(f"  FAILED run {r.run_id} ({_label(r)}): re-execute it from the UI (Runs -> Re-execute from failure)")
+    return lines
+
+
+def ensure_dagster_home() -> Path:
+    """DAGSTER_HOME, or ./dagster_home (created, with the project's dagster.yaml when one is there)."""
+    if not os.environ.get("DAGSTER_HOME"):
+        home = Path("dagster_home").resolve()
+        home.mkdir(exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(home)
+    return Path(os.environ["DAGSTER_HOME"])
+
+
+def reexecute(run_id: str, instance=None, working_directory: str | None = None, poll_seconds: float = 0.5,
+              timeout: float | None = None, out=sys.stdout):
+    """Re-execute a failed run from its failure, as the UI's button does (a new run through the
+    instance's coordinator and launcher, parent run recorded); waits for it and returns it."""
+    import dagster as dg
+    from dagster._core.definitions.selector import JobSubsetSelector
+    from dagster._core.execution.plan.resume_retry import ReexecutionStrategy
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+    instance = instance or dg.DagsterInstance.get()
+    parent = instance.get_run_by_id(run_id)
+    if parent is None:
+        raise ValueError(f"no run {run_id} in {instance.root_directory}")
+    origin = parent.remote_job_origin
+    if origin is None:
+        raise ValueError(f"run {run_id} has no code origin: it cannot be re-executed")
+    follower = _Follower(instance, out)
+    t0 = time.time()
+    with workspace(instance, working_directory) as ctx:
+        request = ctx.create_request_context()
+        selector = JobSubsetSelector(location_name=origin.repository_origin.code_location_origin.location_name,
+                                     repository_name=origin.repository_origin.repository_name,
+                                     job_name=parent.job_name, asset_selection=parent.asset_selection,
+                                     asset_check_selection=parent.asset_check_selection, op_selection=None)
+        location = request.get_code_location(selector.location_name)
+        run = instance.create_reexecuted_run(parent_run=parent, request_context=request, code_location=location,
+                                             remote_job=location.get_job(selector),
+                                             strategy=ReexecutionStrategy.FROM_FAILURE, use_parent_run_tags=True)
+        instance.submit_run(run.run_id, workspace=request)
+        queue = None if daemon_alive(instance) else QueuedRunCoordinatorDaemon(interval_seconds=1)
+        try:
+            while not (run := instance.get_run_by_id(run.run_id)).is_finished:
+                if timeout and time.time() - t0 > timeout:
+                    raise TimeoutError(f"re-execution {run.run_id} not done after {timeout:.0f}s")
+                if queue is not None:
+                    list(queue.run_iteration(ctx))
+                follower.poll([run])
+                time.sleep(poll_seconds)
+        finally:
+            if queue is not None:
+                queue.__exit__(None, None, None)
+        follower.poll([run])
+    return run
