@@ -31,10 +31,22 @@ PALETTE = [(66, 135, 245), (245, 130, 48), (60, 180, 75), (230, 25, 75), (145, 3
            (240, 50, 230), (210, 245, 60)]
 
 
+NOT_FOR_DIAGNOSIS = "research use only, not for diagnosis"
+
+
+def provenance(m: ServedModel) -> str:
+    """Where a model comes from, in words: its profile, its starting weights, what it learned from."""
+    data = {True: "learned from the synthetic sample data (never saw a real radiograph)",
+            False: "learned from the configured data", None: "training data unknown"}[m.trained_on_synthetic]
+    return f"profile {m.profile or '?'}, init {m.init}, {data}"
+
+
 def run_panel(panel: list[ServedModel], gray: np.ndarray) -> dict:
     h, w = gray.shape[:2]
-    return {"image": {"width": int(w), "height": int(h)},
+    return {"image": {"width": int(w), "height": int(h)}, "notice": NOT_FOR_DIAGNOSIS,
             "models": [{"task": m.task, "version": m.version, "chosen": m.chosen, "conf": m.conf, "iou": m.iou,
+                        "agnostic_nms": m.rule.agnostic, "max_det": m.rule.max_det, "profile": m.profile,
+                        "init": m.init, "trained_on_synthetic": m.trained_on_synthetic,
                         "boxes": m.detect(gray)} for m in panel]}
 
 
@@ -58,9 +70,12 @@ def draw(gray: np.ndarray, result: dict, classes: list[str], max_side: int = 640
 
 def _page(body: str, panel: list[ServedModel], limit_mb: float) -> str:
     models = "Served: " + "; ".join(f"{m.task} v{m.version} ({m.chosen}, {m.backend}, conf {m.conf:g}, "
-                                     f"iou {m.iou:g})" for m in panel)
+                                     f"iou {m.iou:g}; {provenance(m)})" for m in panel)
+    synthetic = [m.task for m in panel if m.trained_on_synthetic]
+    notice = (f'<span class="synthetic">{len(synthetic)} of {len(panel)} models learned only from synthetic sample '
+              "images: their boxes on a real radiograph mean nothing.</span>" if synthetic else "")
     return (TEMPLATE.replace("{{BODY}}", body).replace("{{MODELS}}", html.escape(models))
-            .replace("{{LIMIT_MB}}", f"{limit_mb:g}"))
+            .replace("{{NOTICE}}", notice).replace("{{LIMIT_MB}}", f"{limit_mb:g}"))
 
 
 def _panels_html(gray: np.ndarray, result: dict, panel: list[ServedModel]) -> str:
@@ -74,7 +89,8 @@ def _panels_html(gray: np.ndarray, result: dict, panel: list[ServedModel]) -> st
                  else "<div>no finding above the threshold</div>")
         figs.append(f'<figure class="panel" data-task="{m.task}"><img alt="{m.task}" src="data:image/png;base64,'
                     f'{png}"><figcaption><b>{m.task}</b> v{html.escape(m.version)} ({m.chosen}), conf {m.conf:g}, '
-                    f'iou {m.iou:g}: {len(r["boxes"])} box(es){table}</figcaption></figure>')
+                    f'iou {m.iou:g}: {len(r["boxes"])} box(es)<div class="provenance">{html.escape(provenance(m))}</div>'
+                    f'{table}</figcaption></figure>')
     w, h = result["image"]["width"], result["image"]["height"]
     return f'<p class="sub">image {w} x {h} px</p><div class="grid">{"".join(figs)}</div>'
 

