@@ -12,7 +12,10 @@ validation or prediction:
 - on CUDA, ultralytics' `check_amp` loads a checkpoint it downloads; ours decides locally
   (`XRAY_AMP=0|1` forces it, otherwise known-bad GPUs are refused and a half-precision convolution
   is compared with full precision on the device);
-- its run folders go under the config dir instead of `./runs`.
+- its run folders go under the config dir instead of `./runs`;
+- OpenVINO's model conversion (the web app's export) sends usage telemetry to Google Analytics from a
+  child process unless a consent file in the user's home says no: in our processes it is declined
+  and its sender does nothing (found by the tests' recording network guard).
 """
 
 from __future__ import annotations
@@ -102,6 +105,18 @@ def local_amp_check(model) -> bool:
     return bool(torch.isfinite(half).all() and torch.allclose(full, half.float(), atol=5e-2, rtol=5e-2))
 
 
+def silence_openvino_telemetry() -> None:
+    """Decline OpenVINO's telemetry in this process (and the children it would start to send it)."""
+    try:
+        from openvino_telemetry.backend import backend_ga, backend_ga4
+        from openvino_telemetry.utils import opt_in_checker
+    except ImportError:
+        return
+    opt_in_checker.OptInChecker.check = lambda self, *a, **k: opt_in_checker.ConsentCheckResult.DECLINED
+    for backend in (backend_ga.GABackend, backend_ga4.GA4Backend):
+        backend.send = lambda self, *a, **k: None
+
+
 def prepare() -> None:
     """Call before ultralytics trains, validates or predicts (imports it)."""
     apply_env()
@@ -114,6 +129,7 @@ def prepare() -> None:
               file=sys.stderr)
     else:
         place_fonts()
+    silence_openvino_telemetry()
     import ultralytics.engine.trainer as trainer_mod
     import ultralytics.utils.checks as checks_mod
     from ultralytics.utils import SETTINGS
