@@ -1,7 +1,12 @@
-"""The Dagster UI in a real browser: `dagster dev` started by the test, every DESIGN asset in the
-asset catalog, the inbox sensor and the retraining schedule listed."""
+"""The Dagster UI in a real browser (Debian chromium via Playwright) on `dagster dev` started by the test:
+every asset in the catalog, the sensors and the schedule listed; "Materialize all" on the study launches
+one backfill that the daemon completes, the automation sensor not racing it; trained_models' page shows
+its owner, code version, automation condition and a plot thumbnail."""
 
+import os
 import shutil
+import sys
+import time
 
 import pytest
 
@@ -11,31 +16,77 @@ from test_graph import DESIGN_ASSETS
 
 
 @pytest.mark.slow
-def test_dagster_ui_lists_assets_sensor_and_schedule(tmp_path, sample_dir):
+@pytest.mark.timeout(1500)
+def test_materialize_all_from_the_ui_runs_one_backfill_and_the_catalog_reads(tmp_path, sample_dir):
+    import dagster as dg
+    from dagster._core.storage.tags import BACKFILL_ID_TAG
+
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     port = free_port()
     env = {"DAGSTER_HOME": str(home), "XRAY_DATA_DIR": str(sample_dir), "XRAY_STORAGE_DIR": str(tmp_path / "st"),
-           "XRAY_PROFILE": "smoke", "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(tmp_path / "yolo")}
-    cmd = [str(ROOT / ".venv" / "bin" / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
-    if not (ROOT / ".venv" / "bin" / "dagster").exists():
-        import sys
-        cmd = [sys.executable, "-m", "dagster", *cmd[1:]]
+           "XRAY_PROFILE": "smoke", "YOLO_CONFIG_DIR": str(tmp_path / "yolo")}
+    dagster = ROOT / ".venv" / "bin" / "dagster"
+    cmd = ([str(dagster)] if dagster.exists() else [sys.executable, "-m", "dagster"]) + \
+        ["dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
     base = f"http://127.0.0.1:{port}"
     with server(cmd, f"{base}/server_info", env, ROOT, tmp_path / "dagster.log"), browser() as b:
-        page = b.new_page(viewport={"width": 1400, "height": 1000})
+        page = b.new_page(viewport={"width": 1500, "height": 1000})
         page.goto(f"{base}/assets?view=flat", wait_until="networkidle")
         skip = page.get_by_role("button", name="Skip")      # the first-visit newsletter dialog
         if skip.count():
             skip.first.click()
         for key in DESIGN_ASSETS:
             page.locator(f'a[href="/assets/{key}"]').first.wait_for(timeout=60_000)
-        page.screenshot(path=str(tmp_path / "catalog.png"))
         page.goto(f"{base}/automation", wait_until="networkidle")
         for kind, name in (("sensors", "new_annotations"), ("sensors", "retrain_downstream"),
                            ("schedules", "weekly_retrain")):
             page.locator(f'a[href$="/{kind}/{name}"]').first.wait_for(timeout=60_000)
+        assert "only on Monday" in page.inner_text("body"), "the weekly schedule's cron is shown"
+
+        # "Materialize all" on the study (drops are the sensor's: the lineage filtered without them)
+        page.goto(f"{base}/asset-groups", wait_until="networkidle")
+        page.locator(".CodeMirror").first.click()
+        page.keyboard.type("not key:annotation_drops")
+        page.keyboard.press("Enter")
+        page.get_by_role("button", name="Materialize all").first.click()
+        confirm = page.get_by_role("button", name="Confirm")     # "annotation_drops was never materialised"
+        confirm.first.wait_for(timeout=30_000)
+        confirm.first.click()
+        page.get_by_text("Launch runs to materialize 12 assets").wait_for(timeout=30_000)
+        page.get_by_role("button", name="Launch backfill").click()
+
+        os.environ["DAGSTER_HOME"] = str(home)
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            deadline = time.time() + 1200
+            while time.time() < deadline:
+                backfills = instance.get_backfills()
+                if backfills and backfills[0].status.value not in ("REQUESTED", "CANCELING", "FAILING"):
+                    break
+                time.sleep(5)
+            (bf,) = instance.get_backfills()
+            assert bf.status.value == "COMPLETED_SUCCESS", bf.status
+            time.sleep(40)   # a tick of the automation sensor after the backfill
+            runs = instance.get_runs()
+            assert runs and all(r.tags.get(BACKFILL_ID_TAG) == bf.backfill_id for r in runs), \
+                "every run is the backfill's: the automation sensor requested nothing beside it"
+            assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+            assert instance.get_materialized_partitions(dg.AssetKey("evaluation_reports")) == {
+                "nih_multi", "nih_binary", "united_multi", "united_binary", "united_cardiomegaly", "united_mass_nodule"}
+
+        page.goto(f"{base}/assets/trained_models", wait_until="networkidle")
+        page.get_by_text("Automation condition").first.wait_for(timeout=60_000)
+        page.get_by_text("Compute details").first.click()          # collapsed by default
+        from xray_assets.defs.training import CODE_VERSION
+
+        page.get_by_text(CODE_VERSION).first.wait_for(timeout=30_000)   # derived from the source
         text = page.inner_text("body")
-        assert "Standard sensor" in text and "Automation condition sensor" in text
-        assert "only on Monday" in text, "the weekly schedule's cron is shown"
+        assert "Owners\nml" in text, "owner team:ml (the UI shows the team's name)"
+        assert "Automation condition\non new data" in text, "the condition declared on the asset"
+        # a plot thumbnail in the latest materialisation's metadata (Markdown opens in a dialog)
+        page.locator("tr", has_text="training_curves").first.get_by_text("Show Markdown").click()
+        thumbs = page.locator('img[src^="data:image/jpeg;base64"]')
+        thumbs.first.wait_for(timeout=60_000)
+        assert thumbs.count() == 1
+        page.screenshot(path=str(tmp_path / "trained_models.png"), full_page=True)

@@ -172,3 +172,20 @@ def paired_differences(table: pd.DataFrame, title: str) -> bytes:
     ax.set_title(title, fontsize=9)
     ax.invert_yaxis()
     return _png(fig)
+
+
+def training_curves(results: pd.DataFrame, title: str) -> bytes:
+    """Losses per epoch (and val mAP50 when validated) from ultralytics' results.csv."""
+    results = results.rename(columns=lambda c: c.strip())
+    losses = [c for c in results.columns if c.startswith("train/")]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for i, c in enumerate(losses):
+        ax.plot(results["epoch"], results[c], label=c.split("/")[-1], color=PALETTE(i % 10))
+    ax.set(xlabel="epoch", ylabel="training loss", title=title)
+    if "metrics/mAP50(B)" in results and results["metrics/mAP50(B)"].notna().any():
+        ax2 = ax.twinx()
+        ax2.plot(results["epoch"], results["metrics/mAP50(B)"], "k--", label="val mAP50")
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("val mAP50")
+    ax.legend(fontsize=7, loc="upper right")
+    return _png(fig)

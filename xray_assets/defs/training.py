@@ -99,8 +99,14 @@ def trained_models(context: dg.AssetExecutionContext, config: TrainConfig, xray:
         "train_seconds": round(result.seconds, 1),
         **val,
     }
-    if result.results_png:
-        md["results"] = thumbnail(result.results_png)
+    if result.results_csv:   # our own plot: ultralytics draws its results.png only with `plots`
+        import pandas as pd
+
+        from ..core.plots import training_curves
+
+        st.write_bytes(training_curves(pd.read_csv(result.results_csv), f"{task.name}: training"),
+                       "models", task.name, "training_curves.png")
+        md["training_curves"] = thumbnail(st.local("models", task.name, "training_curves.png"))
     return dg.MaterializeResult(metadata=md, data_version=dg.DataVersion(f"{dataset_hash}-{result.run_id[:8]}"))
 
 
