@@ -20,10 +20,11 @@ export DO_NOT_TRACK := true
 .PHONY: demo test test-fast ui serve bench install sample-data lock clean
 
 # The lock pins every package, so the pip a new venv ships (23.2 on Python 3.11) installs it
-# without backtracking; no pip upgrade, no download of pip itself.
+# without backtracking; no pip upgrade, no download of pip itself. --no-compile: Python compiles a
+# module when it is first imported (a minute less of install; torch alone has thousands of files).
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --progress-bar off -c $(LOCK) -e '.[dev]'
+	$(BIN)/pip install --progress-bar off --no-compile -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -28,7 +28,8 @@ def main() -> list[dict]:
     from xray_assets.core.classes import SERVED_TASKS, TASKS
     from xray_assets.core.synthetic import render, toy_yolo_dataset
     from xray_assets.serve.app import run_panel
-    from xray_assets.serve.models import AGNOSTIC, ServedModel
+    from xray_assets.core.detection import DetectionRule
+    from xray_assets.serve.models import ServedModel
 
     configure_ultralytics()
     from ultralytics import YOLO
@@ -51,9 +52,10 @@ def main() -> list[dict]:
             weights[task] = tmp / "runs" / task / "weights" / "last.pt"
 
         def served(backend):
-            return [ServedModel(task=t, version="1", chosen="bench", conf=0.03, iou=0.5, imgsz=imgsz,
+            return [ServedModel(task=t, version="1", chosen="bench", imgsz=imgsz,
+                                rule=DetectionRule(0.03, 0.5, agnostic=TASKS[t].agnostic_nms),
                                 classes=list(TASKS[t].classes), weights=weights[t], backend=backend,
-                                agnostic=t in AGNOSTIC, lock=threading.Lock()).load() for t in SERVED_TASKS]
+                                lock=threading.Lock()).load() for t in SERVED_TASKS]
 
         def study_request():
             # the study's demo: the upload written to one fixed path, four models loaded from disk
@@ -61,7 +63,7 @@ def main() -> list[dict]:
             cv2.imwrite(str(path), gray)
             for t in SERVED_TASKS:
                 YOLO(str(weights[t])).predict(str(path), imgsz=imgsz, conf=0.03, iou=0.5,
-                                              agnostic_nms=t in AGNOSTIC, verbose=False)
+                                              agnostic_nms=TASKS[t].agnostic_nms, verbose=False)
 
         def timed(fn) -> list[float]:
             fn()   # warm-up

@@ -41,7 +41,7 @@ def main() -> list[dict]:
             core_train.train(task="united_cardiomegaly", data_yaml=data, params=params, out_dir=tmp / f"pipeline{i}",
                              tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", experiment="bench",
                              artifact_root=tmp / "artifacts", run_params={"task": "bench"}, tags={"task": "bench"},
-                             log=lambda m: None)
+                             init=core_train.Init("scratch", params.model), log=lambda m: None)
             return time.perf_counter() - t
 
         direct(0)  # warm-up: first model build, lazy imports

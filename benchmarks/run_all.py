@@ -8,7 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-BENCHMARKS = ["bench_consensus", "bench_dicom", "bench_training", "bench_tuning", "bench_serve", "bench_object_store"]
+BENCHMARKS = ["bench_consensus", "bench_dicom", "bench_training", "bench_tuning", "bench_serve", "bench_object_store",
+              "bench_sensor"]
 
 
 def main() -> int:
