@@ -49,3 +49,35 @@ def materialize_stages(xray, instance, select=None, tasks=None, raise_on_error=T
 
 def materialized(results) -> set[str]:
     return {e.asset_key.to_user_string() for r in results for e in r.get_asset_materialization_events()}
+
+
+def coco_ap50(gt, pred, labels) -> dict[str, float]:
+    """pycocotools' AP at IoU 0.5 per label (area "all", 100 detections per image): the reference the
+    project's metrics are checked against."""
+    import numpy as np
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    images = {k: n for n, k in enumerate(sorted(set(gt.image_id) | set(pred.image_id)))}
+    cats = {c: i + 1 for i, c in enumerate(labels)}
+    coco = COCO()
+    coco.dataset = {"images": [{"id": n, "width": 300, "height": 300} for n in images.values()],
+                    "categories": [{"id": v, "name": k} for k, v in cats.items()],
+                    "annotations": [{"id": n + 1, "image_id": images[r.image_id], "category_id": cats[r.label],
+                                     "bbox": [r.x_min, r.y_min, r.x_max - r.x_min, r.y_max - r.y_min],
+                                     "area": (r.x_max - r.x_min) * (r.y_max - r.y_min), "iscrowd": 0}
+                                    for n, r in enumerate(gt.itertuples())]}
+    coco.createIndex()
+    dets = coco.loadRes([{"image_id": images[r.image_id], "category_id": cats[r.label],
+                          "bbox": [r.x_min, r.y_min, r.x_max - r.x_min, r.y_max - r.y_min], "score": r.score}
+                         for r in pred.itertuples()])
+    ev = COCOeval(coco, dets, "bbox")
+    ev.params.iouThrs = np.array([0.5])
+    ev.params.areaRng, ev.params.areaRngLbl, ev.params.maxDets = [[0, 1e10]], ["all"], [100]
+    ev.evaluate()
+    ev.accumulate()
+    out = {}
+    for name, cid in cats.items():
+        p = ev.eval["precision"][0, :, cid - 1, 0, 0]
+        out[name] = float(np.mean(p[p > -1])) if (p > -1).any() else 0.0
+    return out

@@ -39,35 +39,6 @@ def _random_case(seed=0, n=40):
     return _gt(gt_rows), _pred(pred_rows), [f"i{i}" for i in range(n)]
 
 
-def _coco_ap50(gt, pred, labels):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    images = {k: n for n, k in enumerate(sorted(set(gt.image_id) | set(pred.image_id)))}
-    cats = {c: i + 1 for i, c in enumerate(labels)}
-    coco = COCO()
-    coco.dataset = {"images": [{"id": n, "width": 300, "height": 300} for n in images.values()],
-                    "categories": [{"id": v, "name": k} for k, v in cats.items()],
-                    "annotations": [{"id": n + 1, "image_id": images[r.image_id], "category_id": cats[r.label],
-                                     "bbox": [r.x_min, r.y_min, r.x_max - r.x_min, r.y_max - r.y_min],
-                                     "area": (r.x_max - r.x_min) * (r.y_max - r.y_min), "iscrowd": 0}
-                                    for n, r in enumerate(gt.itertuples())]}
-    coco.createIndex()
-    dets = coco.loadRes([{"image_id": images[r.image_id], "category_id": cats[r.label],
-                          "bbox": [r.x_min, r.y_min, r.x_max - r.x_min, r.y_max - r.y_min], "score": r.score}
-                         for r in pred.itertuples()])
-    ev = COCOeval(coco, dets, "bbox")
-    ev.params.iouThrs = np.array([0.5])
-    ev.params.areaRng, ev.params.areaRngLbl, ev.params.maxDets = [[0, 1e10]], ["all"], [100]
-    ev.evaluate()
-    ev.accumulate()
-    out = {}
-    for name, cid in cats.items():
-        p = ev.eval["precision"][0, :, cid - 1, 0, 0]
-        out[name] = float(np.mean(p[p > -1])) if (p > -1).any() else 0.0
-    return out
-
-
 def test_ap_is_threshold_free_and_agrees_with_pycocotools():
     pytest.importorskip("pycocotools")
     gt, pred, _ = _random_case()
@@ -77,7 +48,9 @@ def test_ap_is_threshold_free_and_agrees_with_pycocotools():
         assert (low[col] == high[col]).all(), f"{col} moved with the operating confidence"
     assert (low["recall"] > high["recall"]).all() and (low["n_pred_op"] > high["n_pred_op"]).all(), \
         "the operating point does move with the confidence"
-    coco = _coco_ap50(gt, pred, ["A", "B"])
+    from helpers import coco_ap50
+
+    coco = coco_ap50(gt, pred, ["A", "B"])
     for label in ("A", "B"):
         assert abs(low.loc[label, "ap50"] - coco[label]) < 0.01, (label, low.loc[label, "ap50"], coco[label])
     assert 0.2 < coco["A"] < 0.95, "a case where AP is neither trivial nor perfect"

@@ -136,8 +136,10 @@ def test_fast_backend_matches_pytorch_on_sample_images(toy_model, sample_dir, tm
     images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted((toy_model[1].parent.parent / "img").glob("*.png"))[28:36]]
     images.append(read_dicom_image(_dicom(sample_dir)))   # not square: letterbox padding differs
 
+    from xray_assets.core.detection import DetectionRule
+
     def model(b, conf):
-        return ServedModel(task="nih_multi", version="t", chosen="test", conf=conf, iou=0.5, imgsz=TOY_SIZE,
+        return ServedModel(task="nih_multi", version="t", chosen="test", rule=DetectionRule(conf, 0.5), imgsz=TOY_SIZE,
                            classes=list(TASKS["nih_multi"].classes), weights=weights, backend=b).load()
 
     # the reference keeps boxes from 0.01, the export from 0.001: a box right at the threshold may
@@ -169,7 +171,7 @@ def test_api_detect_json_shape_png_and_dicom(client, sample_dir):
     boxes = [b for m in body["models"] for b in m["boxes"]]
     for m in body["models"]:
         assert {"task", "version", "conf", "iou", "boxes", "init", "profile", "trained_on_synthetic"} <= set(m)
-        assert m["init"] == "scratch" and m["profile"] == "smoke" and m["trained_on_synthetic"] is False
+        assert m["init"] == "scratch" and m["profile"] == "smoke" and m["trained_on_synthetic"] is True
     for b in boxes:
         assert set(b) == {"label", "score", "x_min", "y_min", "x_max", "y_max"}
         assert 0 <= b["x_min"] <= b["x_max"] <= 1024

@@ -125,23 +125,20 @@ class Storage:
 
     def names(self, *parts: str) -> set[str]:
         """Names of the files directly inside folder `parts` (empty if there is none)."""
-        if not self.remote:
-            p = self.root.joinpath(*parts)
-            return {c.name for c in p.iterdir() if c.is_file()} if p.is_dir() else set()
-        try:
-            return {PurePosixPath(i["name"]).name for i in self.fs.ls(self._key(*parts), detail=True)
-                    if i.get("type") == "file"}
-        except FileNotFoundError:
-            return set()
+        return self._children(parts, folders=False)
 
     def subfolders(self, *parts: str) -> set[str]:
         """Names of the folders directly inside folder `parts` (empty if there is none)."""
+        return self._children(parts, folders=True)
+
+    def _children(self, parts: tuple[str, ...], folders: bool) -> set[str]:
         if not self.remote:
             p = self.root.joinpath(*parts)
-            return {c.name for c in p.iterdir() if c.is_dir()} if p.is_dir() else set()
+            return {c.name for c in p.iterdir() if c.is_dir() == folders} if p.is_dir() else set()
+        kind = "directory" if folders else "file"
         try:
             return {PurePosixPath(i["name"]).name for i in self.fs.ls(self._key(*parts), detail=True)
-                    if i.get("type") == "directory"}
+                    if i.get("type") == kind}
         except FileNotFoundError:
             return set()
 
