@@ -9,7 +9,6 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 
 from browser import free_port, missing_service, wait_http
 

@@ -4,7 +4,6 @@ files are never written; malformed drops fail their run and land in rejected/.""
 import datetime
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -85,7 +85,6 @@ class _Follower:
         self.instance, self.out, self.level = instance, out, log_level
         self.status: dict[str, str] = {}
         self.cursors: dict[str, str | None] = {}
-        self.started: dict[str, float] = {}
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -97,10 +96,11 @@ class _Follower:
             rid, status = run.run_id, run.status.value
             if self.status.get(rid) != status:
                 if status == "STARTED":
-                    self.started[rid] = time.time()
                     self.say(f"==> {_label(run)}: started (run {rid[:8]})")
                 elif status in ("SUCCESS", "FAILURE", "CANCELED"):
-                    took = time.time() - self.started.get(rid, time.time())
+                    record = self.instance.get_run_record_by_id(rid)
+                    took = ((record.end_time or time.time()) - (record.start_time or record.end_time or time.time())
+                            if record else 0.0)
                     word = {"SUCCESS": "ok", "FAILURE": "FAILED", "CANCELED": "canceled"}[status]
                     self.say(f"    {_label(run)}: {word} in {took:.0f}s (run {rid[:8]})")
                 self.status[rid] = status
