@@ -84,6 +84,8 @@ def test_gate_decides_on_the_paired_difference_and_its_margin():
     worse = champion.gate_record(paired, 0.01, "2", "1")
     assert worse["decision"] == "challenger" and worse["compared_with"] == "1" and not worse["non_inferior"]
     assert champion.gate_record(None, 0.01, "1", None)["decision"] == "champion"       # the first version
+    again = champion.gate_record(None, 0.01, "2", "2")                                  # the champion re-evaluated
+    assert again["decision"] == "champion" and "itself" in again["reason"]
     assert champion.decide(float("nan"), 1.0) == "challenger"
 
 

@@ -30,10 +30,14 @@ def decide(diff: float | None, margin: float) -> str:
 
 def gate_record(paired: dict | None, margin: float, new_version: str, champion_version: str | None) -> dict:
     """The decision and its figures, as tags for the new version and metadata for the asset.
-    `paired`: `metrics.paired_bootstrap(new, champion)` on the current test images, or None."""
+    `paired`: `metrics.paired_bootstrap(new, champion)` on the current test images, or None when there
+    is no other champion (`champion_version` None: the first version; equal to `new_version`: the
+    champion itself evaluated again)."""
     if paired is None:
+        reason = ("the champion itself, evaluated again" if champion_version == str(new_version)
+                  else "first version: nothing to compare with")
         return {"decision": CHAMPION, "version": str(new_version), "compared_with": None, "margin": margin,
-                "reason": "first version: nothing to compare with"}
+                "reason": reason}
     decision = decide(paired["diff"], margin)
     return {"decision": decision, "version": str(new_version), "compared_with": str(champion_version),
             "margin": margin, "new_map50": paired["a"], "champion_map50": paired["b"], "diff": paired["diff"],

@@ -86,7 +86,7 @@ def _champion_detections(xray: XrayResource, task, images: pd.DataFrame, new_ver
     name = xray.config.model_name(task.name)
     current = tracking.alias_version(xray.tracking_uri, name, tracking.CHAMPION)
     if current is None or str(current.version) == str(new_version):
-        return None, None
+        return (None if current is None else str(current.version)), None
     tags = dict(current.tags or {})
     if "nms_conf" not in tags:
         context.log.warning(f"{name} v{current.version}: no detection rule on its tags; not compared")
