@@ -36,12 +36,15 @@ def test_guard_records_a_lookup_that_ultralytics_swallows(tmp_path):
     try:
         for f in offline.FONTS:
             (offline.font_dir() / f).unlink()
+        uncached = check_font.__wrapped__   # (lru-cached: an earlier call in the session would answer from memory)
+        uncached.cache_clear()
         with netguard.expected() as got:
             assert check_font("Arial.ttf") is None, "no exception: ultralytics swallows the failure"
         assert [(r["kind"], r["target"]) for r in got] == [("dns", "github.com")]
     finally:
         for f, data in saved.items():
             (offline.font_dir() / f).write_bytes(data)
+        check_font.__wrapped__.cache_clear()
 
 
 @pytest.mark.slow

@@ -130,3 +130,14 @@ def test_resume_without_checkpoint_and_missing_weights_are_clear_errors(tmp_path
         _train(tmp_path, tiny_dataset, resume=True)
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         core_train.resolve_init(get_profile("smoke").train, weights=str(tmp_path / "nope.pt"))
+
+
+@pytest.mark.slow
+def test_training_leaves_no_tracking_uri_in_the_environment(tmp_path, tiny_dataset, monkeypatch):
+    """mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI into the process environment: after a training
+    it must not point later work (another test, another asset in the same run) at this store."""
+    import os
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    _train(tmp_path, tiny_dataset, epochs=1)
+    assert "MLFLOW_TRACKING_URI" not in os.environ

@@ -188,6 +188,9 @@ def train(
     if dropped:
         log(f"ultralytics {__import__('ultralytics').__version__} has no argument(s) {sorted(dropped)}: "
             "recorded in MLflow, not passed")
+    # mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into this process's environment (for its
+    # subprocesses); ultralytics' callback needs it while training, nothing after: it is put back below
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
     exp_id = mlflow_experiment(tracking_uri, experiment, artifact_root)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -274,6 +277,11 @@ def train(
     except BaseException:
         mlflow.end_run(status="FAILED")
         raise
+    finally:
+        if env_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
     results_csv = save_dir / "results.csv"
     results_png = save_dir / "results.png"
     return TrainResult(
