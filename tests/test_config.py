@@ -42,3 +42,21 @@ def test_train_args_unknown_to_ultralytics_are_reported_not_passed():
 
     assert set(known) <= set(DEFAULT_CFG_DICT)
     assert set(dropped) == {k for k in ("crop_fraction",) if k not in DEFAULT_CFG_DICT}
+
+
+def test_materialize_run_config_merges_key_by_key_and_rejects_a_non_mapping(tmp_path):
+    import pytest
+
+    from xray_assets import cli
+    from xray_assets.backfill import merge_config
+
+    base = {"resources": {"xray": {"config": {"profile": "demo"}}}, "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    extra = {"resources": {"xray": {"config": {"storage_dir": "/x"}}}, "ops": {"trained_models": {"config": {"epochs": 3}}}}
+    merged = merge_config(base, extra)
+    assert merged["resources"]["xray"]["config"] == {"profile": "demo", "storage_dir": "/x"}, "the profile is kept"
+    assert merged["ops"]["trained_models"]["config"]["epochs"] == 3 and merged["loggers"] == base["loggers"]
+    assert base["resources"]["xray"]["config"] == {"profile": "demo"}, "the base is not changed"
+    bad = tmp_path / "run.yaml"
+    bad.write_text("- epochs: 3\n")
+    with pytest.raises(SystemExit, match="run.yaml: run config must be a mapping"):
+        cli.main(["materialize", "--config", str(bad)])

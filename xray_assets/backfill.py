@@ -118,9 +118,11 @@ class _Follower:
 
 def materialize(select: list[str] | None = None, tasks: list[str] | None = None, profile: str | None = None,
                 instance=None, working_directory: str | None = None, poll_seconds: float = 0.5,
-                timeout: float | None = None, out=sys.stdout) -> Outcome:
+                timeout: float | None = None, out=sys.stdout, run_config: dict | None = None) -> Outcome:
     """Create one backfill for `select` (default: the study) over every partition (task partitions:
-    `tasks` if given) and see it through. Returns the outcome; raises nothing for failed runs."""
+    `tasks` if given) and see it through. `run_config` is merged into every run's config (as the
+    launchpad's would be: `ops: {trained_models: {config: {epochs: 5}}}`). Returns the outcome;
+    raises nothing for failed runs."""
     import dagster as dg
     from dagster._core.definitions.selector import PartitionRangeSelector, PartitionsByAssetSelector, PartitionsSelector
     from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
@@ -163,8 +165,9 @@ def materialize(select: list[str] | None = None, tasks: list[str] | None = None,
             description=f"{len(keys)} asset(s), every partition" + (f" of tasks {', '.join(tasks)}" if tasks else ""),
             # the profile for every run; the runs' own console stays quiet (this process prints their
             # log lines from the event log, which the UI shows in full)
-            run_config={"resources": {"xray": {"config": {"profile": profile}}},
-                        "loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+            run_config=merge_config({"resources": {"xray": {"config": {"profile": profile}}},
+                                     "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                                    run_config or {}))
         instance.add_backfill(backfill)
         drive = not daemon_alive(instance)
         follower.say(f"backfill {backfill_id} ({profile} profile): {', '.join(keys)}"
@@ -193,6 +196,14 @@ def materialize(select: list[str] | None = None, tasks: list[str] | None = None,
         follower.poll(runs)
         final = instance.get_backfill(backfill_id)
     return Outcome(backfill_id=backfill_id, status=final.status.value, runs=runs, seconds=time.time() - t0)
+
+
+def merge_config(base: dict, extra: dict) -> dict:
+    """`extra` over `base`, dictionaries merged key by key (a copy; neither is changed)."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge_config(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def summary_lines(outcome: Outcome) -> list[str]:

@@ -61,12 +61,19 @@ def cmd_materialize(args) -> int:
     from .config import Settings, get_profile
     from .core.classes import TASK_NAMES
 
+    run_config = None
+    if args.config:
+        import yaml
+
+        run_config = yaml.safe_load(Path(args.config).read_text()) or {}
+        if not isinstance(run_config, dict):
+            raise SystemExit(f"{args.config}: run config must be a mapping (ops:/resources:), got {type(run_config).__name__}")
     ensure_dagster_home()
     settings = Settings.from_env()
     profile = get_profile(args.profile).name
     select = [s.strip() for s in args.select.split(",")] if args.select else None
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
-    outcome = materialize(select, tasks, profile)
+    outcome = materialize(select, tasks, profile, run_config=run_config)
     print()
     print("\n".join(summary_lines(outcome)))
     print(f"materialised in {outcome.seconds:.0f}s (profile {profile})")
@@ -116,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--profile", default=None, help="study, demo or smoke (default: $XRAY_PROFILE or demo)")
     m.add_argument("--select", default=None, help="comma-separated asset keys (default: all)")
     m.add_argument("--tasks", default=None, help="comma-separated task partitions (default: all six)")
+    m.add_argument("--config", default=None, help="a YAML run config merged into every run's, as in the launchpad "
+                   "(e.g. ops: {trained_models: {config: {epochs: 5}}})")
     m.set_defaults(fn=cmd_materialize)
     r = sub.add_parser("reexecute", help="re-execute a failed run from its failure (as the UI's button does)")
     r.add_argument("run_id")
