@@ -16,6 +16,10 @@ export YOLO_CONFIG_DIR ?= $(CURDIR)/.ultralytics
 # nothing reaches the network (xray_assets sets these itself; `mlflow ui` does not import it)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
+# Python writes each module's bytecode the first time it is imported (the install skips compiling,
+# below). A shell with PYTHONDONTWRITEBYTECODE set would make every run's process compile dagster,
+# pandas, torch and ultralytics from source again: seconds per run, about 90 s over `make demo`.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo test test-fast ui serve bench install sample-data lock clean
 

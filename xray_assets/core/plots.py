@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
-PALETTE = plt.get_cmap("tab10")
+class _Pyplot:
+    """matplotlib.pyplot (Agg), imported on first use: the code location loads in every run's
+    process, and most runs draw nothing."""
+
+    def __getattr__(self, name):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as pyplot
+
+        return getattr(pyplot, name)
+
+
+plt = _Pyplot()
+
+
+def PALETTE(i: int):
+    return plt.get_cmap("tab10")(i)
 
 
 def _png(fig) -> bytes:
