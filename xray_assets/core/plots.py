@@ -12,13 +12,17 @@ class _Pyplot:
     """matplotlib.pyplot (Agg), imported on first use: the code location loads in every run's
     process, and most runs draw nothing."""
 
+    _module = None
+
     def __getattr__(self, name):
-        import matplotlib
+        if _Pyplot._module is None:
+            import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as pyplot
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as pyplot
 
-        return getattr(pyplot, name)
+            _Pyplot._module = pyplot
+        return getattr(_Pyplot._module, name)
 
 
 plt = _Pyplot()
