@@ -16,13 +16,15 @@ from xray_assets.defs.resources import XrayResource
 
 
 def _requested(result, defs) -> dict[str, set]:
-    keys = defs.resolve_asset_graph().get_all_asset_keys()
+    keys = defs.resolve_asset_graph().toposorted_asset_keys
     return {k.to_user_string(): set(result.get_requested_partitions(k)) for k in keys if result.get_num_requested(k)}
 
 
 def _settle(defs, everything, xray, instance, cursor, max_ticks: int = 14):
-    """Tick the automation; run what each tick requests (grouped as Dagster groups runs: one run per
-    partition); until a tick requests nothing. Returns (cursor, what was requested, tick by tick)."""
+    """Tick the automation; run what each tick requests in dependency order, as the backfill Dagster
+    makes of a tick's requests runs them (one run per level and partition); until a tick requests
+    nothing. Returns (cursor, what was requested, tick by tick)."""
+    levels = defs.resolve_asset_graph().toposorted_asset_keys_by_level
     ticks = []
     for _ in range(max_ticks):
         result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
@@ -30,13 +32,14 @@ def _settle(defs, everything, xray, instance, cursor, max_ticks: int = 14):
         if not requested:
             return cursor, ticks
         ticks.append(requested)
-        by_partition: dict = {}
-        for key, parts in requested.items():
-            for pk in parts:
-                by_partition.setdefault(pk, []).append(key)
-        for pk, keys in by_partition.items():
-            assert dg.materialize(everything, selection=keys, partition_key=pk, instance=instance,
-                                  resources={"xray": xray}).success, (keys, pk)
+        for level in levels:
+            by_partition: dict = {}
+            for key in sorted(k.to_user_string() for k in level):
+                for pk in sorted(requested.get(key, ()), key=str):
+                    by_partition.setdefault(pk, []).append(key)
+            for pk, keys in by_partition.items():
+                assert dg.materialize(everything, selection=keys, partition_key=pk, instance=instance,
+                                      resources={"xray": xray}).success, (keys, pk)
     pytest.fail(f"automation never settled: {ticks}")
 
 
