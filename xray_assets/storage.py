@@ -134,7 +134,7 @@ class Storage:
     def _children(self, parts: tuple[str, ...], folders: bool) -> set[str]:
         if not self.remote:
             p = self.root.joinpath(*parts)
-            return {c.name for c in p.iterdir() if c.is_dir() == folders} if p.is_dir() else set()
+            return {c.name for c in p.iterdir() if (c.is_dir() if folders else c.is_file())} if p.is_dir() else set()
         kind = "directory" if folders else "file"
         try:
             return {PurePosixPath(i["name"]).name for i in self.fs.ls(self._key(*parts), detail=True)
