@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,16 +36,31 @@ def _checkout_entries() -> set[str]:
             if line[:2] in ("??", "!!") and not any(part in _IGNORE_NEW for part in Path(line[3:]).parts)}
 
 
+def _free_gb(path: str) -> float:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize / 1e9
+
+
+def _disk_places() -> dict[str, str]:
+    """Where the suite writes: the checkout (the venv) and the temporary folder; one entry when they share a disk."""
+    places = {"checkout": str(ROOT)}
+    if os.stat(tempfile.gettempdir()).st_dev != os.stat(ROOT).st_dev:
+        places["tmp"] = tempfile.gettempdir()
+    return places
+
+
 def pytest_sessionstart(session):
     session.config._xray_checkout = _checkout_entries()
     session.config._xray_guard = netguard.mark()
+    session.config._xray_disk_low = {k: _free_gb(v) for k, v in _disk_places().items()}
 
 
 def pytest_report_header(config):
     from importlib.metadata import version
 
     names = ("dagster", "mlflow", "ultralytics", "torch", "pydicom", "pandas", "numpy")
-    return "xray-assets versions: " + ", ".join(f"{n} {version(n)}" for n in names)
+    free = ", ".join(f"{k} {v} {_free_gb(v):.1f} GB free" for k, v in _disk_places().items())
+    return ["xray-assets versions: " + ", ".join(f"{n} {version(n)}" for n in names), f"disk: {free}"]
 
 
 def _guarded_phase(item):
@@ -69,7 +85,21 @@ def pytest_runtest_call(item):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item):
-    return (yield from _guarded_phase(item))
+    try:
+        return (yield from _guarded_phase(item))
+    finally:
+        low = item.config._xray_disk_low
+        for k, v in _disk_places().items():
+            low[k] = min(low[k], _free_gb(v))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Free disk at the end and the least seen after any test: a suite that dies of a full disk says so."""
+    low = getattr(config, "_xray_disk_low", None)
+    if low:
+        terminalreporter.write_line("disk: " + ", ".join(
+            f"{k} {_free_gb(v):.1f} GB free at the end, {low[k]:.1f} GB at the lowest after a test"
+            for k, v in _disk_places().items()))
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -90,6 +120,8 @@ def pytest_sessionfinish(session, exitstatus):
             if reporter:
                 reporter.write_line(f"ERROR: {p}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    # the session's ultralytics config dir and guard log (read above): nothing left behind in /tmp
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
 def real_data_dir() -> Path | None:
