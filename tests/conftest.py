@@ -59,8 +59,13 @@ def pytest_report_header(config):
     from importlib.metadata import version
 
     names = ("dagster", "mlflow", "ultralytics", "torch", "pydicom", "pandas", "numpy")
-    free = ", ".join(f"{k} {v} {_free_gb(v):.1f} GB free" for k, v in _disk_places().items())
-    return ["xray-assets versions: " + ", ".join(f"{n} {version(n)}" for n in names), f"disk: {free}"]
+    places = _disk_places()
+    free = ", ".join(f"{k} {v} {_free_gb(v):.1f} GB free" for k, v in places.items())
+    lines = ["xray-assets versions: " + ", ".join(f"{n} {version(n)}" for n in names), f"disk: {free}"]
+    if min(_free_gb(v) for v in places.values()) < 2:
+        lines.append("WARNING: under 2 GB free; the trainings and graph runs write about 1 GB, and a full disk makes "
+                     "every test that needs tmp_path error in setup")
+    return lines
 
 
 def _guarded_phase(item):
