@@ -184,3 +184,64 @@ def test_one_backfill_materialises_the_study_and_a_failed_task_reexecutes(sample
             leaks += [f"{f.name}: {tag!r}" for tag in (b"SYNTHETIC^PATIENT", b"SYN00", b"19600101", b"20200102")
                       if tag in data]
     assert not leaks, leaks
+
+
+@pytest.fixture
+def small_instance(sample_dir, tmp_path, monkeypatch):
+    """A sqlite instance in its own DAGSTER_HOME (the project's dagster.yaml), the smoke profile on the
+    sample data; the code location is started from the checkout as the CLI starts it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    for k, v in {"DAGSTER_HOME": home, "XRAY_DATA_DIR": sample_dir, "XRAY_STORAGE_DIR": tmp_path / "storage",
+                 "XRAY_PROFILE": "smoke"}.items():
+        monkeypatch.setenv(k, str(v))
+    with dg.DagsterInstance.get() as instance:
+        yield instance
+
+
+@pytest.mark.timeout(300)
+def test_materialize_takes_over_when_the_daemon_stops(small_instance, monkeypatch):
+    """`make ui` closed a moment before: the daemon's last heartbeat is still fresh when the backfill is
+    created, so the CLI follows; once the heartbeat is stale it executes the backfill itself and
+    finishes (it used to wait for the dead daemon forever)."""
+    import io
+    import time
+
+    from dagster._daemon.types import DaemonHeartbeat
+
+    from xray_assets import backfill
+
+    monkeypatch.setattr(backfill, "DAEMON_FRESH_SECONDS", 4)
+    small_instance.add_daemon_heartbeat(DaemonHeartbeat(time.time() - 1, "BACKFILL", "closed-make-ui", errors=[]))
+    out = io.StringIO()
+    outcome = backfill.materialize(["nih_labels"], None, "smoke", instance=small_instance,
+                                   working_directory=str(ROOT), timeout=200, out=out)
+    text = out.getvalue()
+    assert "executed by the running Dagster daemon" in text, text
+    assert "the Dagster daemon stopped" in text, text
+    assert outcome.ok and [sorted(k.to_user_string() for k in r.asset_selection) for r in outcome.runs] == [["nih_labels"]]
+
+
+@pytest.mark.timeout(300)
+def test_materialize_prints_daemon_iteration_errors_and_gives_up(small_instance, monkeypatch):
+    """An error of the backfill daemon's iteration is printed, and after MAX_ITERATION_ERRORS in a row
+    the command ends with it (the errors used to be dropped, and the command polled forever)."""
+    import io
+
+    import dagster._daemon.backfill as daemon_backfill
+    from dagster._utils.error import SerializableErrorInfo
+
+    from xray_assets import backfill
+
+    def failing(*args, **kwargs):
+        yield SerializableErrorInfo("BackfillError: the asset graph changed under the backfill\nmore", [], "X")
+
+    monkeypatch.setattr(daemon_backfill, "execute_backfill_jobs", failing)
+    monkeypatch.setattr(backfill, "MAX_ITERATION_ERRORS", 3)
+    out = io.StringIO()
+    with pytest.raises(RuntimeError, match="failed 3 times in a row"):
+        backfill.materialize(["nih_labels"], None, "smoke", instance=small_instance, working_directory=str(ROOT),
+                             timeout=120, out=out)
+    lines = out.getvalue().splitlines()
+    assert lines.count("    daemon iteration error: BackfillError: the asset graph changed under the backfill") == 1

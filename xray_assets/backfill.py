@@ -9,8 +9,11 @@ executor (`XRAY_EXECUTOR=k8s`) apply, and a failed run can be re-executed from t
 When a Dagster daemon is alive (`make ui`), it executes the backfill and this only follows it. When
 none is (a fresh clone, `make demo`), this process drives the two daemon iterations a backfill needs,
 the backfill daemon's and the run queue's, and no others (no sensor ticks): it submits a stage as
-soon as the one before finishes, with no idle wait, and stops when the backfill is done. Either way
-it prints each run's progress and log lines, and the outcome.
+soon as the one before finishes, with no idle wait, and stops when the backfill is done. The choice
+is made again at every poll: when the daemon stops (`make ui` closed; its last heartbeat older than
+DAEMON_FRESH_SECONDS) this process takes over, and when one starts this process hands over to it.
+An iteration's error is printed, not dropped; MAX_ITERATION_ERRORS in a row end the command.
+Either way it prints each run's progress and log lines, and the outcome.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LOCATION = "xray_assets.definitions"   # the code location name in workspace.yaml (the UI's)
-DAEMON_FRESH_SECONDS = 60
+DAEMON_FRESH_SECONDS = 60   # a daemon heartbeats every 30 s (Dagster's default)
+MAX_ITERATION_ERRORS = 10   # daemon iterations that failed in a row before `materialize` gives up
 #: what `materialize` selects by default: the study (accepted drops are the sensor's business)
 DEFAULT_SELECTION = ["nih_labels", "nih_boxes", "vinbigdata_annotations", "vinbigdata_images", "vinbigdata_boxes",
                      "background_samples", "patient_splits", "yolo_datasets", "trained_models", "nms_thresholds",
@@ -50,6 +54,62 @@ def daemon_alive(instance) -> bool:
     beats = instance.get_daemon_heartbeats()
     beat = beats.get("BACKFILL")
     return beat is not None and time.time() - beat.timestamp < DAEMON_FRESH_SECONDS
+
+
+class _Driver:
+    """The daemon's part, done in this process while no Dagster daemon is alive: the backfill daemon's
+    iteration and the run queue's. Looks at the daemon's heartbeat at every step and takes over or
+    hands over as it stops or starts; prints an iteration's errors (once per message)."""
+
+    def __init__(self, instance, ctx, say):
+        self.instance, self.ctx, self.say = instance, ctx, say
+        self.queue = None
+        self.errors_in_a_row = 0
+        self.seen: set[str] = set()
+        self.driving = not daemon_alive(instance)
+        if self.driving:
+            self._open_queue()
+
+    def _open_queue(self) -> None:
+        from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+        self.queue = QueuedRunCoordinatorDaemon(interval_seconds=1)
+
+    def close(self) -> None:
+        if self.queue is not None:
+            self.queue.__exit__(None, None, None)
+            self.queue = None
+
+    def step(self, backfill=None) -> None:
+        """One poll: hand over if the daemon started or stopped; when driving, the backfill daemon's
+        iteration over `backfill` (None: not this time) and the run queue's."""
+        from dagster._daemon.backfill import execute_backfill_jobs
+
+        alive = daemon_alive(self.instance)
+        if self.driving and alive:
+            self.say("a Dagster daemon is running now: it executes the rest, this process follows")
+            self.driving = False
+            self.close()
+        elif not self.driving and not alive:
+            self.say(f"the Dagster daemon stopped (no heartbeat for {DAEMON_FRESH_SECONDS}s): "
+                     "this process executes the rest")
+            self.driving = True
+            self._open_queue()
+        if not self.driving:
+            return
+        errors = list(execute_backfill_jobs(self.ctx, logging.getLogger("xray_assets.backfill"), [backfill])
+                      if backfill is not None else [])
+        errors += list(self.queue.run_iteration(self.ctx))
+        errors = [e for e in errors if e is not None]
+        self.errors_in_a_row = self.errors_in_a_row + 1 if errors else 0
+        for e in errors:
+            first = (e.message or e.to_string()).strip().splitlines()[0]
+            if first not in self.seen:
+                self.seen.add(first)
+                self.say(f"    daemon iteration error: {first}")
+        if self.errors_in_a_row >= MAX_ITERATION_ERRORS:
+            raise RuntimeError(f"the daemon iterations failed {self.errors_in_a_row} times in a row; last: "
+                               f"{errors[-1].to_string().strip()}")
 
 
 def workspace(instance, working_directory: str | None = None):
@@ -127,8 +187,6 @@ def materialize(select: list[str] | None = None, tasks: list[str] | None = None,
     from dagster._core.definitions.selector import PartitionRangeSelector, PartitionsByAssetSelector, PartitionsSelector
     from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
     from dagster._core.utils import make_new_backfill_id
-    from dagster._daemon.backfill import execute_backfill_jobs
-    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
     from dagster._time import get_current_timestamp
 
     from .config import get_profile
@@ -137,7 +195,6 @@ def materialize(select: list[str] | None = None, tasks: list[str] | None = None,
     profile = get_profile(profile).name
     instance = instance or dg.DagsterInstance.get()
     keys = [k for k in (select or DEFAULT_SELECTION)]
-    logger = logging.getLogger("xray_assets.backfill")
     follower = _Follower(instance, out)
     t0 = time.time()
     with workspace(instance, working_directory) as ctx:
@@ -169,10 +226,9 @@ def materialize(select: list[str] | None = None, tasks: list[str] | None = None,
                                      "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
                                     run_config or {}))
         instance.add_backfill(backfill)
-        drive = not daemon_alive(instance)
+        driver = _Driver(instance, ctx, follower.say)
         follower.say(f"backfill {backfill_id} ({profile} profile): {', '.join(keys)}"
-                     + ("" if drive else " - executed by the running Dagster daemon"))
-        queue = QueuedRunCoordinatorDaemon(interval_seconds=1) if drive else None
+                     + ("" if driver.driving else " - executed by the running Dagster daemon"))
         try:
             while True:
                 current = instance.get_backfill(backfill_id)
@@ -184,14 +240,11 @@ def materialize(select: list[str] | None = None, tasks: list[str] | None = None,
                     break
                 if timeout and time.time() - t0 > timeout:
                     raise TimeoutError(f"backfill {backfill_id} not done after {timeout:.0f}s")
-                if drive:
-                    if not active:   # the previous stage is done: submit what is ready now
-                        list(execute_backfill_jobs(ctx, logger, [current]))
-                    list(queue.run_iteration(ctx))
+                # the previous stage is done: the backfill iteration submits what is ready now
+                driver.step(current if not active else None)
                 time.sleep(poll_seconds)
         finally:
-            if queue is not None:
-                queue.__exit__(None, None, None)
+            driver.close()
         runs = _runs(instance, backfill_id)
         follower.poll(runs)
         final = instance.get_backfill(backfill_id)
@@ -229,7 +282,6 @@ def reexecute(run_id: str, instance=None, working_directory: str | None = None, 
     import dagster as dg
     from dagster._core.definitions.selector import JobSubsetSelector
     from dagster._core.execution.plan.resume_retry import ReexecutionStrategy
-    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 
     instance = instance or dg.DagsterInstance.get()
     parent = instance.get_run_by_id(run_id)
@@ -251,17 +303,15 @@ def reexecute(run_id: str, instance=None, working_directory: str | None = None, 
                                              remote_job=location.get_job(selector),
                                              strategy=ReexecutionStrategy.FROM_FAILURE, use_parent_run_tags=True)
         instance.submit_run(run.run_id, workspace=request)
-        queue = None if daemon_alive(instance) else QueuedRunCoordinatorDaemon(interval_seconds=1)
+        driver = _Driver(instance, ctx, follower.say)
         try:
             while not (run := instance.get_run_by_id(run.run_id)).is_finished:
                 if timeout and time.time() - t0 > timeout:
                     raise TimeoutError(f"re-execution {run.run_id} not done after {timeout:.0f}s")
-                if queue is not None:
-                    list(queue.run_iteration(ctx))
+                driver.step()
                 follower.poll([run])
                 time.sleep(poll_seconds)
         finally:
-            if queue is not None:
-                queue.__exit__(None, None, None)
+            driver.close()
         follower.poll([run])
     return run

@@ -73,7 +73,11 @@ def cmd_materialize(args) -> int:
     profile = get_profile(args.profile).name
     select = [s.strip() for s in args.select.split(",")] if args.select else None
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
-    outcome = materialize(select, tasks, profile, run_config=run_config)
+    try:
+        outcome = materialize(select, tasks, profile, run_config=run_config)
+    except RuntimeError as e:   # the daemon's iterations keep failing, or the code location does not load
+        print(f"xray-assets materialize: {e}", file=sys.stderr)
+        return 1
     print()
     print("\n".join(summary_lines(outcome)))
     print(f"materialised in {outcome.seconds:.0f}s (profile {profile})")
