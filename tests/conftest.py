@@ -129,6 +129,14 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
+def project_dagster_home(home: Path) -> Path:
+    """`home` made a DAGSTER_HOME with the project's dagster.yaml (sqlite storage under it, the local
+    run limit and pools), as `make ui` and the CLI use it."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    return home
+
+
 def real_data_dir() -> Path | None:
     value = os.environ.get("XRAY_REAL_DATA")
     return Path(value) if value else None

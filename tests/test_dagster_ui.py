@@ -4,14 +4,13 @@ one backfill that the daemon completes, the automation sensor not racing it; tra
 its owner, code version, automation condition and a plot thumbnail."""
 
 import os
-import shutil
 import sys
 import time
 
 import pytest
 
 from browser import browser, free_port, server
-from conftest import ROOT
+from conftest import ROOT, project_dagster_home
 from test_graph import DESIGN_ASSETS
 
 
@@ -21,9 +20,7 @@ def test_materialize_all_from_the_ui_runs_one_backfill_and_the_catalog_reads(tmp
     import dagster as dg
     from dagster._core.storage.tags import BACKFILL_ID_TAG
 
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    home = project_dagster_home(tmp_path / "dagster_home")
     port = free_port()
     env = {"DAGSTER_HOME": str(home), "XRAY_DATA_DIR": str(sample_dir), "XRAY_STORAGE_DIR": str(tmp_path / "st"),
            "XRAY_PROFILE": "smoke", "YOLO_CONFIG_DIR": str(tmp_path / "yolo")}

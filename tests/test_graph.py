@@ -10,7 +10,7 @@ import sys
 import dagster as dg
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, project_dagster_home
 
 DESIGN_ASSETS = {
     "annotation_drops": ("datasets", "drops"),
@@ -73,8 +73,7 @@ def test_catalog_specs_a_team_can_read():
 
 
 def test_dagster_definitions_validate(tmp_path):
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
-    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", tmp_path / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(project_dagster_home(tmp_path))}
     out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -109,9 +108,7 @@ def test_one_backfill_materialises_the_study_and_a_failed_task_reexecutes(sample
     import mlflow
     from xray_assets import backfill, cli
 
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    home = project_dagster_home(tmp_path / "dagster_home")
     storage = tmp_path / "storage"
     for k, v in {"DAGSTER_HOME": str(home), "XRAY_DATA_DIR": str(sample_dir), "XRAY_STORAGE_DIR": str(storage),
                  "XRAY_PROFILE": "demo", "XRAY_WEIGHTS_DIR": str(tmp_path / "no-weights"),
@@ -190,9 +187,7 @@ def test_one_backfill_materialises_the_study_and_a_failed_task_reexecutes(sample
 def small_instance(sample_dir, tmp_path, monkeypatch):
     """A sqlite instance in its own DAGSTER_HOME (the project's dagster.yaml), the smoke profile on the
     sample data; the code location is started from the checkout as the CLI starts it."""
-    home = tmp_path / "home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    home = project_dagster_home(tmp_path / "home")
     for k, v in {"DAGSTER_HOME": home, "XRAY_DATA_DIR": sample_dir, "XRAY_STORAGE_DIR": tmp_path / "storage",
                  "XRAY_PROFILE": "smoke"}.items():
         monkeypatch.setenv(k, str(v))

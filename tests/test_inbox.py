@@ -13,7 +13,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, project_dagster_home
 from xray_assets.core import inbox
 from xray_assets.core.labels import read_nih_boxes, read_nih_labels
 from xray_assets.core.synthetic import write_drop
@@ -90,9 +90,7 @@ def test_cursor_survives_a_restart_of_a_real_instance(xray, tmp_path, monkeypatc
 
     from xray_assets.backfill import workspace
 
-    home = tmp_path / "home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    home = project_dagster_home(tmp_path / "home")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     for k, v in {"XRAY_DATA_DIR": xray.data_dir, "XRAY_STORAGE_DIR": xray.storage_dir, "XRAY_PROFILE": "smoke"}.items():
         monkeypatch.setenv(k, v)
