@@ -71,3 +71,32 @@ def test_conversion_quarantines_bad_files_and_reconverts_only_changed_sources(sa
         assert after.loc[victims[0], "source_hash"] == ok.set_index("image_id").loc[victims[0], "source_hash"]
         assert np.array_equal(after.loc[victims[0], ["height", "width"]].to_numpy(int),
                               ok.set_index("image_id").loc[victims[0], ["height", "width"]].to_numpy(int))
+
+
+def test_a_file_that_crashes_its_decoder_is_quarantined_and_the_shard_converts_the_rest(sample_dir, tmp_path,
+                                                                                      monkeypatch):
+    """A DICOM that kills its worker (as a crash in openjpeg would: SIGSEGV) and one whose header
+    declares 60000 x 60000 are quarantined with the reason; every other DICOM is converted."""
+    import crashy
+    from xray_assets.core import dicom
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_dir, data)
+    train = data / "vinbigdata" / "train"
+    first = next(train.glob("*.dicom"))
+    (train / "crash0000000000000000000000000000.dicom").write_bytes(first.read_bytes())
+    ds = pydicom.dcmread(first)
+    ds.Rows, ds.Columns = 60000, 60000
+    ds.save_as(train / "b16b16b16b16b16b16b16b16b16b16b1.dicom")
+    monkeypatch.setattr(dicom, "convert_one", crashy.convert_one)
+    monkeypatch.setenv("XRAY_DECODE_TIMEOUT_S", "60")
+    xray = XrayResource(data_dir=str(data), storage_dir=str(tmp_path / "st"), profile="smoke")
+    with dg.instance_for_test() as instance:
+        assert all(r.success for r in materialize_stages(xray, instance, select=SELECT))
+    man = _manifest(tmp_path / "st" / "smoke").set_index("image_id")
+    bad = man[man.status != "ok"]
+    assert set(bad.index) == {"crash0000000000000000000000000000", "b16b16b16b16b16b16b16b16b16b16b1"}
+    assert "decoder crashed (SIGSEGV)" in bad.loc["crash0000000000000000000000000000", "reason"]
+    assert "60000 x 60000" in bad.loc["b16b16b16b16b16b16b16b16b16b16b1", "reason"]
+    assert "limit is 50 megapixels" in bad.loc["b16b16b16b16b16b16b16b16b16b16b1", "reason"]
+    assert (man.status == "ok").sum() == len(list(train.glob("*.dicom"))) - 2

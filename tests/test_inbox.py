@@ -179,7 +179,22 @@ def _existing_image(folder):
     return f"image id(s) already in the data: {new}"
 
 
-@pytest.mark.parametrize("break_it", [_unknown_label, _missing_image, _bad_csv, _bad_row, _existing_image])
+def _bomb_image(folder):
+    import hostile
+
+    png = sorted(folder.rglob("*.png"))[0]
+    png.write_bytes(hostile.png(30000, 30000, rows=2))
+    return f"{png.name} declares 30000 x 30000 pixels (900.0 megapixels); the limit is 50 megapixels"
+
+
+def _cut_image(folder):
+    png = sorted(folder.rglob("*.png"))[0]
+    png.write_bytes(png.read_bytes()[:20])
+    return f"{png.name}: PNG header truncated"
+
+
+@pytest.mark.parametrize("break_it", [_unknown_label, _missing_image, _bad_csv, _bad_row, _existing_image,
+                                      _bomb_image, _cut_image])
 def test_malformed_drop_fails_its_run_with_the_reason_and_is_rejected(xray, data_copy, break_it):
     raw = _raw(data_copy)
     folder = write_drop(xray.inbox / "bad", "nih", n_annotated=3)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .core.isolation import DecodeLimits
+
 #: DESIGN's NMS grid.
 STUDY_CONF_GRID: tuple[float, ...] = (0.03, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 STUDY_IOU_GRID: tuple[float, ...] = (0.1, 0.3, 0.5, 0.6, 0.8)
@@ -216,6 +218,7 @@ class Settings:
     champion_margin: float = 0.01      # a new model may be this much worse (test mAP50) and still be champion
     retrain_cron: str = "0 3 * * 1"    # the retraining schedule (stopped by default)
     weights_dir: Path | None = None    # pretrained checkpoints by file name; default: default_weights_dir()
+    decode: DecodeLimits = DecodeLimits()   # the pixel budget and the isolated decoders' limits
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -229,7 +232,19 @@ class Settings:
                    inbox_dir=Path(inbox).expanduser().resolve() if inbox else default_inbox(data),
                    champion_margin=float(os.environ.get("XRAY_CHAMPION_MARGIN", "0.01")),
                    retrain_cron=os.environ.get("XRAY_RETRAIN_CRON", "0 3 * * 1"),
-                   weights_dir=default_weights_dir())
+                   weights_dir=default_weights_dir(), decode=decode_limits())
+
+
+def decode_limits() -> DecodeLimits:
+    """XRAY_MAX_MEGAPIXELS (what an image may declare), XRAY_DECODE_WORKERS (decodes at once),
+    XRAY_DECODE_TIMEOUT_S and XRAY_DECODE_MEMORY_MB (what one decode may take)."""
+    d = DecodeLimits()
+    env = os.environ.get
+    return DecodeLimits(max_megapixels=float(env("XRAY_MAX_MEGAPIXELS", d.max_megapixels)),
+                        workers=int(env("XRAY_DECODE_WORKERS", d.workers)),
+                        timeout_s=float(env("XRAY_DECODE_TIMEOUT_S", d.timeout_s)),
+                        memory_mb=int(env("XRAY_DECODE_MEMORY_MB", d.memory_mb)),
+                        max_tasks=d.max_tasks)
 
 
 def default_weights_dir() -> Path:

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from .bounds import DEFAULT_MAX_MEGAPIXELS, Dimensions, HeaderError, ImageTooLarge, check_budget, codestream_dimensions
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -158,9 +160,51 @@ def _decode_j2k_reduced(ds, max_size: int | None) -> np.ndarray | None:
     return arr
 
 
-def read_dicom(path: str | Path, max_size: int | None = None, fast: bool = True) -> ConvertedImage:
-    """Display-ready uint8. `fast`: decode JPEG 2000 at reduced resolution when `max_size` allows."""
+def _int_tag(ds, name: str, default: int, path) -> int:
+    value = ds.get(name, default)
+    try:
+        return int(value if value not in (None, "") else default)
+    except (TypeError, ValueError):
+        raise DicomError(f"{Path(path).name}: {name} is not a number") from None
+
+
+def check_dimensions(ds, path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Dimensions:
+    """What the header declares (Rows, Columns, NumberOfFrames, SamplesPerPixel, BitsAllocated), and
+    what a compressed frame's own codestream declares, both inside the pixel budget, before decoding."""
+    name = Path(path).name
+    rows, cols = _int_tag(ds, "Rows", 0, path), _int_tag(ds, "Columns", 0, path)
+    frames = _int_tag(ds, "NumberOfFrames", 1, path)
+    samples = _int_tag(ds, "SamplesPerPixel", 1, path)
+    bits = _int_tag(ds, "BitsAllocated", 16, path)
+    if rows <= 0 or cols <= 0 or frames <= 0 or samples <= 0:
+        raise DicomError(f"{name}: the header declares no image ({rows} rows x {cols} columns, {frames} frames)")
+    if bits not in (1, 8, 16, 32, 64):
+        raise DicomError(f"{name}: BitsAllocated {bits} is not a valid pixel size")
+    try:
+        dims = check_budget(Dimensions("dicom", cols, rows, frames, samples), max_megapixels, f"{name}")
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if syntax is not None and getattr(syntax, "is_compressed", False):
+            from pydicom.encaps import generate_frames
+
+            first = next(generate_frames(ds.PixelData, number_of_frames=frames), b"")
+            inner = codestream_dimensions(first)
+            if inner is not None:
+                check_budget(inner, max_megapixels, f"{name}: its compressed frame")
+    except ImageTooLarge:
+        raise
+    except HeaderError as exc:
+        raise DicomError(f"{name}: corrupt compressed frame ({exc})") from None
+    except Exception as exc:
+        raise DicomError(f"{name}: corrupt encapsulated pixel data ({exc.__class__.__name__})") from None
+    return dims
+
+
+def read_dicom(path: str | Path, max_size: int | None = None, fast: bool = True,
+               max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> ConvertedImage:
+    """Display-ready uint8. `fast`: decode JPEG 2000 at reduced resolution when `max_size` allows.
+    Raises ImageTooLarge (before decoding) when the header declares more than `max_megapixels`."""
     ds = _read_dataset(path)
+    check_dimensions(ds, path, max_megapixels)
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise DicomError(f"{Path(path).name}: {ds.SamplesPerPixel} samples per pixel; expected grayscale")
     if fast:
@@ -197,9 +241,10 @@ def _has_lut_sequence(ds) -> bool:
     return bool(ds.get("ModalityLUTSequence")) or bool(ds.get("VOILUTSequence"))
 
 
-def read_dicom_image(path: str | Path, max_size: int | None = None) -> np.ndarray:
+def read_dicom_image(path: str | Path, max_size: int | None = None,
+                     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> np.ndarray:
     """uint8 HxW, display-ready (DESIGN "Public surface")."""
-    return read_dicom(path, max_size).pixels
+    return read_dicom(path, max_size, max_megapixels=max_megapixels).pixels
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -210,14 +255,15 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def convert_one(src: str, dst: str, max_size: int | None) -> dict:
-    """Convert one DICOM to a PNG at `dst` (atomically). Never raises: failures come back as rows."""
+def convert_one(src: str, dst: str, max_size: int | None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> dict:
+    """Convert one DICOM to a PNG at `dst` (atomically). Never raises: failures come back as rows.
+    (A decoder that crashes the process is caught one level up, by the isolated pool.)"""
     import os
     import tempfile
 
     row = {"path": dst, "height": 0, "width": 0, "orig_height": 0, "orig_width": 0, "status": "ok", "reason": ""}
     try:
-        img = read_dicom(src, max_size)
+        img = read_dicom(src, max_size, max_megapixels=max_megapixels)
         ok, buf = cv2.imencode(".png", img.pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         if not ok:
             raise DicomError(f"{Path(src).name}: PNG encoding failed")
@@ -228,8 +274,11 @@ def convert_one(src: str, dst: str, max_size: int | None) -> dict:
         os.replace(tmp, dst)
         row.update(height=img.pixels.shape[0], width=img.pixels.shape[1],
                    orig_height=img.orig_height, orig_width=img.orig_width)
-    except DicomError as exc:
+    except (DicomError, ImageTooLarge) as exc:
         row.update(status="quarantined", reason=str(exc), path="")
+    except MemoryError:
+        row.update(status="quarantined", reason=f"{Path(src).name}: decoding needs more memory than a worker may use",
+                   path="")
     except Exception as exc:  # a corrupt file must not stop the run
         row.update(status="quarantined", reason=f"{Path(src).name}: {exc.__class__.__name__}: {exc}", path="")
     return row

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .bounds import DEFAULT_MAX_MEGAPIXELS
 from .labels import (InputFormatError, read_nih_boxes_checked, read_nih_labels_checked,
                      read_vinbigdata_annotations_checked)
 
@@ -98,9 +99,40 @@ def _reject_quarantine(q: pd.DataFrame) -> None:
         raise DropError("bad rows:\n" + "\n".join(lines) + more)
 
 
-def validate(folder: Path, known_nih: set[str], known_vinbigdata: set[str], digest: str | None = None) -> Drop:
+def _check_image_headers(files: dict[str, Path], max_megapixels: float) -> None:
+    """Each image's declared size from its header (nothing decoded): unreadable or over the budget
+    rejects the drop, naming the file."""
+    from .bounds import HeaderError, ImageTooLarge, check_budget, png_dimensions
+
+    for name, path in sorted(files.items()):
+        try:
+            if path.suffix.lower() == ".png":
+                with open(path, "rb") as fh:
+                    dims = png_dimensions(fh.read(64))
+            else:
+                import pydicom
+
+                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+                from .bounds import Dimensions
+
+                dims = Dimensions("dicom", int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0),
+                                  int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1))
+                if dims.width <= 0 or dims.height <= 0:
+                    raise HeaderError("the header declares no image (Rows, Columns)")
+            check_budget(dims, max_megapixels, path.name)
+        except ImageTooLarge as exc:
+            raise DropError(str(exc)) from None
+        except HeaderError as exc:
+            raise DropError(f"{path.name}: {exc}") from None
+        except Exception as exc:
+            raise DropError(f"{path.name}: unreadable image header ({exc.__class__.__name__})") from None
+
+
+def validate(folder: Path, known_nih: set[str], known_vinbigdata: set[str], digest: str | None = None,
+             max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Drop:
     """Check a complete drop against the ids already in the data; raises DropError with a readable reason.
-    `known_*`: image ids of the original files and of every other accepted drop."""
+    `known_*`: image ids of the original files and of every other accepted drop. Every image's
+    header is read (not its pixels) and must fit `max_megapixels`."""
     drop = Drop(folder, digest=digest or drop_digest(folder))
     csvs = sorted(folder.rglob("*.csv"))
     if not csvs:
@@ -117,8 +149,11 @@ def validate(folder: Path, known_nih: set[str], known_vinbigdata: set[str], dige
         if "vinbigdata" in kinds:
             if len(kinds) > 1:
                 raise DropError("a drop holds one dataset's annotations: found VinBigData and NIH tables")
-            return _validate_vinbigdata(drop, kinds["vinbigdata"], known_vinbigdata)
-        return _validate_nih(drop, kinds, known_nih)
+            drop = _validate_vinbigdata(drop, kinds["vinbigdata"], known_vinbigdata)
+        else:
+            drop = _validate_nih(drop, kinds, known_nih)
+        _check_image_headers(drop.images, max_megapixels)
+        return drop
     except InputFormatError as exc:
         raise DropError(str(exc)) from exc
 

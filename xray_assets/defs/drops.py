@@ -91,7 +91,8 @@ def annotation_drops(context: dg.AssetExecutionContext, config: DropConfig, xray
     digest = inbox.drop_digest(folder)
     known_nih, known_vbd = _known_ids(xray, key)
     try:
-        drop = inbox.validate(folder, known_nih, known_vbd, digest=digest)
+        drop = inbox.validate(folder, known_nih, known_vbd, digest=digest,
+                              max_megapixels=xray.decode.max_megapixels)
     except Exception as exc:   # DropError, or a file no reader can take: rejected, never lost
         reason = str(exc) if isinstance(exc, inbox.DropError) else f"unreadable drop ({exc.__class__.__name__}: {exc})"
         target = inbox.reject(folder, xray.inbox, reason)

@@ -8,7 +8,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from ..config import Profile, default_inbox, default_mlflow_uri, default_weights_dir, get_profile
+from ..config import Profile, decode_limits, default_inbox, default_mlflow_uri, default_weights_dir, get_profile
+from ..core.isolation import DecodeLimits
 from ..core.classes import TASK_NAMES
 from ..storage import Storage
 
@@ -122,6 +123,11 @@ class XrayResource(dg.ConfigurableResource):
     def weights(self) -> Path:
         raw = self.weights_dir or os.environ.get("XRAY_WEIGHTS_DIR")
         return Path(raw).expanduser().resolve() if raw else default_weights_dir()
+
+    @property
+    def decode(self) -> DecodeLimits:
+        """The pixel budget and the isolated decoders' limits (XRAY_MAX_MEGAPIXELS, XRAY_DECODE_*)."""
+        return decode_limits()
 
     def data(self, *parts: str) -> Path:
         return Path(self.data_dir or _env("XRAY_DATA_DIR")).expanduser().resolve().joinpath(*parts)

@@ -2,9 +2,7 @@
 
 
 import hashlib
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import dagster as dg
@@ -12,6 +10,7 @@ import pandas as pd
 
 from ..core import consensus, dicom, labels
 from ..core.classes import UNITED_CLASSES
+from ..core.isolation import IsolatedPool, failure_reason
 from .automation import code_version, content_version, on_new_data, on_new_drop
 from .drops import annotation_drops, drop_image_paths, read_drop_tables
 from .resources import (CONVERSION_SHARDS, CONVERSION_STEP_TAGS, SHARD_PARTITIONS, XrayResource, column_schema,
@@ -105,15 +104,21 @@ def vinbigdata_images(context: dg.AssetExecutionContext, xray: XrayResource) -> 
     context.log.info(f"{context.partition_key}: {len(sources)} DICOMs, {len(todo)} to convert, "
                      f"{len(sources) - len(todo)} unchanged")
     workers = max(1, min(os.cpu_count() or 1, len(todo)))
+    limits = xray.decode
     if todo:
-        # written locally, uploaded when the block ends if the root is an object store
-        # spawned workers: a forked child of a process that used OpenCV's threads can deadlock
+        # written locally, uploaded when the block ends if the root is an object store. Each DICOM is
+        # decoded in an isolated worker: one whose decoder crashes, hangs or runs out of memory is
+        # quarantined with the reason, its worker replaced, and the shard goes on with the rest.
         with st.workdir("vinbigdata", "images", "png", pull=False) as out_dir, \
-                ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(dicom.convert_one, str(p), str(out_dir / f"{p.stem}.png"), max_size)
-                       for p, _, _ in todo]
+                IsolatedPool(limits, workers=workers) as pool:
+            futures = [pool.submit(dicom.convert_one, str(p), str(out_dir / f"{p.stem}.png"), max_size,
+                                   limits.max_megapixels) for p, _, _ in todo]
             for n, ((p, digest, key), fut) in enumerate(zip(todo, futures), start=1):
-                r = fut.result()
+                try:
+                    r = fut.result()
+                except Exception as exc:   # the worker died, hung or ran out of memory
+                    r = {"path": "", "height": 0, "width": 0, "orig_height": 0, "orig_width": 0,
+                         "status": "quarantined", "reason": f"{p.name}: {failure_reason(exc, limits)}"}
                 rows.append({"image_id": p.stem, "source": p.name, "source_hash": digest, "stat_key": key,
                              "max_size": max_size, **r})
                 if r["status"] != "ok":

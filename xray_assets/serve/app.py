@@ -3,25 +3,33 @@
 - `GET /`: the upload page; `POST /detect`: the same page with four labelled panels (or the error);
 - `POST /api/detect` (multipart field `file`): JSON, boxes in the original image's pixels;
 - `GET /health`: the models served (task, version, how chosen, thresholds, runtime).
-Uploads over the limit get 413, unsupported types 415, corrupt images or DICOMs 400. An upload is
-parsed into memory (or Starlette's private spooled temp file past 1 MB); a DICOM is decoded from its
-own `mkstemp` file, deleted at once, so no two uploads share a file name. Nothing from a DICOM
-header is returned or logged, nor is the uploaded file's name.
+Uploads over the size limit get 413, and so do images whose header declares more pixels than the
+budget (XRAY_MAX_MEGAPIXELS, checked before decoding); unsupported types 415, corrupt images or
+DICOMs 400. An upload is parsed into memory (or Starlette's private spooled temp file past 1 MB) and
+decoded in an isolated worker process (`core.isolation`: XRAY_DECODE_WORKERS at once, each with a
+timeout and a memory cap), so a decoder that crashes or runs away fails that request only. A DICOM
+is decoded from its own `mkstemp` file, deleted at once, so no two uploads share a file name.
+Nothing from a DICOM header is returned or logged, nor is the uploaded file's name.
 """
 
 
+import asyncio
 import base64
 import html
 import logging
 import os
+import threading
 import time
 import uuid
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .decode import UploadError, decode
+from ..config import decode_limits
+from ..core.isolation import DecodeLimits, IsolatedPool, failure_reason
+from .decode import UploadError, check_upload, decode
 from .models import ServedModel
 
 log = logging.getLogger("xray_assets.serve")
@@ -95,30 +103,67 @@ def _panels_html(gray: np.ndarray, result: dict, panel: list[ServedModel]) -> st
     return f'<p class="sub">image {w} x {h} px</p><div class="grid">{"".join(figs)}</div>'
 
 
-def create_app(panel: list[ServedModel], limit_mb: float = DEFAULT_LIMIT_MB):
+def create_app(panel: list[ServedModel], limit_mb: float = DEFAULT_LIMIT_MB, limits: DecodeLimits | None = None):
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.concurrency import run_in_threadpool
 
     limit = int(limit_mb * 1024 * 1024)
-    app = FastAPI(title="xray-assets panel", docs_url="/docs", redoc_url=None)
-    app.state.panel = panel
+    limits = limits or decode_limits()
+    pools: list[IsolatedPool] = []
+    lock = threading.Lock()
 
-    async def read_upload(request: Request) -> tuple[np.ndarray, str, int]:
+    def pool() -> IsolatedPool:
+        """The decode workers, started on the first upload (a model-less app starts none)."""
+        with lock:
+            if not pools:
+                pools.append(IsolatedPool(limits))
+            return pools[0]
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        for p in pools:
+            p.close()
+
+    app = FastAPI(title="xray-assets panel", docs_url="/docs", redoc_url=None, lifespan=lifespan)
+    app.state.panel = panel
+    app.state.decode_limits = limits
+
+    async def read_file(request: Request) -> tuple[bytes, str]:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
             raise UploadError(413, f"upload too large: the limit is {limit_mb:g} MB")
-        form = await request.form(max_part_size=limit + 1)
-        up = form.get("file")
-        if up is None or not hasattr(up, "read"):
-            raise UploadError(400, "no file: send the image in the multipart field 'file'")
-        data = await up.read(limit + 1)
+        try:
+            form = await request.form(max_part_size=limit + 1)
+            up = form.get("file")
+            if up is None or not hasattr(up, "read"):
+                raise UploadError(400, "no file: send the image in the multipart field 'file'")
+            data = await up.read(limit + 1)
+        except UploadError:
+            raise
+        except Exception as exc:   # a malformed multipart body
+            if "size" in str(exc).lower() and "exceed" in str(exc).lower():
+                raise UploadError(413, f"upload too large: the limit is {limit_mb:g} MB") from None
+            raise UploadError(400, "the request is not a readable multipart upload") from None
         if len(data) > limit:
             raise UploadError(413, f"upload too large: the limit is {limit_mb:g} MB")
         if not data:
             raise UploadError(400, "the uploaded file is empty")
-        # decoding (a DICOM takes a few hundred ms) runs beside the event loop, as the models do
-        gray, kind = await run_in_threadpool(decode, data, up.filename or "")
+        return data, up.filename or ""
+
+    async def read_upload(request: Request) -> tuple[np.ndarray, str, int]:
+        data, filename = await read_file(request)
+        # type and declared size first, here (no decoding): a bomb never reaches a worker
+        kind = check_upload(data, filename, limits.max_megapixels)
+        future = pool().submit(decode, data, filename, limits.max_megapixels)
+        try:
+            gray, kind = await asyncio.wrap_future(future)
+        except UploadError:
+            raise
+        except Exception as exc:   # the worker crashed, hung or hit its memory cap: this request fails
+            status = 413 if isinstance(exc, MemoryError) else 400
+            raise UploadError(status, f"this {kind.upper()} cannot be decoded: {failure_reason(exc, limits)}") from None
         return gray, kind, len(data)
 
     async def handle(request: Request) -> tuple[np.ndarray, dict]:
@@ -129,10 +174,6 @@ def create_app(panel: list[ServedModel], limit_mb: float = DEFAULT_LIMIT_MB):
         except UploadError as exc:
             log.info(f"request {rid}: rejected {exc.status} ({exc})")
             raise
-        except Exception as exc:   # a malformed multipart body
-            if "size" in str(exc).lower() and "exceed" in str(exc).lower():
-                raise UploadError(413, f"upload too large: the limit is {limit_mb:g} MB") from None
-            raise UploadError(400, "the request is not a readable multipart upload") from None
         result = await run_in_threadpool(run_panel, panel, gray)
         n = sum(len(m["boxes"]) for m in result["models"])
         log.info(f"request {rid}: {kind} {size} bytes {gray.shape[1]}x{gray.shape[0]} -> {n} boxes in "
@@ -145,7 +186,9 @@ def create_app(panel: list[ServedModel], limit_mb: float = DEFAULT_LIMIT_MB):
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "models": [m.describe() for m in panel]}
+        return {"status": "ok", "models": [m.describe() for m in panel],
+                "decode": {"max_megapixels": limits.max_megapixels, "workers": limits.workers,
+                           "timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb}}
 
     @app.post("/api/detect")
     async def api_detect(request: Request):
