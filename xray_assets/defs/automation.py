@@ -14,10 +14,10 @@ Every asset returns a content-derived data version, so "changed" means changed c
 
 
 import hashlib
-import inspect
 
 import dagster as dg
 
+from ..codeversion import code_version as _code_version
 from ..config import Settings
 
 #: The three label readers: a new drop (or the weekly schedule) re-materialises these.
@@ -54,12 +54,11 @@ def on_new_drop() -> dg.AutomationCondition:
             & ~dg.AutomationCondition.in_progress()).with_label("on a new annotation drop")
 
 
-def code_version(*objects) -> str:
-    """A code version derived from the source of what a step runs (functions, modules)."""
-    h = hashlib.sha256()
-    for o in objects:
-        h.update(inspect.getsource(o).encode())
-    return h.hexdigest()[:12]
+def code_version(*objects, libraries: tuple[str, ...] = (), settings: tuple = ()) -> str:
+    """A step's code version: the parsed code of what it runs (followed through the project, without
+    comments or docstrings), the data it reads (class maps), the named libraries' versions and the
+    settings given (see `xray_assets.codeversion`)."""
+    return _code_version(*objects, libraries=libraries, settings=settings)
 
 
 def content_version(*parts) -> dg.DataVersion:

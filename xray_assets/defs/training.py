@@ -39,7 +39,11 @@ def git_revision() -> str:
         return "unknown"
 
 
-CODE_VERSION = code_version(core_train, config_module)
+#: what decides a trained model: the training code (followed into what it calls, TrainParams'
+#: defaults included), ultralytics and torch as installed, and the profile's training settings
+#: (XRAY_PROFILE's: a change of epochs or imgsz reads "code version changed" in the UI)
+CODE_VERSION = code_version(core_train, libraries=("ultralytics", "torch"),
+                            settings=(config_module.get_profile().train,))
 
 
 @dg.asset(group_name="models", partitions_def=TASK_PARTITIONS, kinds={"pytorch", "mlflow", "yolo"}, owners=OWNERS,

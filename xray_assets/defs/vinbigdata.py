@@ -65,6 +65,10 @@ def vinbigdata_annotations(context: dg.AssetExecutionContext, xray: XrayResource
     }, data_version=content_version(df))
 
 
+#: the libraries whose versions decide a converted image's pixels
+DICOM_DECODERS = ("pydicom", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg", "pillow", "opencv-python")
+
+
 def shard_of(image_id: str) -> int:
     return int(hashlib.md5(image_id.encode()).hexdigest(), 16) % CONVERSION_SHARDS
 
@@ -87,7 +91,8 @@ def read_manifests(st) -> pd.DataFrame:
 @dg.asset(group_name="vinbigdata", partitions_def=SHARD_PARTITIONS, kinds={"dicom", "png"}, owners=OWNERS,
           tags=TAGS, deps=[vinbigdata_annotations], op_tags=CONVERSION_STEP_TAGS,
           automation_condition=on_new_data(),
-          code_version=code_version(dicom.read_dicom, dicom.convert_one, dicom.plan_conversion),
+          code_version=code_version(dicom.read_dicom, dicom.convert_one, dicom.plan_conversion,
+                                    libraries=DICOM_DECODERS),
           metadata={"dagster/column_schema": MANIFEST_SCHEMA},
           check_specs=[dg.AssetCheckSpec("conversion_quarantine", asset="vinbigdata_images",
                                          description="Quarantined DICOMs stay under the profile's limit.")],
