@@ -199,7 +199,8 @@ def small_instance(sample_dir, tmp_path, monkeypatch):
 def test_materialize_takes_over_when_the_daemon_stops(small_instance, monkeypatch):
     """`make ui` closed a moment before: the daemon's last heartbeat is still fresh when the backfill is
     created, so the CLI follows; once the heartbeat is stale it executes the backfill itself and
-    finishes (it used to wait for the dead daemon forever)."""
+    finishes (it used to wait for the dead daemon forever). The heartbeat's age is set by the test's
+    own clock: fresh at the first look, stale at every look after, however slow the machine."""
     import io
     import time
 
@@ -207,8 +208,15 @@ def test_materialize_takes_over_when_the_daemon_stops(small_instance, monkeypatc
 
     from xray_assets import backfill
 
-    monkeypatch.setattr(backfill, "DAEMON_FRESH_SECONDS", 4)
-    small_instance.add_daemon_heartbeat(DaemonHeartbeat(time.time() - 1, "BACKFILL", "closed-make-ui", errors=[]))
+    beat = time.time()
+    small_instance.add_daemon_heartbeat(DaemonHeartbeat(beat, "BACKFILL", "closed-make-ui", errors=[]))
+    looks = []
+
+    def clock():
+        looks.append(1)
+        return beat + (1 if len(looks) == 1 else backfill.DAEMON_FRESH_SECONDS + 1)
+
+    monkeypatch.setattr(backfill, "clock", clock)
     out = io.StringIO()
     outcome = backfill.materialize(["nih_labels"], None, "smoke", instance=small_instance,
                                    working_directory=str(ROOT), timeout=200, out=out)
@@ -240,3 +248,69 @@ def test_materialize_prints_daemon_iteration_errors_and_gives_up(small_instance,
                              timeout=120, out=out)
     lines = out.getvalue().splitlines()
     assert lines.count("    daemon iteration error: BackfillError: the asset graph changed under the backfill") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_run_whose_dagster_processes_die_ends_failure_and_is_reexecuted(small_instance, tmp_path):
+    """`make ui` closed mid-run, an OOM kill of the tree, a reboot: the CLI that launched the run, its
+    code server and the run worker all get SIGKILL once the run is STARTED, so nothing is left to
+    report the death and the run stays STARTED. `xray-assets reexecute` runs Dagster's monitoring
+    check first (dagster.yaml `run_monitoring`, the LocalRunLauncher's pid check): the run ends
+    FAILURE, naming its dead worker, and its re-execution succeeds."""
+    import io
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from xray_assets import backfill
+    from xray_assets.launcher import LocalRunLauncher
+
+    assert isinstance(small_instance.run_launcher, LocalRunLauncher) and small_instance.run_monitoring_enabled
+    log = open(tmp_path / "materialize.log", "w")
+    cli = subprocess.Popen([sys.executable, "-m", "xray_assets.cli", "materialize", "--profile", "smoke",
+                            "--select", "vinbigdata_annotations"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    run, deadline = None, time.time() + 240
+    while run is None and time.time() < deadline and cli.poll() is None:
+        started = small_instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        run = next((r for r in started if small_instance.run_launcher.worker(r)), None)
+        time.sleep(0.02)
+    assert run is not None, f"no run STARTED:\n{(tmp_path / 'materialize.log').read_text()}"
+    pid = small_instance.run_launcher.worker(run)[0]
+    os.killpg(cli.pid, signal.SIGKILL)   # the CLI, its code server and the run worker, at once
+    cli.wait(30)
+    log.close()
+    time.sleep(1)
+    assert small_instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED, "nobody reported it"
+    out = io.StringIO()
+    again = backfill.reexecute(run.run_id, instance=small_instance, working_directory=str(ROOT), timeout=200, out=out)
+    dead = small_instance.get_run_by_id(run.run_id)
+    assert dead.status == dg.DagsterRunStatus.FAILURE
+    assert f"run {run.run_id} ended FAILURE: its worker is gone" in out.getvalue(), out.getvalue()
+    messages = [r.event_log_entry.message for r in small_instance.get_records_for_run(run.run_id).records]
+    assert any(f"run worker pid {pid} is gone" in m for m in messages), messages[-5:]
+    assert again.status == dg.DagsterRunStatus.SUCCESS and again.parent_run_id == run.run_id
+
+
+def test_a_live_run_is_not_judged_dead(small_instance):
+    """The health check answers RUNNING for a live worker pid and FAILED once it is gone."""
+    import subprocess
+    import sys
+    import time
+
+    from dagster._core.launcher import WorkerStatus
+
+    launcher = small_instance.run_launcher
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        launcher.worker = lambda run: (proc.pid, time.time())
+        assert launcher.check_run_worker_health(None).status == WorkerStatus.RUNNING
+    finally:
+        proc.kill()
+        proc.wait()
+    assert launcher.check_run_worker_health(None).status == WorkerStatus.FAILED
+    launcher.worker = lambda run: (os.getpid(), time.time() - 3600)   # a pid reused by a younger process
+    assert launcher.check_run_worker_health(None).status == WorkerStatus.FAILED

@@ -50,10 +50,14 @@ class Outcome:
         return self.status == "COMPLETED_SUCCESS" and not self.failed_runs
 
 
+#: the clock heartbeats are judged by (a test sets its own, so nothing races the code location's load)
+clock = time.time
+
+
 def daemon_alive(instance) -> bool:
     beats = instance.get_daemon_heartbeats()
     beat = beats.get("BACKFILL")
-    return beat is not None and time.time() - beat.timestamp < DAEMON_FRESH_SECONDS
+    return beat is not None and clock() - beat.timestamp < DAEMON_FRESH_SECONDS
 
 
 class _Driver:
@@ -61,12 +65,13 @@ class _Driver:
     iteration and the run queue's. Looks at the daemon's heartbeat at every step and takes over or
     hands over as it stops or starts; prints an iteration's errors (once per message)."""
 
-    def __init__(self, instance, ctx, say):
+    def __init__(self, instance, ctx, say, drive: bool = True):
         self.instance, self.ctx, self.say = instance, ctx, say
         self.queue = None
         self.errors_in_a_row = 0
         self.seen: set[str] = set()
-        self.driving = not daemon_alive(instance)
+        self.driving = drive and not daemon_alive(instance)
+        self.last_monitoring = 0.0
         if self.driving:
             self._open_queue()
 
@@ -100,6 +105,7 @@ class _Driver:
         errors = list(execute_backfill_jobs(self.ctx, logging.getLogger("xray_assets.backfill"), [backfill])
                       if backfill is not None else [])
         errors += list(self.queue.run_iteration(self.ctx))
+        errors += self.monitor()
         errors = [e for e in errors if e is not None]
         self.errors_in_a_row = self.errors_in_a_row + 1 if errors else 0
         for e in errors:
@@ -110,6 +116,30 @@ class _Driver:
         if self.errors_in_a_row >= MAX_ITERATION_ERRORS:
             raise RuntimeError(f"the daemon iterations failed {self.errors_in_a_row} times in a row; last: "
                                f"{errors[-1].to_string().strip()}")
+
+
+    def monitor(self, force: bool = False) -> list:
+        """The monitoring daemon's iteration, at its poll interval (dagster.yaml `run_monitoring`): a
+        run whose worker died is marked FAILURE, and the pool slots of finished runs are freed."""
+        from dagster._daemon.monitoring import execute_concurrency_slots_iteration, execute_run_monitoring_iteration
+
+        if not self.instance.run_monitoring_enabled:
+            return []
+        now = time.time()
+        if not force and now - self.last_monitoring < self.instance.run_monitoring_poll_interval_seconds:
+            return []
+        self.last_monitoring = now
+        log = logging.getLogger("xray_assets.monitoring")
+        import dagster as dg
+
+        started = [r.run_id for r in self.instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))]
+        errors = list(execute_run_monitoring_iteration(self.ctx, log))
+        errors += list(execute_concurrency_slots_iteration(self.ctx, log))
+        for run_id in started:
+            run = self.instance.get_run_by_id(run_id)
+            if run is not None and run.status == dg.DagsterRunStatus.FAILURE:
+                self.say(f"run {run_id} ended FAILURE: its worker is gone (xray-assets reexecute {run_id} runs it again)")
+        return errors
 
 
 def workspace(instance, working_directory: str | None = None):
@@ -293,6 +323,14 @@ def reexecute(run_id: str, instance=None, working_directory: str | None = None, 
     follower = _Follower(instance, out)
     t0 = time.time()
     with workspace(instance, working_directory) as ctx:
+        if not parent.is_finished:
+            # a run left STARTED by a worker that died with its Dagster process (`make ui` closed, a
+            # reboot): run monitoring's check settles it first; a live run is not re-executed
+            _Driver(instance, ctx, follower.say, drive=False).monitor(force=True)
+            parent = instance.get_run_by_id(run_id)
+            if not parent.is_finished:
+                raise ValueError(f"run {run_id} is {parent.status.value} and its worker is alive: wait for it or "
+                                 "terminate it before re-executing")
         request = ctx.create_request_context()
         selector = JobSubsetSelector(location_name=origin.repository_origin.code_location_origin.location_name,
                                      repository_name=origin.repository_origin.repository_name,
