@@ -21,7 +21,7 @@ export DO_NOT_TRACK := true
 # pandas, torch and ultralytics from source again: seconds per run, about 90 s over `make demo`.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: demo test test-fast ui serve bench install sample-data lock clean
+.PHONY: demo test test-fast ui serve bench fuzz install sample-data lock clean
 
 # The lock pins every package, so the pip a new venv ships (23.2 on Python 3.11) installs it
 # without backtracking; no pip upgrade, no download of pip itself. --no-compile: Python compiles a
@@ -61,6 +61,13 @@ serve: $(STAMP)
 bench: $(STAMP) $(SAMPLE)/.complete
 	XRAY_REAL_DATA=$${XRAY_REAL_DATA:-$$(test -d ../shared/data/real && cd ../shared/data/real && pwd)} \
 		$(BIN)/python benchmarks/run_all.py
+
+# The fuzz harness's long round: at least 20,000 mutated genuine files through every reader of outside
+# bytes (the real files beside the checkout), a table of cases per reader and outcome. CASES=N for more.
+CASES ?= 20000
+fuzz: $(STAMP)
+	XRAY_REAL_DATA=$${XRAY_REAL_DATA:-$$(test -d ../shared/data/real && cd ../shared/data/real && pwd)} \
+		$(BIN)/python tests/fuzzing.py --cases $(CASES)
 
 # Regenerate the lock: resolve pyproject.toml in a fresh 3.11 venv with the newest pip, write its
 # freeze, then check that Python 3.12 resolves to exactly the same pins (a dry run, nothing installed).

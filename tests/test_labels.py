@@ -75,3 +75,19 @@ def test_real_pngs_load_single_channel(real_data):
         assert img.shape == (1024, 1024) and img.dtype.name == "uint8"
     rgba = labels.load_gray(real_data / "nih" / "images" / "00000004_000.png")
     assert rgba.shape == (1024, 1024)
+
+
+def test_box_list_with_a_foreign_byte_or_an_unclosed_quote_is_an_error_naming_file_and_row(tmp_path):
+    """Found by the fuzz harness: a non-UTF-8 byte raised UnicodeDecodeError, and a quote left open
+    (swallowing the rest of the file past the csv module's field limit) raised csv.Error."""
+    from xray_assets.core.labels import InputFormatError, read_nih_boxes_checked
+
+    head = "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+    ok = "00000001_000.png,Mass,1,2,3,4\n"
+    p = tmp_path / "BBox_List_2017.csv"
+    p.write_bytes((head + ok + ok).encode() + b"00000002_000.png,Mass\xff,1,2,3,4\n")
+    with pytest.raises(InputFormatError, match=r"BBox_List_2017.csv row 4: not UTF-8 text"):
+        read_nih_boxes_checked(p)
+    p.write_text(head + ok + '00000003_000.png,"Mass,1,2,3,4\n' + ("x" * 200 + "\n") * 1000)
+    with pytest.raises(InputFormatError, match=r"BBox_List_2017.csv row 3: .*unclosed quote"):
+        read_nih_boxes_checked(p)

@@ -41,6 +41,31 @@ def _quarantine(rows: list[tuple[str, int, str, str]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=QUARANTINE_COLUMNS)
 
 
+def read_text(path: Path) -> str:
+    """A label file's text (UTF-8, a BOM allowed); other bytes are an error naming the file and row."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        row = data[:exc.start].count(b"\n") + 1
+        raise InputFormatError(f"{path} row {row}: not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x})") from None
+
+
+def _rows(reader, path: Path, start: int):
+    """(row number, fields) from a csv reader; a row the csv module cannot split (an unclosed quote
+    swallowing the rest of the file, a NUL) is an error naming the file and the row."""
+    n = start
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise InputFormatError(f"{path} row {n}: {exc} (an unclosed quote?)") from None
+        yield n, fields
+        n += 1
+
+
 def normalise_finding(name: str) -> str:
     name = name.strip()
     return NIH_FINDING_ALIASES.get(name, name)
@@ -55,12 +80,13 @@ def read_nih_boxes_checked(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame
     Coordinates are pixels of the 1024 px PNG; (x, y, w, h) becomes corners.
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8-sig")
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
     try:
         header = next(reader)
     except StopIteration:
         raise InputFormatError(f"{path}: empty file, expected the BBox_List_2017 header") from None
+    except csv.Error as exc:
+        raise InputFormatError(f"{path} row 1: not a readable CSV header ({exc})") from None
     if len(header) < 3 or "image" not in header[0].lower():
         raise InputFormatError(
             f"{path}: row 1 is not a BBox_List_2017 header (got {','.join(header)[:80]!r})"
@@ -68,7 +94,7 @@ def read_nih_boxes_checked(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame
     good: list[tuple] = []
     bad: list[tuple[str, int, str, str]] = []
     known = set(NIH_CLASSES)
-    for lineno, fields in enumerate(reader, start=2):
+    for lineno, fields in _rows(reader, path, start=2):
         raw = ",".join(fields)
         if not any(f.strip() for f in fields):
             continue  # blank line
