@@ -91,3 +91,17 @@ def test_box_list_with_a_foreign_byte_or_an_unclosed_quote_is_an_error_naming_fi
     p.write_text(head + ok + '00000003_000.png,"Mass,1,2,3,4\n' + ("x" * 200 + "\n") * 1000)
     with pytest.raises(InputFormatError, match=r"BBox_List_2017.csv row 3: .*unclosed quote"):
         read_nih_boxes_checked(p)
+
+
+def test_data_entry_ids_that_are_not_whole_numbers_are_quarantined(tmp_path):
+    """Found by the fuzz harness: a Patient ID of 1e309 (infinite) crashed the cast to int64."""
+    from xray_assets.core.labels import read_nih_labels_checked
+
+    head = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
+    rows = ["a.png,Mass,0,1,58,M,PA", "b.png,Mass,0,1e309,58,M,PA", "c.png,Mass,0.5,2,58,M,PA",
+            "d.png,Mass,0,-3,58,M,PA", "e.png,Mass,0,1e30,58,M,PA"]
+    p = tmp_path / "Data_Entry_2017.csv"
+    p.write_text(head + "\n".join(rows) + "\n")
+    df, q = read_nih_labels_checked(p)
+    assert list(df["image_id"]) == ["a.png"]
+    assert list(q["row"]) == [3, 4, 5, 6]

@@ -142,6 +142,13 @@ _HEIGHT_NAMES = ("Height]", "OriginalImageHeight")
 _AGE = re.compile(r"^\s*(\d+)\s*([YMWD]?)\s*$", re.IGNORECASE)
 
 
+def _whole_number(values: pd.Series) -> pd.Series:
+    """Numbers that are whole, finite and at most 2**53 (an id or a count); anything else is NaN."""
+    num = pd.to_numeric(values, errors="coerce")
+    ok = np.isfinite(num) & (num >= 0) & (num < 2**53) & (num == np.floor(num))
+    return num.where(ok)
+
+
 def _parse_age(value) -> float:
     """Ages come as 58 or, in the Kaggle sample, 058Y; months/weeks/days become fractional years."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -170,8 +177,8 @@ def read_nih_labels_checked(path: str | Path) -> tuple[pd.DataFrame, pd.DataFram
     df["orig_height"] = pd.to_numeric(raw[height], errors="coerce") if height else np.nan
 
     df["image_id"] = df["image_id"].str.strip()
-    patient = pd.to_numeric(df["patient_id"], errors="coerce")
-    follow = pd.to_numeric(df["follow_up"], errors="coerce")
+    patient = _whole_number(df["patient_id"])
+    follow = _whole_number(df["follow_up"])
     bad_mask = df["image_id"].eq("") | patient.isna() | follow.isna() | df["findings"].str.strip().eq("")
     reasons = np.where(
         df["image_id"].eq(""), "empty image id",
