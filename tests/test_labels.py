@@ -105,3 +105,21 @@ def test_data_entry_ids_that_are_not_whole_numbers_are_quarantined(tmp_path):
     df, q = read_nih_labels_checked(p)
     assert list(df["image_id"]) == ["a.png"]
     assert list(q["row"]) == [3, 4, 5, 6]
+
+
+def test_train_csv_row_with_extra_fields_keeps_row_numbers(tmp_path):
+    """Found by the fuzz harness: a row with more fields than the header made pandas index the table by
+    its first fields, and the quarantine's row numbers crashed (`int(tuple)`)."""
+    from xray_assets.core.labels import InputFormatError, read_vinbigdata_annotations_checked
+
+    p = tmp_path / "train.csv"
+    p.write_text("image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n"
+                 "abc,Cardiomegaly,3,R9,1,2,30,40\n"
+                 "abd,Cardiomegaly,3,R9,1,2,30,40,99,extra\n"
+                 "abe,No finding,14,R9,,,,\n")
+    try:
+        df, q = read_vinbigdata_annotations_checked(p)
+    except InputFormatError as exc:
+        assert "train.csv" in str(exc)
+    else:
+        assert q["row"].map(type).eq(int).all() and len(df) + len(q) == 3

@@ -221,7 +221,8 @@ def read_vinbigdata_annotations_checked(path: str | Path) -> tuple[pd.DataFrame,
     """train.csv -> (every radiologist's row, quarantine). "No finding" rows keep empty boxes."""
     path = Path(path)
     try:
-        raw = pd.read_csv(path, dtype={"image_id": str, "class_name": str, "rad_id": str})
+        # index_col=False: a row with more fields than the header must not turn its first fields into an index
+        raw = pd.read_csv(path, dtype={"image_id": str, "class_name": str, "rad_id": str}, index_col=False)
     except Exception as exc:
         raise InputFormatError(f"{path}: not a readable CSV ({exc})") from exc
     need = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
