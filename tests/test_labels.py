@@ -114,8 +114,8 @@ def test_train_csv_row_with_extra_fields_keeps_row_numbers(tmp_path):
 
     p = tmp_path / "train.csv"
     p.write_text("image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n"
-                 "abc,Cardiomegaly,3,R9,1,2,30,40\n"
-                 "abd,Cardiomegaly,3,R9,1,2,30,40,99,extra\n"
+                 "abc,abx,Cardiomegaly,3,R9,1,2,30,40\n"   # one field too many in the first row
+                 "abd,Cardiomegaly,3,R9,1,2,30,40\n"
                  "abe,No finding,14,R9,,,,\n")
     try:
         df, q = read_vinbigdata_annotations_checked(p)
