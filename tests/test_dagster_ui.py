@@ -92,9 +92,10 @@ def test_materialize_all_from_the_ui_runs_one_backfill_and_the_catalog_reads(tmp
         page.goto(f"{base}/assets/trained_models", wait_until="networkidle")
         page.get_by_text("Automation condition").first.wait_for(timeout=60_000)
         page.get_by_text("Compute details").first.click()          # collapsed by default
-        from xray_assets.defs.training import CODE_VERSION
+        from xray_assets.defs.training import training_code_version
 
-        page.get_by_text(CODE_VERSION).first.wait_for(timeout=30_000)   # derived from the source
+        # the code, ultralytics' and torch's versions and the smoke profile's training settings
+        page.get_by_text(training_code_version("smoke")).first.wait_for(timeout=30_000)
         text = page.inner_text("body")
         assert "Owners\nml" in text, "owner team:ml (the UI shows the team's name)"
         assert "Automation condition\non new data" in text, "the condition declared on the asset"

@@ -16,6 +16,8 @@ from xray_assets.config import Settings
 from xray_assets.core.classes import SERVED_TASKS
 
 SMOKE_TASKS = list(SERVED_TASKS)
+#: the lowest score at which an export's boxes must match the PyTorch weights' (see the parity test)
+PARITY_FLOOR = 0.05
 #: every test here needs trained models (the module's smoke graph, or the toy model)
 pytestmark = pytest.mark.slow
 
@@ -143,12 +145,14 @@ def test_fast_backend_matches_pytorch_on_sample_images(toy_model, sample_dir, tm
                            classes=list(TASKS["nih_multi"].classes), weights=weights, backend=b).load()
 
     # the reference keeps boxes from 0.01, the export from 0.001: a box right at the threshold may
-    # fall either side of it (OpenVINO runs bf16 where the CPU has it)
+    # fall either side of it. OpenVINO runs bf16 where the CPU has it (AMX, AVX-512 BF16): there a box
+    # under 0.05 can lose an NMS decision to a neighbour (seen: 0.040 -> IoU 0.73 with the nearest
+    # box), so boxes are compared from 0.05, where bf16 moves scores by far less than the tolerance
     ref, fast = model("pytorch", 0.01), model(backend, 0.001)
     compared = 0
     for img in images:
         a, b = ref.detect(img), fast.detect(img)
-        for box in a[:20]:
+        for box in [x for x in a if x["score"] >= PARITY_FLOOR][:20]:
             same = [o for o in b if o["label"] == box["label"]]
             assert same, box
             xy = lambda d: np.array([[d["x_min"], d["y_min"], d["x_max"], d["y_max"]]])

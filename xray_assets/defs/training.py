@@ -42,8 +42,12 @@ def git_revision() -> str:
 #: what decides a trained model: the training code (followed into what it calls, TrainParams'
 #: defaults included), ultralytics and torch as installed, and the profile's training settings
 #: (XRAY_PROFILE's: a change of epochs or imgsz reads "code version changed" in the UI)
-CODE_VERSION = code_version(core_train, libraries=("ultralytics", "torch"),
-                            settings=(config_module.get_profile().train,))
+def training_code_version(profile: str | None = None) -> str:
+    return code_version(core_train, libraries=("ultralytics", "torch"),
+                        settings=(config_module.get_profile(profile).train,))
+
+
+CODE_VERSION = training_code_version()
 
 
 @dg.asset(group_name="models", partitions_def=TASK_PARTITIONS, kinds={"pytorch", "mlflow", "yolo"}, owners=OWNERS,
