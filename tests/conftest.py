@@ -10,6 +10,8 @@ from pathlib import Path
 # network guard in this process and, through sitecustomize, in every Python subprocess a test starts.
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="xray-tests-"))
 os.environ["YOLO_CONFIG_DIR"] = str(_SESSION_TMP / "ultralytics")
+# Hypothesis (the fuzz harness) keeps its cache of source constants here, not in ./.hypothesis
+os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = str(_SESSION_TMP / "hypothesis")
 os.environ["XRAY_NETGUARD_LOG"] = str(_SESSION_TMP / "netguard.jsonl")
 _GUARD_SITE = str(Path(__file__).parent / "guard_site")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_GUARD_SITE, os.environ.get("PYTHONPATH")) if p)

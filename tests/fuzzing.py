@@ -332,7 +332,11 @@ def main() -> int:
         print(f"XRAY_REAL_DATA={real} lacks the real files (dicom/, nih/, vinbigdata/)", file=sys.stderr)
         return 2
     cases = {k: max(1, round(v * args.cases)) for k, v in SHARES.items()}
-    harness = Harness(real, Path(tempfile.mkdtemp(prefix="xray-fuzz-")), seed=args.seed)
+    work = Path(tempfile.mkdtemp(prefix="xray-fuzz-"))
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    set_hypothesis_home_dir(work / "hypothesis")   # its caches go with the scratch folder, not into the checkout
+    harness = Harness(real, work, seed=args.seed)
     t0 = time.time()
     try:
         tally = run(harness, cases, seed=args.seed)

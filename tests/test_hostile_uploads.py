@@ -5,11 +5,9 @@ stays where it was. No model is needed: refusals happen before detection."""
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import psutil
-import pytest
 
 import hostile
 from browser import free_port, server
