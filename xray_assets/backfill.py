@@ -14,6 +14,10 @@ is made again at every poll: when the daemon stops (`make ui` closed; its last h
 DAEMON_FRESH_SECONDS) this process takes over, and when one starts this process hands over to it.
 An iteration's error is printed, not dropped; MAX_ITERATION_ERRORS in a row end the command.
 Either way it prints each run's progress and log lines, and the outcome.
+
+Dagster exposes no public call for these daemon iterations, nor a public type for run monitoring's
+worker health answer (`worker_health`, used by `launcher.py`): this module is the one adapter that
+imports Dagster's private modules.
 """
 
 from __future__ import annotations
@@ -117,10 +121,10 @@ class _Driver:
             raise RuntimeError(f"the daemon iterations failed {self.errors_in_a_row} times in a row; last: "
                                f"{errors[-1].to_string().strip()}")
 
-
     def monitor(self, force: bool = False) -> list:
         """The monitoring daemon's iteration, at its poll interval (dagster.yaml `run_monitoring`): a
         run whose worker died is marked FAILURE, and the pool slots of finished runs are freed."""
+        import dagster as dg
         from dagster._daemon.monitoring import execute_concurrency_slots_iteration, execute_run_monitoring_iteration
 
         if not self.instance.run_monitoring_enabled:
@@ -130,8 +134,6 @@ class _Driver:
             return []
         self.last_monitoring = now
         log = logging.getLogger("xray_assets.monitoring")
-        import dagster as dg
-
         started = [r.run_id for r in self.instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))]
         errors = list(execute_run_monitoring_iteration(self.ctx, log))
         errors += list(execute_concurrency_slots_iteration(self.ctx, log))
@@ -140,6 +142,14 @@ class _Driver:
             if run is not None and run.status == dg.DagsterRunStatus.FAILURE:
                 self.say(f"run {run_id} ended FAILURE: its worker is gone (xray-assets reexecute {run_id} runs it again)")
         return errors
+
+
+def worker_health(alive: bool, message: str, worker_id: str | None = None):
+    """Run monitoring's answer for a run worker: RUNNING when `alive`, else FAILED (marks the run failed)."""
+    from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+
+    return CheckRunHealthResult(WorkerStatus.RUNNING if alive else WorkerStatus.FAILED, message,
+                                run_worker_id=worker_id)
 
 
 def workspace(instance, working_directory: str | None = None):

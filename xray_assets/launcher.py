@@ -40,11 +40,12 @@ class LocalRunLauncher(dg.DefaultRunLauncher):
 
     def check_run_worker_health(self, run):
         import psutil
-        from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+
+        from .backfill import worker_health
 
         found = self.worker(run)
         if found is None:   # no worker recorded (yet): nothing to judge
-            return CheckRunHealthResult(WorkerStatus.RUNNING, "no run worker pid recorded")
+            return worker_health(True, "no run worker pid recorded")
         pid, since = found
         try:
             proc = psutil.Process(pid)
@@ -52,6 +53,6 @@ class LocalRunLauncher(dg.DefaultRunLauncher):
         except psutil.Error:
             alive = False
         if alive:
-            return CheckRunHealthResult(WorkerStatus.RUNNING, f"run worker pid {pid} is alive", run_worker_id=str(pid))
-        return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker pid {pid} is gone (killed, out of memory, "
-                                    "or its Dagster process was closed)", run_worker_id=str(pid))
+            return worker_health(True, f"run worker pid {pid} is alive", str(pid))
+        return worker_health(False, f"run worker pid {pid} is gone (killed, out of memory, or its Dagster process "
+                             "was closed)", str(pid))
