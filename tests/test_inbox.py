@@ -273,3 +273,18 @@ def test_drop_killed_at_any_point_then_run_again_has_each_row_once(xray, data_co
     mine = boxes[boxes["image_id"].isin(want_labels["image_id"])]
     assert len(mine) == len(want_boxes), "each box exactly once"
     assert _raw(data_copy) == raw
+
+
+def test_vinbigdata_drop_with_a_dicom_over_the_pixel_budget_is_rejected_naming_it(tmp_path):
+    """A drop's DICOM is measured by its header (the conversion's own reading, no pixels decoded)."""
+    import pydicom
+
+    from xray_assets.core.synthetic import write_drop
+
+    folder = write_drop(tmp_path / "vbd", "vinbigdata", n_annotated=2)
+    dcm = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".dicom", ".dcm"))[0]
+    ds = pydicom.dcmread(dcm)
+    ds.Rows, ds.Columns = 60000, 60000
+    ds.save_as(dcm)
+    with pytest.raises(inbox.DropError, match=rf"{dcm.name} declares 60000 x 60000 pixels .* limit is 50 megapixels"):
+        inbox.validate(folder, set(), set())

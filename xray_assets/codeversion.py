@@ -134,9 +134,7 @@ class _Hasher:
             self._module(obj)
         elif inspect.isfunction(obj) or inspect.isclass(obj):
             self._code(obj)
-        elif _is_data(obj):
-            self.h.update(stable_repr(obj).encode())
-        else:
+        else:   # data (class maps, grids) by value; anything else by its type's name
             self.h.update(stable_repr(obj).encode())
 
     def _module(self, mod: types.ModuleType) -> None:

@@ -218,7 +218,6 @@ class Settings:
     champion_margin: float = 0.01      # a new model may be this much worse (test mAP50) and still be champion
     retrain_cron: str = "0 3 * * 1"    # the retraining schedule (stopped by default)
     weights_dir: Path | None = None    # pretrained checkpoints by file name; default: default_weights_dir()
-    decode: DecodeLimits = DecodeLimits()   # the pixel budget and the isolated decoders' limits
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -232,7 +231,7 @@ class Settings:
                    inbox_dir=Path(inbox).expanduser().resolve() if inbox else default_inbox(data),
                    champion_margin=float(os.environ.get("XRAY_CHAMPION_MARGIN", "0.01")),
                    retrain_cron=os.environ.get("XRAY_RETRAIN_CRON", "0 3 * * 1"),
-                   weights_dir=default_weights_dir(), decode=decode_limits())
+                   weights_dir=default_weights_dir())
 
 
 def decode_limits() -> DecodeLimits:

@@ -168,9 +168,9 @@ def _int_tag(ds, name: str, default: int, path) -> int:
         raise DicomError(f"{Path(path).name}: {name} is not a number") from None
 
 
-def check_dimensions(ds, path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Dimensions:
-    """What the header declares (Rows, Columns, NumberOfFrames, SamplesPerPixel, BitsAllocated), and
-    what a compressed frame's own codestream declares, both inside the pixel budget, before decoding."""
+def declared_dimensions(ds, path) -> Dimensions:
+    """What the header declares (Rows, Columns, NumberOfFrames, SamplesPerPixel; BitsAllocated must
+    be a pixel size): DicomError naming the file when it declares no image."""
     name = Path(path).name
     rows, cols = _int_tag(ds, "Rows", 0, path), _int_tag(ds, "Columns", 0, path)
     frames = _int_tag(ds, "NumberOfFrames", 1, path)
@@ -180,13 +180,20 @@ def check_dimensions(ds, path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -
         raise DicomError(f"{name}: the header declares no image ({rows} rows x {cols} columns, {frames} frames)")
     if bits not in (1, 8, 16, 32, 64):
         raise DicomError(f"{name}: BitsAllocated {bits} is not a valid pixel size")
+    return Dimensions("dicom", cols, rows, frames, samples)
+
+
+def check_dimensions(ds, path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Dimensions:
+    """What the header declares and what a compressed frame's own codestream declares, both inside
+    the pixel budget, before decoding."""
+    name = Path(path).name
+    dims = check_budget(declared_dimensions(ds, path), max_megapixels, name)
     try:
-        dims = check_budget(Dimensions("dicom", cols, rows, frames, samples), max_megapixels, f"{name}")
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         if syntax is not None and getattr(syntax, "is_compressed", False):
             from pydicom.encaps import generate_frames
 
-            first = next(generate_frames(ds.PixelData, number_of_frames=frames), b"")
+            first = next(generate_frames(ds.PixelData, number_of_frames=dims.frames), b"")
             inner = codestream_dimensions(first)
             if inner is not None:
                 check_budget(inner, max_megapixels, f"{name}: its compressed frame")
@@ -255,6 +262,12 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def quarantined(reason: str) -> dict:
+    """A conversion row for a DICOM that gave no image, with the reason (naming the file)."""
+    return {"path": "", "height": 0, "width": 0, "orig_height": 0, "orig_width": 0, "status": "quarantined",
+            "reason": reason}
+
+
 def convert_one(src: str, dst: str, max_size: int | None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> dict:
     """Convert one DICOM to a PNG at `dst` (atomically). Never raises: failures come back as rows.
     (A decoder that crashes the process is caught one level up, by the isolated pool.)"""
@@ -275,12 +288,11 @@ def convert_one(src: str, dst: str, max_size: int | None, max_megapixels: float 
         row.update(height=img.pixels.shape[0], width=img.pixels.shape[1],
                    orig_height=img.orig_height, orig_width=img.orig_width)
     except (DicomError, ImageTooLarge) as exc:
-        row.update(status="quarantined", reason=str(exc), path="")
+        return quarantined(str(exc))
     except MemoryError:
-        row.update(status="quarantined", reason=f"{Path(src).name}: decoding needs more memory than a worker may use",
-                   path="")
+        return quarantined(f"{Path(src).name}: decoding needs more memory than a worker may use")
     except Exception as exc:  # a corrupt file must not stop the run
-        row.update(status="quarantined", reason=f"{Path(src).name}: {exc.__class__.__name__}: {exc}", path="")
+        return quarantined(f"{Path(src).name}: {exc.__class__.__name__}: {exc}")
     return row
 
 

@@ -103,6 +103,7 @@ def _check_image_headers(files: dict[str, Path], max_megapixels: float) -> None:
     """Each image's declared size from its header (nothing decoded): unreadable or over the budget
     rejects the drop, naming the file."""
     from .bounds import HeaderError, ImageTooLarge, check_budget, png_dimensions
+    from .dicom import DicomError, declared_dimensions
 
     for name, path in sorted(files.items()):
         try:
@@ -112,15 +113,9 @@ def _check_image_headers(files: dict[str, Path], max_megapixels: float) -> None:
             else:
                 import pydicom
 
-                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-                from .bounds import Dimensions
-
-                dims = Dimensions("dicom", int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0),
-                                  int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1))
-                if dims.width <= 0 or dims.height <= 0:
-                    raise HeaderError("the header declares no image (Rows, Columns)")
+                dims = declared_dimensions(pydicom.dcmread(path, stop_before_pixels=True, force=True), path)
             check_budget(dims, max_megapixels, path.name)
-        except ImageTooLarge as exc:
+        except (ImageTooLarge, DicomError) as exc:
             raise DropError(str(exc)) from None
         except HeaderError as exc:
             raise DropError(f"{path.name}: {exc}") from None

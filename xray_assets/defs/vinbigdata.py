@@ -122,8 +122,7 @@ def vinbigdata_images(context: dg.AssetExecutionContext, xray: XrayResource) -> 
                 try:
                     r = fut.result()
                 except Exception as exc:   # the worker died, hung or ran out of memory
-                    r = {"path": "", "height": 0, "width": 0, "orig_height": 0, "orig_width": 0,
-                         "status": "quarantined", "reason": f"{p.name}: {failure_reason(exc, limits)}"}
+                    r = dicom.quarantined(f"{p.name}: {failure_reason(exc, limits)}")
                 rows.append({"image_id": p.stem, "source": p.name, "source_hash": digest, "stat_key": key,
                              "max_size": max_size, **r})
                 if r["status"] != "ok":
