@@ -79,14 +79,18 @@ def test_paired_difference_equals_a_direct_computation():
 
 
 def test_gate_decides_on_the_paired_difference_and_its_margin():
-    paired = {"a": 0.60, "b": 0.62, "diff": -0.02, "ci_low": -0.08, "ci_high": 0.03, "images": 50}
+    # a split that resolves the margin: the resampled differences sit within 0.005 of the observed one
+    narrow = -0.02 + np.linspace(-0.005, 0.005, 201)
+    paired = {"a": 0.60, "b": 0.62, "diff": -0.02, "ci_low": -0.025, "ci_high": -0.015, "images": 500,
+              "patients": 400, "boxes": 800, "diffs": narrow, "resamples": 201, "seed": 0}
     assert champion.gate_record(paired, 0.03, "2", "1")["decision"] == "champion"     # within the margin
     worse = champion.gate_record(paired, 0.01, "2", "1")
     assert worse["decision"] == "challenger" and worse["compared_with"] == "1" and not worse["non_inferior"]
+    assert worse["split_resolves_margin"] and worse["null_rate"] == 0.0
     assert champion.gate_record(None, 0.01, "1", None)["decision"] == "champion"       # the first version
     again = champion.gate_record(None, 0.01, "2", "2")                                  # the champion re-evaluated
     assert again["decision"] == "champion" and "itself" in again["reason"]
-    assert champion.decide(float("nan"), 1.0) == "challenger"
+    assert champion.decide({**paired, "diff": float("nan")}, 1.0)[0] == "challenger"
 
 
 def test_froc_sensitivities_equal_a_hand_computation():

@@ -162,13 +162,16 @@ def test_one_backfill_materialises_the_study_and_a_failed_task_reexecutes(sample
         assert {"weights", "evaluation"} <= arts, task
         (v,) = client.search_model_versions(f"name='xray-smoke-{task}'")
         assert v.tags["init"] == "scratch" and v.tags["gate_decision"] == "champion"
+        assert v.tags["gate_stated_null_rate"] == "0.2" and "champion stays" in v.tags["gate_rule"], v.tags
         best = json.loads((storage / "smoke" / "tuning" / task / "best.json").read_text())
         assert (float(v.tags["nms_conf"]), float(v.tags["nms_iou"])) == (best["conf"], best["iou"])
         assert v.tags["nms_agnostic"] == ("true" if task == "united_multi" else "false")
         summary = json.loads((storage / "smoke" / "reports" / task / "summary.json").read_text())
-        assert summary["rule"]["conf"] == best["conf"] and "cpm" in summary and "map_iou40" in summary
+        assert summary["rule"]["conf"] == best["conf"] and "map_iou40" in summary
+        assert {"cpm_luna16", "cpm_iou", "precision_macro", "precision_micro", "test_patients"} <= set(summary)
         if summary["map50"] is not None:   # (undefined, and not logged, when the test split has no boxes of it)
-            assert {"test_map50", "test_cpm", "test_op_recall"} <= set(r.data.metrics), task
+            assert {"test_map50", "test_cpm_luna16", "test_cpm_iou", "test_op_recall_macro",
+                    "test_op_recall_micro", "test_bootstrap_resamples"} <= set(r.data.metrics), task
             assert r.data.metrics["test_map50"] == pytest.approx(summary["map50"])
     report = (storage / "smoke" / "reports" / "study" / "report.md").read_text()
     for part in ("## Comparisons on the same images", "No fair comparison exists for", "## Results on the test split"):

@@ -60,7 +60,9 @@ def _hashes(st) -> dict[str, str]:
 def test_automation_retrains_what_changed_and_never_past_a_failing_check(data_copy, tmp_path, monkeypatch):
     import mlflow
 
-    from xray_assets.core.metrics import average_precision
+    from xray_assets.core import champion
+    from xray_assets.core.classes import TASKS as TASK_DEFS
+    from xray_assets.core.metrics import average_precision, paired_bootstrap
     from xray_assets.defs.drops import new_annotations
 
     xray = XrayResource(data_dir=str(data_copy), storage_dir=str(tmp_path / "storage"), profile="smoke",
@@ -150,7 +152,14 @@ def test_automation_retrains_what_changed_and_never_past_a_failing_check(data_co
         direct = (np.mean(list(average_precision(gt, new).values())) -
                   np.mean(list(average_precision(gt, old_dets).values())))
         assert gate["diff"] == pytest.approx(direct), task
-        assert gate["decision"] == ("champion" if direct >= 0.0 else "challenger"), "margin 0: the sign decides"
+        # the decision follows the rule on the patient-level paired bootstrap, recomputed here
+        images = pd.read_parquet(st.root / "reports" / task / "test_images.parquet")
+        paired = paired_bootstrap(gt, new, old_dets, TASK_DEFS[task].classes, images["image_id"], n_boot=200, seed=0,
+                                  groups=dict(zip(images["image_id"], images["group"])))
+        again = champion.gate_record(paired, 0.0, "2", "1", rate=0.2, min_boxes=10)
+        assert (gate["decision"], gate["null_rate"], gate["test_boxes"]) == \
+            (again["decision"], again["null_rate"], again["test_boxes"]), (gate, again)
+        assert gate["null_rate"] <= 0.2 and gate["stated_null_rate"] == 0.2 and gate["rule"] == again["rule"]
         alias = client.get_model_version_by_alias(f"xray-smoke-{task}", "champion").version
         assert str(alias) == ("2" if gate["decision"] == "champion" else "1")
     for task in set(TASKS) - changed:

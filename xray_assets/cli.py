@@ -39,8 +39,8 @@ def task_table(storage_root, profile: str, tasks) -> list[str]:
     from .storage import Storage
 
     st = Storage(f"{storage_root}/{profile}" if "://" in str(storage_root) else Path(storage_root) / profile)
-    rows = [f"  {'task':22s} {'mAP50':>6s} {'95% CI':>13s} {'AP@.4':>6s} {'mAP50-95':>8s} {'CPM':>6s}   "
-            f"operating point (P / R at conf)   init"]
+    rows = [f"  {'task':22s} {'mAP50':>6s} {'95% CI':>13s} {'AP@.4':>6s} {'mAP50-95':>8s} {'CPM':>6s} {'CPM-IoU':>7s}   "
+            f"operating point: macro P / R, micro P / R at conf   init"]
     for t in tasks:
         if not st.exists("reports", t, "summary.json"):
             rows.append(f"  {t:22s} not evaluated")
@@ -49,10 +49,16 @@ def task_table(storage_root, profile: str, tasks) -> list[str]:
         if s.get("map50") is None:
             rows.append(f"  {t:22s} n/a (the test split has no boxes of this task)")
             continue
-        rows.append(f"  {t:22s} {s['map50']:6.3f} {s['map50_ci_low']:6.3f}-{s['map50_ci_high']:.3f} "
-                    f"{s['map_iou40']:6.3f} {s['map50_95']:8.3f} {s['cpm']:6.3f}   "
-                    f"{s['precision']:.3f} / {s['recall']:.3f} at conf > {s['conf']:g} (iou {s['iou']:g})   "
-                    f"{s.get('init')}  [{s['test_images']} images, {s['test_boxes']} boxes]")
+        ci = (f"{s['map50_ci_low']:6.3f}-{s['map50_ci_high']:.3f}" if s.get("map50_ci_low") is not None
+              else f"{s.get('map50_ci_note') or 'n/a':>13s}")
+        rows.append(f"  {t:22s} {s['map50']:6.3f} {ci} {s['map_iou40']:6.3f} {s['map50_95']:8.3f} "
+                    f"{s['cpm_luna16']:6.3f} {s['cpm_iou']:7.3f}   "
+                    f"{s['precision_macro']:.3f} / {s['recall_macro']:.3f}, {s['precision_micro']:.3f} / "
+                    f"{s['recall_micro']:.3f} at conf > {s['conf']:g} (iou {s['iou']:g})   "
+                    f"{s.get('init')}  [{s['test_images']} images, {s['test_patients']} patients, "
+                    f"{s['test_boxes']} boxes]")
+    rows.append("  (CI: patient-level bootstrap; CPM: LUNA16's centre rule, comparable with published CPMs; "
+                "CPM-IoU: the project's IoU 0.5 rule; macro: mean over classes, micro: pooled over boxes)")
     return rows
 
 
@@ -81,7 +87,7 @@ def cmd_materialize(args) -> int:
     print()
     print("\n".join(summary_lines(outcome)))
     print(f"materialised in {outcome.seconds:.0f}s (profile {profile})")
-    print("per-task test figures (threshold-free AP with bootstrap CI; operating point at the tuned conf):")
+    print("per-task test figures (threshold-free AP with patient-level bootstrap CI; operating point at the tuned conf):")
     print("\n".join(task_table(settings.storage_dir, profile, tasks or TASK_NAMES)))
     report = Path(str(settings.storage_dir)) / profile / "reports" / "study" / "report.html"
     if "://" in str(settings.storage_dir) or report.exists():

@@ -96,8 +96,13 @@ class Profile:
     iou_grid: tuple[float, ...] = STUDY_IOU_GRID
     #: how many ground-truth-vs-prediction panels an evaluation report draws
     report_panels: int = 4
-    #: resamples of the test images for the 95% bootstrap intervals
-    bootstrap_resamples: int = 200
+    #: resamples of the patient-level (cluster) bootstrap behind every 95% interval (seeded by `seed`)
+    bootstrap_resamples: int = 1000
+    #: a class, subgroup or comparison with fewer test boxes gets "too few test boxes (n)", no interval
+    min_test_boxes: int = 10
+    #: the champion gate decides on the point estimate only where an equally good model would be kept
+    #: out by chance at most this often on the test split at hand (core/champion.py)
+    gate_null_rate: float = 0.2
     #: most quarantined input rows an asset check accepts
     max_quarantine_rows: int = 10
 
@@ -193,7 +198,7 @@ PROFILES: dict[str, Profile] = {
         conf_grid=(0.03, 0.3),
         iou_grid=(0.5, 0.8),
         report_panels=2,
-        bootstrap_resamples=20,
+        bootstrap_resamples=200,
     ),
 }
 

@@ -1,13 +1,15 @@
 """Test evaluation and the study report, computed from frames (no storage, no MLflow: `defs/` does that).
 
 Per task, from the test split's ground truth and the detections of the task's rule at the AP floor:
-- threshold-free AP (AP50, AP@IoU0.4, AP50-95; COCO 101-point interpolation) with 95% bootstrap
-  intervals over test images, and the operating point (precision, recall, F1 at the tuned conf);
-- FROC (sensitivity at 1/8..8 false positives per image and their mean, the CPM);
+- threshold-free AP (AP50, AP@IoU0.4, AP50-95; COCO 101-point interpolation) with 95% patient-level
+  (cluster) bootstrap intervals, or "too few test boxes (n)", and the operating point (precision,
+  recall, F1 at the tuned conf), macro and micro, each named;
+- FROC (sensitivity at 1/8..8 false positives per image and their mean, the CPM) under the project's
+  IoU rule and LUNA16's centre rule (the CPM comparable with published ones);
 - on NIH test images, mAP50 by sex, age band and view position, with counts and intervals.
 
 Across tasks, the study report compares figures only where they are measured on the same test images
-and the same finding, with a paired bootstrap interval of the difference.
+and the same finding, with a paired patient-level bootstrap interval of the difference.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from .detection import DetectionRule
-from .metrics import (bootstrap_ci, confusion_matrix, evaluate, froc, match_label, paired_bootstrap, pr_curve,
-                      subgroups, summarise)
+from .metrics import (ABSENT_CLASS_RULE, AVERAGES, HIT_RULES, MIN_TEST_BOXES, bootstrap_intervals, confusion_matrix,
+                      evaluate, froc, match_label, paired_bootstrap, pr_curve, subgroups, summarise, too_few)
 from .report import md_table
 
 INTERPOLATION = "COCO 101-point interpolated precision, greedy matching by score, at most 100 detections per image"
@@ -27,14 +29,15 @@ INTERPOLATION = "COCO 101-point interpolated precision, greedy matching by score
 
 @dataclass
 class TaskEvaluation:
-    table: pd.DataFrame                 # per class: AP (threshold-free) and the operating point
-    summary: dict                       # means over classes with ground truth, plus intervals
+    table: pd.DataFrame                 # per class: AP (threshold-free), its interval, and the operating point
+    summary: dict                       # means over classes with ground truth, both averages, intervals
     ci: pd.DataFrame                    # bootstrap intervals (threshold-free AP50; recall at the operating point)
-    froc: pd.DataFrame
+    froc: pd.DataFrame                  # both hit rules (column hit_rule)
     froc_curves: dict
     subgroups: pd.DataFrame
     confusion: pd.DataFrame             # at the operating point
     pr_curves: dict = field(default_factory=dict)
+    mean_ap_samples: np.ndarray = field(default_factory=lambda: np.zeros(0))   # resampled mAP50 (the gate's power)
 
 
 def split(images: pd.DataFrame, boxes: pd.DataFrame, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -43,80 +46,150 @@ def split(images: pd.DataFrame, boxes: pd.DataFrame, name: str) -> tuple[pd.Data
     return images, boxes[boxes["image_id"].isin(images["image_id"])].reset_index(drop=True)
 
 
+def patients(images: pd.DataFrame) -> dict | None:
+    """image_id -> patient (the dataset's `group`: nih:<patient id>, or vbd:<image> for a VinBigData
+    image, its own patient); None when the table does not say (each image is then its own)."""
+    if "group" not in images:
+        return None
+    return dict(zip(images["image_id"], images["group"]))
+
+
+def intervals_sentence(n_boot: int, who: str, seed: int) -> str:
+    """How the intervals were drawn; `who`: whose patients ("the 14 test patients")."""
+    return (f"patient-level bootstrap, {n_boot} resamples of {who} (a patient's images move together; a VinBigData "
+            f"image is its own patient), seed {seed}")
+
+
 def evaluate_task(gt: pd.DataFrame, detections: pd.DataFrame, images: pd.DataFrame, classes, rule: DetectionRule,
-                  nih_meta: pd.DataFrame | None = None, n_boot: int = 200, seed: int = 0) -> TaskEvaluation:
-    """`detections`: the task's rule applied at the AP floor to every test image (`images`).
-    `nih_meta`: image_id, sex, age, view of the NIH test images (subgroups); None skips them."""
+                  nih_meta: pd.DataFrame | None = None, n_boot: int = 1000, seed: int = 0,
+                  min_boxes: int = MIN_TEST_BOXES) -> TaskEvaluation:
+    """`detections`: the task's rule applied at the AP floor to every test image (`images`, with its
+    `group` column naming each image's patient). `nih_meta`: image_id, sex, age, view of the NIH
+    test images (subgroups); None skips them."""
     classes = list(classes)
     ids = list(images["image_id"])
+    groups = patients(images)
     table = evaluate(gt, detections, classes, conf=rule.conf)
     summary = summarise(table)
     operating = detections[detections["score"] > rule.conf]
-    ci_ap = bootstrap_ci(gt, detections, classes, ids, n_boot=n_boot, seed=seed)
-    ci_op = bootstrap_ci(gt, operating, classes, ids, n_boot=n_boot, seed=seed)
-    ci = pd.concat([ci_ap[ci_ap["label"] != "(mean recall)"],
-                    ci_op[ci_op["label"] == "(mean recall)"].assign(label="(mean recall at the operating point)")],
-                   ignore_index=True)
+    ci, mean_ap_samples = bootstrap_intervals(gt, detections, classes, ids, n_boot=n_boot, seed=seed, groups=groups,
+                                              conf=rule.conf, min_boxes=min_boxes)
+    ci["label"] = ci["label"].replace({"(mean recall)": "(mean recall at the operating point)"})
     cis = ci.set_index("label")
-    summary.update(map50_ci_low=float(cis.loc["(mean AP50)", "ci_low"]), map50_ci_high=float(cis.loc["(mean AP50)", "ci_high"]),
-                   recall_ci_low=float(cis.loc["(mean recall at the operating point)", "ci_low"]),
-                   recall_ci_high=float(cis.loc["(mean recall at the operating point)", "ci_high"]))
-    table = table.merge(ci_ap.rename(columns={"ci_low": "ap50_ci_low", "ci_high": "ap50_ci_high"})
-                        [["label", "ap50_ci_low", "ap50_ci_high"]], on="label", how="left")
-    froc_table, curves = froc(gt, detections, classes, ids)
-    pooled = froc_table.iloc[-1]
-    summary["cpm"] = float(pooled["cpm"])
+    mean, recall = cis.loc["(mean AP50)"], cis.loc["(mean recall at the operating point)"]
+    summary.update(map50_ci_low=float(mean["ci_low"]), map50_ci_high=float(mean["ci_high"]),
+                   map50_ci_note=mean["note"], recall_macro_ci_low=float(recall["ci_low"]),
+                   recall_macro_ci_high=float(recall["ci_high"]))
+    table = table.merge(ci.rename(columns={"ci_low": "ap50_ci_low", "ci_high": "ap50_ci_high", "note": "ci_note"})
+                        [["label", "ap50_ci_low", "ap50_ci_high", "ci_note"]], on="label", how="left")
+    tables, curves = [], {}
+    for hit_rule, tag in (("luna16", "LUNA16"), ("iou", "IoU 0.5")):
+        t, c = froc(gt, detections, classes, ids, rule=hit_rule)
+        tables.append(t)
+        curves.update({f"{k} [{tag}]": v for k, v in c.items() if hit_rule == "luna16" or k == t.iloc[-1]["label"]})
+        summary[f"cpm_{hit_rule}"] = float(t.iloc[-1]["cpm"])
+    froc_table = pd.concat(tables, ignore_index=True)
     if nih_meta is not None and len(nih_meta):
         meta = nih_meta[nih_meta["image_id"].isin(ids)]
-        groups = subgroups(gt[gt["image_id"].isin(meta["image_id"])],
-                           detections[detections["image_id"].isin(meta["image_id"])], classes, meta,
-                           n_boot=n_boot, seed=seed)
+        groups_table = subgroups(gt[gt["image_id"].isin(meta["image_id"])],
+                                 detections[detections["image_id"].isin(meta["image_id"])], classes, meta,
+                                 n_boot=n_boot, seed=seed, groups=groups, min_boxes=min_boxes)
     else:
-        groups = pd.DataFrame(columns=["attribute", "group", "images", "boxes", "map50", "ci_low", "ci_high"])
+        groups_table = pd.DataFrame(columns=["attribute", "group", "images", "patients", "boxes", "map50", "ci_low",
+                                             "ci_high", "note"])
     pr = {}
     for label in classes:
         s, tp, n = match_label(gt[gt.label == label], detections[detections.label == label], 0.5)
         if n:
             r, p, _ = pr_curve(s, tp, n)
             pr[label] = (r, p)
-    summary.update(test_images=len(ids), test_boxes=len(gt))
+    n_patients = len(set((groups or {}).get(i, i) for i in ids))
+    summary.update(test_images=len(ids), test_patients=n_patients, test_boxes=len(gt), resamples=n_boot, seed=seed,
+                   min_test_boxes=min_boxes)
     return TaskEvaluation(table=table, summary=summary, ci=ci, froc=froc_table, froc_curves=curves,
-                          subgroups=groups, confusion=confusion_matrix(gt, operating, classes), pr_curves=pr)
+                          subgroups=groups_table, confusion=confusion_matrix(gt, operating, classes), pr_curves=pr,
+                          mean_ap_samples=mean_ap_samples)
+
+
+def interval_text(low: float, high: float, note: str = "") -> str:
+    """"0.512-0.733", or the note ("too few test boxes (n)") where no interval is given."""
+    if low == low and high == high:
+        return f"{low:.3f}-{high:.3f}"
+    return note or "n/a"
+
+
+def gate_markdown(gate: dict, summary: dict) -> list[str]:
+    """The champion gate's section: its decision, the rule and the stated rate, and what this test
+    split can resolve."""
+    lines = ["## Champion gate", "", f"Decision: **{gate['decision']}**. {gate.get('reason', '')}.", ""]
+    if "rule" in gate:
+        lines += [f"Rule: {gate['rule']} (stated rate {gate['stated_null_rate']:.0%}, margin {gate['margin']:g}).", ""]
+    if gate.get("compared_with"):
+        lines += [f"Against champion v{gate['compared_with']}: new {gate['new_map50']:.3f}, champion "
+                  f"{gate['champion_map50']:.3f} (re-scored on these images), difference {gate['diff']:+.4f} (95% "
+                  f"interval {interval_text(gate['diff_ci_low'], gate['diff_ci_high'])}) on {gate['test_boxes']} test "
+                  f"boxes; null rate on this split {gate['null_rate']:.0%}; between two equally good models this "
+                  f"decision would come {gate['null_probability_of_decision']:.0%} of the time "
+                  f"(one-sided p {gate['p_value']:.3f}).", ""]
+    rate, resolvable = summary.get("gate_null_rate_at_margin"), summary.get("gate_resolvable_margin")
+    if rate is not None and rate == rate:
+        lines += [f"This test split's power, before any second model: against an equally good independent model "
+                  f"the point estimate would fall below -{gate.get('margin', 0):g} {rate:.0%} of the time; the "
+                  f"smallest margin it resolves at the stated rate is {resolvable:.3f} mAP50 (a correlated "
+                  "challenger narrows both).", ""]
+    return lines
 
 
 def report_markdown(task: str, profile: str, ev: TaskEvaluation, rule: DetectionRule, model: dict,
-                    excluded: pd.DataFrame | None = None, n_boot: int = 200) -> str:
-    """The per-task evaluation report. `model`: model.json (init, version...)."""
+                    excluded: pd.DataFrame | None = None, n_boot: int | None = None, gate: dict | None = None) -> str:
+    """The per-task evaluation report. `model`: model.json (init, version...); `gate`: the champion
+    gate's record (`champion.gate_record`)."""
     s = ev.summary
+    n_boot = s.get("resamples", n_boot)
     init = model.get("init", "unknown")
+    ap_ci = interval_text(s["map50_ci_low"], s["map50_ci_high"], s.get("map50_ci_note", ""))
+    who = f"the {s['test_patients']} test patients"
+    froc_rules = "; ".join(f"`{k}`: {v}" for k, v in HIT_RULES.items())
     lines = [
         f"# Evaluation: {task}",
         "",
         f"Profile `{profile}`; model version {model.get('model_version')} (init `{init}`"
         + (f", sha256 {model['init_sha256'][:12]}" if model.get("init_sha256") else "") + ")"
         + ("; trained on the synthetic sample data" if model.get("trained_on_synthetic") else "") + ".",
-        f"Test split: {s['test_images']} images, {s['test_boxes']} boxes. Detection rule (tuned on val, served as is): "
-        f"{rule.describe()}.",
+        f"Test split: {s['test_images']} images of {s['test_patients']} patients, {s['test_boxes']} boxes. Detection "
+        f"rule (tuned on val, served as is): {rule.describe()}.",
         "",
         "## Threshold-free AP",
         "",
         f"Over every detection above 0.001 after NMS at IoU {rule.iou:g} ({INTERPOLATION}):",
-        f"- mAP50 **{s['map50']:.3f}** (95% bootstrap CI {s['map50_ci_low']:.3f}-{s['map50_ci_high']:.3f}, "
-        f"{n_boot} resamples of test images)",
+        f"- mAP50 **{s['map50']:.3f}** (95% interval {ap_ci})",
         f"- mAP@IoU0.4 {s['map_iou40']:.3f} (VinBigData's metric: AP at IoU 0.4)",
         f"- mAP50-95 {s['map50_95']:.3f}",
         "",
+        f"Intervals: {intervals_sentence(n_boot, who, s.get('seed', 0))}. The mean is over the fixed "
+        f"set of classes with test boxes; {ABSENT_CLASS_RULE}. A class with fewer than {s.get('min_test_boxes')} "
+        "test boxes gets no interval (\"too few test boxes (n)\").",
+        "",
         "## Operating point",
         "",
-        f"Detections with score > {rule.conf:g} (what the web app shows), IoU 0.5: precision {s['precision']:.3f}, "
-        f"recall {s['recall']:.3f} (95% CI {s['recall_ci_low']:.3f}-{s['recall_ci_high']:.3f}), F1 {s['f1']:.3f}.",
+        f"Detections with score > {rule.conf:g} (what the web app shows), IoU 0.5. Each F1 is computed from the "
+        "precision and recall beside it.",
+        "",
+        f"- {AVERAGES['macro']}: precision {s['precision_macro']:.3f}, recall {s['recall_macro']:.3f} (95% interval "
+        f"{interval_text(s['recall_macro_ci_low'], s['recall_macro_ci_high'], s.get('map50_ci_note', ''))}), "
+        f"F1 {s['f1_macro']:.3f}",
+        f"- {AVERAGES['micro']}: precision {s['precision_micro']:.3f}, recall {s['recall_micro']:.3f}, "
+        f"F1 {s['f1_micro']:.3f}",
         "",
         md_table(ev.table),
         "",
         "## FROC",
         "",
-        f"Sensitivity at 1/8 to 8 false positives per image (IoU 0.5, all {s['test_images']} test images) and their "
-        f"mean, the CPM: **{s['cpm']:.3f}** (all findings).",
+        f"Sensitivity at 1/8 to 8 false positives per image (all {s['test_images']} test images) and their mean, "
+        f"the CPM, under two hit rules ({froc_rules}).",
+        "",
+        f"- CPM, LUNA16's rule (comparable with published CPMs): **{s['cpm_luna16']:.3f}** (all findings)",
+        f"- CPM, the project's IoU rule: {s['cpm_iou']:.3f}",
         "",
         md_table(ev.froc),
         "",
@@ -125,13 +198,15 @@ def report_markdown(task: str, profile: str, ev: TaskEvaluation, rule: Detection
     ]
     if len(ev.subgroups):
         lines += ["## Subgroups (NIH test images)", "",
-                  "mAP50 (threshold-free) by sex, age band and view position, with 95% bootstrap intervals over the "
-                  "group's images. A group with few boxes has a wide interval.", "", md_table(ev.subgroups), ""]
+                  "mAP50 (threshold-free) by sex, age band and view position, with patient-level bootstrap 95% "
+                  "intervals over the group's patients, or \"too few test boxes (n)\".", "", md_table(ev.subgroups), ""]
     if excluded is not None and len(excluded):
         counts = excluded.groupby(["finding", "split"]).size().unstack("split").fillna(0).astype(int).reset_index()
         lines += ["## Left out: unboxed findings", "",
                   "NIH images whose Data_Entry lists a finding of this task with no box for it (they would be "
                   "negatives for a visible finding), by finding and split:", "", md_table(counts), ""]
+    if gate is not None:
+        lines += gate_markdown(gate, s)
     lines += ["## Curves and examples", "", "![PR curves](pr_curves.png)", "",
               "![Confusion matrix at the operating point](confusion_matrix.png)", "",
               "![Labels | Predictions at the operating point](panels.png)", ""]
@@ -161,17 +236,25 @@ SHARED_NIH_FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltrate", 
 
 
 def _paired_row(what: str, a: TaskResult, b: TaskResult, gt: pd.DataFrame, pa: pd.DataFrame, pb: pd.DataFrame,
-                labels, ids, n_boot: int, seed: int) -> dict:
-    r = paired_bootstrap(gt, pa, pb, labels, ids, n_boot=n_boot, seed=seed)
-    verdict = ("no test boxes of it on the shared images" if r["a"] != r["a"] else
-               "the 95% interval of the difference excludes 0" if (r["ci_low"] > 0 or r["ci_high"] < 0)
-               else "the 95% interval of the difference includes 0: this test set does not show a difference")
+                labels, ids, n_boot: int, seed: int, min_boxes: int = MIN_TEST_BOXES) -> dict:
+    groups = {**(patients(a.images) or {}), **(patients(b.images) or {})} or None
+    r = paired_bootstrap(gt, pa, pb, labels, ids, n_boot=n_boot, seed=seed, groups=groups)
+    low, high = r["ci_low"], r["ci_high"]
+    if r["a"] != r["a"]:
+        verdict = "no test boxes of it on the shared images"
+    elif r["boxes"] < min_boxes:
+        verdict, low, high = f"cannot tell: {too_few(r['boxes'])}", float("nan"), float("nan")
+    elif low > 0 or high < 0:
+        verdict = "the 95% interval of the difference excludes 0"
+    else:
+        verdict = "the 95% interval of the difference includes 0: this test set does not show a difference"
     return {"comparison": what, "a": a.name, "b": b.name, "findings": ", ".join(labels), "images": r["images"],
-            "boxes": int(gt["image_id"].isin(ids).sum()), "ap50_a": r["a"], "ap50_b": r["b"], "diff": r["diff"],
-            "ci_low": r["ci_low"], "ci_high": r["ci_high"], "reading": verdict}
+            "patients": r["patients"], "boxes": r["boxes"], "ap50_a": r["a"], "ap50_b": r["b"], "diff": r["diff"],
+            "ci_low": low, "ci_high": high, "reading": verdict}
 
 
-def fair_comparisons(results: dict[str, TaskResult], n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
+def fair_comparisons(results: dict[str, TaskResult], n_boot: int = 1000, seed: int = 0,
+                     min_boxes: int = MIN_TEST_BOXES) -> tuple[pd.DataFrame, list[str]]:
     """Paired comparisons on the same test images and findings; and the comparisons that cannot be
     made fairly, said plainly. AP50 here is threshold-free, on the shared images only."""
     rows, unfair = [], []
@@ -183,7 +266,7 @@ def fair_comparisons(results: dict[str, TaskResult], n_boot: int = 1000, seed: i
             pb = b.detections[(b.detections["label"] == finding) & b.detections["image_id"].isin(ids)]
             rows.append(_paired_row(f"one-class {finding} model vs the same class inside the multi-class model",
                                     a, b, gt, a.detections[a.detections["image_id"].isin(ids)], pb, [finding], ids,
-                                    n_boot, seed))
+                                    n_boot, seed, min_boxes))
     for united, nih, labels in (("united_multi", "nih_multi", SHARED_NIH_FINDINGS),
                                 ("united_binary", "nih_binary", ("abnormality",))):
         if united in results and nih in results:
@@ -195,7 +278,7 @@ def fair_comparisons(results: dict[str, TaskResult], n_boot: int = 1000, seed: i
             pa = a.detections[a.detections["image_id"].isin(ids) & a.detections["label"].isin(present)]
             pb = b.detections[b.detections["image_id"].isin(ids) & b.detections["label"].isin(present)]
             rows.append(_paired_row("adding VinBigData, on the NIH test images both models saw (findings named alike)",
-                                    a, b, gt, pa, pb, present, ids, n_boot, seed))
+                                    a, b, gt, pa, pb, present, ids, n_boot, seed, min_boxes))
     unfair += [
         "nih_* against united_* as whole-task figures: different test images (united adds VinBigData's) and, for the "
         "multi-class tasks, different classes (Mass and Nodule vs Mass/Nodule); only the NIH images and the findings "
@@ -203,8 +286,8 @@ def fair_comparisons(results: dict[str, TaskResult], n_boot: int = 1000, seed: i
         "binary against multi-class models: 'abnormality' is not a finding of the multi-class models, so their AP "
         "measures different things; no paired comparison exists.",
     ]
-    cols = ["comparison", "a", "b", "findings", "images", "boxes", "ap50_a", "ap50_b", "diff", "ci_low", "ci_high",
-            "reading"]
+    cols = ["comparison", "a", "b", "findings", "images", "patients", "boxes", "ap50_a", "ap50_b", "diff", "ci_low",
+            "ci_high", "reading"]
     return pd.DataFrame(rows, columns=cols), unfair
 
 
@@ -212,14 +295,15 @@ def tasks_table(results: dict[str, TaskResult]) -> pd.DataFrame:
     rows = []
     for name, r in results.items():
         s = r.summary
-        rows.append({"task": name, "test_images": s.get("test_images"), "test_boxes": s.get("test_boxes"),
-                     "map50": s.get("map50"), "map50_ci_low": s.get("map50_ci_low"),
+        rows.append({"task": name, "test_images": s.get("test_images"), "test_patients": s.get("test_patients"),
+                     "test_boxes": s.get("test_boxes"), "map50": s.get("map50"), "map50_ci_low": s.get("map50_ci_low"),
                      "map50_ci_high": s.get("map50_ci_high"), "map_iou40": s.get("map_iou40"),
-                     "map50_95": s.get("map50_95"), "cpm": s.get("cpm"),
-                     "op_conf": r.rule.get("conf"), "op_iou": r.rule.get("iou"), "op_precision": s.get("precision"),
-                     "op_recall": s.get("recall"), "op_f1": s.get("f1"), "version": r.model.get("model_version"),
-                     "init": r.model.get("init"), "excluded_images": 0 if r.excluded is None else
-                     int(r.excluded["image_id"].nunique())})
+                     "map50_95": s.get("map50_95"), "cpm_luna16": s.get("cpm_luna16"), "cpm_iou": s.get("cpm_iou"),
+                     "op_conf": r.rule.get("conf"), "op_iou": r.rule.get("iou"),
+                     **{f"op_{k}": s.get(k) for k in ("precision_macro", "recall_macro", "f1_macro", "precision_micro",
+                                                      "recall_micro", "f1_micro")},
+                     "version": r.model.get("model_version"), "init": r.model.get("init"),
+                     "excluded_images": 0 if r.excluded is None else int(r.excluded["image_id"].nunique())})
     return pd.DataFrame(rows)
 
 
@@ -237,13 +321,13 @@ def excluded_counts(results: dict[str, TaskResult]) -> pd.DataFrame:
 
 def subgroup_table(results: dict[str, TaskResult], per_task: dict[str, pd.DataFrame]) -> pd.DataFrame:
     parts = [df.assign(task=name) for name, df in per_task.items() if name in results and len(df)]
-    return pd.concat(parts, ignore_index=True)[["task", "attribute", "group", "images", "boxes", "map50", "ci_low",
-                                                "ci_high"]] if parts else pd.DataFrame()
+    cols = ["task", "attribute", "group", "images", "patients", "boxes", "map50", "ci_low", "ci_high", "note"]
+    return pd.concat(parts, ignore_index=True).reindex(columns=cols) if parts else pd.DataFrame()
 
 
 def study_markdown(profile: str, results: dict[str, TaskResult], missing: list[str], data_sections: list[str],
                    comparisons: pd.DataFrame, unfair: list[str], subgroup_rows: pd.DataFrame, n_boot: int,
-                   served: list[str], when: str) -> str:
+                   served: list[str], when: str, seed: int = 0, min_boxes: int = MIN_TEST_BOXES) -> str:
     table = tasks_table(results)
     md = [f"# Chest X-ray abnormality detection: study report ({profile} profile)", "",
           f"Regenerated {when} from this materialisation's data.", ""]
@@ -257,22 +341,26 @@ def study_markdown(profile: str, results: dict[str, TaskResult], missing: list[s
                "(they would teach the model that a visible finding is nothing):", "", md_table(ex), ""]
     md += ["## Results on the test split", "",
            "`map50`, `map_iou40` (AP at IoU 0.4, VinBigData's metric), `map50_95`: threshold-free, over every detection "
-           f"above 0.001 after NMS ({INTERPOLATION}); 95% bootstrap intervals over test images. `cpm`: mean FROC "
-           "sensitivity at 1/8-8 false positives per image. `op_*`: the operating point, detections above the tuned "
-           "conf, as served. `init`: the starting weights.", ""]
+           f"above 0.001 after NMS ({INTERPOLATION}); 95% intervals from a {intervals_sentence(n_boot, 'the test patients', seed)} "
+           "(no interval below the minimum count of test boxes). `cpm_luna16`: mean FROC sensitivity at 1/8-8 false "
+           "positives per image under LUNA16's centre rule (comparable with published CPMs); `cpm_iou`: the same "
+           "under the project's stricter IoU 0.5 rule. `op_*`: the operating point, detections above the tuned conf, "
+           f"as served; {AVERAGES['macro']}; {AVERAGES['micro']}. `init`: the starting weights.", ""]
     if not table.empty:
         md += [md_table(table), "", "![test mAP50 per task](map50.png)", ""]
     md += ["## Comparisons on the same images", "",
            f"Each line compares two models on the test images both were evaluated on and the findings both name "
-           f"alike: the difference a - b of threshold-free AP50 (mean over those findings) with a paired bootstrap 95% "
-           f"interval ({n_boot} resamples of the shared images, both models scored on each).", ""]
+           f"alike: the difference a - b of threshold-free AP50 (mean over those findings) with a paired 95% interval "
+           f"({intervals_sentence(n_boot, 'the patients of the shared images', seed)}, both models scored on each). Below "
+           f"{min_boxes} test "
+           "boxes a comparison reads \"cannot tell\".", ""]
     md += ([md_table(comparisons), "", "![paired differences](comparisons.png)", ""] if len(comparisons)
            else ["No pair of tasks evaluated yet.", ""])
     md += ["No fair comparison exists for:", "", *[f"- {u}" for u in unfair], ""]
     if len(subgroup_rows):
         md += ["## Subgroups (NIH test images)", "",
-               "Threshold-free mAP50 by sex, age band (<40, 40-60, >60) and view position, with 95% bootstrap "
-               "intervals; a gap between groups whose intervals barely overlap deserves a look on real data.", "",
+               "Threshold-free mAP50 by sex, age band (<40, 40-60, >60) and view position, with patient-level 95% "
+               "intervals or \"too few test boxes (n)\"; a gap between groups whose intervals barely overlap deserves a look on real data.", "",
                md_table(subgroup_rows), ""]
     md += ["## The served panel", "",
            "The study's demo shows " + ", ".join(served) + " side by side, each with its own detection rule (tuned "

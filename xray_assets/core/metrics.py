@@ -118,7 +118,8 @@ def evaluate(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels: list
     floor after NMS (AP_FLOOR), and AP no longer depends on any chosen threshold. `ap50` at IoU 0.5,
     `ap_iou40` at IoU 0.4 (VinBigData's metric; not KITTI's 40-recall-point AP), `ap50_95` the mean
     over IoU 0.50:0.05:0.95. The operating point is the predictions with score > `conf` (all of
-    them when `conf` is None): precision, recall and F1 at IoU 0.5.
+    them when `conf` is None): precision, recall and F1 at IoU 0.5, with the counts (`tp_op`,
+    `fp_op`) the pooled (micro) figures add up.
     """
     rows = []
     for label in labels:
@@ -132,101 +133,312 @@ def evaluate(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels: list
         row["ap50_95"] = float(np.mean(aps)) if len(gt) else np.nan
         _, tp, n = match_label(gt, op, 0.5, max_dets)
         ntp = int(tp.sum())
+        row["tp_op"], row["fp_op"] = ntp, len(tp) - ntp
         row["precision"] = ntp / len(tp) if len(tp) else (np.nan if not n else 0.0)
         row["recall"] = ntp / n if n else np.nan
-        p, r = row["precision"], row["recall"]
-        row["f1"] = 2 * p * r / (p + r) if p == p and r == r and (p + r) > 0 else (0.0 if len(gt) else np.nan)
+        row["f1"] = f1_score(row["precision"], row["recall"]) if len(gt) else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def f1_score(precision: float, recall: float) -> float:
+    """The harmonic mean of the precision and recall given (0 when both are 0, NaN when one is NaN)."""
+    if precision != precision or recall != recall:
+        return float("nan")
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+#: the two averages of the operating point, as reports, MLflow and metadata name them
+AVERAGES = {
+    "macro": "macro: the mean over the classes with test boxes (each class weighs the same; a class with boxes "
+             "and no detection above conf counts precision 0)",
+    "micro": "micro: pooled over every test box and every detection above conf (each box weighs the same)",
+}
+
+
 def summarise(table: pd.DataFrame) -> dict[str, float]:
-    """Means over labels that have ground truth (NaN everywhere when nothing has ground truth)."""
+    """Threshold-free mAP (means over labels that have ground truth) and the operating point both
+    ways: `precision_macro`, `recall_macro` (means over those labels) and `precision_micro`,
+    `recall_micro` (pooled counts over all labels); each F1 from the precision and recall beside it.
+    NaN everywhere when nothing has ground truth."""
     t = table[table["n_gt"] > 0]
-    keys = ("map50", "map_iou40", "map50_95", "precision", "recall", "f1")
+    keys = ("map50", "map_iou40", "map50_95", *(f"{m}_{a}" for a in AVERAGES for m in ("precision", "recall", "f1")))
     if t.empty:
         return {k: float("nan") for k in keys}
-    return {
-        "map50": float(t["ap50"].mean()),
-        "map_iou40": float(t["ap_iou40"].mean()),
-        "map50_95": float(t["ap50_95"].mean()),
-        "precision": float(t["precision"].fillna(0).mean()),
-        "recall": float(t["recall"].mean()),
-        "f1": float(t["f1"].fillna(0).mean()),
-    }
-
-
-def _per_image_matches(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, ids: list,
-                       iou_thr: float = 0.5) -> dict:
-    """label -> (scores per image, TP flags per image, GT count per image) over `ids` (in order)."""
-    index = {image_id: k for k, image_id in enumerate(ids)}
-    out = {}
-    for label in labels:
-        gt = ground_truth[ground_truth["label"] == label]
-        pred = predictions[predictions["label"] == label]
-        scores = [np.zeros(0)] * len(ids)
-        tps = [np.zeros(0, bool)] * len(ids)
-        n_gt = np.zeros(len(ids), int)
-        gt_by, pred_by = dict(tuple(gt.groupby("image_id"))), dict(tuple(pred.groupby("image_id")))
-        for image_id in gt_by.keys() | pred_by.keys():
-            if image_id not in index:
-                continue
-            g = gt_by.get(image_id, gt.iloc[0:0])
-            n_gt[index[image_id]] = len(g)
-            s, tp, _ = match_label(g, pred_by.get(image_id, pred.iloc[0:0]), iou_thr)
-            scores[index[image_id]], tps[index[image_id]] = s, tp
-        out[label] = (scores, tps, n_gt)
+    out = {"map50": float(t["ap50"].mean()), "map_iou40": float(t["ap_iou40"].mean()),
+           "map50_95": float(t["ap50_95"].mean()),
+           "precision_macro": float(t["precision"].fillna(0).mean()), "recall_macro": float(t["recall"].mean())}
+    out["f1_macro"] = f1_score(out["precision_macro"], out["recall_macro"])
+    tp, fp, n = (int(table[c].sum()) for c in ("tp_op", "fp_op", "n_gt"))
+    out["precision_micro"] = tp / (tp + fp) if tp + fp else 0.0
+    out["recall_micro"] = tp / n
+    out["f1_micro"] = f1_score(out["precision_micro"], out["recall_micro"])
     return out
 
 
-def _mean_ap(per_label: dict, draw: np.ndarray) -> float:
-    """Mean AP over labels with ground truth among the drawn images (NaN when none has any)."""
-    aps = []
-    for scores, tps, n_gt in per_label.values():
-        n = int(n_gt[draw].sum())
-        if n:
-            s = np.concatenate([scores[i] for i in draw])
-            tp = np.concatenate([tps[i] for i in draw])
-            aps.append(ap_from_pr(*pr_curve(s, tp, n)[:2]))
-    return float(np.mean(aps)) if aps else float("nan")
+# -- intervals: the patient-level (cluster) bootstrap ----------------------------------------------
+#: a class (or comparison) with fewer test boxes than this gets no interval (Profile.min_test_boxes)
+MIN_TEST_BOXES = 10
+#: how a resample that draws none of a class's test boxes is treated, the same in every resample
+ABSENT_CLASS_RULE = ("a resample that draws none of a class's test boxes carries no information on that class: the "
+                     "class counts at its full-split value, so every resample averages the same classes")
+
+
+def too_few(n: int) -> str:
+    return f"too few test boxes ({n})"
+
+
+class Resamples:
+    """Patient-level (cluster) bootstrap draws over a fixed list of test images.
+
+    A resample draws as many patients as the images belong to, with replacement, and keeps every
+    image of each drawn patient (`groups` maps image_id to its patient; an image missing from it,
+    e.g. a VinBigData image, is its own patient). Images of one patient therefore move together,
+    and an interval reflects the patients, the unit that was sampled. `weights[k, i]`: how many
+    times image `ids[i]` is in resample k; `draws[k]`: the drawn patients (codes into `patients`),
+    in draw order. The same (images, groups, n_boot, seed) always draw the same.
+    """
+
+    def __init__(self, image_ids, groups=None, n_boot: int = 1000, seed: int = 0):
+        self.ids = list(dict.fromkeys(image_ids))
+        self.n_boot, self.seed = int(n_boot), int(seed)
+        groups = {} if groups is None else dict(groups)
+        keys = pd.Series([("patient", groups[i]) if i in groups else ("image", i) for i in self.ids], dtype=object)
+        codes, uniques = pd.factorize(keys)
+        self.cluster_of = np.asarray(codes, dtype=np.int64)
+        self.patients = list(uniques)
+        n = len(self.patients)
+        rng = np.random.default_rng(self.seed)
+        self.draws = rng.integers(0, n, size=(self.n_boot, n)) if n else np.zeros((self.n_boot, 0), np.int64)
+        counts = np.zeros((self.n_boot, n), np.int64)
+        np.add.at(counts, (np.arange(self.n_boot)[:, None], self.draws), 1)
+        self.weights = counts[:, self.cluster_of]
+
+    @property
+    def n_patients(self) -> int:
+        return len(self.patients)
+
+
+class _Matched:
+    """One label's detections matched once per image (COCO's greedy matching at one IoU), sorted by
+    score over all images: a resample re-weights them by how often their image was drawn, which is
+    the AP of the drawn images' detections concatenated, with no matching redone."""
+
+    def __init__(self, gt: pd.DataFrame, pred: pd.DataFrame, ids: list, iou_thr: float, max_dets: int = 100):
+        index = {image_id: k for k, image_id in enumerate(ids)}
+        self.n_gt = np.zeros(len(ids), np.int64)
+        gt_at, pred_at = gt.groupby("image_id", sort=False).indices, pred.groupby("image_id", sort=False).indices
+        gt_xy, pred_xy = gt[COORDS].to_numpy(float), pred[COORDS].to_numpy(float)
+        pred_score = pred["score"].to_numpy(float)
+        img, score, tp = [], [], []
+        for image_id in ids:
+            g, p = gt_at.get(image_id), pred_at.get(image_id)
+            k = index[image_id]
+            if g is not None:
+                self.n_gt[k] = len(g)
+            if p is None:
+                continue
+            p = p[np.argsort(-pred_score[p], kind="mergesort")][:max_dets]
+            boxes = gt_xy[g] if g is not None else np.zeros((0, 4))
+            tp.append(greedy_match(box_iou(pred_xy[p], boxes), iou_thr))
+            score.append(pred_score[p])
+            img.append(np.full(len(p), k))
+        cat = (lambda xs, dtype: np.concatenate(xs) if xs else np.zeros(0, dtype))
+        score, tp, img = cat(score, float), cat(tp, bool), cat(img, np.int64)
+        order = np.argsort(-score, kind="mergesort")
+        self.score, self.tp, self.img = score[order], tp[order], img[order]
+        self.total = int(self.n_gt.sum())
+
+    def boxes(self, w: np.ndarray) -> int:
+        return int(w @ self.n_gt)
+
+    def ap(self, w: np.ndarray | None = None) -> float:
+        w = np.ones(len(self.n_gt), np.int64) if w is None else w
+        n = self.boxes(w)
+        if n == 0:
+            return float("nan")
+        dw = w[self.img]
+        keep = dw > 0
+        dw, tp = dw[keep], self.tp[keep]
+        ctp, cfp = np.cumsum(dw * tp), np.cumsum(dw * ~tp)
+        return ap_from_pr(ctp / n, ctp / np.maximum(ctp + cfp, np.finfo(float).eps))
+
+    def recall(self, w: np.ndarray | None = None, conf: float | None = None) -> float:
+        """Recall of the detections with score > conf. COCO's greedy matching goes down the scores,
+        so a detection's match does not depend on the lower-scored ones: the matches above conf
+        are those of matching the detections above conf alone."""
+        w = np.ones(len(self.n_gt), np.int64) if w is None else w
+        n = self.boxes(w)
+        if n == 0:
+            return float("nan")
+        hit = self.tp if conf is None else self.tp & (self.score > conf)
+        return float((w[self.img] * hit).sum() / n)
+
+
+def _matched(ground_truth, predictions, labels, ids, iou_thr=0.5, max_dets=100) -> dict[str, _Matched]:
+    return {label: _Matched(ground_truth[ground_truth["label"] == label], predictions[predictions["label"] == label],
+                            ids, iou_thr, max_dets) for label in labels}
+
+
+def _resampled(matched: dict[str, _Matched], resamples: Resamples, stat) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+    """Over the fixed class set (the labels with test boxes in the full split): the labels, their
+    full-split values, a (resamples, labels) matrix of resampled values (ABSENT_CLASS_RULE where a
+    resample draws none of a label's boxes) and where that happened."""
+    fixed = [label for label, m in matched.items() if m.total > 0]
+    point = np.array([stat(matched[label], None) for label in fixed])
+    values = np.tile(point, (resamples.n_boot, 1)).astype(float)
+    absent = np.zeros(values.shape, bool)
+    for j, label in enumerate(fixed):
+        m = matched[label]
+        drawn = resamples.weights @ m.n_gt
+        absent[:, j] = drawn == 0
+        for k in np.flatnonzero(drawn > 0):
+            values[k, j] = stat(m, resamples.weights[k])
+    return fixed, point, values, absent
+
+
+def _interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, image_ids, n_boot: int = 1000,
+                 seed: int = 0, alpha: float = 0.05, groups=None, conf: float | None = None,
+                 min_boxes: int = MIN_TEST_BOXES, max_dets: int = 100) -> pd.DataFrame:
+    """The interval table of `bootstrap_intervals`."""
+    return bootstrap_intervals(ground_truth, predictions, labels, image_ids, n_boot, seed, alpha, groups, conf,
+                               min_boxes, max_dets)[0]
+
+
+def bootstrap_intervals(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, image_ids,
+                        n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, groups=None,
+                        conf: float | None = None, min_boxes: int = MIN_TEST_BOXES, max_dets: int = 100
+                        ) -> tuple[pd.DataFrame, np.ndarray]:
+    """Patient-level bootstrap intervals (1 - `alpha`) of threshold-free AP50 per label and of their
+    mean, and of the mean recall of the detections with score > `conf` (the operating point).
+
+    One estimand per interval: the mean is over the fixed class set (the labels with test boxes in
+    the full split), and a resample that draws none of a label's boxes counts that label at its
+    full-split value (ABSENT_CLASS_RULE); per-label intervals use every resample likewise. A label
+    (or the whole set) with fewer than `min_boxes` test boxes gets no interval: `note` says "too few
+    test boxes (n)". Columns: label, boxes, estimate, ci_low, ci_high, resamples, without_boxes
+    (the share of resamples that drew none of its boxes), note. Also returns the resampled mean AP50s.
+    """
+    resamples = Resamples(image_ids, groups, n_boot, seed)
+    matched = _matched(ground_truth, predictions, labels, resamples.ids, max_dets=max_dets)
+    fixed, point, aps, absent = _resampled(matched, resamples, lambda m, w: m.ap(w))
+    _, rpoint, recalls, _ = _resampled(matched, resamples, lambda m, w: m.recall(w, conf))
+    rows = []
+    for label in labels:
+        m = matched[label]
+        row = {"label": label, "boxes": m.total, "estimate": float("nan"), "ci_low": float("nan"),
+               "ci_high": float("nan"), "resamples": resamples.n_boot, "without_boxes": float("nan"), "note": ""}
+        if label in fixed:
+            j = fixed.index(label)
+            row.update(estimate=float(point[j]), without_boxes=float(absent[:, j].mean()))
+            if m.total >= min_boxes:
+                row["ci_low"], row["ci_high"] = _interval(aps[:, j], alpha)
+            else:
+                row["note"] = too_few(m.total)
+        else:
+            row["note"] = "no test boxes"
+        rows.append(row)
+    total = sum(m.total for m in matched.values())
+    for name, pt, values in (("(mean AP50)", point, aps), ("(mean recall)", rpoint, recalls)):
+        row = {"label": name, "boxes": total, "estimate": float(pt.mean()) if len(fixed) else float("nan"),
+               "ci_low": float("nan"), "ci_high": float("nan"), "resamples": resamples.n_boot,
+               "without_boxes": float(absent.any(axis=1).mean()) if len(fixed) else float("nan"),
+               "note": f"over the {len(fixed)} classes with test boxes"}
+        if not fixed:
+            row["note"] = "no test boxes"
+        elif total < min_boxes:
+            row["note"] = too_few(total)
+        else:
+            row["ci_low"], row["ci_high"] = _interval(values.mean(axis=1), alpha)
+        rows.append(row)
+    return pd.DataFrame(rows), (aps.mean(axis=1) if fixed else np.zeros(0))
 
 
 def paired_bootstrap(ground_truth: pd.DataFrame, pred_a: pd.DataFrame, pred_b: pd.DataFrame, labels, image_ids,
-                     n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, iou_thr: float = 0.5) -> dict:
-    """mAP (mean AP over labels with ground truth, at `iou_thr`) of two sets of predictions on the
-    same images and ground truth, their difference a - b, and a paired bootstrap interval of the
-    difference: each resample draws images with replacement and scores both on that same draw."""
-    ids = list(dict.fromkeys(image_ids))
-    if not ids:
+                     n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, iou_thr: float = 0.5, groups=None,
+                     max_dets: int = 100) -> dict:
+    """mAP (mean AP at `iou_thr` over the labels with ground truth) of two sets of predictions on the
+    same images and ground truth, their difference a - b, and a paired patient-level bootstrap
+    interval of it: each resample draws patients with replacement (`Resamples`) and scores both
+    models on that same draw, over the same fixed class set (ABSENT_CLASS_RULE).
+
+    Returns a, b, diff, ci_low, ci_high, images, patients, boxes, resamples, seed and `diffs`, the
+    resampled differences (the gate's null distribution is built from them)."""
+    resamples = Resamples(image_ids, groups, n_boot, seed)
+    ma = _matched(ground_truth, pred_a, labels, resamples.ids, iou_thr, max_dets)
+    mb = _matched(ground_truth, pred_b, labels, resamples.ids, iou_thr, max_dets)
+    boxes = sum(m.total for m in ma.values())
+    out = {"images": len(resamples.ids), "patients": resamples.n_patients, "boxes": boxes,
+           "resamples": resamples.n_boot if boxes else 0, "seed": seed}
+    if not boxes:
         nan = float("nan")
-        return {"a": nan, "b": nan, "diff": nan, "ci_low": nan, "ci_high": nan, "images": 0, "resamples": 0}
-    ma = _per_image_matches(ground_truth, pred_a, labels, ids, iou_thr)
-    mb = _per_image_matches(ground_truth, pred_b, labels, ids, iou_thr)
-    every = np.arange(len(ids))
-    a, b = _mean_ap(ma, every), _mean_ap(mb, every)
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n_boot):
-        draw = rng.integers(0, len(ids), size=len(ids))
-        d = _mean_ap(ma, draw) - _mean_ap(mb, draw)
-        if d == d:
-            diffs.append(d)
-    lo, hi = (np.quantile(diffs, [alpha / 2, 1 - alpha / 2]) if diffs else (np.nan, np.nan))
-    return {"a": a, "b": b, "diff": a - b, "ci_low": float(lo), "ci_high": float(hi), "images": len(ids),
-            "resamples": len(diffs)}
+        return {**out, "a": nan, "b": nan, "diff": nan, "ci_low": nan, "ci_high": nan, "diffs": np.zeros(0)}
+    _, pa, va, _ = _resampled(ma, resamples, lambda m, w: m.ap(w))
+    _, pb, vb, _ = _resampled(mb, resamples, lambda m, w: m.ap(w))
+    diffs = va.mean(axis=1) - vb.mean(axis=1)
+    lo, hi = _interval(diffs, alpha)
+    a, b = float(pa.mean()), float(pb.mean())
+    return {**out, "a": a, "b": b, "diff": a - b, "ci_low": lo, "ci_high": hi, "diffs": diffs}
+
+
+# -- FROC under two hit rules ----------------------------------------------------------------------
+#: what counts as a hit in the FROC, by rule; LUNA16's is the one whose CPM compares with published ones
+HIT_RULES = {
+    "iou": "IoU >= 0.5 with a box of its class, one detection per box (a second one on a found box is a false "
+           "positive): the project's rule, stricter than LUNA16's",
+    "luna16": "the detection's centre inside a box of its class; further detections on a found box are ignored "
+              "(neither hit nor false positive): LUNA16's rule, whose CPM compares with published CPMs",
+}
+
+
+def centre_hits(gt_boxes: np.ndarray, det_boxes: np.ndarray) -> np.ndarray:
+    """(detections, boxes) matrix: does the detection's centre lie in the box (edges included)?"""
+    if len(gt_boxes) == 0 or len(det_boxes) == 0:
+        return np.zeros((len(det_boxes), len(gt_boxes)), bool)
+    cx = (det_boxes[:, 0] + det_boxes[:, 2]) / 2
+    cy = (det_boxes[:, 1] + det_boxes[:, 3]) / 2
+    return ((cx[:, None] >= gt_boxes[None, :, 0]) & (cx[:, None] <= gt_boxes[None, :, 2])
+            & (cy[:, None] >= gt_boxes[None, :, 1]) & (cy[:, None] <= gt_boxes[None, :, 3]))
+
+
+def luna16_events(gt: pd.DataFrame, pred: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
+    """For one label, LUNA16's scoring: every box some detection hits (its centre inside) is one hit
+    at the highest score among those detections; a detection that hits no box is a false positive;
+    the other detections on hit boxes are ignored. Returns (scores, hit flags, box count)."""
+    scores, hits = [], []
+    gt_at, pred_at = gt.groupby("image_id", sort=False).indices, pred.groupby("image_id", sort=False).indices
+    gt_xy, pred_xy, pred_score = gt[COORDS].to_numpy(float), pred[COORDS].to_numpy(float), pred["score"].to_numpy(float)
+    for image_id, p in pred_at.items():
+        g = gt_at.get(image_id)
+        m = centre_hits(gt_xy[g] if g is not None else np.zeros((0, 4)), pred_xy[p])
+        s = pred_score[p]
+        found = m.any(axis=0)
+        scores += [s[m[:, j]].max() for j in np.flatnonzero(found)] + list(s[~m.any(axis=1)])
+        hits += [True] * int(found.sum()) + [False] * int((~m.any(axis=1)).sum())
+    return np.asarray(scores, float), np.asarray(hits, bool), len(gt)
 
 
 def froc(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, image_ids, iou_thr: float = 0.5,
-         fp_rates=FROC_FP_RATES) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
+         fp_rates=FROC_FP_RATES, rule: str = "iou") -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Free-response ROC: sensitivity at each rate of false positives per image, and their mean (the
-    competition performance metric of LUNA16/NODE21), per label and pooled over labels ("(all)").
+    competition performance metric, CPM), per label and pooled over labels ("(all)").
 
-    A detection is a true positive when it takes a ground-truth box of its label at IoU >= `iou_thr`
-    (COCO's greedy matching by score; a second detection on a box is a false positive). The curve is
-    swept over distinct scores; the sensitivity at a rate is the highest reached with at most that
-    many false positives per image, over all `image_ids` (images without findings count). Returns the
-    table and the curves (false positives per image, sensitivity) for plotting.
+    `rule` (HIT_RULES): "iou", a detection is a hit when it takes a ground-truth box of its label at
+    IoU >= `iou_thr` (COCO's greedy matching by score; a second detection on a box is a false
+    positive); "luna16", LUNA16's rule (`luna16_events`). The curve is swept over distinct scores;
+    the sensitivity at a rate is the highest reached with at most that many false positives per
+    image, over all `image_ids` (images without findings count). Returns the table and the curves
+    (false positives per image, sensitivity) for plotting.
     """
+    if rule not in HIT_RULES:
+        raise ValueError(f"unknown FROC hit rule {rule!r}; choose one of {sorted(HIT_RULES)}")
     n_images = len(dict.fromkeys(image_ids))
     pooled_s, pooled_tp, pooled_n = [], [], 0
     rows, curves = [], {}
@@ -243,12 +455,12 @@ def froc(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, image_id
         fppi, sens = sweep(scores, tp, n_gt)
         curves[name] = (fppi, sens)
         at = {f"sens@{r:g}": float(sens[fppi <= r].max()) if n_gt else np.nan for r in fp_rates}
-        return {"label": name, "n_gt": n_gt, "n_pred": len(scores), **at,
+        return {"hit_rule": rule, "label": name, "n_gt": n_gt, "n_pred": len(scores), **at,
                 "cpm": float(np.mean(list(at.values()))) if n_gt else np.nan}
 
     for label in labels:
-        s, tp, n = match_label(ground_truth[ground_truth["label"] == label],
-                               predictions[predictions["label"] == label], iou_thr)
+        gt, pred = ground_truth[ground_truth["label"] == label], predictions[predictions["label"] == label]
+        s, tp, n = match_label(gt, pred, iou_thr) if rule == "iou" else luna16_events(gt, pred)
         rows.append(row(label, s, tp, n))
         pooled_s.append(s)
         pooled_tp.append(tp)
@@ -270,12 +482,12 @@ def age_band(age: float) -> str | None:
 
 
 def subgroups(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, images: pd.DataFrame,
-              n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+              n_boot: int = 1000, seed: int = 0, groups=None, min_boxes: int = MIN_TEST_BOXES) -> pd.DataFrame:
     """mAP50 (threshold-free) by subgroup of the given images: sex, age band and view position.
 
     `images`: image_id, sex, age, view (NIH test images: Data_Entry's columns). Each row: the group,
-    its images and boxes, mAP50 and a 95% bootstrap interval over that group's images. A gap between
-    groups is visible; intervals show how much of it this test set can resolve.
+    its images, patients and boxes, mAP50 and a patient-level bootstrap 95% interval over that
+    group's images (`groups`: image_id -> patient), or "too few test boxes (n)" in `note`.
     """
     meta = images.assign(age_band=images["age"].map(age_band))
     rows = []
@@ -285,46 +497,14 @@ def subgroups(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, ima
             gt = ground_truth[ground_truth["image_id"].isin(ids)]
             pred = predictions[predictions["image_id"].isin(ids)]
             summary = summarise(evaluate(gt, pred, labels)) if ids else {"map50": np.nan}
-            ci = bootstrap_ci(gt, pred, labels, ids, n_boot=n_boot, seed=seed).set_index("label") if ids else None
-            rows.append({"attribute": attr, "group": value, "images": len(ids), "boxes": len(gt),
-                         "map50": summary["map50"],
-                         "ci_low": float(ci.loc["(mean AP50)", "ci_low"]) if ci is not None else np.nan,
-                         "ci_high": float(ci.loc["(mean AP50)", "ci_high"]) if ci is not None else np.nan})
-    return pd.DataFrame(rows)
-
-
-def bootstrap_ci(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, image_ids,
-                 n_boot: int = 200, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
-    """95% intervals of AP50 (per label and the mean) and recall, resampling images with replacement.
-
-    Matching is per image, so each image's (scores, true-positive flags, ground-truth count) is
-    computed once; a resample only concatenates the drawn images' arrays.
-    """
-    rng = np.random.default_rng(seed)
-    ids = list(dict.fromkeys(image_ids))
-    per_label = _per_image_matches(ground_truth, predictions, labels, ids)
-    samples: dict[str, list[float]] = {label: [] for label in labels}
-    samples["(mean AP50)"], samples["(mean recall)"] = [], []
-    for _ in range(n_boot if ids else 0):
-        draw = rng.integers(0, len(ids), size=len(ids))
-        aps, recalls = [], []
-        for label, (scores, tps, n_gt) in per_label.items():
-            n = int(n_gt[draw].sum())
-            if n == 0:
-                continue
-            s = np.concatenate([scores[i] for i in draw])
-            tp = np.concatenate([tps[i] for i in draw])
-            ap = ap_from_pr(*pr_curve(s, tp, n)[:2])
-            samples[label].append(ap)
-            aps.append(ap)
-            recalls.append(tp.sum() / n)
-        if aps:
-            samples["(mean AP50)"].append(float(np.mean(aps)))
-            samples["(mean recall)"].append(float(np.mean(recalls)))
-    rows = []
-    for label, vals in samples.items():
-        lo, hi = (np.quantile(vals, [alpha / 2, 1 - alpha / 2]) if vals else (np.nan, np.nan))
-        rows.append({"label": label, "ci_low": float(lo), "ci_high": float(hi), "resamples": len(vals)})
+            mean = (bootstrap_ci(gt, pred, labels, ids, n_boot=n_boot, seed=seed, groups=groups,
+                                 min_boxes=min_boxes).set_index("label").loc["(mean AP50)"] if ids else None)
+            patients = len({(groups or {}).get(i, ("image", i)) for i in ids})
+            rows.append({"attribute": attr, "group": value, "images": len(ids), "patients": patients,
+                         "boxes": len(gt), "map50": summary["map50"],
+                         "ci_low": float(mean["ci_low"]) if mean is not None else np.nan,
+                         "ci_high": float(mean["ci_high"]) if mean is not None else np.nan,
+                         "note": mean["note"] if mean is not None else "no images"})
     return pd.DataFrame(rows)
 
 

@@ -161,12 +161,13 @@ def confusion_heatmap(matrix: pd.DataFrame, title: str) -> bytes:
 
 
 def froc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], rates, title: str) -> bytes:
-    """Sensitivity against false positives per image (log axis), the FROC operating rates marked."""
+    """Sensitivity against false positives per image (log axis), the FROC operating rates marked; a
+    curve named "... [IoU ...]" (the project's stricter hit rule) is dashed."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for i, (label, (fppi, sens)) in enumerate(curves.items()):
         if len(fppi) > 1:
             ax.step(np.maximum(fppi, rates[0] / 2), sens, where="post", label=label, color=PALETTE(i % 10),
-                    lw=2.2 if label == "(all)" else 1.2)
+                    lw=2.2 if label.startswith("(all)") else 1.2, ls="--" if "[IoU" in label else "-")
     for r in rates:
         ax.axvline(r, color="0.85", lw=0.8, zorder=0)
     ax.set_xscale("log")

@@ -21,13 +21,18 @@ from .training import trained_models
 from .vinbigdata import vinbigdata_annotations, vinbigdata_boxes
 
 OWNERS = ["team:ml"]
+#: the operating point's figures, both averages (metrics.AVERAGES), as logged to MLflow (test_op_<key>)
+OPERATING_KEYS = tuple(f"{m}_{a}" for a in metrics.AVERAGES for m in ("precision", "recall", "f1"))
 METRICS_SCHEMA = column_schema({
     "label": ("string", "the class"), "n_gt": ("int", "test boxes"), "n_pred": ("int", "detections above 0.001"),
     "n_pred_op": ("int", "detections above the tuned conf"),
     "ap50": ("float", "threshold-free AP at IoU 0.5 (COCO 101-point)"), "ap_iou40": ("float", "AP at IoU 0.4"),
-    "ap50_95": ("float", "AP averaged over IoU 0.50:0.95"), "precision": ("float", "at the operating point"),
-    "recall": ("float", "at the operating point"), "f1": ("float", "at the operating point"),
-    "ap50_ci_low": ("float", "95% bootstrap CI"), "ap50_ci_high": ("float", "95% bootstrap CI")})
+    "ap50_95": ("float", "AP averaged over IoU 0.50:0.95"), "tp_op": ("int", "true positives above the tuned conf"),
+    "fp_op": ("int", "false positives above the tuned conf"), "precision": ("float", "at the operating point"),
+    "recall": ("float", "at the operating point"), "f1": ("float", "at the operating point, from its P and R"),
+    "ap50_ci_low": ("float", "95% patient-level bootstrap interval"),
+    "ap50_ci_high": ("float", "95% patient-level bootstrap interval"),
+    "ci_note": ("string", "why there is no interval (too few test boxes)")})
 
 
 def _task_tables(st, task: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -123,16 +128,36 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
     labels = st.read_parquet("nih", "labels.parquet")
     nih_meta = labels[labels["image_id"].isin(images.loc[images["source"] == "nih", "image_id"])][
         ["image_id", "sex", "age", "view"]]
-    ev = core_eval.evaluate_task(gt, dets, images, task.classes, rule, nih_meta,
-                                 n_boot=profile.bootstrap_resamples, seed=profile.seed)
+    context.log.info(f"{task.name}: patient-level bootstrap, {profile.bootstrap_resamples} resamples (seed {profile.seed})")
+    ev = core_eval.evaluate_task(gt, dets, images, task.classes, rule, nih_meta, n_boot=profile.bootstrap_resamples,
+                                 seed=profile.seed, min_boxes=profile.min_test_boxes)
     s = ev.summary
+    power = champion.split_power(ev.mean_ap_samples, xray.margin, profile.gate_null_rate, profile.seed)
+    s.update(gate_null_rate_at_margin=power["null_rate_at_margin"], gate_resolvable_margin=power["resolvable_margin"])
     context.log.info(f"{task.name}: test mAP50 {s['map50']:.3f} (threshold-free), operating point conf > {rule.conf:g}: "
-                     f"P {s['precision']:.3f} R {s['recall']:.3f}; CPM {s['cpm']:.3f} ({len(images)} images, {len(gt)} boxes)")
+                     f"macro P {s['precision_macro']:.3f} R {s['recall_macro']:.3f}, micro P {s['precision_micro']:.3f} "
+                     f"R {s['recall_micro']:.3f}; CPM {s['cpm_luna16']:.3f} (LUNA16 rule), {s['cpm_iou']:.3f} (IoU rule) "
+                     f"({len(images)} images, {s['test_patients']} patients, {len(gt)} boxes)")
     base = ("reports", task.name)
     excluded = (st.read_parquet("datasets", task.name, "excluded.parquet")
                 if st.exists("datasets", task.name, "excluded.parquet") else None)
+    # the gate: the champion re-scored on these same images, the paired difference decides
+    gate = {"decision": "not gated (no registered version)"}
+    version = info.get("model_version")
+    if version:
+        model_name = profile.model_name(task.name)
+        champ_version, champ_dets = _champion_detections(xray, task, images, version, context)
+        paired = (metrics.paired_bootstrap(gt, dets, champ_dets, task.classes, images["image_id"],
+                                           n_boot=profile.bootstrap_resamples, seed=profile.seed,
+                                           groups=core_eval.patients(images))
+                  if champ_dets is not None else None)
+        gate = champion.gate_record(paired, xray.margin, version, champ_version, profile.gate_null_rate,
+                                    profile.min_test_boxes)
+        if champ_dets is not None:   # what the gate compared, kept beside the new model's detections
+            st.write_parquet(champ_dets, *base, "champion_detections.parquet")
     for name, frame in (("metrics", ev.table), ("bootstrap_ci", ev.ci), ("froc", ev.froc), ("subgroups", ev.subgroups),
-                        ("detections", dets), ("ground_truth", gt), ("test_images", images[["image_id", "source"]])):
+                        ("detections", dets), ("ground_truth", gt),
+                        ("test_images", images[["image_id", "source", "group"]])):
         st.write_parquet(frame, *base, f"{name}.parquet")
     st.write_parquet(ev.confusion.reset_index(names="true"), *base, "confusion_matrix.parquet")
     st.write_bytes(plots.confusion_heatmap(ev.confusion, f"{task.name}: test, conf > {rule.conf:g}"), *base,
@@ -144,49 +169,54 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
     panels = [(detection.read_gray(p), gt[gt.image_id == i], operating[operating.image_id == i], i[:16])
               for i, p in zip(images["image_id"], images["path"]) if i in set(gt["image_id"])][:profile.report_panels]
     st.write_bytes(plots.gt_vs_pred(panels, task.classes), *base, "panels.png")
-    text = core_eval.report_markdown(task.name, profile.name, ev, rule, info, excluded, profile.bootstrap_resamples)
+    text = core_eval.report_markdown(task.name, profile.name, ev, rule, info, excluded, gate=gate)
     st.write_text(text, *base, "report.md")
     st.write_text(markdown_to_html(text, f"Evaluation {task.name}"), *base, "report.html")
     summary = {**core_eval.nan_to_none(s), "rule": rule.as_dict(), "conf": rule.conf, "iou": rule.iou,
                "model_version": info.get("model_version"), "init": info.get("init")}
     st.write_json(summary, *base, "summary.json")
     logged = {"test_map50": s["map50"], "test_map_iou40": s["map_iou40"], "test_map50_95": s["map50_95"],
-              "test_cpm": s["cpm"], "test_op_precision": s["precision"], "test_op_recall": s["recall"],
-              "test_op_f1": s["f1"], "test_map50_ci_low": s["map50_ci_low"], "test_map50_ci_high": s["map50_ci_high"]}
+              "test_cpm_luna16": s["cpm_luna16"], "test_cpm_iou": s["cpm_iou"],
+              **{f"test_op_{k}": s[k] for k in OPERATING_KEYS},
+              "test_map50_ci_low": s["map50_ci_low"], "test_map50_ci_high": s["map50_ci_high"],
+              "test_bootstrap_resamples": profile.bootstrap_resamples, "test_bootstrap_seed": profile.seed,
+              "test_patients": s["test_patients"], "gate_resolvable_margin": s["gate_resolvable_margin"]}
     tracking.log_evaluation(xray.tracking_uri, info["run_id"], logged,
                             [st.local(*base, f) for f in ("report.md", "report.html", "pr_curves.png", "froc.png",
                                                           "panels.png", "confusion_matrix.png", "metrics.parquet")])
-    # the gate: the champion re-scored on these same images, the paired difference decides
-    gate = {"decision": "not gated (no registered version)"}
-    version = info.get("model_version")
     if version:
-        name = profile.model_name(task.name)
-        champ_version, champ_dets = _champion_detections(xray, task, images, version, context)
-        paired = (metrics.paired_bootstrap(gt, dets, champ_dets, task.classes, images["image_id"],
-                                           n_boot=profile.bootstrap_resamples, seed=profile.seed)
-                  if champ_dets is not None else None)
-        gate = champion.gate_record(paired, xray.margin, version, champ_version)
-        if champ_dets is not None:   # what the gate compared, kept beside the new model's detections
-            st.write_parquet(champ_dets, *base, "champion_detections.parquet")
-        tracking.tag_version(xray.tracking_uri, name, version, {
+        tracking.tag_version(xray.tracking_uri, model_name, version, {
             **rule.tags(), "imgsz": info["imgsz"], "classes": ",".join(task.classes), "test_map50": f"{s['map50']:.6f}",
-            "test_images": len(images), "gate_decision": gate["decision"], "gate_reason": gate["reason"][:250],
+            "test_images": len(images), "test_patients": s["test_patients"], "test_boxes": len(gt),
+            "gate_decision": gate["decision"], "gate_reason": gate["reason"][:250], "gate_rule": gate["rule"][:250],
+            "gate_stated_null_rate": f"{gate['stated_null_rate']:g}", "gate_margin": f"{gate['margin']:g}",
+            "gate_min_test_boxes": str(gate["min_test_boxes"]),
             **({"gate_compared_with": gate["compared_with"], "gate_diff": f"{gate['diff']:.6f}",
                 "gate_diff_ci_low": f"{gate['diff_ci_low']:.6f}", "gate_diff_ci_high": f"{gate['diff_ci_high']:.6f}",
-                "gate_champion_map50": f"{gate['champion_map50']:.6f}"} if paired else {})})
-        tracking.set_alias(xray.tracking_uri, name, gate["decision"], version)
+                "gate_champion_map50": f"{gate['champion_map50']:.6f}", "gate_null_rate": f"{gate['null_rate']:.4f}",
+                "gate_null_probability_of_decision": f"{gate['null_probability_of_decision']:.4f}",
+                "gate_test_boxes": str(gate["test_boxes"]), "gate_bootstrap": f"{gate['resamples']} resamples, "
+                f"seed {gate['seed']}"} if paired else {})})
+        tracking.set_alias(xray.tracking_uri, model_name, gate["decision"], version)
         context.log.info(f"{task.name}: version {version} is {gate['decision']} ({gate['reason']})")
     st.write_json(gate, *base, "champion.json")
     root = st.root / "reports" / task.name
     md = {
-        "test_images": len(images), "test_boxes": len(gt),
+        "test_images": len(images), "test_patients": s["test_patients"], "test_boxes": len(gt),
         "test_map50 (threshold-free)": round(s["map50"], 4) if s["map50"] == s["map50"] else None,
-        "test_map50_ci95": f"{s['map50_ci_low']:.3f} - {s['map50_ci_high']:.3f}",
+        "test_map50_ci95": core_eval.interval_text(s["map50_ci_low"], s["map50_ci_high"], s["map50_ci_note"]),
+        "intervals": core_eval.intervals_sentence(profile.bootstrap_resamples, f"the {s['test_patients']} test patients",
+                                                   profile.seed),
         "test_map_iou40 (threshold-free)": round(s["map_iou40"], 4) if s["map_iou40"] == s["map_iou40"] else None,
         "test_map50_95 (threshold-free)": round(s["map50_95"], 4) if s["map50_95"] == s["map50_95"] else None,
-        "operating_point": f"conf > {rule.conf:g}: precision {s['precision']:.3f}, recall {s['recall']:.3f}, "
-                           f"F1 {s['f1']:.3f}",
-        "froc_cpm": round(s["cpm"], 4) if s["cpm"] == s["cpm"] else None,
+        "operating_point_macro": f"conf > {rule.conf:g}: precision {s['precision_macro']:.3f}, recall "
+                                 f"{s['recall_macro']:.3f}, F1 {s['f1_macro']:.3f} (mean over classes)",
+        "operating_point_micro": f"conf > {rule.conf:g}: precision {s['precision_micro']:.3f}, recall "
+                                 f"{s['recall_micro']:.3f}, F1 {s['f1_micro']:.3f} (pooled over boxes)",
+        "froc_cpm_luna16 (comparable)": round(s["cpm_luna16"], 4) if s["cpm_luna16"] == s["cpm_luna16"] else None,
+        "froc_cpm_iou": round(s["cpm_iou"], 4) if s["cpm_iou"] == s["cpm_iou"] else None,
+        "gate_resolvable_margin": (round(s["gate_resolvable_margin"], 4)
+                                   if s["gate_resolvable_margin"] == s["gate_resolvable_margin"] else None),
         "rule": rule.describe(),
         "init": info.get("init"),
         "per_class": table_value(ev.table),
@@ -203,7 +233,10 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
         md.update({"gate_champion_version": gate["compared_with"], "gate_new_map50": round(gate["new_map50"], 4),
                    "gate_champion_map50_rescored": round(gate["champion_map50"], 4),
                    "gate_diff": round(gate["diff"], 4),
-                   "gate_diff_ci95": f"{gate['diff_ci_low']:+.4f} to {gate['diff_ci_high']:+.4f}"})
+                   "gate_diff_ci95": core_eval.interval_text(gate["diff_ci_low"], gate["diff_ci_high"]),
+                   "gate_null_rate": round(gate["null_rate"], 4), "gate_test_boxes": gate["test_boxes"],
+                   "gate_null_probability_of_decision": round(gate["null_probability_of_decision"], 4)})
+    md.update({"gate_rule": gate.get("rule", ""), "gate_stated_null_rate": profile.gate_null_rate})
     return dg.MaterializeResult(metadata=md, data_version=content_version(ev.table, version, gate["decision"]))
 
 
@@ -245,8 +278,9 @@ def study_report(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.Ma
     if len(per_task):
         data += ["Boxes per class and split in each task's dataset (images in brackets):", "",
                  core_eval.md_table(per_task), ""]
-    n_boot = max(profile.bootstrap_resamples, 200)
-    comparisons, unfair = core_eval.fair_comparisons(results, n_boot=n_boot, seed=profile.seed)
+    n_boot = profile.bootstrap_resamples
+    comparisons, unfair = core_eval.fair_comparisons(results, n_boot=n_boot, seed=profile.seed,
+                                                     min_boxes=profile.min_test_boxes)
     groups = core_eval.subgroup_table(results, {t: st.read_parquet("reports", t, "subgroups.parquet")
                                                 for t in results if st.exists("reports", t, "subgroups.parquet")})
     table = core_eval.tasks_table(results)
@@ -260,7 +294,8 @@ def study_report(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.Ma
         if t in results and st.exists("reports", t, "panels.png"):
             st.copy_in(st.local("reports", t, "panels.png"), "reports", "study", f"panels_{t}.png")
     text = core_eval.study_markdown(profile.name, results, missing, data, comparisons, unfair, groups, n_boot,
-                                    list(SERVED_TASKS), time.strftime("%Y-%m-%d %H:%M"))
+                                    list(SERVED_TASKS), time.strftime("%Y-%m-%d %H:%M"), profile.seed,
+                                    profile.min_test_boxes)
     md_path = st.write_text(text, "reports", "study", "report.md")
     html_path = st.write_text(markdown_to_html(text, "Study report"), "reports", "study", "report.html")
     st.write_parquet(table, "reports", "study", "tasks.parquet")
