@@ -113,7 +113,7 @@ def test_subgroup_ap_equals_ap_on_the_group_alone():
     gt, pred, ids = _random_case(seed=3, n=60)
     meta = pd.DataFrame({"image_id": ids, "sex": ["M" if i % 2 else "F" for i in range(60)],
                          "age": [25 + i for i in range(60)], "view": ["PA" if i % 3 else "AP" for i in range(60)]})
-    table = subgroups(gt, pred, ["A", "B"], meta, n_boot=50).set_index(["attribute", "group"])
+    table = subgroups(gt, pred, ["A", "B"], meta, n_boot=50, min_boxes=1).set_index(["attribute", "group"])
     for attr, value, mask in (("sex", "M", meta["sex"] == "M"), ("age_band", "<40", meta["age"] < 40),
                               ("age_band", "40-60", meta["age"].between(40, 60)), ("view", "AP", meta["view"] == "AP")):
         keep = set(meta.loc[mask, "image_id"])

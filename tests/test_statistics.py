@@ -73,12 +73,17 @@ def test_a_patients_images_move_together_in_every_resample():
     assert Resamples(ids, None, n_boot=10, seed=0).n_patients == len(ids)
 
 
+def _draws(gt, ids, groups, labels, n_boot, seed) -> Resamples:
+    """The draws the evaluation makes: patients, redrawn until each class with test boxes has some."""
+    counts = gt.groupby(["image_id", "label"]).size().unstack(fill_value=0).reindex(index=ids, fill_value=0)
+    present = [x for x in labels if x in counts.columns and counts[x].sum()]
+    return Resamples(ids, groups, n_boot, seed, require=counts[present].to_numpy())
+
+
 def _direct_mean_aps(gt, pred, resamples: Resamples, labels) -> np.ndarray:
     """Per resample, the mean AP50 over the fixed class set computed the long way: the drawn patients'
-    images copied into one frame (a fresh id per copy), AP by `average_precision`, a class without
-    boxes in the draw counted at its full-split AP (the documented rule)."""
-    full = average_precision(gt, pred)
-    fixed = [x for x in labels if x in full]
+    images copied into one frame (a fresh id per copy), AP by `average_precision`."""
+    fixed = [x for x in labels if (gt["label"] == x).any()]
     members = {c: [i for i, k in zip(resamples.ids, resamples.cluster_of) if k == c]
                for c in range(resamples.n_patients)}
     out = []
@@ -89,7 +94,8 @@ def _direct_mean_aps(gt, pred, resamples: Resamples, labels) -> np.ndarray:
                 g_parts.append(gt[gt.image_id == image_id].assign(image_id=f"{image_id}#{copy}"))
                 p_parts.append(pred[pred.image_id == image_id].assign(image_id=f"{image_id}#{copy}"))
         aps = average_precision(pd.concat(g_parts), pd.concat(p_parts))
-        out.append(np.mean([aps.get(x, full[x]) for x in fixed]))
+        assert set(fixed) <= set(aps), "every resample holds boxes of each class of the fixed set"
+        out.append(np.mean([aps[x] for x in fixed]))
     return np.array(out)
 
 
@@ -97,7 +103,7 @@ def test_paired_interval_equals_a_direct_cluster_bootstrap():
     gt, ids, groups, rng = _patients_case(seed=1, n_patients=15)
     a, b = _model(rng, gt, ids), _model(rng, gt, ids, found=0.6)
     r = paired_bootstrap(gt, a, b, ["A", "B"], ids, n_boot=40, seed=3, groups=groups)
-    draws = Resamples(ids, groups, n_boot=40, seed=3)
+    draws = _draws(gt, ids, groups, ["A", "B"], 40, 3)
     direct = _direct_mean_aps(gt, a, draws, ["A", "B"]) - _direct_mean_aps(gt, b, draws, ["A", "B"])
     np.testing.assert_allclose(r["diffs"], direct, rtol=0, atol=1e-12)
     lo, hi = np.quantile(direct, [0.025, 0.975])
@@ -113,12 +119,19 @@ def test_mean_ap_interval_is_over_the_fixed_class_set_in_every_resample():
     gt = pd.concat([gt[gt.label == "A"], gt[gt.label == "B"].head(2)])   # B: two boxes, absent from many draws
     pred = _model(rng, gt, ids)
     table = bootstrap_ci(gt, pred, ["A", "B"], ids, n_boot=40, seed=5, groups=groups, min_boxes=1).set_index("label")
-    draws = Resamples(ids, groups, n_boot=40, seed=5)
+    draws = _draws(gt, ids, groups, ["A", "B"], 40, 5)
     direct = _direct_mean_aps(gt, pred, draws, ["A", "B"])
     lo, hi = np.quantile(direct, [0.025, 0.975])
     assert table.loc["(mean AP50)", ["ci_low", "ci_high"]].tolist() == pytest.approx([lo, hi], abs=1e-12)
-    assert 0 < table.loc["B", "without_boxes"] < 1 and table.loc["B", "resamples"] == 40, \
-        "B is absent from some resamples, and its interval still uses all of them"
+    assert table.loc["B", "resamples"] == 40 < table.loc["B", "draws"], \
+        "draws without B's boxes were drawn again: every resample averages A and B"
+    b_rows = gt.index[gt.label == "B"]
+    assert all(w @ gt.loc[b_rows, "image_id"].map({i: k for k, i in enumerate(draws.ids)}).pipe(
+        lambda s: np.bincount(s, minlength=len(draws.ids))) > 0 for w in draws.weights)
+    # tiny per-class counts: the mean over 2 classes needs 2 x the minimum
+    few = bootstrap_ci(gt, pred, ["A", "B"], ids, n_boot=40, seed=5, groups=groups,
+                       min_boxes=len(gt)).set_index("label")
+    assert few.loc["(mean AP50)", "note"] == f"too few test boxes ({len(gt)} for 2 classes; {2 * len(gt)} needed)"
 
 
 def test_a_class_with_one_test_box_gets_too_few_test_boxes_and_no_interval():
@@ -223,7 +236,7 @@ def test_gate_on_identical_models_and_small_splits():
     assert g["decision"] == "champion" and g["null_rate"] == 0 and g["split_resolves_margin"]
     few = paired_bootstrap(gt.head(4), x, x, ["A", "B"], ids, n_boot=100, seed=0, groups=groups)
     g = champion.gate_record(few, 0.01, "2", "1", min_boxes=10)
-    assert g["decision"] == "challenger" and g["reason"].startswith("cannot tell: too few test boxes (4 < 10)")
+    assert g["decision"] == "challenger" and g["reason"].startswith("cannot tell: too few test boxes (4")
     assert g["null_probability_of_decision"] == 1.0, "the champion stays by rule, not by chance"
     # a clearly better model replaces the champion even where the split cannot resolve the margin
     worse = _model(rng, gt, ids, found=0.2, alarms=4)

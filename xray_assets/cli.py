@@ -36,6 +36,7 @@ def cmd_sample_drop(args) -> int:
 
 def task_table(storage_root, profile: str, tasks) -> list[str]:
     """The per-task lines `make demo` prints: threshold-free test AP and the operating point."""
+    from .config import get_profile
     from .storage import Storage
 
     st = Storage(f"{storage_root}/{profile}" if "://" in str(storage_root) else Path(storage_root) / profile)
@@ -50,15 +51,17 @@ def task_table(storage_root, profile: str, tasks) -> list[str]:
             rows.append(f"  {t:22s} n/a (the test split has no boxes of this task)")
             continue
         ci = (f"{s['map50_ci_low']:6.3f}-{s['map50_ci_high']:.3f}" if s.get("map50_ci_low") is not None
-              else f"{s.get('map50_ci_note') or 'n/a':>13s}")
+              else f"{'too few (' + str(s['test_boxes']) + ')':>13s}" if "too few" in (s.get("map50_ci_note") or "")
+              else f"{'n/a':>13s}")
         rows.append(f"  {t:22s} {s['map50']:6.3f} {ci} {s['map_iou40']:6.3f} {s['map50_95']:8.3f} "
                     f"{s['cpm_luna16']:6.3f} {s['cpm_iou']:7.3f}   "
                     f"{s['precision_macro']:.3f} / {s['recall_macro']:.3f}, {s['precision_micro']:.3f} / "
                     f"{s['recall_micro']:.3f} at conf > {s['conf']:g} (iou {s['iou']:g})   "
                     f"{s.get('init')}  [{s['test_images']} images, {s['test_patients']} patients, "
                     f"{s['test_boxes']} boxes]")
-    rows.append("  (CI: patient-level bootstrap; CPM: LUNA16's centre rule, comparable with published CPMs; "
-                "CPM-IoU: the project's IoU 0.5 rule; macro: mean over classes, micro: pooled over boxes)")
+    rows.append(f"  (CI: patient-level bootstrap; too few: under {get_profile(profile).min_test_boxes} test boxes per "
+                "class; CPM: LUNA16's centre rule, comparable with published CPMs; CPM-IoU: the project's IoU 0.5 "
+                "rule; macro: mean over classes, micro: pooled over boxes)")
     return rows
 
 

@@ -12,7 +12,8 @@ good model about half the time (a coin flip).
 
 Rule (margin m, stated rate r, minimum count n; all recorded with the decision):
 1. the first version is champion; the champion evaluated again stays champion;
-2. fewer than n test boxes under the comparison: cannot tell, the champion stays;
+2. fewer than n test boxes per class (on average) under the comparison: cannot tell, the champion
+   stays;
 3. a split that resolves the margin (the null puts at most r below -m): the point estimate decides,
    champion when d >= -m (the newer model wins what the margin calls a tie); an equally good model is
    kept out by chance at most r of the time;
@@ -31,13 +32,15 @@ import math
 
 import numpy as np
 
+from .metrics import enough_boxes, too_few
+
 CHAMPION, CHALLENGER = "champion", "challenger"
 #: the stated rate: an equally good model is kept out by chance at most this often (Profile.gate_null_rate)
 NULL_RATE = 0.2
 
 
 def rule_text(margin: float, rate: float, min_boxes: int) -> str:
-    return (f"with at least {min_boxes} test boxes: champion when the paired difference new - champion of test "
+    return (f"with at least {min_boxes} test boxes per class: champion when the paired difference new - champion of test "
             f"mAP50 is >= -{margin:g} where the split resolves that margin (an equally good model falls below it at "
             f"most {rate:.0%} of the time under the null, the paired patient-level bootstrap re-centred on 0); "
             f"elsewhere only when the difference reaches the null's {1 - rate:.0%} quantile; otherwise the champion "
@@ -78,9 +81,9 @@ def decide(paired: dict | None, margin: float, rate: float = NULL_RATE, min_boxe
     """(decision, why) by the rule in the module docstring; `paired` None: nothing to compare with."""
     if paired is None:
         return CHAMPION, "nothing to compare with"
-    diff, boxes = paired["diff"], int(paired.get("boxes", 0))
-    if boxes < min_boxes:
-        return CHALLENGER, f"cannot tell: too few test boxes ({boxes} < {min_boxes}); the champion stays"
+    diff, boxes, classes = paired["diff"], int(paired.get("boxes", 0)), int(paired.get("classes", 1))
+    if not enough_boxes(boxes, classes, min_boxes):
+        return CHALLENGER, f"cannot tell: {too_few(boxes, classes, min_boxes)}; the champion stays"
     if diff != diff or len(paired["diffs"]) == 0:
         return CHALLENGER, "cannot tell: no paired difference; the champion stays"
     t, resolves, _ = threshold(paired["diffs"], diff, margin, rate)

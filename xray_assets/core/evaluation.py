@@ -21,7 +21,7 @@ import pandas as pd
 
 from .detection import DetectionRule
 from .metrics import (ABSENT_CLASS_RULE, AVERAGES, HIT_RULES, MIN_TEST_BOXES, bootstrap_intervals, confusion_matrix,
-                      evaluate, froc, match_label, paired_bootstrap, pr_curve, subgroups, summarise, too_few)
+                      enough_boxes, evaluate, froc, match_label, paired_bootstrap, pr_curve, subgroups, summarise, too_few)
 from .report import md_table
 
 INTERPOLATION = "COCO 101-point interpolated precision, greedy matching by score, at most 100 detections per image"
@@ -114,8 +114,14 @@ def evaluate_task(gt: pd.DataFrame, detections: pd.DataFrame, images: pd.DataFra
 def interval_text(low: float, high: float, note: str = "") -> str:
     """"0.512-0.733", or the note ("too few test boxes (n)") where no interval is given."""
     if low == low and high == high:
-        return f"{low:.3f}-{high:.3f}"
+        return f"{low:.3f}-{high:.3f}" + (f" ({note})" if note.startswith("every resample") else "")
     return note or "n/a"
+
+
+def interval_clause(low: float, high: float, note: str = "") -> str:
+    """"95% interval 0.512-0.733", or "no interval: too few test boxes (n)"."""
+    text = interval_text(low, high, note)
+    return f"95% interval {text}" if low == low and high == high else f"no interval: {text}"
 
 
 def gate_markdown(gate: dict, summary: dict) -> list[str]:
@@ -147,7 +153,7 @@ def report_markdown(task: str, profile: str, ev: TaskEvaluation, rule: Detection
     s = ev.summary
     n_boot = s.get("resamples", n_boot)
     init = model.get("init", "unknown")
-    ap_ci = interval_text(s["map50_ci_low"], s["map50_ci_high"], s.get("map50_ci_note", ""))
+    ap_ci = interval_clause(s["map50_ci_low"], s["map50_ci_high"], s.get("map50_ci_note", ""))
     who = f"the {s['test_patients']} test patients"
     froc_rules = "; ".join(f"`{k}`: {v}" for k, v in HIT_RULES.items())
     lines = [
@@ -162,7 +168,7 @@ def report_markdown(task: str, profile: str, ev: TaskEvaluation, rule: Detection
         "## Threshold-free AP",
         "",
         f"Over every detection above 0.001 after NMS at IoU {rule.iou:g} ({INTERPOLATION}):",
-        f"- mAP50 **{s['map50']:.3f}** (95% interval {ap_ci})",
+        f"- mAP50 **{s['map50']:.3f}** ({ap_ci})",
         f"- mAP@IoU0.4 {s['map_iou40']:.3f} (VinBigData's metric: AP at IoU 0.4)",
         f"- mAP50-95 {s['map50_95']:.3f}",
         "",
@@ -175,8 +181,8 @@ def report_markdown(task: str, profile: str, ev: TaskEvaluation, rule: Detection
         f"Detections with score > {rule.conf:g} (what the web app shows), IoU 0.5. Each F1 is computed from the "
         "precision and recall beside it.",
         "",
-        f"- {AVERAGES['macro']}: precision {s['precision_macro']:.3f}, recall {s['recall_macro']:.3f} (95% interval "
-        f"{interval_text(s['recall_macro_ci_low'], s['recall_macro_ci_high'], s.get('map50_ci_note', ''))}), "
+        f"- {AVERAGES['macro']}: precision {s['precision_macro']:.3f}, recall {s['recall_macro']:.3f} ("
+        f"{interval_clause(s['recall_macro_ci_low'], s['recall_macro_ci_high'], s.get('map50_ci_note', ''))}), "
         f"F1 {s['f1_macro']:.3f}",
         f"- {AVERAGES['micro']}: precision {s['precision_micro']:.3f}, recall {s['recall_micro']:.3f}, "
         f"F1 {s['f1_micro']:.3f}",
@@ -242,8 +248,9 @@ def _paired_row(what: str, a: TaskResult, b: TaskResult, gt: pd.DataFrame, pa: p
     low, high = r["ci_low"], r["ci_high"]
     if r["a"] != r["a"]:
         verdict = "no test boxes of it on the shared images"
-    elif r["boxes"] < min_boxes:
-        verdict, low, high = f"cannot tell: {too_few(r['boxes'])}", float("nan"), float("nan")
+    elif not enough_boxes(r["boxes"], r["classes"], min_boxes):
+        verdict = f"cannot tell: {too_few(r['boxes'], r['classes'], min_boxes)}"
+        low, high = float("nan"), float("nan")
     elif low > 0 or high < 0:
         verdict = "the 95% interval of the difference excludes 0"
     else:

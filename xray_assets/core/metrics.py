@@ -180,12 +180,29 @@ def summarise(table: pd.DataFrame) -> dict[str, float]:
 #: a class (or comparison) with fewer test boxes than this gets no interval (Profile.min_test_boxes)
 MIN_TEST_BOXES = 10
 #: how a resample that draws none of a class's test boxes is treated, the same in every resample
-ABSENT_CLASS_RULE = ("a resample that draws none of a class's test boxes carries no information on that class: the "
-                     "class counts at its full-split value, so every resample averages the same classes")
+ABSENT_CLASS_RULE = ("a draw without any test box of one of those classes is drawn again, so every resample averages "
+                     "the same classes (the interval is conditional on each class being present, as it is in the "
+                     "split)")
+#: at most this many draws per requested resample before giving up on the rarest classes
+MAX_DRAWS_PER_RESAMPLE = 100
 
 
-def too_few(n: int) -> str:
-    return f"too few test boxes ({n})"
+def enough_boxes(boxes: int, classes: int = 1, min_boxes: int = MIN_TEST_BOXES) -> bool:
+    """A figure over `classes` classes needs `min_boxes` test boxes per class, on average."""
+    return boxes >= min_boxes * max(classes, 1)
+
+
+def too_few(boxes: int, classes: int = 1, min_boxes: int = MIN_TEST_BOXES) -> str:
+    if classes <= 1:
+        return f"too few test boxes ({boxes})"
+    return f"too few test boxes ({boxes} for {classes} classes; {min_boxes * classes} needed)"
+
+
+def _flat(low: float, high: float) -> str:
+    """The note for an interval every resample agrees on (all boxes found, say): it shows no uncertainty
+    because the bootstrap cannot, not because there is none."""
+    return (f"every resample gave {low:.3f}: the bootstrap cannot show this split's uncertainty"
+            if low == high else "")
 
 
 class Resamples:
@@ -194,14 +211,16 @@ class Resamples:
     A resample draws as many patients as the images belong to, with replacement, and keeps every
     image of each drawn patient (`groups` maps image_id to its patient; an image missing from it,
     e.g. a VinBigData image, is its own patient). Images of one patient therefore move together,
-    and an interval reflects the patients, the unit that was sampled. `weights[k, i]`: how many
-    times image `ids[i]` is in resample k; `draws[k]`: the drawn patients (codes into `patients`),
-    in draw order. The same (images, groups, n_boot, seed) always draw the same.
+    and an interval reflects the patients, the unit that was sampled. `require`: an (images, classes)
+    matrix of test-box counts; a draw that holds no box of one of those classes is drawn again
+    (ABSENT_CLASS_RULE), up to MAX_DRAWS_PER_RESAMPLE draws per resample in all (`drawn` says how many
+    were made). `weights[k, i]`: how many times image `ids[i]` is in resample k; `draws[k]`: its
+    patients (codes into `patients`), in draw order. The same arguments always draw the same.
     """
 
-    def __init__(self, image_ids, groups=None, n_boot: int = 1000, seed: int = 0):
+    def __init__(self, image_ids, groups=None, n_boot: int = 1000, seed: int = 0, require: np.ndarray | None = None):
         self.ids = list(dict.fromkeys(image_ids))
-        self.n_boot, self.seed = int(n_boot), int(seed)
+        self.seed = int(seed)
         groups = {} if groups is None else dict(groups)
         keys = pd.Series([("patient", groups[i]) if i in groups else ("image", i) for i in self.ids], dtype=object)
         codes, uniques = pd.factorize(keys)
@@ -209,10 +228,21 @@ class Resamples:
         self.patients = list(uniques)
         n = len(self.patients)
         rng = np.random.default_rng(self.seed)
-        self.draws = rng.integers(0, n, size=(self.n_boot, n)) if n else np.zeros((self.n_boot, 0), np.int64)
-        counts = np.zeros((self.n_boot, n), np.int64)
-        np.add.at(counts, (np.arange(self.n_boot)[:, None], self.draws), 1)
-        self.weights = counts[:, self.cluster_of]
+        kept_draws, kept_weights, self.drawn = [], [], 0
+        while sum(len(d) for d in kept_draws) < n_boot and self.drawn < MAX_DRAWS_PER_RESAMPLE * max(n_boot, 1):
+            block = rng.integers(0, n, size=(n_boot, n)) if n else np.zeros((n_boot, 0), np.int64)
+            self.drawn += n_boot
+            counts = np.zeros((n_boot, n), np.int64)
+            np.add.at(counts, (np.arange(n_boot)[:, None], block), 1)
+            weights = counts[:, self.cluster_of]
+            ok = np.ones(n_boot, bool) if require is None or require.size == 0 else ((weights @ require) > 0).all(axis=1)
+            kept_draws.append(block[ok])
+            kept_weights.append(weights[ok])
+            if require is None or require.size == 0:
+                break
+        self.draws = np.concatenate(kept_draws)[:n_boot]
+        self.weights = np.concatenate(kept_weights)[:n_boot]
+        self.n_boot = len(self.draws)
 
     @property
     def n_patients(self) -> int:
@@ -280,21 +310,26 @@ def _matched(ground_truth, predictions, labels, ids, iou_thr=0.5, max_dets=100) 
                             ids, iou_thr, max_dets) for label in labels}
 
 
-def _resampled(matched: dict[str, _Matched], resamples: Resamples, stat) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
-    """Over the fixed class set (the labels with test boxes in the full split): the labels, their
-    full-split values, a (resamples, labels) matrix of resampled values (ABSENT_CLASS_RULE where a
-    resample draws none of a label's boxes) and where that happened."""
-    fixed = [label for label, m in matched.items() if m.total > 0]
+def _fixed(matched: dict[str, "_Matched"]) -> list[str]:
+    """The fixed class set: the labels with test boxes in the full split."""
+    return [label for label, m in matched.items() if m.total > 0]
+
+
+def class_resamples(matched: dict[str, "_Matched"], ids: list, groups, n_boot: int, seed: int) -> Resamples:
+    """Patient-level resamples in which every class of the fixed set has test boxes."""
+    fixed = _fixed(matched)
+    require = np.stack([matched[label].n_gt for label in fixed], axis=1) if fixed else None
+    return Resamples(ids, groups, n_boot, seed, require=require)
+
+
+def _resampled(matched: dict[str, "_Matched"], resamples: Resamples, stat) -> tuple[list, np.ndarray, np.ndarray]:
+    """Over the fixed class set: the labels, their full-split values and a (resamples, labels)
+    matrix of resampled values."""
+    fixed = _fixed(matched)
     point = np.array([stat(matched[label], None) for label in fixed])
-    values = np.tile(point, (resamples.n_boot, 1)).astype(float)
-    absent = np.zeros(values.shape, bool)
-    for j, label in enumerate(fixed):
-        m = matched[label]
-        drawn = resamples.weights @ m.n_gt
-        absent[:, j] = drawn == 0
-        for k in np.flatnonzero(drawn > 0):
-            values[k, j] = stat(m, resamples.weights[k])
-    return fixed, point, values, absent
+    values = np.array([[stat(matched[label], w) for label in fixed] for w in resamples.weights]).reshape(
+        resamples.n_boot, len(fixed))
+    return fixed, point, values
 
 
 def _interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
@@ -320,26 +355,29 @@ def bootstrap_intervals(ground_truth: pd.DataFrame, predictions: pd.DataFrame, l
     mean, and of the mean recall of the detections with score > `conf` (the operating point).
 
     One estimand per interval: the mean is over the fixed class set (the labels with test boxes in
-    the full split), and a resample that draws none of a label's boxes counts that label at its
-    full-split value (ABSENT_CLASS_RULE); per-label intervals use every resample likewise. A label
-    (or the whole set) with fewer than `min_boxes` test boxes gets no interval: `note` says "too few
-    test boxes (n)". Columns: label, boxes, estimate, ci_low, ci_high, resamples, without_boxes
-    (the share of resamples that drew none of its boxes), note. Also returns the resampled mean AP50s.
+    the full split), and every resample holds boxes of each of them (ABSENT_CLASS_RULE), so per-label
+    intervals use every resample too. A label (or the whole set) with fewer than `min_boxes` test
+    boxes gets no interval: `note` says "too few test boxes (n)". Columns: label, boxes, estimate,
+    ci_low, ci_high, resamples, draws (resamples drawn, the redrawn ones included), note. Also
+    returns the resampled mean AP50s.
     """
-    resamples = Resamples(image_ids, groups, n_boot, seed)
-    matched = _matched(ground_truth, predictions, labels, resamples.ids, max_dets=max_dets)
-    fixed, point, aps, absent = _resampled(matched, resamples, lambda m, w: m.ap(w))
-    _, rpoint, recalls, _ = _resampled(matched, resamples, lambda m, w: m.recall(w, conf))
+    ids = list(dict.fromkeys(image_ids))
+    matched = _matched(ground_truth, predictions, labels, ids, max_dets=max_dets)
+    resamples = class_resamples(matched, ids, groups, n_boot, seed)
+    fixed, point, aps = _resampled(matched, resamples, lambda m, w: m.ap(w))
+    _, rpoint, recalls = _resampled(matched, resamples, lambda m, w: m.recall(w, conf))
+    nan = float("nan")
+    base = {"resamples": resamples.n_boot, "draws": resamples.drawn}
     rows = []
     for label in labels:
         m = matched[label]
-        row = {"label": label, "boxes": m.total, "estimate": float("nan"), "ci_low": float("nan"),
-               "ci_high": float("nan"), "resamples": resamples.n_boot, "without_boxes": float("nan"), "note": ""}
+        row = {"label": label, "boxes": m.total, "estimate": nan, "ci_low": nan, "ci_high": nan, **base, "note": ""}
         if label in fixed:
             j = fixed.index(label)
-            row.update(estimate=float(point[j]), without_boxes=float(absent[:, j].mean()))
-            if m.total >= min_boxes:
+            row["estimate"] = float(point[j])
+            if enough_boxes(m.total, 1, min_boxes):
                 row["ci_low"], row["ci_high"] = _interval(aps[:, j], alpha)
+                row["note"] = _flat(row["ci_low"], row["ci_high"])
             else:
                 row["note"] = too_few(m.total)
         else:
@@ -347,16 +385,17 @@ def bootstrap_intervals(ground_truth: pd.DataFrame, predictions: pd.DataFrame, l
         rows.append(row)
     total = sum(m.total for m in matched.values())
     for name, pt, values in (("(mean AP50)", point, aps), ("(mean recall)", rpoint, recalls)):
-        row = {"label": name, "boxes": total, "estimate": float(pt.mean()) if len(fixed) else float("nan"),
-               "ci_low": float("nan"), "ci_high": float("nan"), "resamples": resamples.n_boot,
-               "without_boxes": float(absent.any(axis=1).mean()) if len(fixed) else float("nan"),
-               "note": f"over the {len(fixed)} classes with test boxes"}
+        row = {"label": name, "boxes": total, "estimate": float(pt.mean()) if fixed else nan, "ci_low": nan,
+               "ci_high": nan, **base, "note": f"over the {len(fixed)} classes with test boxes"}
         if not fixed:
             row["note"] = "no test boxes"
-        elif total < min_boxes:
-            row["note"] = too_few(total)
+        elif not enough_boxes(total, len(fixed), min_boxes):
+            row["note"] = too_few(total, len(fixed), min_boxes)
+        elif resamples.n_boot == 0:
+            row["note"] = f"no draw of {resamples.drawn} held every class"
         else:
             row["ci_low"], row["ci_high"] = _interval(values.mean(axis=1), alpha)
+            row["note"] = _flat(row["ci_low"], row["ci_high"]) or row["note"]
         rows.append(row)
     return pd.DataFrame(rows), (aps.mean(axis=1) if fixed else np.zeros(0))
 
@@ -369,19 +408,20 @@ def paired_bootstrap(ground_truth: pd.DataFrame, pred_a: pd.DataFrame, pred_b: p
     interval of it: each resample draws patients with replacement (`Resamples`) and scores both
     models on that same draw, over the same fixed class set (ABSENT_CLASS_RULE).
 
-    Returns a, b, diff, ci_low, ci_high, images, patients, boxes, resamples, seed and `diffs`, the
-    resampled differences (the gate's null distribution is built from them)."""
-    resamples = Resamples(image_ids, groups, n_boot, seed)
-    ma = _matched(ground_truth, pred_a, labels, resamples.ids, iou_thr, max_dets)
-    mb = _matched(ground_truth, pred_b, labels, resamples.ids, iou_thr, max_dets)
+    Returns a, b, diff, ci_low, ci_high, images, patients, boxes, classes, resamples, draws, seed and `diffs`,
+    the resampled differences (the gate's null distribution is built from them)."""
+    ids = list(dict.fromkeys(image_ids))
+    ma = _matched(ground_truth, pred_a, labels, ids, iou_thr, max_dets)
+    mb = _matched(ground_truth, pred_b, labels, ids, iou_thr, max_dets)
+    resamples = class_resamples(ma, ids, groups, n_boot, seed)
     boxes = sum(m.total for m in ma.values())
-    out = {"images": len(resamples.ids), "patients": resamples.n_patients, "boxes": boxes,
-           "resamples": resamples.n_boot if boxes else 0, "seed": seed}
+    out = {"images": len(ids), "patients": resamples.n_patients, "boxes": boxes, "classes": len(_fixed(ma)),
+           "resamples": resamples.n_boot if boxes else 0, "draws": resamples.drawn, "seed": seed}
     if not boxes:
         nan = float("nan")
         return {**out, "a": nan, "b": nan, "diff": nan, "ci_low": nan, "ci_high": nan, "diffs": np.zeros(0)}
-    _, pa, va, _ = _resampled(ma, resamples, lambda m, w: m.ap(w))
-    _, pb, vb, _ = _resampled(mb, resamples, lambda m, w: m.ap(w))
+    _, pa, va = _resampled(ma, resamples, lambda m, w: m.ap(w))
+    _, pb, vb = _resampled(mb, resamples, lambda m, w: m.ap(w))
     diffs = va.mean(axis=1) - vb.mean(axis=1)
     lo, hi = _interval(diffs, alpha)
     a, b = float(pa.mean()), float(pb.mean())
