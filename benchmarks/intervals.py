@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         n_patients = len({groups.get(i, i) for i in ids})
         print(f"{task:22s} {c['estimate']:6.3f} {interval_text(f['ci_low'], f['ci_high']):>12s} "
               f"{interval_text(c['ci_low'], c['ci_high']):>13s} {len(ids):6d} {n_patients:8d} {len(gt):5d} "
-              f"{power['null_rate_at_margin']:9.0%} {power['resolvable_margin']:8.3f}   "
+              f"{power['null_rate_at_margin']:9.0%} {max(0.0, power['resolvable_margin']):8.3f}   "
               f"{interval_text(r['ci_low'], r['ci_high'], r['note'])}")
     return 0
 
