@@ -117,7 +117,7 @@ def test_one_backfill_materialises_the_study_and_a_failed_task_reexecutes(sample
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(ROOT)
     # a launchpad-style run config reaches every run (smoke trains 1 epoch; this asks for 2)
-    (tmp_path / "run.yaml").write_text("ops:\n  trained_models:\n    config:\n      epochs: 2\n")
+    (tmp_path / "run.yaml").write_text("ops:\n  trained_models:\n    config:\n      epochs: 2\n      seed: 3\n")
     assert cli.main(["materialize", "--profile", "smoke", "--config", str(tmp_path / "run.yaml")]) == 1, \
         "a failed task makes the exit status non-zero"
 
@@ -158,6 +158,7 @@ def test_one_backfill_materialises_the_study_and_a_failed_task_reexecutes(sample
         assert r.data.tags["trained_on_synthetic"] == "true", "the generated sample data marks itself synthetic"
         assert "xray.no_effect.copy_paste" not in r.data.params, "smoke sets copy_paste to 0"
         assert len(client.get_metric_history(r.info.run_id, "train/box_loss")) == 2, "--config's epochs: 2"
+        assert (r.data.params["train.seed"], r.data.params["train.epochs"]) == ("3", "2"), "logged as run"
         arts = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert {"weights", "evaluation"} <= arts, task
         (v,) = client.search_model_versions(f"name='xray-smoke-{task}'")

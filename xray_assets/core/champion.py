@@ -116,19 +116,19 @@ def gate_record(paired: dict | None, margin: float, new_version: str, champion_v
         p_decision = float((null >= t).mean() if decision == CHAMPION else (null < t).mean())
     else:
         t, resolves, rate_here, p_decision = float("nan"), False, 0.0, 1.0
-    lo = paired["ci_low"]
+    lo, hi = (paired["ci_low"], paired["ci_high"]) if decided else (float("nan"), float("nan"))
     null = np.asarray(paired["diffs"], float) - paired["diff"]
     # one-sided: how often chance alone gives a difference at least this far from 0, on its side
     p_value = (float((null >= paired["diff"]).mean() if paired["diff"] >= 0 else (null <= paired["diff"]).mean())
-               if len(null) else float("nan"))
+               if len(null) and decided else float("nan"))
+    counts = f"{paired['images']} test images, {paired.get('patients')} patients, {int(paired.get('boxes', 0))} boxes"
+    reason = (f"{why} (95% CI {lo:+.4f} to {hi:+.4f}; {counts}; between two equally good models this decision "
+              f"would come {p_decision:.0%} of the time)" if decided else f"{why} ({counts})")
     return {**base, "decision": decision, "compared_with": str(champion_version),
             "threshold": t, "split_resolves_margin": resolves, "null_rate": rate_here,
             "null_probability_of_decision": p_decision, "p_value": p_value,
             "new_map50": paired["a"], "champion_map50": paired["b"], "diff": paired["diff"],
-            "diff_ci_low": lo, "diff_ci_high": paired["ci_high"], "test_images": paired["images"],
+            "diff_ci_low": lo, "diff_ci_high": hi, "test_images": paired["images"],
             "test_patients": paired.get("patients"), "test_boxes": int(paired.get("boxes", 0)),
             "resamples": paired.get("resamples"), "seed": paired.get("seed"),
-            "non_inferior": bool(lo >= -margin) if not math.isnan(lo) else False,
-            "reason": f"{why} (95% CI {lo:+.4f} to {paired['ci_high']:+.4f}; {paired['images']} test images, "
-                      f"{paired.get('patients')} patients, {int(paired.get('boxes', 0))} boxes; chance alone would "
-                      f"decide so between equally good models {p_decision:.0%} of the time)"}
+            "non_inferior": bool(lo >= -margin) if not math.isnan(lo) else False, "reason": reason}

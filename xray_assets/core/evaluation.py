@@ -135,8 +135,8 @@ def gate_markdown(gate: dict, summary: dict) -> list[str]:
                   f"{gate['champion_map50']:.3f} (re-scored on these images), difference {gate['diff']:+.4f} (95% "
                   f"interval {interval_text(gate['diff_ci_low'], gate['diff_ci_high'])}) on {gate['test_boxes']} test "
                   f"boxes; null rate on this split {gate['null_rate']:.0%}; between two equally good models this "
-                  f"decision would come {gate['null_probability_of_decision']:.0%} of the time "
-                  f"(one-sided p {gate['p_value']:.3f}).", ""]
+                  f"decision would come {gate['null_probability_of_decision']:.0%} of the time"
+                  + (f" (one-sided p {gate['p_value']:.3f})." if gate["p_value"] == gate["p_value"] else "."), ""]
     rate, resolvable = summary.get("gate_null_rate_at_margin"), summary.get("gate_resolvable_margin")
     if rate is not None and rate == rate:
         lines += [f"This test split's power, before any second model: against an equally good independent model "

@@ -28,6 +28,8 @@ class TrainConfig(dg.Config):
     device: str | None = Field(default=None, description="None: GPU when present, else CPU")
     epochs: int | None = Field(default=None, description="override the profile's epochs")
     resume: bool = Field(default=False, description="continue a killed training from its last checkpoint")
+    seed: int | None = Field(default=None, description="override the profile's training seed (another seed on the "
+                                                       "same data: an equally good challenger for the gate)")
 
 
 def git_revision() -> str:
@@ -61,6 +63,7 @@ def trained_models(context: dg.AssetExecutionContext, config: TrainConfig, xray:
     st, profile = xray.storage, xray.config
     context.log.info(f"{task.name}: {share_cores()} torch thread(s)")
     params = replace(profile.train, epochs=config.epochs) if config.epochs else profile.train
+    params = replace(params, seed=config.seed) if config.seed is not None else params
     # the starting weights are settled before anything else: a missing file stops the run here
     init = core_train.resolve_init(params, weights=config.weights, from_scratch=config.from_scratch,
                                    weights_dir=xray.weights, allow_downloads=profile.downloads_allowed(),
@@ -72,7 +75,8 @@ def trained_models(context: dg.AssetExecutionContext, config: TrainConfig, xray:
     tags = {"dagster_run_id": context.run.run_id, "task": task.name, "profile": profile.name,
             "dataset_hash": dataset_hash, "code_version": git_revision(),
             "trained_on_synthetic": str(synthetic).lower()}
-    run_params = {**profile.as_params(), "task": task.name, "classes": ",".join(task.classes),
+    run_params = {**profile.as_params(), "train.epochs": params.epochs, "train.seed": params.seed,   # as run
+                  "task": task.name, "classes": ",".join(task.classes),
                   "dataset_hash": dataset_hash, "trained_on_synthetic": synthetic}
     previous = st.read_json("models", task.name, "model.json") if st.exists("models", task.name, "model.json") else {}
     with st.workdir("models", task.name) as out_dir:
