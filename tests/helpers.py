@@ -12,7 +12,7 @@ STAGES: list[tuple[str, list[str], str | None]] = [
     ("ingest", ["nih_labels", "nih_boxes", "vinbigdata_annotations"], None),
     ("convert", ["vinbigdata_images"], "shards"),
     ("consensus+splits", ["vinbigdata_boxes", "background_samples", "patient_splits"], None),
-    ("tasks", ["yolo_datasets", "trained_models", "nms_thresholds", "evaluation_reports"], "tasks"),
+    ("tasks", ["yolo_datasets", "trained_models", "nms_thresholds", "evaluation_reports", "champion_gate"], "tasks"),
     ("report", ["study_report"], None),
 ]
 TASKS = ["nih_multi", "nih_binary", "united_multi", "united_binary", "united_cardiomegaly", "united_mass_nodule"]

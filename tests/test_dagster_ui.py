@@ -68,7 +68,7 @@ def test_materialize_all_from_the_ui_runs_one_backfill_and_the_catalog_reads(tmp
         confirm = page.get_by_role("button", name="Confirm")     # "annotation_drops was never materialised"
         confirm.first.wait_for(timeout=30_000)
         confirm.first.click()
-        page.get_by_text("Launch runs to materialize 12 assets").wait_for(timeout=30_000)
+        page.get_by_text("Launch runs to materialize 13 assets").wait_for(timeout=30_000)
         page.get_by_role("button", name="Launch backfill").click()
 
         os.environ["DAGSTER_HOME"] = str(home)
@@ -86,8 +86,10 @@ def test_materialize_all_from_the_ui_runs_one_backfill_and_the_catalog_reads(tmp
             assert runs and all(r.tags.get(BACKFILL_ID_TAG) == bf.backfill_id for r in runs), \
                 "every run is the backfill's: the automation sensor requested nothing beside it"
             assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
-            assert instance.get_materialized_partitions(dg.AssetKey("evaluation_reports")) == {
-                "nih_multi", "nih_binary", "united_multi", "united_binary", "united_cardiomegaly", "united_mass_nodule"}
+            for key in ("evaluation_reports", "champion_gate"):
+                assert instance.get_materialized_partitions(dg.AssetKey(key)) == {
+                    "nih_multi", "nih_binary", "united_multi", "united_binary", "united_cardiomegaly",
+                    "united_mass_nodule"}, key
 
         page.goto(f"{base}/assets/trained_models", wait_until="networkidle")
         page.get_by_text("Automation condition").first.wait_for(timeout=60_000)
@@ -105,3 +107,9 @@ def test_materialize_all_from_the_ui_runs_one_backfill_and_the_catalog_reads(tmp
         thumbs.first.wait_for(timeout=60_000)
         assert thumbs.count() == 1
         page.screenshot(path=str(tmp_path / "trained_models.png"), full_page=True)
+
+        # the promotion is a node of its own, its decision in its metadata
+        page.goto(f"{base}/assets/champion_gate", wait_until="networkidle")
+        page.get_by_text("stated_null_rate").first.wait_for(timeout=60_000)
+        text = page.inner_text("body")
+        assert "first version: nothing to compare with" in text and "champion" in text, text[:2000]

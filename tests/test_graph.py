@@ -19,7 +19,7 @@ DESIGN_ASSETS = {
     "vinbigdata_boxes": ("vinbigdata", None), "background_samples": ("datasets", None),
     "patient_splits": ("datasets", None), "yolo_datasets": ("datasets", "tasks"),
     "trained_models": ("models", "tasks"), "nms_thresholds": ("models", "tasks"),
-    "evaluation_reports": ("reports", "tasks"), "study_report": ("reports", None),
+    "evaluation_reports": ("reports", "tasks"), "champion_gate": ("reports", "tasks"), "study_report": ("reports", None),
 }
 TASKS = ["nih_multi", "nih_binary", "united_multi", "united_binary", "united_cardiomegaly", "united_mass_nodule"]
 TABLE_ASSETS = ["nih_labels", "nih_boxes", "vinbigdata_annotations", "vinbigdata_images", "vinbigdata_boxes",
@@ -29,8 +29,9 @@ READS = {"patient_splits": {"nih_labels", "nih_boxes", "vinbigdata_images", "vin
          "yolo_datasets": {"patient_splits", "nih_labels", "nih_boxes", "vinbigdata_boxes"},
          "nms_thresholds": {"trained_models", "yolo_datasets"},
          "evaluation_reports": {"nms_thresholds", "trained_models", "yolo_datasets", "nih_labels"},
-         "study_report": {"evaluation_reports", "patient_splits", "yolo_datasets", "vinbigdata_annotations",
-                          "vinbigdata_boxes"}}
+         "champion_gate": {"evaluation_reports"},
+         "study_report": {"evaluation_reports", "champion_gate", "patient_splits", "yolo_datasets",
+                          "vinbigdata_annotations", "vinbigdata_boxes"}}
 
 
 def test_catalog_specs_a_team_can_read():
@@ -69,7 +70,11 @@ def test_catalog_specs_a_team_can_read():
     assert "drop" in str(specs["nih_labels"].automation_condition.get_label())
     assert "missing inputs allowed" in str(specs["study_report"].automation_condition.get_label())
     checks = {c.name for c in graph.asset_check_keys}
-    assert {"no_patient_in_two_splits", "nih_boxes_quarantine", "conversion_quarantine", "listed_images_exist"} <= checks
+    assert {"no_patient_in_two_splits", "nih_boxes_quarantine", "conversion_quarantine", "listed_images_exist",
+            "inputs_within_quarantine_limit", "evaluated_on_current_test_split"} <= checks
+    gate_checks = [c for c in graph.asset_check_keys if c.asset_key == dg.AssetKey("champion_gate")]
+    assert len(gate_checks) == 2 and all(graph.get_check_spec(c).blocking for c in gate_checks), \
+        "the gate's guards are blocking: a failing one holds the promotion"
 
 
 def test_dagster_definitions_validate(tmp_path):

@@ -165,6 +165,29 @@ def test_automation_retrains_what_changed_and_never_past_a_failing_check(data_co
     for task in set(TASKS) - changed:
         assert len(client.search_model_versions(f"name='xray-smoke-{task}'")) == 1, f"{task} was not retrained"
 
+    # 5. champion_gate alone: it puts back a hand-moved alias, and a failing blocking check holds it
+    task = sorted(changed)[0]
+    name = f"xray-smoke-{task}"
+    kept = str(client.get_model_version_by_alias(name, "champion").version)
+    moved = "1" if kept == "2" else "2"
+    client.set_registered_model_alias(name, "champion", moved)
+    with dg.instance_for_test() as instance:
+        assert dg.materialize(everything, selection=["champion_gate"], partition_key=task, instance=instance,
+                              resources={"xray": xray}).success
+        assert str(client.get_model_version_by_alias(name, "champion").version) == kept, "the gate's decision again"
+        client.set_registered_model_alias(name, "champion", moved)
+        planted = pd.DataFrame({"source": "Data_Entry_2017.csv", "row": range(2, 13), "reason": "planted",
+                                "raw": "x"})   # 11 rows, over the smoke profile's limit of 10
+        st.write_parquet(planted, "nih", "labels_quarantine.parquet")
+        held = dg.materialize(everything, selection=["champion_gate"], partition_key=task, instance=instance,
+                              resources={"xray": xray}, raise_on_error=False)
+        (check,) = [c for c in held.get_asset_check_evaluations() if c.check_name == "inputs_within_quarantine_limit"]
+        assert not check.passed
+        assert str(client.get_model_version_by_alias(name, "champion").version) == moved, \
+            "a failing blocking check holds the alias where it is"
+        gate = json.loads((st.root / "reports" / task / "champion.json").read_text())
+        assert gate["held_by"] == ["inputs_within_quarantine_limit"] and gate["reason"].startswith("held by")
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)

@@ -96,7 +96,7 @@ def test_whole_graph_materialises_into_s3(sample_dir, tmp_path, monkeypatch, req
         assert {e.asset_key.to_user_string() for e in mats} == {
             "nih_labels", "nih_boxes", "vinbigdata_annotations", "vinbigdata_images", "vinbigdata_boxes",
             "background_samples", "patient_splits", "yolo_datasets", "trained_models", "nms_thresholds",
-            "evaluation_reports", "study_report"}
+            "evaluation_reports", "champion_gate", "study_report"}
         checks = [c for r in results for c in r.get_asset_check_evaluations()]
         assert all(c.passed for c in checks if c.check_name in (
             "no_patient_in_two_splits", "listed_images_exist", "boxes_inside_images")), \
@@ -180,8 +180,8 @@ def test_kubernetes_executor_config_and_gpu_tags(monkeypatch):
 
     graph = defs.resolve_asset_graph()
     op_tags = {a.key.to_user_string(): a.op.tags for a in defs.assets}
-    assert len(op_tags) == 13
-    gpu = {"trained_models", "nms_thresholds", "evaluation_reports"}
+    assert len(op_tags) == 14
+    gpu = {"trained_models", "nms_thresholds", "evaluation_reports", "champion_gate"}
     for name, tags in op_tags.items():
         node = graph.get(dg.AssetKey(name))
         cfg = get_user_defined_k8s_config(tags)

@@ -35,7 +35,7 @@ MAX_ITERATION_ERRORS = 10   # daemon iterations that failed in a row before `mat
 #: what `materialize` selects by default: the study (accepted drops are the sensor's business)
 DEFAULT_SELECTION = ["nih_labels", "nih_boxes", "vinbigdata_annotations", "vinbigdata_images", "vinbigdata_boxes",
                      "background_samples", "patient_splits", "yolo_datasets", "trained_models", "nms_thresholds",
-                     "evaluation_reports", "study_report"]
+                     "evaluation_reports", "champion_gate", "study_report"]
 
 
 @dataclass

@@ -12,10 +12,10 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
-from .defs import automation, checks, datasets, drops, evaluation, nih, training, vinbigdata
+from .defs import automation, checks, datasets, drops, evaluation, gate, nih, training, vinbigdata
 from .defs.resources import XrayResource
 
-MODULES = (drops, nih, vinbigdata, datasets, training, evaluation, checks)
+MODULES = (drops, nih, vinbigdata, datasets, training, evaluation, gate, checks)
 
 
 def executor_from_env() -> dg.ExecutorDefinition:

@@ -124,32 +124,38 @@ def interval_clause(low: float, high: float, note: str = "") -> str:
     return f"95% interval {text}" if low == low and high == high else f"no interval: {text}"
 
 
-def gate_markdown(gate: dict, summary: dict) -> list[str]:
-    """The champion gate's section: its decision, the rule and the stated rate, and what this test
-    split can resolve."""
-    lines = ["## Champion gate", "", f"Decision: **{gate['decision']}**. {gate.get('reason', '')}.", ""]
+def power_markdown(summary: dict) -> list[str]:
+    """What the champion gate can resolve on this test split, before any second model exists."""
+    rate, resolvable = summary.get("gate_null_rate_at_margin"), summary.get("gate_resolvable_margin")
+    if rate is None or rate != rate:
+        return []
+    return ["## What this test split lets the champion gate resolve", "",
+            f"Against an equally good, independent model, the paired difference would fall below the margin "
+            f"-{summary.get('gate_margin', 0):g} {rate:.0%} of the time (the old point-estimate rule would keep such a "
+            f"model out that often); the smallest margin this split resolves at the gate's stated rate is "
+            f"{max(0.0, resolvable):.3f} mAP50. A challenger correlated with the champion narrows both; "
+            "`champion_gate` records the figure for the actual pair.", ""]
+
+
+def gate_markdown(task: str, gate: dict) -> str:
+    """The champion gate's page: its decision, the rule and the stated rate, the figures behind it."""
+    lines = [f"# Champion gate: {task}", "", f"Decision for version {gate.get('version')}: **{gate['decision']}**. "
+             f"{gate.get('reason', '')}.", ""]
     if "rule" in gate:
         lines += [f"Rule: {gate['rule']} (stated rate {gate['stated_null_rate']:.0%}, margin {gate['margin']:g}).", ""]
-    if gate.get("compared_with"):
+    if gate.get("compared_with") and "new_map50" in gate:
         lines += [f"Against champion v{gate['compared_with']}: new {gate['new_map50']:.3f}, champion "
-                  f"{gate['champion_map50']:.3f} (re-scored on these images), difference {gate['diff']:+.4f} (95% "
-                  f"interval {interval_text(gate['diff_ci_low'], gate['diff_ci_high'])}) on {gate['test_boxes']} test "
+                  f"{gate['champion_map50']:.3f} (re-scored on these images), difference {gate['diff']:+.4f} ("
+                  f"{interval_clause(gate['diff_ci_low'], gate['diff_ci_high'])}) on {gate['test_boxes']} test "
                   f"boxes; null rate on this split {gate['null_rate']:.0%}; between two equally good models this "
                   f"decision would come {gate['null_probability_of_decision']:.0%} of the time"
                   + (f" (one-sided p {gate['p_value']:.3f})." if gate["p_value"] == gate["p_value"] else "."), ""]
-    rate, resolvable = summary.get("gate_null_rate_at_margin"), summary.get("gate_resolvable_margin")
-    if rate is not None and rate == rate:
-        lines += [f"This test split's power, before any second model: against an equally good independent model "
-                  f"the point estimate would fall below -{gate.get('margin', 0):g} {rate:.0%} of the time; the "
-                  f"smallest margin it resolves at the stated rate is {resolvable:.3f} mAP50 (a correlated "
-                  "challenger narrows both).", ""]
-    return lines
+    return "\n".join(lines)
 
 
 def report_markdown(task: str, profile: str, ev: TaskEvaluation, rule: DetectionRule, model: dict,
-                    excluded: pd.DataFrame | None = None, n_boot: int | None = None, gate: dict | None = None) -> str:
-    """The per-task evaluation report. `model`: model.json (init, version...); `gate`: the champion
-    gate's record (`champion.gate_record`)."""
+                    excluded: pd.DataFrame | None = None, n_boot: int | None = None) -> str:
+    """The per-task evaluation report. `model`: model.json (init, version...)."""
     s = ev.summary
     n_boot = s.get("resamples", n_boot)
     init = model.get("init", "unknown")
@@ -211,8 +217,7 @@ def report_markdown(task: str, profile: str, ev: TaskEvaluation, rule: Detection
         lines += ["## Left out: unboxed findings", "",
                   "NIH images whose Data_Entry lists a finding of this task with no box for it (they would be "
                   "negatives for a visible finding), by finding and split:", "", md_table(counts), ""]
-    if gate is not None:
-        lines += gate_markdown(gate, s)
+    lines += power_markdown(s)
     lines += ["## Curves and examples", "", "![PR curves](pr_curves.png)", "",
               "![Confusion matrix at the operating point](confusion_matrix.png)", "",
               "![Labels | Predictions at the operating point](panels.png)", ""]
@@ -314,6 +319,18 @@ def tasks_table(results: dict[str, TaskResult]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def gate_table(gates: dict[str, dict]) -> pd.DataFrame:
+    """One line per task from its `champion.json`."""
+    rows = [{"task": t, "version": g.get("version"), "decision": g.get("decision"),
+             "compared_with": g.get("compared_with"), "diff": g.get("diff"),
+             "interval": interval_text(*(float("nan") if g.get(k) is None else g[k]
+                                         for k in ("diff_ci_low", "diff_ci_high")))
+             if g.get("compared_with") else "", "null_rate": g.get("null_rate"),
+             "held_by": ", ".join(g.get("held_by", [])) or "none"} for t, g in gates.items()]
+    return pd.DataFrame(rows, columns=["task", "version", "decision", "compared_with", "diff", "interval", "null_rate",
+                                       "held_by"])
+
+
 def excluded_counts(results: dict[str, TaskResult]) -> pd.DataFrame:
     """Images left out of each task for an unboxed finding, by finding (an image may count twice)."""
     rows = []
@@ -334,7 +351,8 @@ def subgroup_table(results: dict[str, TaskResult], per_task: dict[str, pd.DataFr
 
 def study_markdown(profile: str, results: dict[str, TaskResult], missing: list[str], data_sections: list[str],
                    comparisons: pd.DataFrame, unfair: list[str], subgroup_rows: pd.DataFrame, n_boot: int,
-                   served: list[str], when: str, seed: int = 0, min_boxes: int = MIN_TEST_BOXES) -> str:
+                   served: list[str], when: str, seed: int = 0, min_boxes: int = MIN_TEST_BOXES,
+                   gates: pd.DataFrame | None = None) -> str:
     table = tasks_table(results)
     md = [f"# Chest X-ray abnormality detection: study report ({profile} profile)", "",
           f"Regenerated {when} from this materialisation's data.", ""]
@@ -369,6 +387,11 @@ def study_markdown(profile: str, results: dict[str, TaskResult], missing: list[s
                "Threshold-free mAP50 by sex, age band (<40, 40-60, >60) and view position, with patient-level 95% "
                "intervals or \"too few test boxes (n)\"; a gap between groups whose intervals barely overlap deserves a look on real data.", "",
                md_table(subgroup_rows), ""]
+    if gates is not None and len(gates):
+        md += ["## Champion gate", "",
+               "Per task, the latest gate decision (`champion_gate`): the new version against the champion re-scored "
+               "on the same test images, with the paired difference, its patient-level interval, the null rate of "
+               "the rule on that split and any blocking check that held the promotion.", "", md_table(gates), ""]
     md += ["## The served panel", "",
            "The study's demo shows " + ", ".join(served) + " side by side, each with its own detection rule (tuned "
            "conf and IoU; united_multi class-agnostic). Labels | predictions on test images:", ""]

@@ -81,7 +81,7 @@ ingest_labels_job = dg.define_asset_job(
 
 train_models_job = dg.define_asset_job(
     "train_models", selection=dg.AssetSelection.assets("yolo_datasets", "trained_models", "nms_thresholds",
-                                                       "evaluation_reports"),
+                                                       "evaluation_reports", "champion_gate"),
     partitions_def=dg.StaticPartitionsDefinition(
         ["nih_multi", "nih_binary", "united_multi", "united_binary", "united_cardiomegaly", "united_mass_nodule"]),
     description="One task end to end from its dataset: train, tune, evaluate, gate (a partition per task).")

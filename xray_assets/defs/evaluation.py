@@ -1,4 +1,4 @@
-"""NMS tuning on val, evaluation on test with the champion gate, and the study report: the storage
+"""NMS tuning on val, evaluation on test, and the study report: the storage
 and MLflow side. The figures are computed in `core` (detection, tuning, metrics, evaluation)."""
 
 
@@ -86,34 +86,15 @@ def nms_thresholds(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.
     }, data_version=content_version(str(sorted(rule.as_dict().items())), info["run_id"]))
 
 
-def _champion_detections(xray: XrayResource, task, images: pd.DataFrame, new_version: str, context):
-    """The current champion (another version) re-scored on these test images with its own rule, or None."""
-    name = xray.config.model_name(task.name)
-    current = tracking.alias_version(xray.tracking_uri, name, tracking.CHAMPION)
-    if current is None or str(current.version) == str(new_version):
-        return (None if current is None else str(current.version)), None
-    tags = dict(current.tags or {})
-    if "nms_conf" not in tags:
-        context.log.warning(f"{name} v{current.version}: no detection rule on its tags; not compared")
-        return None, None
-    rule = DetectionRule.from_tags(tags)
-    weights = tracking.fetch_weights(xray.tracking_uri, current.run_id, xray.storage.dir("serve", task.name,
-                                                                                         f"v{current.version}"))
-    context.log.info(f"{task.name}: re-scoring champion v{current.version} on the current {len(images)} test images "
-                     f"({rule.describe()})")
-    dets = detection.detect_images(detection.load_model(weights), images, rule.at(conf=AP_FLOOR),
-                                   int(tags.get("imgsz", 640)), task.classes)
-    return str(current.version), dets
-
-
 @dg.asset(group_name="reports", partitions_def=TASK_PARTITIONS, kinds={"pytorch", "mlflow"}, owners=OWNERS,
           tags={"stage": "evaluate"}, deps=[nms_thresholds, trained_models, yolo_datasets, nih_labels], pool="gpu",
           op_tags=GPU_STEP_TAGS, automation_condition=on_new_data(only=["nms_thresholds"]),
-          code_version=code_version(core_eval, metrics, champion, detection),
+          code_version=code_version(core_eval, metrics, detection),
           metadata={"dagster/column_schema": METRICS_SCHEMA},
           description="Test-split figures per task with its detection rule: threshold-free AP (AP50, AP@IoU0.4, "
-                      "AP50-95) with intervals, the operating point, FROC, NIH subgroups; logged to the model's run. "
-                      "The champion gate compares the new version with the champion re-scored on the same images.")
+                      "AP50-95) with patient-level intervals, the operating point (macro and micro), FROC under two "
+                      "hit rules, NIH subgroups and what the test split lets the gate resolve; logged to the model's "
+                      "run. The promotion itself is `champion_gate`'s.")
 def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
     task = TASKS[context.partition_key]
     st, profile = xray.storage, xray.config
@@ -133,7 +114,8 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
                                  seed=profile.seed, min_boxes=profile.min_test_boxes)
     s = ev.summary
     power = champion.split_power(ev.mean_ap_samples, xray.margin, profile.gate_null_rate, profile.seed)
-    s.update(gate_null_rate_at_margin=power["null_rate_at_margin"], gate_resolvable_margin=power["resolvable_margin"])
+    s.update(gate_null_rate_at_margin=power["null_rate_at_margin"], gate_resolvable_margin=power["resolvable_margin"],
+             gate_margin=xray.margin)
     context.log.info(f"{task.name}: test mAP50 {s['map50']:.3f} (threshold-free), operating point conf > {rule.conf:g}: "
                      f"macro P {s['precision_macro']:.3f} R {s['recall_macro']:.3f}, micro P {s['precision_micro']:.3f} "
                      f"R {s['recall_micro']:.3f}; CPM {s['cpm_luna16']:.3f} (LUNA16 rule), {s['cpm_iou']:.3f} (IoU rule) "
@@ -141,20 +123,6 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
     base = ("reports", task.name)
     excluded = (st.read_parquet("datasets", task.name, "excluded.parquet")
                 if st.exists("datasets", task.name, "excluded.parquet") else None)
-    # the gate: the champion re-scored on these same images, the paired difference decides
-    gate = {"decision": "not gated (no registered version)"}
-    version = info.get("model_version")
-    if version:
-        model_name = profile.model_name(task.name)
-        champ_version, champ_dets = _champion_detections(xray, task, images, version, context)
-        paired = (metrics.paired_bootstrap(gt, dets, champ_dets, task.classes, images["image_id"],
-                                           n_boot=profile.bootstrap_resamples, seed=profile.seed,
-                                           groups=core_eval.patients(images))
-                  if champ_dets is not None else None)
-        gate = champion.gate_record(paired, xray.margin, version, champ_version, profile.gate_null_rate,
-                                    profile.min_test_boxes)
-        if champ_dets is not None:   # what the gate compared, kept beside the new model's detections
-            st.write_parquet(champ_dets, *base, "champion_detections.parquet")
     for name, frame in (("metrics", ev.table), ("bootstrap_ci", ev.ci), ("froc", ev.froc), ("subgroups", ev.subgroups),
                         ("detections", dets), ("ground_truth", gt),
                         ("test_images", images[["image_id", "source", "group"]])):
@@ -169,7 +137,7 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
     panels = [(detection.read_gray(p), gt[gt.image_id == i], operating[operating.image_id == i], i[:16])
               for i, p in zip(images["image_id"], images["path"]) if i in set(gt["image_id"])][:profile.report_panels]
     st.write_bytes(plots.gt_vs_pred(panels, task.classes), *base, "panels.png")
-    text = core_eval.report_markdown(task.name, profile.name, ev, rule, info, excluded, gate=gate)
+    text = core_eval.report_markdown(task.name, profile.name, ev, rule, info, excluded)
     st.write_text(text, *base, "report.md")
     st.write_text(markdown_to_html(text, f"Evaluation {task.name}"), *base, "report.html")
     summary = {**core_eval.nan_to_none(s), "rule": rule.as_dict(), "conf": rule.conf, "iou": rule.iou,
@@ -184,22 +152,11 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
     tracking.log_evaluation(xray.tracking_uri, info["run_id"], logged,
                             [st.local(*base, f) for f in ("report.md", "report.html", "pr_curves.png", "froc.png",
                                                           "panels.png", "confusion_matrix.png", "metrics.parquet")])
-    if version:
-        tracking.tag_version(xray.tracking_uri, model_name, version, {
+    version = info.get("model_version")
+    if version:   # what the web app and the gate read back: the rule and the figures it was evaluated with
+        tracking.tag_version(xray.tracking_uri, profile.model_name(task.name), version, {
             **rule.tags(), "imgsz": info["imgsz"], "classes": ",".join(task.classes), "test_map50": f"{s['map50']:.6f}",
-            "test_images": len(images), "test_patients": s["test_patients"], "test_boxes": len(gt),
-            "gate_decision": gate["decision"], "gate_reason": gate["reason"][:250], "gate_rule": gate["rule"][:250],
-            "gate_stated_null_rate": f"{gate['stated_null_rate']:g}", "gate_margin": f"{gate['margin']:g}",
-            "gate_min_test_boxes": str(gate["min_test_boxes"]),
-            **({"gate_compared_with": gate["compared_with"], "gate_diff": f"{gate['diff']:.6f}",
-                "gate_diff_ci_low": f"{gate['diff_ci_low']:.6f}", "gate_diff_ci_high": f"{gate['diff_ci_high']:.6f}",
-                "gate_champion_map50": f"{gate['champion_map50']:.6f}", "gate_null_rate": f"{gate['null_rate']:.4f}",
-                "gate_null_probability_of_decision": f"{gate['null_probability_of_decision']:.4f}",
-                "gate_test_boxes": str(gate["test_boxes"]), "gate_bootstrap": f"{gate['resamples']} resamples, "
-                f"seed {gate['seed']}"} if paired else {})})
-        tracking.set_alias(xray.tracking_uri, model_name, gate["decision"], version)
-        context.log.info(f"{task.name}: version {version} is {gate['decision']} ({gate['reason']})")
-    st.write_json(gate, *base, "champion.json")
+            "test_images": len(images), "test_patients": s["test_patients"], "test_boxes": len(gt)})
     root = st.root / "reports" / task.name
     md = {
         "test_images": len(images), "test_patients": s["test_patients"], "test_boxes": len(gt),
@@ -225,19 +182,9 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
         "report": dg.MetadataValue.path(str(root / "report.html")),
         "froc_curve": thumbnail(st.local(*base, "froc.png")),
         "labels_vs_predictions": thumbnail(st.local(*base, "panels.png")),
-        "champion_decision": gate["decision"],
-        "gate": gate.get("reason", gate["decision"]),
         "dagster/row_count": len(ev.table),
     }
-    if gate.get("compared_with"):
-        md.update({"gate_champion_version": gate["compared_with"], "gate_new_map50": round(gate["new_map50"], 4),
-                   "gate_champion_map50_rescored": round(gate["champion_map50"], 4),
-                   "gate_diff": round(gate["diff"], 4),
-                   "gate_diff_ci95": core_eval.interval_text(gate["diff_ci_low"], gate["diff_ci_high"]),
-                   "gate_null_rate": round(gate["null_rate"], 4), "gate_test_boxes": gate["test_boxes"],
-                   "gate_null_probability_of_decision": round(gate["null_probability_of_decision"], 4)})
-    md.update({"gate_rule": gate.get("rule", ""), "gate_stated_null_rate": profile.gate_null_rate})
-    return dg.MaterializeResult(metadata=md, data_version=content_version(ev.table, version, gate["decision"]))
+    return dg.MaterializeResult(metadata=md, data_version=content_version(ev.table, version))
 
 
 def _task_result(st, task: str) -> core_eval.TaskResult | None:
@@ -255,8 +202,9 @@ def _task_result(st, task: str) -> core_eval.TaskResult | None:
 
 
 @dg.asset(group_name="reports", kinds={"markdown", "html"}, owners=OWNERS, tags={"stage": "report"},
-          deps=[evaluation_reports, patient_splits, yolo_datasets, vinbigdata_annotations, vinbigdata_boxes],
-          automation_condition=on_new_data(only=["evaluation_reports"], allow_missing=True),
+          deps=[evaluation_reports, "champion_gate", patient_splits, yolo_datasets, vinbigdata_annotations,
+                vinbigdata_boxes],
+          automation_condition=on_new_data(only=["champion_gate"], allow_missing=True),
           code_version=code_version(core_eval),
           description="All tasks side by side: the study's write-up regenerated from data, comparisons only on the "
                       "same test images and findings (paired bootstrap), unboxed-finding exclusions, subgroups. "
@@ -293,9 +241,11 @@ def study_report(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.Ma
     for t in SERVED_TASKS:
         if t in results and st.exists("reports", t, "panels.png"):
             st.copy_in(st.local("reports", t, "panels.png"), "reports", "study", f"panels_{t}.png")
+    gates = core_eval.gate_table({t: st.read_json("reports", t, "champion.json") for t in results
+                                  if st.exists("reports", t, "champion.json")})
     text = core_eval.study_markdown(profile.name, results, missing, data, comparisons, unfair, groups, n_boot,
                                     list(SERVED_TASKS), time.strftime("%Y-%m-%d %H:%M"), profile.seed,
-                                    profile.min_test_boxes)
+                                    profile.min_test_boxes, gates)
     md_path = st.write_text(text, "reports", "study", "report.md")
     html_path = st.write_text(markdown_to_html(text, "Study report"), "reports", "study", "report.html")
     st.write_parquet(table, "reports", "study", "tasks.parquet")
