@@ -21,7 +21,7 @@ export DO_NOT_TRACK := true
 # pandas, torch and ultralytics from source again: seconds per run, about 90 s over `make demo`.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: demo test test-fast ui serve bench fuzz install sample-data lock clean
+.PHONY: demo test test-fast lint ui serve bench fuzz install sample-data lock clean
 
 # The lock pins every package, so the pip a new venv ships (23.2 on Python 3.11) installs it
 # without backtracking; no pip upgrade, no download of pip itself. --no-compile: Python compiles a
@@ -42,8 +42,13 @@ sample-data: $(SAMPLE)/.complete
 demo: $(STAMP) $(SAMPLE)/.complete
 	$(BIN)/xray-assets materialize --profile $(PROFILE)
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+# ruff (settings in pyproject.toml): the formatting and the lint set; `make test` fails on a violation
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 # everything that does not train a model (the `slow` marker), in under two minutes
 test-fast: $(STAMP)

@@ -37,8 +37,11 @@ def loop_baseline(ann: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> list[dict]:
     real = os.environ.get("XRAY_REAL_DATA")
-    src = Path(real) / "vinbigdata" / "train_reconstructed.csv" if real and Path(real).is_dir() else Path(
-        os.environ.get("XRAY_DATA_DIR", "data/sample")) / "vinbigdata" / "train.csv"
+    src = (
+        Path(real) / "vinbigdata" / "train_reconstructed.csv"
+        if real and Path(real).is_dir()
+        else Path(os.environ.get("XRAY_DATA_DIR", "data/sample")) / "vinbigdata" / "train.csv"
+    )
     ann = read_vinbigdata_annotations(src)
     t = time.perf_counter()
     fast = majority_radiologist(ann)
@@ -47,9 +50,19 @@ def main() -> list[dict]:
     slow = loop_baseline(ann)
     t_slow = time.perf_counter() - t
     assert sorted(map(tuple, fast.astype(str).to_numpy().tolist())) == sorted(
-        map(tuple, slow.astype(str).to_numpy().tolist())), "vectorised and loop disagree"
-    return [{"benchmark": "majority_radiologist", "rows": len(ann), "ours_s": t_fast, "baseline_s": t_slow,
-             "baseline": f"row-by-row loop, {len(ann)} rows", "speedup": t_slow / t_fast, "source": str(src)}]
+        map(tuple, slow.astype(str).to_numpy().tolist())
+    ), "vectorised and loop disagree"
+    return [
+        {
+            "benchmark": "majority_radiologist",
+            "rows": len(ann),
+            "ours_s": t_fast,
+            "baseline_s": t_slow,
+            "baseline": f"row-by-row loop, {len(ann)} rows",
+            "speedup": t_slow / t_fast,
+            "source": str(src),
+        }
+    ]
 
 
 if __name__ == "__main__":

@@ -29,9 +29,16 @@ def make_files(folder: Path, n: int, syntax: str) -> list[Path]:
     for i in range(n):
         small, _ = render(np.random.default_rng(i), ["Cardiomegaly", "Nodule"], 750, 625)
         img = cv2.resize(small, (2500, 3000), interpolation=cv2.INTER_LINEAR)
-        img = np.clip(img + np.random.default_rng(i).normal(0, 0.01, img.shape).astype(np.float32), 0, 1)
-        variant = {"photometric": ("MONOCHROME1", "MONOCHROME2")[i % 2], "bits_stored": 12,
-                   "rescale": (1.0, 0.0), "voi": True, "syntax": syntax}
+        img = np.clip(
+            img + np.random.default_rng(i).normal(0, 0.01, img.shape).astype(np.float32), 0, 1
+        )
+        variant = {
+            "photometric": ("MONOCHROME1", "MONOCHROME2")[i % 2],
+            "bits_stored": 12,
+            "rescale": (1.0, 0.0),
+            "voi": True,
+            "syntax": syntax,
+        }
         f = folder / f"{syntax}-{i}.dicom"
         write_dicom(f, img, variant, serial=i)
         files.append(f)
@@ -69,18 +76,32 @@ def timed(fn, files: list[Path], out: Path, workers: int = 1) -> float:
     else:
         # a warm pool (the asset's pool lives for a whole shard): start-up is not conversion work
         with ProcessPoolExecutor(workers) as pool:
-            list(pool.map(fn, [str(files[0])] * workers, [str(out / f"warm{i}.png") for i in range(workers)]))
+            list(
+                pool.map(
+                    fn,
+                    [str(files[0])] * workers,
+                    [str(out / f"warm{i}.png") for i in range(workers)],
+                )
+            )
             t = time.perf_counter()
-            list(pool.map(fn, [str(f) for f in files], [str(out / (f.stem + ".png")) for f in files]))
+            list(
+                pool.map(fn, [str(f) for f in files], [str(out / (f.stem + ".png")) for f in files])
+            )
     return time.perf_counter() - t
 
 
 def peak_rss_mb(files: list[Path], out: Path) -> float:
-    code = ("import sys, resource; from xray_assets.core.dicom import convert_one\n"
-            "for f in sys.argv[2:]: convert_one(f, sys.argv[1] + '/x.png', 1024)\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
-    res = subprocess.run([sys.executable, "-c", code, str(out), *map(str, files)], capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import sys, resource; from xray_assets.core.dicom import convert_one\n"
+        "for f in sys.argv[2:]: convert_one(f, sys.argv[1] + '/x.png', 1024)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(out), *map(str, files)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(res.stdout.strip().splitlines()[-1])
 
 
@@ -96,18 +117,36 @@ def main() -> list[dict]:
             timed(recipe, files[:1], out)
             t_ours = timed(ours, files, out)
             t_recipe = timed(recipe, files, out)
-            rows.append({"benchmark": f"dicom->png {label} (1 worker)", "ours_s": t_ours / len(files),
-                         "baseline_s": t_recipe / len(files), "speedup": t_recipe / t_ours,
-                         "baseline": f"public recipe, s/image over {len(files)} 3000x2500 12-bit files"})
+            rows.append(
+                {
+                    "benchmark": f"dicom->png {label} (1 worker)",
+                    "ours_s": t_ours / len(files),
+                    "baseline_s": t_recipe / len(files),
+                    "speedup": t_recipe / t_ours,
+                    "baseline": f"public recipe, s/image over {len(files)} 3000x2500 12-bit files",
+                }
+            )
             if syntax == "j2k_lossless":
                 t2 = timed(ours, files, out, workers=2)
-                rows.append({"benchmark": "dicom->png JPEG 2000 2 vs 1 worker", "ours_s": t2 / len(files),
-                             "baseline_s": t_ours / len(files), "speedup": t_ours / t2,
-                             "baseline": "ours with 1 worker (s/image)"})
+                rows.append(
+                    {
+                        "benchmark": "dicom->png JPEG 2000 2 vs 1 worker",
+                        "ours_s": t2 / len(files),
+                        "baseline_s": t_ours / len(files),
+                        "speedup": t_ours / t2,
+                        "baseline": "ours with 1 worker (s/image)",
+                    }
+                )
                 small, large = peak_rss_mb(files[:2], out), peak_rss_mb(files * 3, out)
-                rows.append({"benchmark": "dicom peak RSS, 6x the files", "ours_s": large, "baseline_s": small,
-                             "speedup": small / large,
-                             "baseline": f"MB for {2} files vs {len(files) * 3} files (ratio ~1 = flat)"})
+                rows.append(
+                    {
+                        "benchmark": "dicom peak RSS, 6x the files",
+                        "ours_s": large,
+                        "baseline_s": small,
+                        "speedup": small / large,
+                        "baseline": f"MB for {2} files vs {len(files) * 3} files (ratio ~1 = flat)",
+                    }
+                )
     return rows
 
 

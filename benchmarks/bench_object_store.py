@@ -40,13 +40,18 @@ def main() -> list[dict]:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from services import s3_server
+
     from xray_assets.config import configure_ultralytics
     from xray_assets.core.synthetic import write_sample_data
     from xray_assets.defs.resources import XrayResource
     from xray_assets.storage import Storage
 
     configure_ultralytics()
-    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -54,24 +59,43 @@ def main() -> list[dict]:
         write_sample_data(data, size=16, seed=3, vinbigdata_max_side=700)
 
         def resource(storage: str, name: str) -> XrayResource:
-            return XrayResource(data_dir=str(data), storage_dir=storage, profile="smoke",
-                                mlflow_tracking_uri=f"sqlite:///{tmp / name}.db")
+            return XrayResource(
+                data_dir=str(data),
+                storage_dir=storage,
+                profile="smoke",
+                mlflow_tracking_uri=f"sqlite:///{tmp / name}.db",
+            )
 
-        _materialise(resource(str(tmp / "warm-up"), "warm-up"), None)   # imports, first-use costs
+        _materialise(resource(str(tmp / "warm-up"), "warm-up"), None)  # imports, first-use costs
         local = _materialise(resource(str(tmp / "local"), "local"), None)
-        with mock.patch.dict(os.environ, {**env, "XRAY_CACHE_DIR": str(tmp / "cache")}), s3_server(tmp) as endpoint:
-            os.environ["AWS_ENDPOINT_URL"] = endpoint     # (patch.dict restores the environment on exit)
+        with (
+            mock.patch.dict(os.environ, {**env, "XRAY_CACHE_DIR": str(tmp / "cache")}),
+            s3_server(tmp) as endpoint,
+        ):
+            os.environ["AWS_ENDPOINT_URL"] = (
+                endpoint  # (patch.dict restores the environment on exit)
+            )
             s3 = boto3.client("s3", endpoint_url=endpoint)
             for bucket, wipe in (("bench-kept", False), ("bench-fresh", True)):
                 s3.create_bucket(Bucket=bucket)
                 url = f"s3://{bucket}/study"
                 seconds = _materialise(resource(url, bucket), Storage(url).mirror if wipe else None)
-                rows.append({"benchmark": "s3 root, fresh pod per step" if wipe else "s3 root, one machine",
-                             "ours_s": seconds, "baseline_s": local, "speedup": local / seconds,
-                             "baseline": "the same steps on a local storage root"})
+                rows.append(
+                    {
+                        "benchmark": "s3 root, fresh pod per step"
+                        if wipe
+                        else "s3 root, one machine",
+                        "ours_s": seconds,
+                        "baseline_s": local,
+                        "speedup": local / seconds,
+                        "baseline": "the same steps on a local storage root",
+                    }
+                )
     return rows
 
 
 if __name__ == "__main__":
     for r in main():
-        print(f"{r['benchmark']:28s} {r['ours_s']:8.1f} s vs {r['baseline_s']:8.1f} s  {r['speedup']:.2f}x  ({r['baseline']})")
+        print(
+            f"{r['benchmark']:28s} {r['ours_s']:8.1f} s vs {r['baseline_s']:8.1f} s  {r['speedup']:.2f}x  ({r['baseline']})"
+        )

@@ -24,17 +24,24 @@ def main() -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_sample_data(tmp / "data", size=8, seed=1, vinbigdata_max_side=400)
-        xray = XrayResource(data_dir=str(tmp / "data"), storage_dir=str(tmp / "st"), profile="smoke")
+        xray = XrayResource(
+            data_dir=str(tmp / "data"), storage_dir=str(tmp / "st"), profile="smoke"
+        )
         folder = write_drop(xray.inbox / "big", "nih", n_annotated=IMAGES, seed=9)
         n = len(list(folder.glob("**/*.png")))
         with dg.instance_for_test() as instance:
             t = time.perf_counter()
-            first = new_annotations(dg.build_sensor_context(instance=instance, resources={"xray": xray}))
+            first = new_annotations(
+                dg.build_sensor_context(instance=instance, resources={"xray": xray})
+            )
             first_s = time.perf_counter() - t
             assert len(first.run_requests) == 1
             t = time.perf_counter()
-            later = new_annotations(dg.build_sensor_context(instance=instance, cursor=first.cursor,
-                                                            resources={"xray": xray}))
+            later = new_annotations(
+                dg.build_sensor_context(
+                    instance=instance, cursor=first.cursor, resources={"xray": xray}
+                )
+            )
             later_s = time.perf_counter() - t
             assert not later.run_requests
         t = time.perf_counter()
@@ -45,13 +52,27 @@ def main() -> list[dict]:
             shutil.copyfile(src, out / name)
         merge_s = time.perf_counter() - t
     what = f"validate and copy {n} images (the old tick's merge, now the run's)"
-    return [{"benchmark": f"inbox tick, {n}-image drop", "ours_s": first_s, "baseline_s": merge_s,
-             "speedup": merge_s / first_s, "baseline": what},
-            {"benchmark": "inbox tick, drop already seen", "ours_s": later_s, "baseline_s": merge_s,
-             "speedup": merge_s / later_s, "baseline": what}]
+    return [
+        {
+            "benchmark": f"inbox tick, {n}-image drop",
+            "ours_s": first_s,
+            "baseline_s": merge_s,
+            "speedup": merge_s / first_s,
+            "baseline": what,
+        },
+        {
+            "benchmark": "inbox tick, drop already seen",
+            "ours_s": later_s,
+            "baseline_s": merge_s,
+            "speedup": merge_s / later_s,
+            "baseline": what,
+        },
+    ]
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
     for r in main():
-        print(f"{r['benchmark']:34s} {r['ours_s']:7.2f} s vs {r['baseline_s']:7.2f} s  ({r['baseline']})")
+        print(
+            f"{r['benchmark']:34s} {r['ours_s']:7.2f} s vs {r['baseline_s']:7.2f} s  ({r['baseline']})"
+        )

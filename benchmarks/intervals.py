@@ -36,30 +36,55 @@ def main(argv=None) -> int:
     ap.add_argument("--min-boxes", type=int, default=MIN_TEST_BOXES)
     args = ap.parse_args(argv)
     root = Path(args.storage) / args.profile
-    print(f"{'task':22s} {'mAP50':>6s} {'image-level':>12s} {'patient-level':>13s} {'images':>6s} {'patients':>8s} "
-          f"{'boxes':>5s} {'null@' + format(args.margin, 'g'):>9s} {'resolves':>8s}   reported")
+    print(
+        f"{'task':22s} {'mAP50':>6s} {'image-level':>12s} {'patient-level':>13s} {'images':>6s} {'patients':>8s} "
+        f"{'boxes':>5s} {'null@' + format(args.margin, 'g'):>9s} {'resolves':>8s}   reported"
+    )
     for task in TASK_NAMES:
         rep = root / "reports" / task
         if not (rep / "detections.parquet").exists():
             print(f"{task:22s} not evaluated")
             continue
-        gt, dets = pd.read_parquet(rep / "ground_truth.parquet"), pd.read_parquet(rep / "detections.parquet")
+        gt, dets = (
+            pd.read_parquet(rep / "ground_truth.parquet"),
+            pd.read_parquet(rep / "detections.parquet"),
+        )
         ids = list(pd.read_parquet(rep / "test_images.parquet")["image_id"])
         images = pd.read_parquet(root / "datasets" / task / "images.parquet")
         groups = patients(images[images["image_id"].isin(ids)])
         classes = TASKS[task].classes
-        flat, _ = bootstrap_intervals(gt, dets, classes, ids, n_boot=args.resamples, seed=args.seed, min_boxes=1)
-        clustered, samples = bootstrap_intervals(gt, dets, classes, ids, n_boot=args.resamples, seed=args.seed,
-                                                 groups=groups, min_boxes=1)
-        reported, _ = bootstrap_intervals(gt, dets, classes, ids, n_boot=args.resamples, seed=args.seed,
-                                          groups=groups, min_boxes=args.min_boxes)
+        flat, _ = bootstrap_intervals(
+            gt, dets, classes, ids, n_boot=args.resamples, seed=args.seed, min_boxes=1
+        )
+        clustered, samples = bootstrap_intervals(
+            gt,
+            dets,
+            classes,
+            ids,
+            n_boot=args.resamples,
+            seed=args.seed,
+            groups=groups,
+            min_boxes=1,
+        )
+        reported, _ = bootstrap_intervals(
+            gt,
+            dets,
+            classes,
+            ids,
+            n_boot=args.resamples,
+            seed=args.seed,
+            groups=groups,
+            min_boxes=args.min_boxes,
+        )
         f, c, r = (t.set_index("label").loc["(mean AP50)"] for t in (flat, clustered, reported))
         power = champion.split_power(samples, args.margin, args.rate, args.seed)
         n_patients = len({groups.get(i, i) for i in ids})
-        print(f"{task:22s} {c['estimate']:6.3f} {interval_text(f['ci_low'], f['ci_high']):>12s} "
-              f"{interval_text(c['ci_low'], c['ci_high']):>13s} {len(ids):6d} {n_patients:8d} {len(gt):5d} "
-              f"{power['null_rate_at_margin']:9.0%} {max(0.0, power['resolvable_margin']):8.3f}   "
-              f"{interval_text(r['ci_low'], r['ci_high'], r['note'])}")
+        print(
+            f"{task:22s} {c['estimate']:6.3f} {interval_text(f['ci_low'], f['ci_high']):>12s} "
+            f"{interval_text(c['ci_low'], c['ci_high']):>13s} {len(ids):6d} {n_patients:8d} {len(gt):5d} "
+            f"{power['null_rate_at_margin']:9.0%} {max(0.0, power['resolvable_margin']):8.3f}   "
+            f"{interval_text(r['ci_low'], r['ci_high'], r['note'])}"
+        )
     return 0
 
 

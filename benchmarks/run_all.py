@@ -8,8 +8,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-BENCHMARKS = ["bench_consensus", "bench_dicom", "bench_training", "bench_tuning", "bench_serve", "bench_object_store",
-              "bench_sensor"]
+BENCHMARKS = [
+    "bench_consensus",
+    "bench_dicom",
+    "bench_training",
+    "bench_tuning",
+    "bench_serve",
+    "bench_object_store",
+    "bench_sensor",
+]
 
 
 def main() -> int:
@@ -24,7 +31,9 @@ def main() -> int:
         if "error" in r:
             print(f"{r['benchmark']:28s} ERROR {r['error']}")
             continue
-        print(f"{r['benchmark']:28s} {r['ours_s']:10.3f} {r['baseline_s']:13.3f} {r['speedup']:7.2f}x  {r['baseline']}")
+        print(
+            f"{r['benchmark']:28s} {r['ours_s']:10.3f} {r['baseline_s']:13.3f} {r['speedup']:7.2f}x  {r['baseline']}"
+        )
     return 1 if any("error" in r for r in rows) else 0
 
 

@@ -20,13 +20,25 @@ def main(mode: str, cursor_file: str) -> None:
             pdef = node.partitions_def
             if isinstance(pdef, dg.DynamicPartitionsDefinition):
                 continue
-            for pk in (pdef.get_partition_keys() if pdef else [None]):
-                instance.report_runless_asset_event(dg.AssetMaterialization(
-                    key, partition=pk, tags={"dagster/data_version": f"{key.to_user_string()}-{pk}",
-                                             "dagster/code_version": node.code_version or ""}))
-        for check in sorted(graph.asset_check_keys, key=str):   # every check passed, blocking ones included
-            instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-                asset_key=check.asset_key, check_name=check.name, passed=True))
+            for pk in pdef.get_partition_keys() if pdef else [None]:
+                instance.report_runless_asset_event(
+                    dg.AssetMaterialization(
+                        key,
+                        partition=pk,
+                        tags={
+                            "dagster/data_version": f"{key.to_user_string()}-{pk}",
+                            "dagster/code_version": node.code_version or "",
+                        },
+                    )
+                )
+        for check in sorted(
+            graph.asset_check_keys, key=str
+        ):  # every check passed, blocking ones included
+            instance.report_runless_asset_event(
+                dg.AssetCheckEvaluation(
+                    asset_key=check.asset_key, check_name=check.name, passed=True
+                )
+            )
         cursor, requested = None, None
         for _ in range(3):
             res = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)

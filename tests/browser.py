@@ -31,7 +31,9 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180)
     t0 = time.time()
     while time.time() - t0 < timeout:
         if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            raise AssertionError(
+                f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status < 500:
@@ -44,8 +46,14 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180)
 @contextmanager
 def server(cmd: list[str], url: str, env: dict, cwd: Path, log: Path, timeout: float = 180):
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env}, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env={**os.environ, **env},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_http(url, proc, log, timeout)
         yield proc
@@ -62,14 +70,25 @@ def server(cmd: list[str], url: str, env: dict, cwd: Path, log: Path, timeout: f
 @contextmanager
 def browser():
     if not Path(CHROMIUM).exists():
-        missing_service(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
+        missing_service(
+            f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage",
-                                    "--disable-background-networking", "--disable-component-update",
-                                    "--no-first-run"])
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--headless",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
         try:
             yield b
         finally:

@@ -14,14 +14,17 @@ os.environ["YOLO_CONFIG_DIR"] = str(_SESSION_TMP / "ultralytics")
 os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = str(_SESSION_TMP / "hypothesis")
 os.environ["XRAY_NETGUARD_LOG"] = str(_SESSION_TMP / "netguard.jsonl")
 _GUARD_SITE = str(Path(__file__).parent / "guard_site")
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_GUARD_SITE, os.environ.get("PYTHONPATH")) if p)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (_GUARD_SITE, os.environ.get("PYTHONPATH")) if p
+)
 sys.path.insert(0, str(Path(__file__).parent))
 import netguard  # noqa: E402
 
 netguard.install()
 
-import xray_assets  # noqa: E402,F401  (its offline settings, before any test imports mlflow or ultralytics)
 import pytest  # noqa: E402
+
+import xray_assets  # noqa: E402,F401  (its offline settings, before any test imports mlflow or ultralytics)
 
 ROOT = Path(__file__).resolve().parents[1]
 _IGNORE_NEW = (".pytest_cache", "__pycache__", ".venv", ".ultralytics")
@@ -30,12 +33,21 @@ _IGNORE_NEW = (".pytest_cache", "__pycache__", ".venv", ".ultralytics")
 def _checkout_entries() -> set[str]:
     """Untracked and ignored paths in the checkout (what `git status --ignored` lists)."""
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return set()
-    return {line[3:] for line in out.stdout.splitlines()
-            if line[:2] in ("??", "!!") and not any(part in _IGNORE_NEW for part in Path(line[3:]).parts)}
+    return {
+        line[3:]
+        for line in out.stdout.splitlines()
+        if line[:2] in ("??", "!!")
+        and not any(part in _IGNORE_NEW for part in Path(line[3:]).parts)
+    }
 
 
 def _free_gb(path: str) -> float:
@@ -63,10 +75,15 @@ def pytest_report_header(config):
     names = ("dagster", "mlflow", "ultralytics", "torch", "pydicom", "pandas", "numpy")
     places = _disk_places()
     free = ", ".join(f"{k} {v} {_free_gb(v):.1f} GB free" for k, v in places.items())
-    lines = ["xray-assets versions: " + ", ".join(f"{n} {version(n)}" for n in names), f"disk: {free}"]
+    lines = [
+        "xray-assets versions: " + ", ".join(f"{n} {version(n)}" for n in names),
+        f"disk: {free}",
+    ]
     if min(_free_gb(v) for v in places.values()) < 2:
-        lines.append("WARNING: under 2 GB free; the suite's files peak at about 0.3 GB (measured), and on a full "
-                     "disk every test that asks for tmp_path errors in its setup")
+        lines.append(
+            "WARNING: under 2 GB free; the suite's files peak at about 0.3 GB (measured), and on a full "
+            "disk every test that asks for tmp_path errors in its setup"
+        )
     return lines
 
 
@@ -104,9 +121,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Free disk at the end and the least seen after any test: a suite that dies of a full disk says so."""
     low = getattr(config, "_xray_disk_low", None)
     if low:
-        terminalreporter.write_line("disk: " + ", ".join(
-            f"{k} {_free_gb(v):.1f} GB free at the end, {low[k]:.1f} GB at the lowest after a test"
-            for k, v in _disk_places().items()))
+        terminalreporter.write_line(
+            "disk: "
+            + ", ".join(
+                f"{k} {_free_gb(v):.1f} GB free at the end, {low[k]:.1f} GB at the lowest after a test"
+                for k, v in _disk_places().items()
+            )
+        )
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -150,7 +171,9 @@ def real_data() -> Path:
     when it is set and the files are not there (a CI that silently skips them proves nothing)."""
     d = real_data_dir()
     if d is None:
-        pytest.skip("XRAY_REAL_DATA is unset: the genuine public files are not beside this checkout")
+        pytest.skip(
+            "XRAY_REAL_DATA is unset: the genuine public files are not beside this checkout"
+        )
     expected = [d / "nih" / "BBox_List_2017.csv", d / "vinbigdata" / "train_meta.csv", d / "dicom"]
     missing = [str(p) for p in expected if not p.exists()]
     if missing:
@@ -186,14 +209,37 @@ def toy_model(tmp_path_factory):
     from xray_assets.core.synthetic import toy_yolo_dataset
 
     tmp = tmp_path_factory.mktemp("toy_model")
-    data = toy_yolo_dataset(tmp, "nih_multi", 40, TOY_SIZE,
-                            [["Cardiomegaly"], ["Mass"], ["Effusion"], ["Cardiomegaly", "Effusion"], []], (0.7, 0.9))
+    data = toy_yolo_dataset(
+        tmp,
+        "nih_multi",
+        40,
+        TOY_SIZE,
+        [["Cardiomegaly"], ["Mass"], ["Effusion"], ["Cardiomegaly", "Effusion"], []],
+        (0.7, 0.9),
+    )
     configure_ultralytics()
     from ultralytics import YOLO
     from ultralytics.utils import SETTINGS
 
     SETTINGS.update({"mlflow": False})
-    YOLO("yolov8n.yaml").train(data=str(data), epochs=30, imgsz=TOY_SIZE, batch=8, workers=0, plots=False, val=False,
-                               device="cpu", project=str(tmp / "runs"), name="t", exist_ok=True, mosaic=0, nbs=8,
-                               optimizer="AdamW", lr0=0.01, warmup_epochs=1, amp=False, verbose=False)
+    YOLO("yolov8n.yaml").train(
+        data=str(data),
+        epochs=30,
+        imgsz=TOY_SIZE,
+        batch=8,
+        workers=0,
+        plots=False,
+        val=False,
+        device="cpu",
+        project=str(tmp / "runs"),
+        name="t",
+        exist_ok=True,
+        mosaic=0,
+        nbs=8,
+        optimizer="AdamW",
+        lr0=0.01,
+        warmup_epochs=1,
+        amp=False,
+        verbose=False,
+    )
     return tmp / "runs" / "t" / "weights" / "last.pt", data

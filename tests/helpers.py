@@ -12,10 +12,27 @@ STAGES: list[tuple[str, list[str], str | None]] = [
     ("ingest", ["nih_labels", "nih_boxes", "vinbigdata_annotations"], None),
     ("convert", ["vinbigdata_images"], "shards"),
     ("consensus+splits", ["vinbigdata_boxes", "background_samples", "patient_splits"], None),
-    ("tasks", ["yolo_datasets", "trained_models", "nms_thresholds", "evaluation_reports", "champion_gate"], "tasks"),
+    (
+        "tasks",
+        [
+            "yolo_datasets",
+            "trained_models",
+            "nms_thresholds",
+            "evaluation_reports",
+            "champion_gate",
+        ],
+        "tasks",
+    ),
     ("report", ["study_report"], None),
 ]
-TASKS = ["nih_multi", "nih_binary", "united_multi", "united_binary", "united_cardiomegaly", "united_mass_nodule"]
+TASKS = [
+    "nih_multi",
+    "nih_binary",
+    "united_multi",
+    "united_binary",
+    "united_cardiomegaly",
+    "united_mass_nodule",
+]
 
 
 def graph(xray):
@@ -42,13 +59,23 @@ def materialize_stages(xray, instance, select=None, tasks=None, raise_on_error=T
         else:
             partition_keys = [None]
         for pk in partition_keys:
-            results.append(dg.materialize(everything, selection=keys, partition_key=pk, instance=instance,
-                                          resources={"xray": xray}, raise_on_error=raise_on_error))
+            results.append(
+                dg.materialize(
+                    everything,
+                    selection=keys,
+                    partition_key=pk,
+                    instance=instance,
+                    resources={"xray": xray},
+                    raise_on_error=raise_on_error,
+                )
+            )
     return results
 
 
 def materialized(results) -> set[str]:
-    return {e.asset_key.to_user_string() for r in results for e in r.get_asset_materialization_events()}
+    return {
+        e.asset_key.to_user_string() for r in results for e in r.get_asset_materialization_events()
+    }
 
 
 def coco_ap50(gt, pred, labels) -> dict[str, float]:
@@ -61,16 +88,33 @@ def coco_ap50(gt, pred, labels) -> dict[str, float]:
     images = {k: n for n, k in enumerate(sorted(set(gt.image_id) | set(pred.image_id)))}
     cats = {c: i + 1 for i, c in enumerate(labels)}
     coco = COCO()
-    coco.dataset = {"images": [{"id": n, "width": 300, "height": 300} for n in images.values()],
-                    "categories": [{"id": v, "name": k} for k, v in cats.items()],
-                    "annotations": [{"id": n + 1, "image_id": images[r.image_id], "category_id": cats[r.label],
-                                     "bbox": [r.x_min, r.y_min, r.x_max - r.x_min, r.y_max - r.y_min],
-                                     "area": (r.x_max - r.x_min) * (r.y_max - r.y_min), "iscrowd": 0}
-                                    for n, r in enumerate(gt.itertuples())]}
+    coco.dataset = {
+        "images": [{"id": n, "width": 300, "height": 300} for n in images.values()],
+        "categories": [{"id": v, "name": k} for k, v in cats.items()],
+        "annotations": [
+            {
+                "id": n + 1,
+                "image_id": images[r.image_id],
+                "category_id": cats[r.label],
+                "bbox": [r.x_min, r.y_min, r.x_max - r.x_min, r.y_max - r.y_min],
+                "area": (r.x_max - r.x_min) * (r.y_max - r.y_min),
+                "iscrowd": 0,
+            }
+            for n, r in enumerate(gt.itertuples())
+        ],
+    }
     coco.createIndex()
-    dets = coco.loadRes([{"image_id": images[r.image_id], "category_id": cats[r.label],
-                          "bbox": [r.x_min, r.y_min, r.x_max - r.x_min, r.y_max - r.y_min], "score": r.score}
-                         for r in pred.itertuples()])
+    dets = coco.loadRes(
+        [
+            {
+                "image_id": images[r.image_id],
+                "category_id": cats[r.label],
+                "bbox": [r.x_min, r.y_min, r.x_max - r.x_min, r.y_max - r.y_min],
+                "score": r.score,
+            }
+            for r in pred.itertuples()
+        ]
+    )
     ev = COCOeval(coco, dets, "bbox")
     ev.params.iouThrs = np.array([0.5])
     ev.params.areaRng, ev.params.areaRngLbl, ev.params.maxDets = [[0, 1e10]], ["all"], [100]

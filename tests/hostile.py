@@ -8,7 +8,12 @@ from pathlib import Path
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(body))
+        + kind
+        + body
+        + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    )
 
 
 def png(width: int, height: int, rows: int | None = None) -> bytes:
@@ -27,7 +32,12 @@ def png(width: int, height: int, rows: int | None = None) -> bytes:
         done += n
     out.append(comp.flush())
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", b"".join(out)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", b"".join(out))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def dicom_with(src: Path, **tags) -> bytes:
@@ -48,5 +58,5 @@ def corrupt_j2k(src: Path, offset: int = 200, length: int = 64) -> bytes:
     soc = data.find(b"\xff\x4f\xff\x51")
     assert soc > 0, f"{src}: no JPEG 2000 codestream"
     start = soc + offset
-    data[start:start + length] = bytes((i * 37 + 11) % 256 for i in range(length))
+    data[start : start + length] = bytes((i * 37 + 11) % 256 for i in range(length))
     return bytes(data)

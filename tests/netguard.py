@@ -48,8 +48,12 @@ def is_local(host) -> bool:
 
 
 def _record(kind: str, target) -> None:
-    entry = {"kind": kind, "target": str(target), "pid": os.getpid(),
-             "stack": "".join(traceback.format_stack(limit=14)[:-2])}
+    entry = {
+        "kind": kind,
+        "target": str(target),
+        "pid": os.getpid(),
+        "stack": "".join(traceback.format_stack(limit=14)[:-2]),
+    }
     with _lock:
         records.append(entry)
         path = os.environ.get(LOG_ENV)
@@ -63,17 +67,25 @@ def _record(kind: str, target) -> None:
 
 def _refuse_lookup(host):
     _record("dns", host)
-    raise socket.gaierror(socket.EAI_NONAME, f"network disabled by the test guard: look-up of {host!r}")
+    raise socket.gaierror(
+        socket.EAI_NONAME, f"network disabled by the test guard: look-up of {host!r}"
+    )
 
 
 def install() -> None:
     """Patch the socket module (idempotent)."""
     if _real:
         return
-    _real.update(getaddrinfo=socket.getaddrinfo, gethostbyname=socket.gethostbyname,
-                 gethostbyname_ex=socket.gethostbyname_ex, gethostbyaddr=socket.gethostbyaddr,
-                 gethostname=socket.gethostname, connect=socket.socket.connect,
-                 connect_ex=socket.socket.connect_ex, sendto=socket.socket.sendto)
+    _real.update(
+        getaddrinfo=socket.getaddrinfo,
+        gethostbyname=socket.gethostbyname,
+        gethostbyname_ex=socket.gethostbyname_ex,
+        gethostbyaddr=socket.gethostbyaddr,
+        gethostname=socket.gethostname,
+        connect=socket.socket.connect,
+        connect_ex=socket.socket.connect_ex,
+        sendto=socket.socket.sendto,
+    )
 
     def getaddrinfo(host, *args, **kwargs):
         if not is_local(host):
@@ -104,14 +116,16 @@ def install() -> None:
         host = _target(self, address)
         if host is not None and not is_local(host):
             _record("connect", address)
-            raise ConnectionRefusedError(f"network disabled by the test guard: connection to {address}")
+            raise ConnectionRefusedError(
+                f"network disabled by the test guard: connection to {address}"
+            )
         return _real["connect"](self, address)
 
     def connect_ex(self, address):
         host = _target(self, address)
         if host is not None and not is_local(host):
             _record("connect", address)
-            return 111   # ECONNREFUSED
+            return 111  # ECONNREFUSED
         return _real["connect_ex"](self, address)
 
     def sendto(self, data, *args):
@@ -119,7 +133,9 @@ def install() -> None:
         host = _target(self, address)
         if host is not None and not is_local(host):
             _record("sendto", address)
-            raise ConnectionRefusedError(f"network disabled by the test guard: datagram to {address}")
+            raise ConnectionRefusedError(
+                f"network disabled by the test guard: datagram to {address}"
+            )
         return _real["sendto"](self, data, *args)
 
     socket.getaddrinfo = getaddrinfo
@@ -146,7 +162,11 @@ def since(position: tuple[int, int]) -> list[dict]:
     if path and os.path.exists(path):
         with open(path) as fh:
             fh.seek(size)
-            found += [r for r in (json.loads(line) for line in fh if line.strip()) if r["pid"] != os.getpid()]
+            found += [
+                r
+                for r in (json.loads(line) for line in fh if line.strip())
+                if r["pid"] != os.getpid()
+            ]
     return found
 
 
@@ -168,6 +188,6 @@ class expected:
 
     def __exit__(self, *exc):
         with _lock:
-            self.got.extend(records[self.start:])
-            del records[self.start:]
+            self.got.extend(records[self.start :])
+            del records[self.start :]
         return False

@@ -5,10 +5,10 @@ import os
 import signal
 
 import cv2
+import hostile
 import numpy as np
 import pytest
 
-import hostile
 from xray_assets.core import bounds
 from xray_assets.core.isolation import DecodeLimits, IsolatedPool, failure_reason
 
@@ -31,13 +31,26 @@ def test_a_progressive_jpeg_with_metadata_segments_is_measured():
 
 def test_budget_refuses_a_bomb_and_names_the_limit():
     dims = bounds.png_dimensions(hostile.png(30000, 30000, rows=1))
-    with pytest.raises(bounds.ImageTooLarge, match=r"30000 x 30000 pixels \(900.0 megapixels\); the limit is 50 "):
+    with pytest.raises(
+        bounds.ImageTooLarge, match=r"30000 x 30000 pixels \(900.0 megapixels\); the limit is 50 "
+    ):
         bounds.check_budget(dims, 50)
-    assert bounds.check_budget(bounds.png_dimensions(hostile.png(4000, 4000, rows=1)), 50).pixels == 16e6
+    assert (
+        bounds.check_budget(bounds.png_dimensions(hostile.png(4000, 4000, rows=1)), 50).pixels
+        == 16e6
+    )
 
 
-@pytest.mark.parametrize("data", [b"\x89PNG\r\n\x1a\n", b"\x89PNG\r\n\x1a\n" + b"\0" * 30,
-                                  b"\xff\xd8\xff\xda\x00\x02", b"\xff\xd8\xff\xe0\xff\xff", b"\xff\xd8" + b"\xff" * 50])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x89PNG\r\n\x1a\n",
+        b"\x89PNG\r\n\x1a\n" + b"\0" * 30,
+        b"\xff\xd8\xff\xda\x00\x02",
+        b"\xff\xd8\xff\xe0\xff\xff",
+        b"\xff\xd8" + b"\xff" * 50,
+    ],
+)
 def test_truncated_or_nonsensical_headers_are_header_errors(data):
     with pytest.raises(bounds.HeaderError):
         bounds.image_dimensions(data)
@@ -61,7 +74,7 @@ def _die(how: str):
 
         time.sleep(60)
     if how == "memory":
-        return bytearray(4 << 30)   # 4 GB: over the worker's cap
+        return bytearray(4 << 30)  # 4 GB: over the worker's cap
     return how
 
 

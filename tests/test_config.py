@@ -4,9 +4,21 @@ from xray_assets.config import PROFILES, STUDY_CONF_GRID, STUDY_IOU_GRID, get_pr
 def test_study_profile_carries_design_numbers():
     p = get_profile("study")
     t = p.train
-    assert (t.model, t.epochs, t.imgsz, t.batch, t.optimizer) == ("yolov8s.yaml", 100, 800, 64, "auto")
+    assert (t.model, t.epochs, t.imgsz, t.batch, t.optimizer) == (
+        "yolov8s.yaml",
+        100,
+        800,
+        64,
+        "auto",
+    )
     assert t.cos_lr is True and t.warmup_epochs == 15 and t.close_mosaic == 15
-    assert (t.mosaic, t.mixup, t.erasing, t.copy_paste, t.crop_fraction) == (1.0, 0.5, 0.4, 0.8, 0.0)
+    assert (t.mosaic, t.mixup, t.erasing, t.copy_paste, t.crop_fraction) == (
+        1.0,
+        0.5,
+        0.4,
+        0.8,
+        0.0,
+    )
     assert (t.cls, t.weight_decay, t.conf, t.iou) == (1.5, 0.005, 0.03, 0.8)
     args = t.ultralytics_args()
     for untouched in ("hsv_h", "hsv_s", "hsv_v", "translate", "scale", "fliplr", "lr0"):
@@ -50,11 +62,22 @@ def test_materialize_run_config_merges_key_by_key_and_rejects_a_non_mapping(tmp_
     from xray_assets import cli
     from xray_assets.backfill import merge_config
 
-    base = {"resources": {"xray": {"config": {"profile": "demo"}}}, "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    extra = {"resources": {"xray": {"config": {"storage_dir": "/x"}}}, "ops": {"trained_models": {"config": {"epochs": 3}}}}
+    base = {
+        "resources": {"xray": {"config": {"profile": "demo"}}},
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+    }
+    extra = {
+        "resources": {"xray": {"config": {"storage_dir": "/x"}}},
+        "ops": {"trained_models": {"config": {"epochs": 3}}},
+    }
     merged = merge_config(base, extra)
-    assert merged["resources"]["xray"]["config"] == {"profile": "demo", "storage_dir": "/x"}, "the profile is kept"
-    assert merged["ops"]["trained_models"]["config"]["epochs"] == 3 and merged["loggers"] == base["loggers"]
+    assert merged["resources"]["xray"]["config"] == {"profile": "demo", "storage_dir": "/x"}, (
+        "the profile is kept"
+    )
+    assert (
+        merged["ops"]["trained_models"]["config"]["epochs"] == 3
+        and merged["loggers"] == base["loggers"]
+    )
     assert base["resources"]["xray"]["config"] == {"profile": "demo"}, "the base is not changed"
     bad = tmp_path / "run.yaml"
     bad.write_text("- epochs: 3\n")

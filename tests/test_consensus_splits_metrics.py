@@ -9,19 +9,24 @@ from xray_assets.core.splits import assign_splits
 
 
 def _ann(rows):
-    return pd.DataFrame(rows, columns=["image_id", "label", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"])
+    return pd.DataFrame(
+        rows,
+        columns=["image_id", "label", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"],
+    )
 
 
 def test_majority_radiologist_rule():
-    ann = _ann([
-        ("a", "Nodule/Mass", 8, "R9", 0, 0, 10, 10),
-        ("a", "Nodule/Mass", 8, "R9", 20, 20, 30, 30),
-        ("a", "Nodule/Mass", 8, "R8", 0, 0, 11, 11),
-        ("a", "Cardiomegaly", 3, "R8", 5, 5, 50, 50),   # tie R8/R10 -> "R10" < "R8"
-        ("a", "Cardiomegaly", 3, "R10", 6, 6, 51, 51),
-        ("a", "Aortic enlargement", 0, "R8", 1, 1, 2, 2),  # outside the six
-        ("b", "No finding", 14, "R1", np.nan, np.nan, np.nan, np.nan),
-    ])
+    ann = _ann(
+        [
+            ("a", "Nodule/Mass", 8, "R9", 0, 0, 10, 10),
+            ("a", "Nodule/Mass", 8, "R9", 20, 20, 30, 30),
+            ("a", "Nodule/Mass", 8, "R8", 0, 0, 11, 11),
+            ("a", "Cardiomegaly", 3, "R8", 5, 5, 50, 50),  # tie R8/R10 -> "R10" < "R8"
+            ("a", "Cardiomegaly", 3, "R10", 6, 6, 51, 51),
+            ("a", "Aortic enlargement", 0, "R8", 1, 1, 2, 2),  # outside the six
+            ("b", "No finding", 14, "R1", np.nan, np.nan, np.nan, np.nan),
+        ]
+    )
     kept = majority_radiologist(ann)
     assert list(kept.columns) == list(ann.columns)
     got = sorted(zip(kept.label, kept.rad_id))
@@ -41,8 +46,14 @@ def test_splits_are_stable_grouped_and_proportional():
     ids = pd.Series([f"p{i}" for i in range(3000)])
     s = assign_splits(ids, seed=0)
     frac = s.value_counts(normalize=True)
-    assert abs(frac["train"] - 0.8) < 0.02 and abs(frac["val"] - 0.1) < 0.02 and abs(frac["test"] - 0.1) < 0.02
-    more = assign_splits(pd.concat([ids, pd.Series(["new1", "new2", "p5"])], ignore_index=True), seed=0)
+    assert (
+        abs(frac["train"] - 0.8) < 0.02
+        and abs(frac["val"] - 0.1) < 0.02
+        and abs(frac["test"] - 0.1) < 0.02
+    )
+    more = assign_splits(
+        pd.concat([ids, pd.Series(["new1", "new2", "p5"])], ignore_index=True), seed=0
+    )
     assert (more.iloc[:3000].to_numpy() == s.to_numpy()).all()
     assert more.iloc[-1] == s.iloc[5]
     assert not (assign_splits(ids, seed=1).to_numpy() == s.to_numpy()).all()
@@ -64,8 +75,14 @@ def _frame(rows, score=False):
 
 def test_average_precision_known_answers():
     gt = _frame([("i1", "A", 0, 0, 10, 10), ("i1", "A", 20, 20, 30, 30), ("i2", "B", 0, 0, 10, 10)])
-    perfect = _frame([("i1", "A", 0, 0, 10, 10, 0.9), ("i1", "A", 20, 20, 30, 30, 0.8),
-                      ("i2", "B", 0, 0, 10, 10, 0.7)], score=True)
+    perfect = _frame(
+        [
+            ("i1", "A", 0, 0, 10, 10, 0.9),
+            ("i1", "A", 20, 20, 30, 30, 0.8),
+            ("i2", "B", 0, 0, 10, 10, 0.7),
+        ],
+        score=True,
+    )
     assert average_precision(gt, perfect) == {"A": 1.0, "B": 1.0}
     half = _frame([("i1", "A", 0, 0, 10, 10, 0.9), ("i2", "B", 50, 50, 60, 60, 0.7)], score=True)
     ap = average_precision(gt, half)
@@ -89,11 +106,18 @@ def test_average_precision_agrees_with_pycocotools():
             if kind == 0:
                 pred_rows.append((f"i{i}", lab, x, y, x + w, y + h, rng.uniform(0.5, 1)))  # perfect
             elif kind == 1:
-                pred_rows.append((f"i{i}", lab, x + w * 0.2, y, x + w * 1.2, y + h, rng.uniform(0, 1)))  # shifted
+                pred_rows.append(
+                    (f"i{i}", lab, x + w * 0.2, y, x + w * 1.2, y + h, rng.uniform(0, 1))
+                )  # shifted
             elif kind == 2:
-                pred_rows += [(f"i{i}", lab, x, y, x + w, y + h, 0.6), (f"i{i}", lab, x + 1, y, x + w, y + h, 0.55)]
+                pred_rows += [
+                    (f"i{i}", lab, x, y, x + w, y + h, 0.6),
+                    (f"i{i}", lab, x + 1, y, x + w, y + h, 0.55),
+                ]
             elif kind == 3:
-                pred_rows.append((f"i{i}", "A" if lab == "B" else "B", x, y, x + w, y + h, 0.7))  # wrong class
+                pred_rows.append(
+                    (f"i{i}", "A" if lab == "B" else "B", x, y, x + w, y + h, 0.7)
+                )  # wrong class
             # kind 4: missed
     gt, pred = _frame(gt_rows), _frame(pred_rows, score=True)
     ours = average_precision(gt, pred, iou_thr=0.5)
@@ -106,17 +130,23 @@ def test_average_precision_agrees_with_pycocotools():
 def test_weighted_boxes_fusion_fuses_readers():
     from xray_assets.core.consensus import reader_agreement, weighted_boxes_fusion
 
-    ann = _ann([
-        ("a", "Cardiomegaly", 3, "R1", 100, 100, 200, 200),
-        ("a", "Cardiomegaly", 3, "R2", 110, 100, 210, 200),
-        ("a", "Nodule/Mass", 8, "R1", 10, 10, 20, 20),
-        ("a", "Aortic enlargement", 0, "R1", 1, 1, 5, 5),
-    ])
+    ann = _ann(
+        [
+            ("a", "Cardiomegaly", 3, "R1", 100, 100, 200, 200),
+            ("a", "Cardiomegaly", 3, "R2", 110, 100, 210, 200),
+            ("a", "Nodule/Mass", 8, "R1", 10, 10, 20, 20),
+            ("a", "Aortic enlargement", 0, "R1", 1, 1, 5, 5),
+        ]
+    )
     sizes = pd.DataFrame({"image_id": ["a"], "width": [1000], "height": [800]})
     fused = weighted_boxes_fusion(ann, sizes, iou_thr=0.4)
     assert list(fused.columns) == list(ann.columns)
     card = fused[fused.class_id == 3]
-    assert len(card) == 1 and abs(card.x_min.item() - 105) < 1e-3 and abs(card.x_max.item() - 205) < 1e-3
+    assert (
+        len(card) == 1
+        and abs(card.x_min.item() - 105) < 1e-3
+        and abs(card.x_max.item() - 205) < 1e-3
+    )
     assert len(fused[fused.class_id == 8]) == 1 and not (fused.class_id == 0).any()
     with pytest.raises(KeyError):
         weighted_boxes_fusion(ann.assign(image_id="b"), sizes)
@@ -128,8 +158,11 @@ def test_bootstrap_interval_and_confusion_matrix():
     from xray_assets.core.metrics import bootstrap_ci, confusion_matrix
 
     gt = _frame([(f"i{i}", "A" if i % 2 else "B", 0, 0, 10, 10) for i in range(20)])
-    pred = _frame([(f"i{i}", "A" if i % 2 else "B", 0, 0, 10, 10, 0.9) for i in range(10)]
-                  + [("i15", "B", 0, 0, 10, 10, 0.4)], score=True)  # i10..i19 missed, i15 called B
+    pred = _frame(
+        [(f"i{i}", "A" if i % 2 else "B", 0, 0, 10, 10, 0.9) for i in range(10)]
+        + [("i15", "B", 0, 0, 10, 10, 0.4)],
+        score=True,
+    )  # i10..i19 missed, i15 called B
     ci = bootstrap_ci(gt, pred, ["A", "B"], gt.image_id, n_boot=100, seed=1).set_index("label")
     lo, hi = ci.loc["(mean AP50)", ["ci_low", "ci_high"]]
     assert 0 < lo < 0.5 < hi < 1

@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-
 from browser import browser, free_port, server
 from conftest import ROOT, project_dagster_home
 from test_graph import DESIGN_ASSETS
@@ -24,7 +23,9 @@ def wait_for_a_tick(instance, sensor: str, after: float, timeout: float = 300) -
         for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
             if state.instigator_name != sensor:
                 continue
-            ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, after=after, limit=5)
+            ticks = instance.get_ticks(
+                state.instigator_origin_id, state.selector_id, after=after, limit=5
+            )
             if any(t.status != TickStatus.STARTED for t in ticks):
                 return
         time.sleep(1)
@@ -39,11 +40,23 @@ def test_materialize_all_from_the_ui_runs_one_backfill_and_the_catalog_reads(tmp
 
     home = project_dagster_home(tmp_path / "dagster_home")
     port = free_port()
-    env = {"DAGSTER_HOME": str(home), "XRAY_DATA_DIR": str(sample_dir), "XRAY_STORAGE_DIR": str(tmp_path / "st"),
-           "XRAY_PROFILE": "smoke", "YOLO_CONFIG_DIR": str(tmp_path / "yolo")}
+    env = {
+        "DAGSTER_HOME": str(home),
+        "XRAY_DATA_DIR": str(sample_dir),
+        "XRAY_STORAGE_DIR": str(tmp_path / "st"),
+        "XRAY_PROFILE": "smoke",
+        "YOLO_CONFIG_DIR": str(tmp_path / "yolo"),
+    }
     dagster = ROOT / ".venv" / "bin" / "dagster"
-    cmd = ([str(dagster)] if dagster.exists() else [sys.executable, "-m", "dagster"]) + \
-        ["dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+    cmd = ([str(dagster)] if dagster.exists() else [sys.executable, "-m", "dagster"]) + [
+        "dev",
+        "-w",
+        "workspace.yaml",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
     base = f"http://127.0.0.1:{port}"
     with server(cmd, f"{base}/server_info", env, ROOT, tmp_path / "dagster.log"), browser() as b:
         page = b.new_page(viewport={"width": 1500, "height": 1000})
@@ -54,8 +67,11 @@ def test_materialize_all_from_the_ui_runs_one_backfill_and_the_catalog_reads(tmp
         for key in DESIGN_ASSETS:
             page.locator(f'a[href="/assets/{key}"]').first.wait_for(timeout=60_000)
         page.goto(f"{base}/automation", wait_until="networkidle")
-        for kind, name in (("sensors", "new_annotations"), ("sensors", "retrain_downstream"),
-                           ("schedules", "weekly_retrain")):
+        for kind, name in (
+            ("sensors", "new_annotations"),
+            ("sensors", "retrain_downstream"),
+            ("schedules", "weekly_retrain"),
+        ):
             page.locator(f'a[href$="/{kind}/{name}"]').first.wait_for(timeout=60_000)
         assert "only on Monday" in page.inner_text("body"), "the weekly schedule's cron is shown"
 
@@ -65,7 +81,9 @@ def test_materialize_all_from_the_ui_runs_one_backfill_and_the_catalog_reads(tmp
         page.keyboard.type("not key:annotation_drops")
         page.keyboard.press("Enter")
         page.get_by_role("button", name="Materialize all").first.click()
-        confirm = page.get_by_role("button", name="Confirm")     # "annotation_drops was never materialised"
+        confirm = page.get_by_role(
+            "button", name="Confirm"
+        )  # "annotation_drops was never materialised"
         confirm.first.wait_for(timeout=30_000)
         confirm.first.click()
         page.get_by_text("Launch runs to materialize 13 assets").wait_for(timeout=30_000)
@@ -76,24 +94,36 @@ def test_materialize_all_from_the_ui_runs_one_backfill_and_the_catalog_reads(tmp
             deadline = time.time() + 1200
             while time.time() < deadline:
                 backfills = instance.get_backfills()
-                if backfills and backfills[0].status.value not in ("REQUESTED", "CANCELING", "FAILING"):
+                if backfills and backfills[0].status.value not in (
+                    "REQUESTED",
+                    "CANCELING",
+                    "FAILING",
+                ):
                     break
                 time.sleep(5)
             (bf,) = instance.get_backfills()
             assert bf.status.value == "COMPLETED_SUCCESS", bf.status
-            wait_for_a_tick(instance, "retrain_downstream", after=time.time())   # it looked after the backfill
+            wait_for_a_tick(
+                instance, "retrain_downstream", after=time.time()
+            )  # it looked after the backfill
             runs = instance.get_runs()
-            assert runs and all(r.tags.get(BACKFILL_ID_TAG) == bf.backfill_id for r in runs), \
+            assert runs and all(r.tags.get(BACKFILL_ID_TAG) == bf.backfill_id for r in runs), (
                 "every run is the backfill's: the automation sensor requested nothing beside it"
+            )
             assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
             for key in ("evaluation_reports", "champion_gate"):
                 assert instance.get_materialized_partitions(dg.AssetKey(key)) == {
-                    "nih_multi", "nih_binary", "united_multi", "united_binary", "united_cardiomegaly",
-                    "united_mass_nodule"}, key
+                    "nih_multi",
+                    "nih_binary",
+                    "united_multi",
+                    "united_binary",
+                    "united_cardiomegaly",
+                    "united_mass_nodule",
+                }, key
 
         page.goto(f"{base}/assets/trained_models", wait_until="networkidle")
         page.get_by_text("Automation condition").first.wait_for(timeout=60_000)
-        page.get_by_text("Compute details").first.click()          # collapsed by default
+        page.get_by_text("Compute details").first.click()  # collapsed by default
         from xray_assets.defs.training import training_code_version
 
         # the code, ultralytics' and torch's versions and the smoke profile's training settings

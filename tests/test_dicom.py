@@ -78,8 +78,10 @@ def _pydicom_reference(path, max_size):
             if ds.get("ModalityLUTSequence"):
                 hi = 2.0 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1
             if "RescaleSlope" in ds:
-                lo, hi = lo * float(ds.RescaleSlope) + float(ds.RescaleIntercept), hi * float(ds.RescaleSlope) + float(
-                    ds.RescaleIntercept)
+                lo, hi = (
+                    lo * float(ds.RescaleSlope) + float(ds.RescaleIntercept),
+                    hi * float(ds.RescaleSlope) + float(ds.RescaleIntercept),
+                )
     else:
         out, lo, hi = arr, float(arr.min()), float(arr.max())
     img = np.clip((out.astype(float) - lo) / (hi - lo), 0, 1)
@@ -104,9 +106,14 @@ def test_real_dicoms_match_a_pydicom_reference(real_data):
 def test_j2k_fast_path_matches_full_decode(real_data, sample_dir):
     from xray_assets.core.dicom import _decode_j2k_reduced, _read_dataset
 
-    files = [real_data / "dicom" / "pydicom-data_RG1_J2KI.dcm", real_data / "dicom" / "pydicom-data_RG3_J2KR.dcm"]
+    files = [
+        real_data / "dicom" / "pydicom-data_RG1_J2KI.dcm",
+        real_data / "dicom" / "pydicom-data_RG3_J2KR.dcm",
+    ]
     for f in files:
-        assert _decode_j2k_reduced(_read_dataset(f), 400) is not None, f"{f.name}: fast path not taken"
+        assert _decode_j2k_reduced(_read_dataset(f), 400) is not None, (
+            f"{f.name}: fast path not taken"
+        )
         fast = read_dicom(f, max_size=400, fast=True).pixels
         full = read_dicom(f, max_size=400, fast=False).pixels
         assert fast.shape == full.shape

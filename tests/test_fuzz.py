@@ -16,5 +16,7 @@ def test_every_reader_survives_a_short_fuzz_round(real_data, tmp_path):
     for reader, counts in tally.counts.items():
         assert sum(counts.values()) >= 40, reader
     # the mutations reach both ends: some inputs still read, some are refused with a reason
-    assert tally.counts["nih_boxes"]["clear error"] and tally.counts["dicom_conversion"]["converted"]
+    assert (
+        tally.counts["nih_boxes"]["clear error"] and tally.counts["dicom_conversion"]["converted"]
+    )
     assert tally.counts["upload_endpoint"]["200"] and tally.counts["upload_endpoint"]["400"]

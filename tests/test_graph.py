@@ -9,29 +9,65 @@ import sys
 
 import dagster as dg
 import pytest
-
 from conftest import ROOT, project_dagster_home
 
 DESIGN_ASSETS = {
     "annotation_drops": ("datasets", "drops"),
-    "nih_labels": ("nih", None), "nih_boxes": ("nih", None),
-    "vinbigdata_annotations": ("vinbigdata", None), "vinbigdata_images": ("vinbigdata", "shards"),
-    "vinbigdata_boxes": ("vinbigdata", None), "background_samples": ("datasets", None),
-    "patient_splits": ("datasets", None), "yolo_datasets": ("datasets", "tasks"),
-    "trained_models": ("models", "tasks"), "nms_thresholds": ("models", "tasks"),
-    "evaluation_reports": ("reports", "tasks"), "champion_gate": ("reports", "tasks"), "study_report": ("reports", None),
+    "nih_labels": ("nih", None),
+    "nih_boxes": ("nih", None),
+    "vinbigdata_annotations": ("vinbigdata", None),
+    "vinbigdata_images": ("vinbigdata", "shards"),
+    "vinbigdata_boxes": ("vinbigdata", None),
+    "background_samples": ("datasets", None),
+    "patient_splits": ("datasets", None),
+    "yolo_datasets": ("datasets", "tasks"),
+    "trained_models": ("models", "tasks"),
+    "nms_thresholds": ("models", "tasks"),
+    "evaluation_reports": ("reports", "tasks"),
+    "champion_gate": ("reports", "tasks"),
+    "study_report": ("reports", None),
 }
-TASKS = ["nih_multi", "nih_binary", "united_multi", "united_binary", "united_cardiomegaly", "united_mass_nodule"]
-TABLE_ASSETS = ["nih_labels", "nih_boxes", "vinbigdata_annotations", "vinbigdata_images", "vinbigdata_boxes",
-                "background_samples", "patient_splits", "yolo_datasets", "evaluation_reports"]
+TASKS = [
+    "nih_multi",
+    "nih_binary",
+    "united_multi",
+    "united_binary",
+    "united_cardiomegaly",
+    "united_mass_nodule",
+]
+TABLE_ASSETS = [
+    "nih_labels",
+    "nih_boxes",
+    "vinbigdata_annotations",
+    "vinbigdata_images",
+    "vinbigdata_boxes",
+    "background_samples",
+    "patient_splits",
+    "yolo_datasets",
+    "evaluation_reports",
+]
 #: every file an asset reads is a declared dependency
-READS = {"patient_splits": {"nih_labels", "nih_boxes", "vinbigdata_images", "vinbigdata_boxes", "background_samples"},
-         "yolo_datasets": {"patient_splits", "nih_labels", "nih_boxes", "vinbigdata_boxes"},
-         "nms_thresholds": {"trained_models", "yolo_datasets"},
-         "evaluation_reports": {"nms_thresholds", "trained_models", "yolo_datasets", "nih_labels"},
-         "champion_gate": {"evaluation_reports"},
-         "study_report": {"evaluation_reports", "champion_gate", "patient_splits", "yolo_datasets",
-                          "vinbigdata_annotations", "vinbigdata_boxes"}}
+READS = {
+    "patient_splits": {
+        "nih_labels",
+        "nih_boxes",
+        "vinbigdata_images",
+        "vinbigdata_boxes",
+        "background_samples",
+    },
+    "yolo_datasets": {"patient_splits", "nih_labels", "nih_boxes", "vinbigdata_boxes"},
+    "nms_thresholds": {"trained_models", "yolo_datasets"},
+    "evaluation_reports": {"nms_thresholds", "trained_models", "yolo_datasets", "nih_labels"},
+    "champion_gate": {"evaluation_reports"},
+    "study_report": {
+        "evaluation_reports",
+        "champion_gate",
+        "patient_splits",
+        "yolo_datasets",
+        "vinbigdata_annotations",
+        "vinbigdata_boxes",
+    },
+}
 
 
 def test_catalog_specs_a_team_can_read():
@@ -49,7 +85,9 @@ def test_catalog_specs_a_team_can_read():
         elif parts == "tasks":
             assert pdef.get_partition_keys() == TASKS, key
         elif parts == "drops":
-            assert isinstance(pdef, dg.DynamicPartitionsDefinition) and pdef.name == "annotation_drops"
+            assert (
+                isinstance(pdef, dg.DynamicPartitionsDefinition) and pdef.name == "annotation_drops"
+            )
         else:
             assert len(pdef.get_partition_keys()) >= 2, key
         assert spec.owners and all(o.startswith("team:") for o in spec.owners), key
@@ -57,7 +95,9 @@ def test_catalog_specs_a_team_can_read():
         assert spec.description and len(spec.description) > 40, key
         assert "dagster/code_references" in spec.metadata, key
         if key != "annotation_drops":
-            assert node.code_version and len(node.code_version) == 12, f"{key}: code version from its source"
+            assert node.code_version and len(node.code_version) == 12, (
+                f"{key}: code version from its source"
+            )
             assert spec.automation_condition is not None, f"{key}: its condition is on the asset"
         if key in TABLE_ASSETS:
             schema = spec.metadata.get("dagster/column_schema")
@@ -70,69 +110,107 @@ def test_catalog_specs_a_team_can_read():
     assert "drop" in str(specs["nih_labels"].automation_condition.get_label())
     assert "missing inputs allowed" in str(specs["study_report"].automation_condition.get_label())
     checks = {c.name for c in graph.asset_check_keys}
-    assert {"no_patient_in_two_splits", "nih_boxes_quarantine", "conversion_quarantine", "listed_images_exist",
-            "inputs_within_quarantine_limit", "evaluated_on_current_test_split"} <= checks
+    assert {
+        "no_patient_in_two_splits",
+        "nih_boxes_quarantine",
+        "conversion_quarantine",
+        "listed_images_exist",
+        "inputs_within_quarantine_limit",
+        "evaluated_on_current_test_split",
+    } <= checks
     gate_checks = [c for c in graph.asset_check_keys if c.asset_key == dg.AssetKey("champion_gate")]
-    assert len(gate_checks) == 2 and all(graph.get_check_spec(c).blocking for c in gate_checks), \
+    assert len(gate_checks) == 2 and all(graph.get_check_spec(c).blocking for c in gate_checks), (
         "the gate's guards are blocking: a failing one holds the promotion"
+    )
 
 
 def test_dagster_definitions_validate(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(project_dagster_home(tmp_path))}
-    out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
-                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_quarantine_check_fails_when_bad_rows_pass_the_profiles_limit(sample_dir, tmp_path):
     from helpers import graph
+
     from xray_assets.defs.resources import XrayResource
 
     data = tmp_path / "data"
     shutil.copytree(sample_dir, data)
     box_list = data / "nih" / "BBox_List_2017.csv"
-    box_list.write_text(box_list.read_text() + "".join(f"bad_{i}.png,Alien,1,2,3,4\n" for i in range(11)))
+    box_list.write_text(
+        box_list.read_text() + "".join(f"bad_{i}.png,Alien,1,2,3,4\n" for i in range(11))
+    )
     xray = XrayResource(data_dir=str(data), storage_dir=str(tmp_path / "st"), profile="smoke")
     _, everything = graph(xray)
     with dg.instance_for_test() as instance:
-        res = dg.materialize(everything, selection=["nih_boxes"], instance=instance, resources={"xray": xray})
-        (check,) = [e for e in res.get_asset_check_evaluations() if e.check_name == "nih_boxes_quarantine"]
+        res = dg.materialize(
+            everything, selection=["nih_boxes"], instance=instance, resources={"xray": xray}
+        )
+        (check,) = [
+            e for e in res.get_asset_check_evaluations() if e.check_name == "nih_boxes_quarantine"
+        ]
     assert check.passed is False
     assert check.metadata["quarantined_rows"].value == 11 and check.metadata["limit"].value == 10
-    assert "label 'Alien'" in check.metadata["reasons"].value and "row" in check.metadata["first_rows"].value
+    assert (
+        "label 'Alien'" in check.metadata["reasons"].value
+        and "row" in check.metadata["first_rows"].value
+    )
     assert res.success, "bad rows are quarantined, the run goes on"
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_one_backfill_materialises_the_study_and_a_failed_task_reexecutes(sample_dir, tmp_path, monkeypatch):
+def test_one_backfill_materialises_the_study_and_a_failed_task_reexecutes(
+    sample_dir, tmp_path, monkeypatch
+):
     """`xray-assets materialize --profile smoke` with nih_binary's training failing on purpose."""
+    import mlflow
     from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
     from dagster._serdes import serialize_value
 
-    import mlflow
     from xray_assets import backfill, cli
 
     home = project_dagster_home(tmp_path / "dagster_home")
     storage = tmp_path / "storage"
-    for k, v in {"DAGSTER_HOME": str(home), "XRAY_DATA_DIR": str(sample_dir), "XRAY_STORAGE_DIR": str(storage),
-                 "XRAY_PROFILE": "demo", "XRAY_WEIGHTS_DIR": str(tmp_path / "no-weights"),
-                 "XRAY_TEST_FAIL_TASK": "nih_binary"}.items():
+    for k, v in {
+        "DAGSTER_HOME": str(home),
+        "XRAY_DATA_DIR": str(sample_dir),
+        "XRAY_STORAGE_DIR": str(storage),
+        "XRAY_PROFILE": "demo",
+        "XRAY_WEIGHTS_DIR": str(tmp_path / "no-weights"),
+        "XRAY_TEST_FAIL_TASK": "nih_binary",
+    }.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(ROOT)
     # a launchpad-style run config reaches every run (smoke trains 1 epoch; this asks for 2)
-    (tmp_path / "run.yaml").write_text("ops:\n  trained_models:\n    config:\n      epochs: 2\n      seed: 3\n")
-    assert cli.main(["materialize", "--profile", "smoke", "--config", str(tmp_path / "run.yaml")]) == 1, \
-        "a failed task makes the exit status non-zero"
+    (tmp_path / "run.yaml").write_text(
+        "ops:\n  trained_models:\n    config:\n      epochs: 2\n      seed: 3\n"
+    )
+    assert (
+        cli.main(["materialize", "--profile", "smoke", "--config", str(tmp_path / "run.yaml")]) == 1
+    ), "a failed task makes the exit status non-zero"
 
     with dg.DagsterInstance.get() as instance:
         (bf,) = instance.get_backfills()
         runs = instance.get_runs()
-        assert runs and all(r.tags.get(BACKFILL_ID_TAG) == bf.backfill_id for r in runs), "one backfill, all runs"
-        assert all(r.remote_job_origin is not None and r.job_code_origin is not None for r in runs), \
-            "every run has a code origin (the UI can re-execute it)"
-        assert all(r.tags.get("xray/profile") == "smoke" for r in runs), "the run config's profile, not the env's"
+        assert runs and all(r.tags.get(BACKFILL_ID_TAG) == bf.backfill_id for r in runs), (
+            "one backfill, all runs"
+        )
+        assert all(
+            r.remote_job_origin is not None and r.job_code_origin is not None for r in runs
+        ), "every run has a code origin (the UI can re-execute it)"
+        assert all(r.tags.get("xray/profile") == "smoke" for r in runs), (
+            "the run config's profile, not the env's"
+        )
         failed = [r for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
         assert [r.tags.get(PARTITION_NAME_TAG) for r in failed] == ["nih_binary"]
         done = instance.get_materialized_partitions(dg.AssetKey("evaluation_reports"))
@@ -140,19 +218,27 @@ def test_one_backfill_materialises_the_study_and_a_failed_task_reexecutes(sample
 
         monkeypatch.delenv("XRAY_TEST_FAIL_TASK")
         again = backfill.reexecute(failed[0].run_id, instance=instance, timeout=600)
-        assert again.status == dg.DagsterRunStatus.SUCCESS and again.parent_run_id == failed[0].run_id
+        assert (
+            again.status == dg.DagsterRunStatus.SUCCESS and again.parent_run_id == failed[0].run_id
+        )
         assert instance.get_materialized_partitions(dg.AssetKey("evaluation_reports")) == set(TASKS)
         # the backfill skipped the report below the failed partition; with no daemon, one more backfill
         assert cli.main(["materialize", "--profile", "smoke", "--select", "study_report"]) == 0
         assert len(instance.get_backfills()) == 2
 
         # the event log stays small: plots are files and thumbnails, not full PNGs
-        sizes = [len(serialize_value(rec.event_log_entry)) for r in [*runs, again]
-                 for rec in instance.get_records_for_run(r.run_id).records
-                 if rec.event_log_entry.dagster_event and rec.event_log_entry.dagster_event.is_step_materialization]
+        sizes = [
+            len(serialize_value(rec.event_log_entry))
+            for r in [*runs, again]
+            for rec in instance.get_records_for_run(r.run_id).records
+            if rec.event_log_entry.dagster_event
+            and rec.event_log_entry.dagster_event.is_step_materialization
+        ]
         assert sizes and max(sizes) < 200_000, max(sizes)
 
-    assert (storage / "smoke" / "reports").is_dir() and not (storage / "demo").exists(), "storage per profile"
+    assert (storage / "smoke" / "reports").is_dir() and not (storage / "demo").exists(), (
+        "storage per profile"
+    )
     client = mlflow.MlflowClient(f"sqlite:///{storage / 'mlflow' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("xray-smoke-assets")
     mruns = client.search_runs([exp.experiment_id], max_results=100)
@@ -160,35 +246,64 @@ def test_one_backfill_materialises_the_study_and_a_failed_task_reexecutes(sample
     for r in mruns:
         task = r.data.tags["task"]
         assert r.info.status == "FINISHED" and r.data.params["xray.init"] == "scratch"
-        assert r.data.tags["trained_on_synthetic"] == "true", "the generated sample data marks itself synthetic"
+        assert r.data.tags["trained_on_synthetic"] == "true", (
+            "the generated sample data marks itself synthetic"
+        )
         assert "xray.no_effect.copy_paste" not in r.data.params, "smoke sets copy_paste to 0"
-        assert len(client.get_metric_history(r.info.run_id, "train/box_loss")) == 2, "--config's epochs: 2"
-        assert (r.data.params["train.seed"], r.data.params["train.epochs"]) == ("3", "2"), "logged as run"
+        assert len(client.get_metric_history(r.info.run_id, "train/box_loss")) == 2, (
+            "--config's epochs: 2"
+        )
+        assert (r.data.params["train.seed"], r.data.params["train.epochs"]) == ("3", "2"), (
+            "logged as run"
+        )
         arts = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert {"weights", "evaluation"} <= arts, task
         (v,) = client.search_model_versions(f"name='xray-smoke-{task}'")
         assert v.tags["init"] == "scratch" and v.tags["gate_decision"] == "champion"
-        assert v.tags["gate_stated_null_rate"] == "0.2" and "champion stays" in v.tags["gate_rule"], v.tags
+        assert (
+            v.tags["gate_stated_null_rate"] == "0.2" and "champion stays" in v.tags["gate_rule"]
+        ), v.tags
         best = json.loads((storage / "smoke" / "tuning" / task / "best.json").read_text())
         assert (float(v.tags["nms_conf"]), float(v.tags["nms_iou"])) == (best["conf"], best["iou"])
         assert v.tags["nms_agnostic"] == ("true" if task == "united_multi" else "false")
         summary = json.loads((storage / "smoke" / "reports" / task / "summary.json").read_text())
         assert summary["rule"]["conf"] == best["conf"] and "map_iou40" in summary
-        assert {"cpm_luna16", "cpm_iou", "precision_macro", "precision_micro", "test_patients"} <= set(summary)
-        if summary["map50"] is not None:   # (undefined, and not logged, when the test split has no boxes of it)
-            assert {"test_map50", "test_cpm_luna16", "test_cpm_iou", "test_op_recall_macro",
-                    "test_op_recall_micro", "test_bootstrap_resamples"} <= set(r.data.metrics), task
+        assert {
+            "cpm_luna16",
+            "cpm_iou",
+            "precision_macro",
+            "precision_micro",
+            "test_patients",
+        } <= set(summary)
+        if (
+            summary["map50"] is not None
+        ):  # (undefined, and not logged, when the test split has no boxes of it)
+            assert {
+                "test_map50",
+                "test_cpm_luna16",
+                "test_cpm_iou",
+                "test_op_recall_macro",
+                "test_op_recall_micro",
+                "test_bootstrap_resamples",
+            } <= set(r.data.metrics), task
             assert r.data.metrics["test_map50"] == pytest.approx(summary["map50"])
     report = (storage / "smoke" / "reports" / "study" / "report.md").read_text()
-    for part in ("## Comparisons on the same images", "No fair comparison exists for", "## Results on the test split"):
+    for part in (
+        "## Comparisons on the same images",
+        "No fair comparison exists for",
+        "## Results on the test split",
+    ):
         assert part in report, part
     # the sample DICOMs carry made-up patient names, IDs and dates: none may reach any output
     leaks = []
     for f in storage.rglob("*"):
         if f.is_file() and f.stat().st_size < 50_000_000:
             data = f.read_bytes()
-            leaks += [f"{f.name}: {tag!r}" for tag in (b"SYNTHETIC^PATIENT", b"SYN00", b"19600101", b"20200102")
-                      if tag in data]
+            leaks += [
+                f"{f.name}: {tag!r}"
+                for tag in (b"SYNTHETIC^PATIENT", b"SYN00", b"19600101", b"20200102")
+                if tag in data
+            ]
     assert not leaks, leaks
 
 
@@ -197,8 +312,12 @@ def small_instance(sample_dir, tmp_path, monkeypatch):
     """A sqlite instance in its own DAGSTER_HOME (the project's dagster.yaml), the smoke profile on the
     sample data; the code location is started from the checkout as the CLI starts it."""
     home = project_dagster_home(tmp_path / "home")
-    for k, v in {"DAGSTER_HOME": home, "XRAY_DATA_DIR": sample_dir, "XRAY_STORAGE_DIR": tmp_path / "storage",
-                 "XRAY_PROFILE": "smoke"}.items():
+    for k, v in {
+        "DAGSTER_HOME": home,
+        "XRAY_DATA_DIR": sample_dir,
+        "XRAY_STORAGE_DIR": tmp_path / "storage",
+        "XRAY_PROFILE": "smoke",
+    }.items():
         monkeypatch.setenv(k, str(v))
     with dg.DagsterInstance.get() as instance:
         yield instance
@@ -218,7 +337,9 @@ def test_materialize_takes_over_when_the_daemon_stops(small_instance, monkeypatc
     from xray_assets import backfill
 
     beat = time.time()
-    small_instance.add_daemon_heartbeat(DaemonHeartbeat(beat, "BACKFILL", "closed-make-ui", errors=[]))
+    small_instance.add_daemon_heartbeat(
+        DaemonHeartbeat(beat, "BACKFILL", "closed-make-ui", errors=[])
+    )
     looks = []
 
     def clock():
@@ -227,12 +348,21 @@ def test_materialize_takes_over_when_the_daemon_stops(small_instance, monkeypatc
 
     monkeypatch.setattr(backfill, "clock", clock)
     out = io.StringIO()
-    outcome = backfill.materialize(["nih_labels"], None, "smoke", instance=small_instance,
-                                   working_directory=str(ROOT), timeout=200, out=out)
+    outcome = backfill.materialize(
+        ["nih_labels"],
+        None,
+        "smoke",
+        instance=small_instance,
+        working_directory=str(ROOT),
+        timeout=200,
+        out=out,
+    )
     text = out.getvalue()
     assert "executed by the running Dagster daemon" in text, text
     assert "the Dagster daemon stopped" in text, text
-    assert outcome.ok and [sorted(k.to_user_string() for k in r.asset_selection) for r in outcome.runs] == [["nih_labels"]]
+    assert outcome.ok and [
+        sorted(k.to_user_string() for k in r.asset_selection) for r in outcome.runs
+    ] == [["nih_labels"]]
 
 
 @pytest.mark.timeout(300)
@@ -247,16 +377,30 @@ def test_materialize_prints_daemon_iteration_errors_and_gives_up(small_instance,
     from xray_assets import backfill
 
     def failing(*args, **kwargs):
-        yield SerializableErrorInfo("BackfillError: the asset graph changed under the backfill\nmore", [], "X")
+        yield SerializableErrorInfo(
+            "BackfillError: the asset graph changed under the backfill\nmore", [], "X"
+        )
 
     monkeypatch.setattr(daemon_backfill, "execute_backfill_jobs", failing)
     monkeypatch.setattr(backfill, "MAX_ITERATION_ERRORS", 3)
     out = io.StringIO()
     with pytest.raises(RuntimeError, match="failed 3 times in a row"):
-        backfill.materialize(["nih_labels"], None, "smoke", instance=small_instance, working_directory=str(ROOT),
-                             timeout=120, out=out)
+        backfill.materialize(
+            ["nih_labels"],
+            None,
+            "smoke",
+            instance=small_instance,
+            working_directory=str(ROOT),
+            timeout=120,
+            out=out,
+        )
     lines = out.getvalue().splitlines()
-    assert lines.count("    daemon iteration error: BackfillError: the asset graph changed under the backfill") == 1
+    assert (
+        lines.count(
+            "    daemon iteration error: BackfillError: the asset graph changed under the backfill"
+        )
+        == 1
+    )
 
 
 @pytest.mark.slow
@@ -277,29 +421,53 @@ def test_a_run_whose_dagster_processes_die_ends_failure_and_is_reexecuted(small_
     from xray_assets import backfill
     from xray_assets.launcher import LocalRunLauncher
 
-    assert isinstance(small_instance.run_launcher, LocalRunLauncher) and small_instance.run_monitoring_enabled
+    assert (
+        isinstance(small_instance.run_launcher, LocalRunLauncher)
+        and small_instance.run_monitoring_enabled
+    )
     log = open(tmp_path / "materialize.log", "w")
-    cli = subprocess.Popen([sys.executable, "-m", "xray_assets.cli", "materialize", "--profile", "smoke",
-                            "--select", "vinbigdata_annotations"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                           start_new_session=True)
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "xray_assets.cli",
+            "materialize",
+            "--profile",
+            "smoke",
+            "--select",
+            "vinbigdata_annotations",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     run, deadline = None, time.time() + 240
     while run is None and time.time() < deadline and cli.poll() is None:
-        started = small_instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        started = small_instance.get_runs(
+            filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
+        )
         run = next((r for r in started if small_instance.run_launcher.worker(r)), None)
         time.sleep(0.02)
     assert run is not None, f"no run STARTED:\n{(tmp_path / 'materialize.log').read_text()}"
     pid = small_instance.run_launcher.worker(run)[0]
-    os.killpg(cli.pid, signal.SIGKILL)   # the CLI, its code server and the run worker, at once
+    os.killpg(cli.pid, signal.SIGKILL)  # the CLI, its code server and the run worker, at once
     cli.wait(30)
     log.close()
     time.sleep(1)
-    assert small_instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED, "nobody reported it"
+    assert small_instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED, (
+        "nobody reported it"
+    )
     out = io.StringIO()
-    again = backfill.reexecute(run.run_id, instance=small_instance, working_directory=str(ROOT), timeout=200, out=out)
+    again = backfill.reexecute(
+        run.run_id, instance=small_instance, working_directory=str(ROOT), timeout=200, out=out
+    )
     dead = small_instance.get_run_by_id(run.run_id)
     assert dead.status == dg.DagsterRunStatus.FAILURE
     assert f"run {run.run_id} ended FAILURE: its worker is gone" in out.getvalue(), out.getvalue()
-    messages = [r.event_log_entry.message for r in small_instance.get_records_for_run(run.run_id).records]
+    messages = [
+        r.event_log_entry.message for r in small_instance.get_records_for_run(run.run_id).records
+    ]
     assert any(f"run worker pid {pid} is gone" in m for m in messages), messages[-5:]
     assert again.status == dg.DagsterRunStatus.SUCCESS and again.parent_run_id == run.run_id
 
@@ -321,5 +489,8 @@ def test_a_live_run_is_not_judged_dead(small_instance):
         proc.kill()
         proc.wait()
     assert launcher.check_run_worker_health(None).status == WorkerStatus.FAILED
-    launcher.worker = lambda run: (os.getpid(), time.time() - 3600)   # a pid reused by a younger process
+    launcher.worker = lambda run: (
+        os.getpid(),
+        time.time() - 3600,
+    )  # a pid reused by a younger process
     assert launcher.check_run_worker_health(None).status == WorkerStatus.FAILED

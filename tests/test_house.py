@@ -28,4 +28,6 @@ def test_core_imports_no_dagster_and_private_dagster_lives_in_one_adapter():
         if rel.startswith("core/") and any(m == "dagster" or m.startswith("dagster") for m in mods):
             core[rel] = sorted(m for m in mods if m.startswith("dagster"))
     assert not core, f"core/ is pure Python: {core}"
-    assert set(private) == {"backfill.py"}, f"private Dagster imports outside the adapter: {private}"
+    assert set(private) == {"backfill.py"}, (
+        f"private Dagster imports outside the adapter: {private}"
+    )

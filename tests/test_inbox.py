@@ -12,8 +12,8 @@ import textwrap
 import dagster as dg
 import pandas as pd
 import pytest
-
 from conftest import ROOT, project_dagster_home
+
 from xray_assets.core import inbox
 from xray_assets.core.labels import read_nih_boxes, read_nih_labels
 from xray_assets.core.synthetic import write_drop
@@ -23,12 +23,18 @@ from xray_assets.defs.resources import XrayResource
 
 @pytest.fixture
 def xray(data_copy, tmp_path):
-    return XrayResource(data_dir=str(data_copy), storage_dir=str(tmp_path / "storage"), profile="smoke")
+    return XrayResource(
+        data_dir=str(data_copy), storage_dir=str(tmp_path / "storage"), profile="smoke"
+    )
 
 
 def _tree(folder) -> dict:
     """Every file under `folder` with its size and modification time."""
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
 
 
 def _raw(data_dir) -> dict:
@@ -37,7 +43,9 @@ def _raw(data_dir) -> dict:
 
 
 def _tick(xray, instance, cursor=None):
-    return new_annotations(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"xray": xray}))
+    return new_annotations(
+        dg.build_sensor_context(instance=instance, cursor=cursor, resources={"xray": xray})
+    )
 
 
 def _accept(xray, instance, key, folder=None, raise_on_error=True):
@@ -45,8 +53,15 @@ def _accept(xray, instance, key, folder=None, raise_on_error=True):
 
     _, everything = graph(xray)
     config = {"ops": {"annotation_drops": {"config": {"folder": str(folder) if folder else ""}}}}
-    return dg.materialize(everything, selection=["annotation_drops"], partition_key=key, instance=instance,
-                          resources={"xray": xray}, run_config=config, raise_on_error=raise_on_error)
+    return dg.materialize(
+        everything,
+        selection=["annotation_drops"],
+        partition_key=key,
+        instance=instance,
+        resources={"xray": xray},
+        run_config=config,
+        raise_on_error=raise_on_error,
+    )
 
 
 def test_sensor_only_looks_and_requests(xray, data_copy):
@@ -59,8 +74,12 @@ def test_sensor_only_looks_and_requests(xray, data_copy):
     digest = inbox.drop_digest(xray.inbox / "batch-1")
     assert rr.run_key == digest and rr.partition_key == inbox.partition_key("batch-1", digest)
     assert result.dynamic_partitions_requests[0].partition_keys == [rr.partition_key]
-    assert rr.run_config["ops"]["annotation_drops"]["config"]["folder"] == str(xray.inbox / "batch-1")
-    assert _tree(data_copy) == before and _raw(data_copy) == raw, "the tick copied, wrote or moved nothing"
+    assert rr.run_config["ops"]["annotation_drops"]["config"]["folder"] == str(
+        xray.inbox / "batch-1"
+    )
+    assert _tree(data_copy) == before and _raw(data_copy) == raw, (
+        "the tick copied, wrote or moved nothing"
+    )
 
 
 def test_same_export_twice_is_requested_once_and_incomplete_drops_wait(xray, tmp_path):
@@ -70,7 +89,7 @@ def test_same_export_twice_is_requested_once_and_incomplete_drops_wait(xray, tmp
     with dg.instance_for_test() as instance:
         first = _tick(xray, instance)
         assert len(first.run_requests) == 1
-        shutil.copytree(drop, xray.inbox / "batch-again")   # the same export dropped again
+        shutil.copytree(drop, xray.inbox / "batch-again")  # the same export dropped again
         second = _tick(xray, instance, first.cursor)
         assert not second.run_requests and "already requested" in second.skip_reason.skip_message
         assert "without READY" in second.skip_reason.skip_message
@@ -92,16 +111,27 @@ def test_cursor_survives_a_restart_of_a_real_instance(xray, tmp_path, monkeypatc
 
     home = project_dagster_home(tmp_path / "home")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    for k, v in {"XRAY_DATA_DIR": xray.data_dir, "XRAY_STORAGE_DIR": xray.storage_dir, "XRAY_PROFILE": "smoke"}.items():
+    for k, v in {
+        "XRAY_DATA_DIR": xray.data_dir,
+        "XRAY_STORAGE_DIR": xray.storage_dir,
+        "XRAY_PROFILE": "smoke",
+    }.items():
         monkeypatch.setenv(k, v)
     write_drop(xray.inbox / "batch-1", "nih", n_annotated=3)
     log = logging.getLogger("test")
 
     def tick():
         with dg.DagsterInstance.get() as instance, workspace(instance, str(ROOT)) as ctx:
-            list(execute_sensor_iteration(ctx, log, threadpool_executor=None, submit_threadpool_executor=None))
-            (state,) = [s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
-                        if s.name == "new_annotations"]
+            list(
+                execute_sensor_iteration(
+                    ctx, log, threadpool_executor=None, submit_threadpool_executor=None
+                )
+            )
+            (state,) = [
+                s
+                for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+                if s.name == "new_annotations"
+            ]
             (last,) = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
             return len(instance.get_runs()), state.instigator_data.cursor, last
 
@@ -110,8 +140,12 @@ def test_cursor_survives_a_restart_of_a_real_instance(xray, tmp_path, monkeypatc
     from dagster._core.test_utils import freeze_time
     from dagster._time import get_current_datetime
 
-    with freeze_time(get_current_datetime() + datetime.timedelta(seconds=90)):   # past the 30 s interval
-        runs_after, cursor_after, second = tick()   # a new instance object, the same DAGSTER_HOME: a restart
+    with freeze_time(
+        get_current_datetime() + datetime.timedelta(seconds=90)
+    ):  # past the 30 s interval
+        runs_after, cursor_after, second = (
+            tick()
+        )  # a new instance object, the same DAGSTER_HOME: a restart
     assert runs_after == 1, "the drop was not requested again after the restart"
     # the sensor itself skipped the drop because the restored cursor lists it (a lost cursor would
     # request it again, and only Dagster's run-key dedup would hide that)
@@ -138,7 +172,9 @@ def test_accepted_drop_is_stored_and_read_with_its_source_raw_files_untouched(xr
     boxes = pd.read_parquet(xray.storage.root / "nih" / "boxes.parquet")
     mine = labels[labels["source"] == rr.partition_key]
     assert sorted(mine["image_id"]) == sorted(drop_labels["image_id"])
-    assert (labels.loc[labels["source"] != rr.partition_key, "source"] == "Data_Entry_2017.csv").all()
+    assert (
+        labels.loc[labels["source"] != rr.partition_key, "source"] == "Data_Entry_2017.csv"
+    ).all()
     assert len(boxes[boxes["source"] == rr.partition_key]) == len(drop_boxes)
     stored = xray.shared.root / "drops" / rr.partition_key
     assert sorted(p.name for p in (stored / "images").iterdir()) == sorted(drop_labels["image_id"])
@@ -172,7 +208,7 @@ def _bad_row(folder):
 
 def _existing_image(folder):
     png = sorted(folder.rglob("*.png"))[0]
-    old, new = png.name, "00000001_000.png"      # the sample data's first image
+    old, new = png.name, "00000001_000.png"  # the sample data's first image
     for f in ("Data_Entry_2017.csv", "BBox_List_2017.csv"):
         (folder / f).write_text((folder / f).read_text().replace(old, new))
     png.rename(png.with_name(new))
@@ -184,7 +220,9 @@ def _bomb_image(folder):
 
     png = sorted(folder.rglob("*.png"))[0]
     png.write_bytes(hostile.png(30000, 30000, rows=2))
-    return f"{png.name} declares 30000 x 30000 pixels (900.0 megapixels); the limit is 50 megapixels"
+    return (
+        f"{png.name} declares 30000 x 30000 pixels (900.0 megapixels); the limit is 50 megapixels"
+    )
 
 
 def _cut_image(folder):
@@ -193,8 +231,10 @@ def _cut_image(folder):
     return f"{png.name}: PNG header truncated"
 
 
-@pytest.mark.parametrize("break_it", [_unknown_label, _missing_image, _bad_csv, _bad_row, _existing_image,
-                                      _bomb_image, _cut_image])
+@pytest.mark.parametrize(
+    "break_it",
+    [_unknown_label, _missing_image, _bad_csv, _bad_row, _existing_image, _bomb_image, _cut_image],
+)
 def test_malformed_drop_fails_its_run_with_the_reason_and_is_rejected(xray, data_copy, break_it):
     raw = _raw(data_copy)
     folder = write_drop(xray.inbox / "bad", "nih", n_annotated=3)
@@ -207,12 +247,24 @@ def test_malformed_drop_fails_its_run_with_the_reason_and_is_rejected(xray, data
         assert not res.success
         (failure,) = [e for e in res.all_events if e.event_type_value == "STEP_FAILURE"]
         assert expected in str(failure.event_specific_data.error.message) + str(
-            failure.event_specific_data.user_failure_data.description if failure.event_specific_data.user_failure_data else "")
+            failure.event_specific_data.user_failure_data.description
+            if failure.event_specific_data.user_failure_data
+            else ""
+        )
     rejected = xray.inbox / "rejected" / "bad"
     assert expected in (rejected / inbox.ERROR_FILE).read_text()
-    kept = sorted(p.relative_to(rejected) for p in rejected.rglob("*") if p.is_file() and p.name != inbox.ERROR_FILE)
-    assert len(kept) == len(files_before) - (break_it is _missing_image), "nothing in the drop is lost"
-    assert _raw(data_copy) == raw and not (xray.shared.root / "drops" / rr.partition_key / "drop.json").exists()
+    kept = sorted(
+        p.relative_to(rejected)
+        for p in rejected.rglob("*")
+        if p.is_file() and p.name != inbox.ERROR_FILE
+    )
+    assert len(kept) == len(files_before) - (break_it is _missing_image), (
+        "nothing in the drop is lost"
+    )
+    assert (
+        _raw(data_copy) == raw
+        and not (xray.shared.root / "drops" / rr.partition_key / "drop.json").exists()
+    )
 
 
 KILL = {
@@ -232,7 +284,9 @@ KILL = {
 
 
 @pytest.mark.parametrize("point", list(KILL))
-def test_drop_killed_at_any_point_then_run_again_has_each_row_once(xray, data_copy, tmp_path, point):
+def test_drop_killed_at_any_point_then_run_again_has_each_row_once(
+    xray, data_copy, tmp_path, point
+):
     from helpers import materialize_stages
 
     raw = _raw(data_copy)
@@ -246,7 +300,7 @@ def test_drop_killed_at_any_point_then_run_again_has_each_row_once(xray, data_co
         instance.add_dynamic_partitions("annotation_drops", [key])
     script = textwrap.dedent(f"""\
         import os, sys
-        sys.path.insert(0, {str(ROOT / 'tests')!r})
+        sys.path.insert(0, {str(ROOT / "tests")!r})
         import dagster as dg
         from xray_assets.core import inbox
         from xray_assets.storage import Storage
@@ -260,8 +314,13 @@ def test_drop_killed_at_any_point_then_run_again_has_each_row_once(xray, data_co
                            resources={{"xray": xray}}, run_config={{"ops": {{"annotation_drops": {{"config": {{"folder": {str(folder)!r}}}}}}}}})
         """)
     patch = textwrap.indent(KILL[point], "")
-    killed = subprocess.run([sys.executable, "-c", script.replace("{patch}", patch)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=240)
+    killed = subprocess.run(
+        [sys.executable, "-c", script.replace("{patch}", patch)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert killed.returncode == 137, killed.stderr[-2000:]
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         assert _accept(xray, instance, key).success, "run again, it completes"
@@ -269,7 +328,9 @@ def test_drop_killed_at_any_point_then_run_again_has_each_row_once(xray, data_co
     labels = pd.read_parquet(xray.storage.root / "nih" / "labels.parquet")
     boxes = pd.read_parquet(xray.storage.root / "nih" / "boxes.parquet")
     got = labels[labels["image_id"].isin(want_labels["image_id"])]
-    assert len(got) == len(want_labels) and got["image_id"].is_unique, "each Data_Entry row exactly once"
+    assert len(got) == len(want_labels) and got["image_id"].is_unique, (
+        "each Data_Entry row exactly once"
+    )
     mine = boxes[boxes["image_id"].isin(want_labels["image_id"])]
     assert len(mine) == len(want_boxes), "each box exactly once"
     assert _raw(data_copy) == raw
@@ -286,5 +347,8 @@ def test_vinbigdata_drop_with_a_dicom_over_the_pixel_budget_is_rejected_naming_i
     ds = pydicom.dcmread(dcm)
     ds.Rows, ds.Columns = 60000, 60000
     ds.save_as(dcm)
-    with pytest.raises(inbox.DropError, match=rf"{dcm.name} declares 60000 x 60000 pixels .* limit is 50 megapixels"):
+    with pytest.raises(
+        inbox.DropError,
+        match=rf"{dcm.name} declares 60000 x 60000 pixels .* limit is 50 megapixels",
+    ):
         inbox.validate(folder, set(), set())

@@ -6,7 +6,9 @@ from xray_assets.core.classes import NIH_CLASSES
 
 def test_sample_nih_files_read(sample_dir):
     df = labels.read_nih_labels(sample_dir / "nih" / "Data_Entry_2017.csv")
-    assert {"image_id", "patient_id", "findings", "age", "sex", "view", "follow_up"} <= set(df.columns)
+    assert {"image_id", "patient_id", "findings", "age", "sex", "view", "follow_up"} <= set(
+        df.columns
+    )
     assert df["findings"].map(lambda f: f == ["No Finding"]).any()
     boxes, q = labels.read_nih_boxes_checked(sample_dir / "nih" / "BBox_List_2017.csv")
     assert q.empty and set(boxes["label"]) <= set(NIH_CLASSES)
@@ -15,10 +17,12 @@ def test_sample_nih_files_read(sample_dir):
 
 def test_bad_box_row_is_quarantined_with_file_and_row(tmp_path):
     f = tmp_path / "BBox_List_2017.csv"
-    f.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
-                 "a.png,Mass,1,2,3,4\n"
-                 "b.png,Cardiomegaly|Emphysema,1,2,3,4\n"
-                 "c.png,Nodule,1,2,x,4\n\n")
+    f.write_text(
+        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+        "a.png,Mass,1,2,3,4\n"
+        "b.png,Cardiomegaly|Emphysema,1,2,3,4\n"
+        "c.png,Nodule,1,2,x,4\n\n"
+    )
     boxes, q = labels.read_nih_boxes_checked(f)
     assert boxes["image_id"].tolist() == ["a.png"]
     assert boxes.iloc[0][["x_min", "y_min", "x_max", "y_max"]].tolist() == [1, 2, 4, 6]
@@ -33,20 +37,26 @@ def test_wrong_header_names_the_file(tmp_path):
         labels.read_nih_boxes(f)
 
 
-@pytest.mark.parametrize("name", [
-    "BBox_List_2017.csv",
-    "variants/BBox_List_2017.resaved_10sigdigits_mrdchry.csv",
-    "variants/BBox_List_2017.resaved_crlf_usmannazir.csv",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "BBox_List_2017.csv",
+        "variants/BBox_List_2017.resaved_10sigdigits_mrdchry.csv",
+        "variants/BBox_List_2017.resaved_crlf_usmannazir.csv",
+    ],
+)
 def test_real_box_lists(real_data, name):
     boxes, q = labels.read_nih_boxes_checked(real_data / "nih" / name)
-    assert len(boxes) == 984 and boxes["image_id"].nunique() == 880 and boxes["label"].nunique() == 8
+    assert (
+        len(boxes) == 984 and boxes["image_id"].nunique() == 880 and boxes["label"].nunique() == 8
+    )
     assert q.empty
 
 
 def test_real_box_list_with_appended_bad_row(real_data):
     boxes, q = labels.read_nih_boxes_checked(
-        real_data / "nih" / "variants" / "BBox_List_2017.gnsandeep_with_appended_fake_row.csv")
+        real_data / "nih" / "variants" / "BBox_List_2017.gnsandeep_with_appended_fake_row.csv"
+    )
     assert len(boxes) == 984
     assert len(q) == 1 and "Cardiomegaly|Emphysema" in q.iloc[0]["raw"]
 
@@ -54,7 +64,10 @@ def test_real_box_list_with_appended_bad_row(real_data):
 def test_real_data_entry_and_kaggle_sample(real_data):
     df = labels.read_nih_labels(real_data / "nih" / "Data_Entry_2017_subset_reconstructed.csv")
     assert len(df) == 59824
-    assert df.loc[df.image_id == "00000001_001.png", "findings"].item() == ["Cardiomegaly", "Emphysema"]
+    assert df.loc[df.image_id == "00000001_001.png", "findings"].item() == [
+        "Cardiomegaly",
+        "Emphysema",
+    ]
     assert not df["findings"].map(lambda f: "Infiltration" in f).any()
     k = labels.read_nih_labels(real_data / "nih" / "sample_labels.csv")
     assert len(k) == 5606 and k.loc[k.image_id == "00000013_005.png", "age"].item() == 60
@@ -65,7 +78,9 @@ def test_real_vinbigdata_table(real_data):
     assert len(df) == 67914 and df["image_id"].nunique() == 15000
     nf = df[df.class_id == 14]
     assert len(nf) == 31818 and nf[["x_min", "x_max"]].isna().all().all()
-    raw = labels.read_vinbigdata_annotations(real_data / "vinbigdata" / "nhtlongcs_fold4_val_raw.csv")
+    raw = labels.read_vinbigdata_annotations(
+        real_data / "vinbigdata" / "nhtlongcs_fold4_val_raw.csv"
+    )
     assert raw.loc[raw.class_id == 14, "x_min"].isna().all()
 
 
@@ -77,7 +92,9 @@ def test_real_pngs_load_single_channel(real_data):
     assert rgba.shape == (1024, 1024)
 
 
-def test_box_list_with_a_foreign_byte_or_an_unclosed_quote_is_an_error_naming_file_and_row(tmp_path):
+def test_box_list_with_a_foreign_byte_or_an_unclosed_quote_is_an_error_naming_file_and_row(
+    tmp_path,
+):
     """Found by the fuzz harness: a non-UTF-8 byte raised UnicodeDecodeError, and a quote left open
     (swallowing the rest of the file past the csv module's field limit) raised csv.Error."""
     from xray_assets.core.labels import InputFormatError, read_nih_boxes_checked
@@ -98,8 +115,13 @@ def test_data_entry_ids_that_are_not_whole_numbers_are_quarantined(tmp_path):
     from xray_assets.core.labels import read_nih_labels_checked
 
     head = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
-    rows = ["a.png,Mass,0,1,58,M,PA", "b.png,Mass,0,1e309,58,M,PA", "c.png,Mass,0.5,2,58,M,PA",
-            "d.png,Mass,0,-3,58,M,PA", "e.png,Mass,0,1e30,58,M,PA"]
+    rows = [
+        "a.png,Mass,0,1,58,M,PA",
+        "b.png,Mass,0,1e309,58,M,PA",
+        "c.png,Mass,0.5,2,58,M,PA",
+        "d.png,Mass,0,-3,58,M,PA",
+        "e.png,Mass,0,1e30,58,M,PA",
+    ]
     p = tmp_path / "Data_Entry_2017.csv"
     p.write_text(head + "\n".join(rows) + "\n")
     df, q = read_nih_labels_checked(p)
@@ -113,10 +135,12 @@ def test_train_csv_row_with_extra_fields_keeps_row_numbers(tmp_path):
     from xray_assets.core.labels import InputFormatError, read_vinbigdata_annotations_checked
 
     p = tmp_path / "train.csv"
-    p.write_text("image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n"
-                 "abc,abx,Cardiomegaly,3,R9,1,2,30,40\n"   # one field too many in the first row
-                 "abd,Cardiomegaly,3,R9,1,2,30,40\n"
-                 "abe,No finding,14,R9,,,,\n")
+    p.write_text(
+        "image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n"
+        "abc,abx,Cardiomegaly,3,R9,1,2,30,40\n"  # one field too many in the first row
+        "abd,Cardiomegaly,3,R9,1,2,30,40\n"
+        "abe,No finding,14,R9,,,,\n"
+    )
     try:
         df, q = read_vinbigdata_annotations_checked(p)
     except InputFormatError as exc:

@@ -26,10 +26,24 @@ def mlflow_server(tmp_path):
     port = _free_port()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     proc = subprocess.Popen(
-        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            str(mlflow_bin),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -52,15 +66,32 @@ def mlflow_server(tmp_path):
 def test_model_tracked_in_a_real_mlflow_server(mlflow_server, sample_dir, tmp_path):
     from helpers import materialize_stages
 
-    xray = XrayResource(data_dir=str(sample_dir), storage_dir=str(tmp_path / "st"), profile="smoke",
-                        mlflow_tracking_uri=mlflow_server)
-    select = ["nih_labels", "nih_boxes", "vinbigdata_annotations", "vinbigdata_images", "vinbigdata_boxes",
-              "background_samples", "patient_splits", "yolo_datasets", "trained_models"]
+    xray = XrayResource(
+        data_dir=str(sample_dir),
+        storage_dir=str(tmp_path / "st"),
+        profile="smoke",
+        mlflow_tracking_uri=mlflow_server,
+    )
+    select = [
+        "nih_labels",
+        "nih_boxes",
+        "vinbigdata_annotations",
+        "vinbigdata_images",
+        "vinbigdata_boxes",
+        "background_samples",
+        "patient_splits",
+        "yolo_datasets",
+        "trained_models",
+    ]
     with dg.DagsterInstance.ephemeral() as instance:
         results = materialize_stages(xray, instance, select=select, tasks=["united_binary"])
         assert all(r.success for r in results)
-        (event,) = [e for r in results for e in r.get_asset_materialization_events()
-                    if e.asset_key.to_user_string() == "trained_models"]
+        (event,) = [
+            e
+            for r in results
+            for e in r.get_asset_materialization_events()
+            if e.asset_key.to_user_string() == "trained_models"
+        ]
         assert event.materialization.metadata["mlflow_run"].value.startswith(mlflow_server)
 
     client = mlflow.MlflowClient(tracking_uri=mlflow_server)
@@ -73,7 +104,12 @@ def test_model_tracked_in_a_real_mlflow_server(mlflow_server, sample_dir, tmp_pa
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "weights" in arts and "results.csv" in arts
     assert run.data.params["xray.init"] == "scratch" and run.data.tags["init"] == "scratch"
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "weights")} >= {"weights/best.pt"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "weights")} >= {
+        "weights/best.pt"
+    }
     (version,) = client.search_model_versions("name='xray-smoke-united_binary'")
-    assert version.run_id == run.info.run_id and version.tags["dataset_hash"] == run.data.tags["dataset_hash"]
+    assert (
+        version.run_id == run.info.run_id
+        and version.tags["dataset_hash"] == run.data.tags["dataset_hash"]
+    )
     assert any((tmp_path / "server-artifacts").rglob("best.pt")), "artefacts stored by the server"

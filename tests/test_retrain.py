@@ -9,15 +9,19 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers import TASKS, graph, materialize_stages
+
 from xray_assets.core.synthetic import write_drop
 from xray_assets.defs.resources import XrayResource
 
 
 def _requested(result, defs) -> dict[str, set]:
     keys = defs.resolve_asset_graph().toposorted_asset_keys
-    return {k.to_user_string(): set(result.get_requested_partitions(k)) for k in keys if result.get_num_requested(k)}
+    return {
+        k.to_user_string(): set(result.get_requested_partitions(k))
+        for k in keys
+        if result.get_num_requested(k)
+    }
 
 
 def _settle(defs, everything, xray, instance, cursor, max_ticks: int = 14):
@@ -38,8 +42,13 @@ def _settle(defs, everything, xray, instance, cursor, max_ticks: int = 14):
                 for pk in sorted(requested.get(key, ()), key=str):
                     by_partition.setdefault(pk, []).append(key)
             for pk, keys in by_partition.items():
-                assert dg.materialize(everything, selection=keys, partition_key=pk, instance=instance,
-                                      resources={"xray": xray}).success, (keys, pk)
+                assert dg.materialize(
+                    everything,
+                    selection=keys,
+                    partition_key=pk,
+                    instance=instance,
+                    resources={"xray": xray},
+                ).success, (keys, pk)
     pytest.fail(f"automation never settled: {ticks}")
 
 
@@ -57,7 +66,9 @@ def _hashes(st) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_automation_retrains_what_changed_and_never_past_a_failing_check(data_copy, tmp_path, monkeypatch):
+def test_automation_retrains_what_changed_and_never_past_a_failing_check(
+    data_copy, tmp_path, monkeypatch
+):
     import mlflow
 
     from xray_assets.core import champion
@@ -65,14 +76,21 @@ def test_automation_retrains_what_changed_and_never_past_a_failing_check(data_co
     from xray_assets.core.metrics import average_precision, paired_bootstrap
     from xray_assets.defs.drops import new_annotations
 
-    xray = XrayResource(data_dir=str(data_copy), storage_dir=str(tmp_path / "storage"), profile="smoke",
-                        champion_margin="0.0")
+    xray = XrayResource(
+        data_dir=str(data_copy),
+        storage_dir=str(tmp_path / "storage"),
+        profile="smoke",
+        champion_margin="0.0",
+    )
     defs, everything = graph(xray)
     st = xray.storage
     client = mlflow.MlflowClient(tracking_uri=xray.tracking_uri, registry_uri=xray.tracking_uri)
     with dg.instance_for_test() as instance:
         assert all(r.success for r in materialize_stages(xray, instance))
-        splits_before, hashes_before = pd.read_parquet(st.root / "datasets" / "splits.parquet"), _hashes(st)
+        splits_before, hashes_before = (
+            pd.read_parquet(st.root / "datasets" / "splits.parquet"),
+            _hashes(st),
+        )
         # `make ui` after `make demo`: the first ticks request nothing
         first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
         assert first.total_requested == 0, _requested(first, defs)
@@ -80,8 +98,11 @@ def test_automation_retrains_what_changed_and_never_past_a_failing_check(data_co
         assert ticks == []
 
         # 1. re-ingesting unchanged labels (what the weekly schedule does) launches nothing
-        assert defs.resolve_job_def("ingest_labels").execute_in_process(instance=instance,
-                                                                        resources={"xray": xray}).success
+        assert (
+            defs.resolve_job_def("ingest_labels")
+            .execute_in_process(instance=instance, resources={"xray": xray})
+            .success
+        )
         cursor, ticks = _settle(defs, everything, xray, instance, cursor)
         assert ticks == [], f"unchanged labels requested {ticks}"
         assert all(len(client.search_model_versions(f"name='xray-smoke-{t}'")) == 1 for t in TASKS)
@@ -96,7 +117,7 @@ def test_automation_retrains_what_changed_and_never_past_a_failing_check(data_co
             nih = [i for i, g in enumerate(groups) if str(g).startswith("nih:")]
             first_group = groups.iloc[nih[0]]
             twin = [i for i in nih if groups.iloc[i] == first_group][:2]
-            if len(twin) < 2:   # a patient with one image: move it and a neighbour into one group
+            if len(twin) < 2:  # a patient with one image: move it and a neighbour into one group
                 twin = nih[:2]
             out.iloc[twin[0]] = "test" if out.iloc[twin[1]] != "test" else "train"
             return out
@@ -104,16 +125,31 @@ def test_automation_retrains_what_changed_and_never_past_a_failing_check(data_co
         multi = splits_before.groupby("group").size()
         assert (multi > 1).any(), "the sample data has patients with follow-ups"
         monkeypatch.setattr(datasets_mod, "assign_splits", leaky)
-        res = dg.materialize(everything, selection=["patient_splits"], instance=instance, resources={"xray": xray},
-                             raise_on_error=False)
-        (leak,) = [c for c in res.get_asset_check_evaluations() if c.check_name == "no_patient_in_two_splits"]
+        res = dg.materialize(
+            everything,
+            selection=["patient_splits"],
+            instance=instance,
+            resources={"xray": xray},
+            raise_on_error=False,
+        )
+        (leak,) = [
+            c
+            for c in res.get_asset_check_evaluations()
+            if c.check_name == "no_patient_in_two_splits"
+        ]
         assert leak.passed is False
         cursor, ticks = _settle(defs, everything, xray, instance, cursor)
         assert not ({"yolo_datasets", "trained_models"} & set(_all(ticks))), ticks
         # fixed: the check passes, the datasets are requested again (and, unchanged, train nothing)
         monkeypatch.setattr(datasets_mod, "assign_splits", real)
-        res = dg.materialize(everything, selection=["patient_splits"], instance=instance, resources={"xray": xray})
-        assert all(c.passed for c in res.get_asset_check_evaluations() if c.check_name == "no_patient_in_two_splits")
+        res = dg.materialize(
+            everything, selection=["patient_splits"], instance=instance, resources={"xray": xray}
+        )
+        assert all(
+            c.passed
+            for c in res.get_asset_check_evaluations()
+            if c.check_name == "no_patient_in_two_splits"
+        )
         cursor, ticks = _settle(defs, everything, xray, instance, cursor)
         assert _all(ticks).get("yolo_datasets") == set(TASKS), ticks
         assert "trained_models" not in _all(ticks), "the same datasets again: no training"
@@ -121,11 +157,19 @@ def test_automation_retrains_what_changed_and_never_past_a_failing_check(data_co
 
         # 3. a VinBigData drop: the united datasets change, NIH's do not; exactly those tasks retrain
         write_drop(xray.inbox / "vbd-batch", "vinbigdata", n_annotated=24, seed=5)
-        sensed = new_annotations(dg.build_sensor_context(instance=instance, resources={"xray": xray}))
+        sensed = new_annotations(
+            dg.build_sensor_context(instance=instance, resources={"xray": xray})
+        )
         (rr,) = sensed.run_requests
         instance.add_dynamic_partitions("annotation_drops", [rr.partition_key])
-        assert dg.materialize(everything, selection=["annotation_drops"], partition_key=rr.partition_key,
-                              instance=instance, resources={"xray": xray}, run_config=rr.run_config).success
+        assert dg.materialize(
+            everything,
+            selection=["annotation_drops"],
+            partition_key=rr.partition_key,
+            instance=instance,
+            resources={"xray": xray},
+            run_config=rr.run_config,
+        ).success
         cursor, ticks = _settle(defs, everything, xray, instance, cursor)
         done = _all(ticks)
         changed = {t for t, h in _hashes(st).items() if h != hashes_before[t]}
@@ -136,8 +180,9 @@ def test_automation_retrains_what_changed_and_never_past_a_failing_check(data_co
 
     splits_after = pd.read_parquet(st.root / "datasets" / "splits.parquet")
     old = splits_before.merge(splits_after, on="image_id", suffixes=("_before", "_after"))
-    assert len(old) == len(splits_before) and (old["split_before"] == old["split_after"]).all(), \
+    assert len(old) == len(splits_before) and (old["split_before"] == old["split_after"]).all(), (
         "no existing patient changed split"
+    )
     # 4. the gate: the champion (v1) re-scored on today's test images, the paired difference decides
     for task in sorted(changed):
         gate = json.loads((st.root / "reports" / task / "champion.json").read_text())
@@ -145,25 +190,44 @@ def test_automation_retrains_what_changed_and_never_past_a_failing_check(data_co
         assert gate["version"] == "2" and gate["compared_with"] == "1", gate
         gt = pd.read_parquet(st.root / "reports" / task / "ground_truth.parquet")
         ids = pd.read_parquet(st.root / "reports" / task / "test_images.parquet")["image_id"]
-        assert gate["test_images"] == len(ids) > int(v1.tags["test_images"]), \
+        assert gate["test_images"] == len(ids) > int(v1.tags["test_images"]), (
             "re-scored on the current, larger test split, not v1's stored figure"
+        )
         new = pd.read_parquet(st.root / "reports" / task / "detections.parquet")
         old_dets = pd.read_parquet(st.root / "reports" / task / "champion_detections.parquet")
-        direct = (np.mean(list(average_precision(gt, new).values())) -
-                  np.mean(list(average_precision(gt, old_dets).values())))
+        direct = np.mean(list(average_precision(gt, new).values())) - np.mean(
+            list(average_precision(gt, old_dets).values())
+        )
         assert gate["diff"] == pytest.approx(direct), task
         # the decision follows the rule on the patient-level paired bootstrap, recomputed here
         images = pd.read_parquet(st.root / "reports" / task / "test_images.parquet")
-        paired = paired_bootstrap(gt, new, old_dets, TASK_DEFS[task].classes, images["image_id"], n_boot=200, seed=0,
-                                  groups=dict(zip(images["image_id"], images["group"])))
+        paired = paired_bootstrap(
+            gt,
+            new,
+            old_dets,
+            TASK_DEFS[task].classes,
+            images["image_id"],
+            n_boot=200,
+            seed=0,
+            groups=dict(zip(images["image_id"], images["group"])),
+        )
         again = champion.gate_record(paired, 0.0, "2", "1", rate=0.2, min_boxes=10)
-        assert (gate["decision"], gate["null_rate"], gate["test_boxes"]) == \
-            (again["decision"], again["null_rate"], again["test_boxes"]), (gate, again)
-        assert gate["null_rate"] <= 0.2 and gate["stated_null_rate"] == 0.2 and gate["rule"] == again["rule"]
+        assert (gate["decision"], gate["null_rate"], gate["test_boxes"]) == (
+            again["decision"],
+            again["null_rate"],
+            again["test_boxes"],
+        ), (gate, again)
+        assert (
+            gate["null_rate"] <= 0.2
+            and gate["stated_null_rate"] == 0.2
+            and gate["rule"] == again["rule"]
+        )
         alias = client.get_model_version_by_alias(f"xray-smoke-{task}", "champion").version
         assert str(alias) == ("2" if gate["decision"] == "champion" else "1")
     for task in set(TASKS) - changed:
-        assert len(client.search_model_versions(f"name='xray-smoke-{task}'")) == 1, f"{task} was not retrained"
+        assert len(client.search_model_versions(f"name='xray-smoke-{task}'")) == 1, (
+            f"{task} was not retrained"
+        )
 
     # 5. champion_gate alone: it puts back a hand-moved alias, and a failing blocking check holds it
     task = sorted(changed)[0]
@@ -172,38 +236,84 @@ def test_automation_retrains_what_changed_and_never_past_a_failing_check(data_co
     moved = "1" if kept == "2" else "2"
     client.set_registered_model_alias(name, "champion", moved)
     with dg.instance_for_test() as instance:
-        assert dg.materialize(everything, selection=["champion_gate"], partition_key=task, instance=instance,
-                              resources={"xray": xray}).success
-        assert str(client.get_model_version_by_alias(name, "champion").version) == kept, "the gate's decision again"
+        assert dg.materialize(
+            everything,
+            selection=["champion_gate"],
+            partition_key=task,
+            instance=instance,
+            resources={"xray": xray},
+        ).success
+        assert str(client.get_model_version_by_alias(name, "champion").version) == kept, (
+            "the gate's decision again"
+        )
         client.set_registered_model_alias(name, "champion", moved)
-        planted = pd.DataFrame({"source": "Data_Entry_2017.csv", "row": range(2, 13), "reason": "planted",
-                                "raw": "x"})   # 11 rows, over the smoke profile's limit of 10
+        planted = pd.DataFrame(
+            {"source": "Data_Entry_2017.csv", "row": range(2, 13), "reason": "planted", "raw": "x"}
+        )  # 11 rows, over the smoke profile's limit of 10
         st.write_parquet(planted, "nih", "labels_quarantine.parquet")
-        held = dg.materialize(everything, selection=["champion_gate"], partition_key=task, instance=instance,
-                              resources={"xray": xray}, raise_on_error=False)
-        (check,) = [c for c in held.get_asset_check_evaluations() if c.check_name == "inputs_within_quarantine_limit"]
+        held = dg.materialize(
+            everything,
+            selection=["champion_gate"],
+            partition_key=task,
+            instance=instance,
+            resources={"xray": xray},
+            raise_on_error=False,
+        )
+        (check,) = [
+            c
+            for c in held.get_asset_check_evaluations()
+            if c.check_name == "inputs_within_quarantine_limit"
+        ]
         assert not check.passed
-        assert str(client.get_model_version_by_alias(name, "champion").version) == moved, \
+        assert str(client.get_model_version_by_alias(name, "champion").version) == moved, (
             "a failing blocking check holds the alias where it is"
+        )
         gate = json.loads((st.root / "reports" / task / "champion.json").read_text())
-        assert gate["held_by"] == ["inputs_within_quarantine_limit"] and gate["reason"].startswith("held by")
+        assert gate["held_by"] == ["inputs_within_quarantine_limit"] and gate["reason"].startswith(
+            "held by"
+        )
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_study_report_does_not_wait_for_a_task_never_materialised(sample_dir, tmp_path):
-    xray = XrayResource(data_dir=str(sample_dir), storage_dir=str(tmp_path / "storage"), profile="smoke")
+    xray = XrayResource(
+        data_dir=str(sample_dir), storage_dir=str(tmp_path / "storage"), profile="smoke"
+    )
     defs, everything = graph(xray)
     with dg.instance_for_test() as instance:
-        materialize_stages(xray, instance, select=["nih_labels", "nih_boxes", "vinbigdata_annotations",
-                                                   "vinbigdata_images", "vinbigdata_boxes", "background_samples",
-                                                   "patient_splits", "yolo_datasets"], tasks=["nih_binary"])
+        materialize_stages(
+            xray,
+            instance,
+            select=[
+                "nih_labels",
+                "nih_boxes",
+                "vinbigdata_annotations",
+                "vinbigdata_images",
+                "vinbigdata_boxes",
+                "background_samples",
+                "patient_splits",
+                "yolo_datasets",
+            ],
+            tasks=["nih_binary"],
+        )
         first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-        assert dg.materialize(everything, selection=["trained_models"], partition_key="nih_binary", instance=instance,
-                              resources={"xray": xray}).success
+        assert dg.materialize(
+            everything,
+            selection=["trained_models"],
+            partition_key="nih_binary",
+            instance=instance,
+            resources={"xray": xray},
+        ).success
         _, ticks = _settle(defs, everything, xray, instance, first.cursor)
         done = _all(ticks)
-        assert done.get("nms_thresholds") == {"nih_binary"} and done.get("evaluation_reports") == {"nih_binary"}
-        assert "study_report" in done, "five task partitions never materialised do not hold the report back"
-        mat = instance.get_latest_materialization_event(dg.AssetKey("study_report")).asset_materialization
+        assert done.get("nms_thresholds") == {"nih_binary"} and done.get("evaluation_reports") == {
+            "nih_binary"
+        }
+        assert "study_report" in done, (
+            "five task partitions never materialised do not hold the report back"
+        )
+        mat = instance.get_latest_materialization_event(
+            dg.AssetKey("study_report")
+        ).asset_materialization
         assert set(mat.metadata["missing_tasks"].value.split(", ")) == set(TASKS) - {"nih_binary"}

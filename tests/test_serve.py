@@ -9,9 +9,9 @@ import cv2
 import dagster as dg
 import numpy as np
 import pytest
-
 from browser import browser, free_port, server
 from conftest import ROOT
+
 from xray_assets.config import Settings
 from xray_assets.core.classes import SERVED_TASKS
 
@@ -29,6 +29,7 @@ def served(sample_dir, tmp_path_factory):
     import json
 
     from helpers import materialize_stages
+
     from xray_assets.defs.resources import XrayResource
 
     storage = tmp_path_factory.mktemp("serve") / "storage"
@@ -41,7 +42,12 @@ def served(sample_dir, tmp_path_factory):
         best = json.loads(path.read_text())
         tuned[task] = (best["conf"], best["iou"])
         path.write_text(json.dumps({**best, "conf": 0.77, "iou": 0.11}))
-    settings = Settings(data_dir=sample_dir, storage_dir=storage, profile="smoke", mlflow_tracking_uri=xray.tracking_uri)
+    settings = Settings(
+        data_dir=sample_dir,
+        storage_dir=storage,
+        profile="smoke",
+        mlflow_tracking_uri=xray.tracking_uri,
+    )
     return settings, tuned
 
 
@@ -73,16 +79,28 @@ def _dicom(sample_dir, i=0):
     return sorted((sample_dir / "vinbigdata" / "train").glob("*.dicom"))[i]
 
 
+def _xy(d: dict) -> np.ndarray:
+    return np.array([[d["x_min"], d["y_min"], d["x_max"], d["y_max"]]])
+
+
 def test_panel_serves_each_champion_with_the_rule_tagged_on_its_version(panel, served):
     settings, tuned = served
     assert [m.task for m in panel] == SMOKE_TASKS
     for m in panel:
-        assert m.chosen == "champion" and m.version == "1" and m.profile == "smoke" and m.init == "scratch"
-        assert (m.conf, m.iou) == tuned[m.task], "the version's tags, not the rewritten best.json (0.77, 0.11)"
+        assert (
+            m.chosen == "champion"
+            and m.version == "1"
+            and m.profile == "smoke"
+            and m.init == "scratch"
+        )
+        assert (m.conf, m.iou) == tuned[m.task], (
+            "the version's tags, not the rewritten best.json (0.77, 0.11)"
+        )
         assert m.backend == "openvino" and str(m.weights).endswith("best.pt")
         assert m.rule.agnostic == (m.task == "united_multi") and m.rule.max_det == 100
-    assert list((settings.storage_dir / "smoke" / "serve" / "united_multi" / "v1").glob("*_openvino_model")), \
-        "export cached per version"
+    assert list(
+        (settings.storage_dir / "smoke" / "serve" / "united_multi" / "v1").glob("*_openvino_model")
+    ), "export cached per version"
 
 
 def test_web_app_boxes_equal_the_boxes_the_evaluation_scored(served):
@@ -115,8 +133,10 @@ def test_web_app_boxes_equal_the_boxes_the_evaluation_scored(served):
                 a = np.array([[b["x_min"], b["y_min"], b["x_max"], b["y_max"]] for b in got])
                 b = want[["x_min", "y_min", "x_max", "y_max"]].to_numpy()
                 iou = box_iou(a, b)
-                for i, box in enumerate(got):   # both lists are sorted by score
-                    assert iou[i, i] >= 0.99 and abs(box["score"] - want["score"].iloc[i]) <= 1e-3, (m.task, image_id)
+                for i, box in enumerate(got):  # both lists are sorted by score
+                    assert (
+                        iou[i, i] >= 0.99 and abs(box["score"] - want["score"].iloc[i]) <= 1e-3
+                    ), (m.task, image_id)
                     assert box["label"] == want["label"].iloc[i]
                 compared += len(got)
     assert compared >= 1, "at least one box compared"
@@ -128,6 +148,7 @@ def test_fast_backend_matches_pytorch_on_sample_images(toy_model, sample_dir, tm
     import shutil
 
     from conftest import TOY_SIZE
+
     from xray_assets.core.classes import TASKS
     from xray_assets.core.dicom import read_dicom_image
     from xray_assets.core.metrics import box_iou
@@ -135,14 +156,25 @@ def test_fast_backend_matches_pytorch_on_sample_images(toy_model, sample_dir, tm
 
     weights = tmp_path / "best.pt"
     shutil.copyfile(toy_model[0], weights)
-    images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted((toy_model[1].parent.parent / "img").glob("*.png"))[28:36]]
-    images.append(read_dicom_image(_dicom(sample_dir)))   # not square: letterbox padding differs
+    images = [
+        cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+        for p in sorted((toy_model[1].parent.parent / "img").glob("*.png"))[28:36]
+    ]
+    images.append(read_dicom_image(_dicom(sample_dir)))  # not square: letterbox padding differs
 
     from xray_assets.core.detection import DetectionRule
 
     def model(b, conf):
-        return ServedModel(task="nih_multi", version="t", chosen="test", rule=DetectionRule(conf, 0.5), imgsz=TOY_SIZE,
-                           classes=list(TASKS["nih_multi"].classes), weights=weights, backend=b).load()
+        return ServedModel(
+            task="nih_multi",
+            version="t",
+            chosen="test",
+            rule=DetectionRule(conf, 0.5),
+            imgsz=TOY_SIZE,
+            classes=list(TASKS["nih_multi"].classes),
+            weights=weights,
+            backend=b,
+        ).load()
 
     # the reference keeps boxes from 0.01, the export from 0.001: a box right at the threshold may
     # fall either side of it. OpenVINO runs bf16 where the CPU has it (AMX, AVX-512 BF16): there a box
@@ -155,8 +187,7 @@ def test_fast_backend_matches_pytorch_on_sample_images(toy_model, sample_dir, tm
         for box in [x for x in a if x["score"] >= PARITY_FLOOR][:20]:
             same = [o for o in b if o["label"] == box["label"]]
             assert same, box
-            xy = lambda d: np.array([[d["x_min"], d["y_min"], d["x_max"], d["y_max"]]])
-            ious = [float(box_iou(xy(box), xy(o))[0, 0]) for o in same]
+            ious = [float(box_iou(_xy(box), _xy(o))[0, 0]) for o in same]
             j = int(np.argmax(ious))
             assert ious[j] >= 0.9, (box, same[j])
             assert abs(same[j]["score"] - box["score"]) <= 0.05
@@ -174,13 +205,26 @@ def test_api_detect_json_shape_png_and_dicom(client, sample_dir):
     assert body["notice"] == "research use only, not for diagnosis"
     boxes = [b for m in body["models"] for b in m["boxes"]]
     for m in body["models"]:
-        assert {"task", "version", "conf", "iou", "boxes", "init", "profile", "trained_on_synthetic"} <= set(m)
-        assert m["init"] == "scratch" and m["profile"] == "smoke" and m["trained_on_synthetic"] is True
+        assert {
+            "task",
+            "version",
+            "conf",
+            "iou",
+            "boxes",
+            "init",
+            "profile",
+            "trained_on_synthetic",
+        } <= set(m)
+        assert (
+            m["init"] == "scratch" and m["profile"] == "smoke" and m["trained_on_synthetic"] is True
+        )
     for b in boxes:
         assert set(b) == {"label", "score", "x_min", "y_min", "x_max", "y_max"}
         assert 0 <= b["x_min"] <= b["x_max"] <= 1024
     path = _dicom(sample_dir)
-    r = client.post("/api/detect", files={"file": ("scan.dicom", path.read_bytes(), "application/dicom")})
+    r = client.post(
+        "/api/detect", files={"file": ("scan.dicom", path.read_bytes(), "application/dicom")}
+    )
     assert r.status_code == 200, r.text
     from xray_assets.core.dicom import read_dicom_image
 
@@ -194,11 +238,18 @@ def test_bad_uploads_get_clear_status_codes(client, sample_dir):
     big = b"\x89PNG\r\n\x1a\n" + b"0" * (3 * 1024 * 1024)
     r = client.post("/api/detect", files={"file": ("big.png", big, "image/png")})
     assert r.status_code == 413 and "limit" in r.json()["error"]
-    r = client.post("/api/detect", files={"file": ("notes.txt", b"hello, not an x-ray\n", "text/plain")})
+    r = client.post(
+        "/api/detect", files={"file": ("notes.txt", b"hello, not an x-ray\n", "text/plain")}
+    )
     assert r.status_code == 415 and "unsupported" in r.json()["error"]
-    r = client.post("/api/detect", files={"file": ("x.png", _nih_png(sample_dir)[:300], "image/png")})
+    r = client.post(
+        "/api/detect", files={"file": ("x.png", _nih_png(sample_dir)[:300], "image/png")}
+    )
     assert r.status_code == 400 and "corrupt" in r.json()["error"]
-    r = client.post("/api/detect", files={"file": ("x.dcm", b"\0" * 128 + b"DICM" + b"\x01" * 200, "application/dicom")})
+    r = client.post(
+        "/api/detect",
+        files={"file": ("x.dcm", b"\0" * 128 + b"DICM" + b"\x01" * 200, "application/dicom")},
+    )
     assert r.status_code == 400 and "DICOM" in r.json()["error"]
     r = client.post("/detect", files={"file": ("notes.txt", b"hello", "text/plain")})
     assert r.status_code == 415 and "unsupported file type" in r.text
@@ -210,17 +261,20 @@ def test_twenty_concurrent_requests_each_get_their_own_answer(panel, sample_dir)
 
     from xray_assets.serve.app import create_app, run_panel
 
-    base = cv2.imread(str(sorted((sample_dir / "nih").glob("images_*/images/*.png"))[1]), cv2.IMREAD_GRAYSCALE)
+    base = cv2.imread(
+        str(sorted((sample_dir / "nih").glob("images_*/images/*.png"))[1]), cv2.IMREAD_GRAYSCALE
+    )
     rng = np.random.default_rng(0)
     images = []
-    for i in range(20):   # different sizes and content: the size identifies the image in the answer
+    for i in range(20):  # different sizes and content: the size identifies the image in the answer
         h, w = 600 + 7 * i, 500 + 11 * i
         y, x = rng.integers(0, 1024 - h), rng.integers(0, 1024 - w)
-        images.append(np.ascontiguousarray(base[y:y + h, x:x + w]))
+        images.append(np.ascontiguousarray(base[y : y + h, x : x + w]))
     expected = [run_panel(panel, img) for img in images]
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(panel), host="127.0.0.1", port=port, log_level="warning"))
-
+    srv = uvicorn.Server(
+        uvicorn.Config(create_app(panel), host="127.0.0.1", port=port, log_level="warning")
+    )
 
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
@@ -229,11 +283,15 @@ def test_twenty_concurrent_requests_each_get_their_own_answer(panel, sample_dir)
             if srv.started:
                 break
             import time
+
             time.sleep(0.1)
 
         def call(i):
-            r = httpx.post(f"http://127.0.0.1:{port}/api/detect", timeout=120,
-                           files={"file": (f"{i}.png", _png(images[i]), "image/png")})
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/api/detect",
+                timeout=120,
+                files={"file": (f"{i}.png", _png(images[i]), "image/png")},
+            )
             return i, r.status_code, r.json()
 
         with cf.ThreadPoolExecutor(20) as pool:
@@ -248,21 +306,30 @@ def test_twenty_concurrent_requests_each_get_their_own_answer(panel, sample_dir)
         assert len(body["models"]) == len(expected[i]["models"]) == 4
         for got, want in zip(body["models"], expected[i]["models"]):
             assert [b["label"] for b in got["boxes"]] == [b["label"] for b in want["boxes"]], i
-            assert np.allclose([b["x_min"] for b in got["boxes"]], [b["x_min"] for b in want["boxes"]], atol=0.5)
+            assert np.allclose(
+                [b["x_min"] for b in got["boxes"]], [b["x_min"] for b in want["boxes"]], atol=0.5
+            )
 
 
 @pytest.mark.timeout(900)
 def test_page_in_a_browser_png_dicom_and_error(served, sample_dir, tmp_path):
     port = free_port()
     settings = served[0]
-    env = {"XRAY_DATA_DIR": str(settings.data_dir), "XRAY_STORAGE_DIR": str(settings.storage_dir),
-           "XRAY_PROFILE": "smoke", "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
+    env = {
+        "XRAY_DATA_DIR": str(settings.data_dir),
+        "XRAY_STORAGE_DIR": str(settings.storage_dir),
+        "XRAY_PROFILE": "smoke",
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+    }
     cmd = [sys.executable, "-m", "xray_assets.cli", "serve", "--port", str(port)]
     png = tmp_path / "chest.png"
     png.write_bytes(_nih_png(sample_dir, 2))
     text = tmp_path / "notes.txt"
     text.write_text("not an x-ray")
-    with server(cmd, f"http://127.0.0.1:{port}/health", env, ROOT, tmp_path / "serve.log"), browser() as b:
+    with (
+        server(cmd, f"http://127.0.0.1:{port}/health", env, ROOT, tmp_path / "serve.log"),
+        browser() as b,
+    ):
         page = b.new_page(viewport={"width": 1400, "height": 1000})
         for upload in (png, _dicom(sample_dir)):
             page.goto(f"http://127.0.0.1:{port}/")
@@ -276,7 +343,9 @@ def test_page_in_a_browser_png_dicom_and_error(served, sample_dir, tmp_path):
                 assert caption.startswith(task) and "conf" in caption and "iou" in caption
                 assert "init scratch" in caption and "profile smoke" in caption
             assert "Research use only, not for diagnosis" in page.inner_text("#notice")
-            assert all(figs.nth(i).locator("img").evaluate("i => i.naturalWidth") > 0 for i in range(4))
+            assert all(
+                figs.nth(i).locator("img").evaluate("i => i.naturalWidth") > 0 for i in range(4)
+            )
         page.screenshot(path=str(tmp_path / "panel.png"))
         page.goto(f"http://127.0.0.1:{port}/")
         page.set_input_files("#file", str(text))

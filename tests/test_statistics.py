@@ -9,8 +9,15 @@ import pytest
 from xray_assets.core import champion
 from xray_assets.core import evaluation as core_eval
 from xray_assets.core.detection import DetectionRule
-from xray_assets.core.metrics import (Resamples, average_precision, bootstrap_ci, evaluate, froc, paired_bootstrap,
-                                      summarise)
+from xray_assets.core.metrics import (
+    Resamples,
+    average_precision,
+    bootstrap_ci,
+    evaluate,
+    froc,
+    paired_bootstrap,
+    summarise,
+)
 
 COLS = ["image_id", "label", "x_min", "y_min", "x_max", "y_max"]
 
@@ -30,12 +37,23 @@ def _model(rng, gt, ids, found=0.7, alarms=1.5):
     for r in gt.itertuples():
         if rng.random() < found:
             d = rng.normal(0, 3, 4)
-            rows.append((r.image_id, r.label, r.x_min + d[0], r.y_min + d[1], r.x_max + d[2], r.y_max + d[3],
-                         rng.uniform(0.2, 1)))
+            rows.append(
+                (
+                    r.image_id,
+                    r.label,
+                    r.x_min + d[0],
+                    r.y_min + d[1],
+                    r.x_max + d[2],
+                    r.y_max + d[3],
+                    rng.uniform(0.2, 1),
+                )
+            )
     for image_id in ids:
         for _ in range(rng.poisson(alarms)):
             x, y = rng.uniform(0, 200, 2)
-            rows.append((image_id, str(rng.choice(["A", "B"])), x, y, x + 20, y + 20, rng.uniform(0, 0.7)))
+            rows.append(
+                (image_id, str(rng.choice(["A", "B"])), x, y, x + 20, y + 20, rng.uniform(0, 0.7))
+            )
     return _pred(rows)
 
 
@@ -58,12 +76,21 @@ def _patients_case(seed=0, n_patients=25):
 
 def test_a_patients_images_move_together_in_every_resample():
     ids = ["a1", "a2", "b1", "c1", "c2", "c3", "vbd1"]
-    groups = {"a1": "nih:1", "a2": "nih:1", "b1": "nih:2", "c1": "nih:3", "c2": "nih:3", "c3": "nih:3"}
+    groups = {
+        "a1": "nih:1",
+        "a2": "nih:1",
+        "b1": "nih:2",
+        "c1": "nih:3",
+        "c2": "nih:3",
+        "c3": "nih:3",
+    }
     r = Resamples(ids, groups, n_boot=500, seed=4)
     assert r.n_patients == 4, "three NIH patients and a VinBigData image that is its own patient"
     w = r.weights
     assert (w[:, 0] == w[:, 1]).all() and (w[:, 3] == w[:, 4]).all() and (w[:, 4] == w[:, 5]).all()
-    assert (w[:, 0] == 0).any() and (w[:, 0] >= 2).any(), "the pair is left out in some resamples, doubled in others"
+    assert (w[:, 0] == 0).any() and (w[:, 0] >= 2).any(), (
+        "the pair is left out in some resamples, doubled in others"
+    )
     # each resample draws as many patients as there are, keeping all of a drawn patient's images
     per_patient = np.stack([w[:, 0], w[:, 2], w[:, 3], w[:, 6]], axis=1)
     assert (per_patient.sum(axis=1) == 4).all()
@@ -75,7 +102,12 @@ def test_a_patients_images_move_together_in_every_resample():
 
 def _draws(gt, ids, groups, labels, n_boot, seed) -> Resamples:
     """The draws the evaluation makes: patients, redrawn until each class with test boxes has some."""
-    counts = gt.groupby(["image_id", "label"]).size().unstack(fill_value=0).reindex(index=ids, fill_value=0)
+    counts = (
+        gt.groupby(["image_id", "label"])
+        .size()
+        .unstack(fill_value=0)
+        .reindex(index=ids, fill_value=0)
+    )
     present = [x for x in labels if x in counts.columns and counts[x].sum()]
     return Resamples(ids, groups, n_boot, seed, require=counts[present].to_numpy())
 
@@ -84,15 +116,19 @@ def _direct_mean_aps(gt, pred, resamples: Resamples, labels) -> np.ndarray:
     """Per resample, the mean AP50 over the fixed class set computed the long way: the drawn patients'
     images copied into one frame (a fresh id per copy), AP by `average_precision`."""
     fixed = [x for x in labels if (gt["label"] == x).any()]
-    members = {c: [i for i, k in zip(resamples.ids, resamples.cluster_of) if k == c]
-               for c in range(resamples.n_patients)}
+    members = {
+        c: [i for i, k in zip(resamples.ids, resamples.cluster_of) if k == c]
+        for c in range(resamples.n_patients)
+    }
     out = []
     for draw in resamples.draws:
         g_parts, p_parts = [], []
         for copy, c in enumerate(draw):
             for image_id in members[c]:
                 g_parts.append(gt[gt.image_id == image_id].assign(image_id=f"{image_id}#{copy}"))
-                p_parts.append(pred[pred.image_id == image_id].assign(image_id=f"{image_id}#{copy}"))
+                p_parts.append(
+                    pred[pred.image_id == image_id].assign(image_id=f"{image_id}#{copy}")
+                )
         aps = average_precision(pd.concat(g_parts), pd.concat(p_parts))
         assert set(fixed) <= set(aps), "every resample holds boxes of each class of the fixed set"
         out.append(np.mean([aps[x] for x in fixed]))
@@ -108,7 +144,9 @@ def test_paired_interval_equals_a_direct_cluster_bootstrap():
     np.testing.assert_allclose(r["diffs"], direct, rtol=0, atol=1e-12)
     lo, hi = np.quantile(direct, [0.025, 0.975])
     assert (r["ci_low"], r["ci_high"]) == pytest.approx((lo, hi), abs=1e-12)
-    assert r["patients"] == 15 and r["images"] == len(ids) and r["boxes"] == len(gt) and r["seed"] == 3
+    assert (
+        r["patients"] == 15 and r["images"] == len(ids) and r["boxes"] == len(gt) and r["seed"] == 3
+    )
     # the image-level bootstrap of the same pairs draws differently
     flat = paired_bootstrap(gt, a, b, ["A", "B"], ids, n_boot=40, seed=3)
     assert flat["patients"] == len(ids) and not np.allclose(flat["diffs"], r["diffs"])
@@ -116,54 +154,100 @@ def test_paired_interval_equals_a_direct_cluster_bootstrap():
 
 def test_mean_ap_interval_is_over_the_fixed_class_set_in_every_resample():
     gt, ids, groups, rng = _patients_case(seed=2, n_patients=15)
-    gt = pd.concat([gt[gt.label == "A"], gt[gt.label == "B"].head(2)])   # B: two boxes, absent from many draws
+    gt = pd.concat(
+        [gt[gt.label == "A"], gt[gt.label == "B"].head(2)]
+    )  # B: two boxes, absent from many draws
     pred = _model(rng, gt, ids)
-    table = bootstrap_ci(gt, pred, ["A", "B"], ids, n_boot=40, seed=5, groups=groups, min_boxes=1).set_index("label")
+    table = bootstrap_ci(
+        gt, pred, ["A", "B"], ids, n_boot=40, seed=5, groups=groups, min_boxes=1
+    ).set_index("label")
     draws = _draws(gt, ids, groups, ["A", "B"], 40, 5)
     direct = _direct_mean_aps(gt, pred, draws, ["A", "B"])
     lo, hi = np.quantile(direct, [0.025, 0.975])
-    assert table.loc["(mean AP50)", ["ci_low", "ci_high"]].tolist() == pytest.approx([lo, hi], abs=1e-12)
-    assert table.loc["B", "resamples"] == 40 < table.loc["B", "draws"], \
+    assert table.loc["(mean AP50)", ["ci_low", "ci_high"]].tolist() == pytest.approx(
+        [lo, hi], abs=1e-12
+    )
+    assert table.loc["B", "resamples"] == 40 < table.loc["B", "draws"], (
         "draws without B's boxes were drawn again: every resample averages A and B"
+    )
     b_rows = gt.index[gt.label == "B"]
-    assert all(w @ gt.loc[b_rows, "image_id"].map({i: k for k, i in enumerate(draws.ids)}).pipe(
-        lambda s: np.bincount(s, minlength=len(draws.ids))) > 0 for w in draws.weights)
+    assert all(
+        w
+        @ gt.loc[b_rows, "image_id"]
+        .map({i: k for k, i in enumerate(draws.ids)})
+        .pipe(lambda s: np.bincount(s, minlength=len(draws.ids)))
+        > 0
+        for w in draws.weights
+    )
     # tiny per-class counts: the mean over 2 classes needs 2 x the minimum
-    few = bootstrap_ci(gt, pred, ["A", "B"], ids, n_boot=40, seed=5, groups=groups,
-                       min_boxes=len(gt)).set_index("label")
-    assert few.loc["(mean AP50)", "note"] == f"too few test boxes ({len(gt)} for 2 classes; {2 * len(gt)} needed)"
+    few = bootstrap_ci(
+        gt, pred, ["A", "B"], ids, n_boot=40, seed=5, groups=groups, min_boxes=len(gt)
+    ).set_index("label")
+    assert (
+        few.loc["(mean AP50)", "note"]
+        == f"too few test boxes ({len(gt)} for 2 classes; {2 * len(gt)} needed)"
+    )
 
 
 def test_a_class_with_one_test_box_gets_too_few_test_boxes_and_no_interval():
     gt, ids, groups, rng = _patients_case(seed=3)
     gt = pd.concat([gt[gt.label == "A"], gt[gt.label == "B"].head(1)])
     pred = _model(rng, gt, ids)
-    table = bootstrap_ci(gt, pred, ["A", "B"], ids, n_boot=50, seed=0, groups=groups).set_index("label")
+    table = bootstrap_ci(gt, pred, ["A", "B"], ids, n_boot=50, seed=0, groups=groups).set_index(
+        "label"
+    )
     assert table.loc["B", "note"] == "too few test boxes (1)"
     assert np.isnan(table.loc["B", "ci_low"]) and np.isnan(table.loc["B", "ci_high"])
     assert table.loc["A", "note"] == "" and table.loc["A", "ci_low"] <= table.loc["A", "ci_high"]
     images = pd.DataFrame({"image_id": ids, "group": [groups[i] for i in ids]})
-    ev = core_eval.evaluate_task(gt, pred, images, ["A", "B"], DetectionRule(conf=0.5, iou=0.6), n_boot=50)
-    text = core_eval.report_markdown("t", "smoke", ev, DetectionRule(conf=0.5, iou=0.6), {"model_version": "1"})
-    assert "too few test boxes (1)" in text and ev.table.set_index("label").loc["B", "ci_note"] == "too few test boxes (1)"
+    ev = core_eval.evaluate_task(
+        gt, pred, images, ["A", "B"], DetectionRule(conf=0.5, iou=0.6), n_boot=50
+    )
+    text = core_eval.report_markdown(
+        "t", "smoke", ev, DetectionRule(conf=0.5, iou=0.6), {"model_version": "1"}
+    )
+    assert (
+        "too few test boxes (1)" in text
+        and ev.table.set_index("label").loc["B", "ci_note"] == "too few test boxes (1)"
+    )
     # a comparison resting on that one box reads "cannot tell", not "does not show a difference"
-    result = core_eval.TaskResult(name="united_cardiomegaly", summary={}, model={}, rule={},
-                                  gt=gt[gt.label == "B"].assign(label="Cardiomegaly"),
-                                  detections=pred.assign(label="Cardiomegaly"),
-                                  images=images.assign(source="nih"))
-    multi = core_eval.TaskResult(name="united_multi", summary={}, model={}, rule={}, gt=result.gt,
-                                 detections=result.detections, images=result.images)
-    rows, _ = core_eval.fair_comparisons({"united_cardiomegaly": result, "united_multi": multi}, n_boot=50)
+    result = core_eval.TaskResult(
+        name="united_cardiomegaly",
+        summary={},
+        model={},
+        rule={},
+        gt=gt[gt.label == "B"].assign(label="Cardiomegaly"),
+        detections=pred.assign(label="Cardiomegaly"),
+        images=images.assign(source="nih"),
+    )
+    multi = core_eval.TaskResult(
+        name="united_multi",
+        summary={},
+        model={},
+        rule={},
+        gt=result.gt,
+        detections=result.detections,
+        images=result.images,
+    )
+    rows, _ = core_eval.fair_comparisons(
+        {"united_cardiomegaly": result, "united_multi": multi}, n_boot=50
+    )
     row = rows.iloc[0]
-    assert row["reading"] == "cannot tell: too few test boxes (1)" and np.isnan(row["ci_low"]), row.to_dict()
+    assert row["reading"] == "cannot tell: too few test boxes (1)" and np.isnan(row["ci_low"]), (
+        row.to_dict()
+    )
 
 
 def test_evaluation_intervals_are_patient_level():
     gt, ids, groups, rng = _patients_case(seed=6)
     pred = _model(rng, gt, ids)
     images = pd.DataFrame({"image_id": ids, "group": [groups[i] for i in ids]})
-    ev = core_eval.evaluate_task(gt, pred, images, ["A", "B"], DetectionRule(conf=0.4, iou=0.6), n_boot=100, seed=2)
-    direct = bootstrap_ci(gt, pred, ["A", "B"], ids, n_boot=100, seed=2, groups=groups, conf=0.4).set_index("label")
+    ev = core_eval.evaluate_task(
+        gt, pred, images, ["A", "B"], DetectionRule(conf=0.4, iou=0.6), n_boot=100, seed=2
+    )
+    direct = bootstrap_ci(
+        gt, pred, ["A", "B"], ids, n_boot=100, seed=2, groups=groups, conf=0.4
+    ).set_index("label")
     assert ev.summary["map50_ci_low"] == direct.loc["(mean AP50)", "ci_low"]
     assert ev.summary["recall_macro_ci_high"] == direct.loc["(mean recall)", "ci_high"]
     assert ev.summary["test_patients"] == 25 and ev.summary["resamples"] == 100
@@ -171,28 +255,44 @@ def test_evaluation_intervals_are_patient_level():
 
 def test_micro_and_macro_operating_points_equal_direct_computations():
     gt = _gt([("i1", "A", 0, 0, 10, 10), ("i2", "A", 0, 0, 10, 10), ("i3", "B", 0, 0, 10, 10)])
-    pred = _pred([("i1", "A", 0, 0, 10, 10, 0.9),                                      # A: 1 TP of 2 boxes
-                  ("i3", "B", 0, 0, 10, 10, 0.9), ("i1", "B", 50, 50, 60, 60, 0.8),  # B: 1 TP, 3 FP
-                  ("i2", "B", 50, 50, 60, 60, 0.7), ("i3", "B", 50, 50, 60, 60, 0.6),
-                  ("i2", "C", 0, 0, 10, 10, 0.9),                                      # C: no test boxes, 1 FP
-                  ("i2", "A", 30, 30, 40, 40, 0.1)])                                   # below conf
+    pred = _pred(
+        [
+            ("i1", "A", 0, 0, 10, 10, 0.9),  # A: 1 TP of 2 boxes
+            ("i3", "B", 0, 0, 10, 10, 0.9),
+            ("i1", "B", 50, 50, 60, 60, 0.8),  # B: 1 TP, 3 FP
+            ("i2", "B", 50, 50, 60, 60, 0.7),
+            ("i3", "B", 50, 50, 60, 60, 0.6),
+            ("i2", "C", 0, 0, 10, 10, 0.9),  # C: no test boxes, 1 FP
+            ("i2", "A", 30, 30, 40, 40, 0.1),
+        ]
+    )  # below conf
     s = summarise(evaluate(gt, pred, ["A", "B", "C"], conf=0.5))
     macro_p, macro_r = (1.0 + 0.25) / 2, (0.5 + 1.0) / 2
-    assert s["precision_macro"] == pytest.approx(macro_p) and s["recall_macro"] == pytest.approx(macro_r)
-    assert s["f1_macro"] == pytest.approx(2 * macro_p * macro_r / (macro_p + macro_r)), "F1 from its own P and R"
-    micro_p, micro_r = 2 / 6, 2 / 3          # 2 TP of 6 detections above conf (C's counts), 2 of 3 boxes
-    assert s["precision_micro"] == pytest.approx(micro_p) and s["recall_micro"] == pytest.approx(micro_r)
+    assert s["precision_macro"] == pytest.approx(macro_p) and s["recall_macro"] == pytest.approx(
+        macro_r
+    )
+    assert s["f1_macro"] == pytest.approx(2 * macro_p * macro_r / (macro_p + macro_r)), (
+        "F1 from its own P and R"
+    )
+    micro_p, micro_r = 2 / 6, 2 / 3  # 2 TP of 6 detections above conf (C's counts), 2 of 3 boxes
+    assert s["precision_micro"] == pytest.approx(micro_p) and s["recall_micro"] == pytest.approx(
+        micro_r
+    )
     assert s["f1_micro"] == pytest.approx(2 * micro_p * micro_r / (micro_p + micro_r))
     assert s["precision_macro"] != pytest.approx(s["precision_micro"])
 
 
 def test_luna16_cpm_equals_a_hand_computation_with_a_duplicate_and_a_centre_only_hit():
     gt = _gt([("i1", "A", 0, 0, 10, 10), ("i1", "A", 20, 20, 30, 30), ("i2", "A", 0, 0, 10, 10)])
-    pred = _pred([("i3", "A", 0, 0, 10, 10, 0.95),        # false positive on an image without boxes
-                  ("i1", "A", 0, 0, 10, 10, 0.9),         # hits box 1
-                  ("i1", "A", 2, 2, 12, 12, 0.8),         # a duplicate on box 1 (IoU 0.47): LUNA16 ignores it
-                  ("i1", "A", 15, 15, 35, 35, 0.7),       # centre in box 2 at IoU 0.25: a hit for LUNA16 only
-                  ("i2", "A", 40, 40, 50, 50, 0.6)])      # false positive; box 3 is missed
+    pred = _pred(
+        [
+            ("i3", "A", 0, 0, 10, 10, 0.95),  # false positive on an image without boxes
+            ("i1", "A", 0, 0, 10, 10, 0.9),  # hits box 1
+            ("i1", "A", 2, 2, 12, 12, 0.8),  # a duplicate on box 1 (IoU 0.47): LUNA16 ignores it
+            ("i1", "A", 15, 15, 35, 35, 0.7),  # centre in box 2 at IoU 0.25: a hit for LUNA16 only
+            ("i2", "A", 40, 40, 50, 50, 0.6),
+        ]
+    )  # false positive; box 3 is missed
     ids = ["i1", "i2", "i3", "i4"]
     luna = froc(gt, pred, ["A"], ids, rule="luna16")[0].iloc[0]
     # LUNA16 by score: FP .95 (fppi 1/4), hit .9 (1/3), hit .7 (2/3), FP .6 (fppi 1/2)
@@ -219,7 +319,11 @@ def test_gate_null_rate_on_equally_good_models_is_within_the_stated_rate():
         x, y = _model(rng, gt, ids), _model(rng, gt, ids)
         paired = paired_bootstrap(gt, x, y, ["A", "B"], ids, n_boot=200, seed=s, groups=groups)
         g = champion.gate_record(paired, margin, "2", "1", rate=rate, min_boxes=10)
-        chance += (g["decision"] == "challenger") if g["split_resolves_margin"] else (g["decision"] == "champion")
+        chance += (
+            (g["decision"] == "challenger")
+            if g["split_resolves_margin"]
+            else (g["decision"] == "champion")
+        )
         old_rule_out += paired["diff"] < -margin
         reported.append(g["null_rate"])
     assert max(reported) <= rate, "the rate the gate records never exceeds the stated one"
@@ -236,15 +340,27 @@ def test_gate_on_identical_models_and_small_splits():
     assert g["decision"] == "champion" and g["null_rate"] == 0 and g["split_resolves_margin"]
     few = paired_bootstrap(gt.head(4), x, x, ["A", "B"], ids, n_boot=100, seed=0, groups=groups)
     g = champion.gate_record(few, 0.01, "2", "1", min_boxes=10)
-    assert g["decision"] == "challenger" and g["reason"].startswith("cannot tell: too few test boxes (4")
+    assert g["decision"] == "challenger" and g["reason"].startswith(
+        "cannot tell: too few test boxes (4"
+    )
     assert g["null_probability_of_decision"] == 1.0, "the champion stays by rule, not by chance"
     # a clearly better model replaces the champion even where the split cannot resolve the margin
     worse = _model(rng, gt, ids, found=0.2, alarms=4)
     clear = paired_bootstrap(gt, x, worse, ["A", "B"], ids, n_boot=200, seed=0, groups=groups)
     g = champion.gate_record(clear, 0.01, "2", "1")
     assert g["decision"] == "champion" and g["p_value"] < 0.05, g["reason"]
-    back = champion.gate_record({**clear, "diff": -clear["diff"], "diffs": -clear["diffs"],
-                                 "a": clear["b"], "b": clear["a"]}, 0.01, "2", "1")
+    back = champion.gate_record(
+        {
+            **clear,
+            "diff": -clear["diff"],
+            "diffs": -clear["diffs"],
+            "a": clear["b"],
+            "b": clear["a"],
+        },
+        0.01,
+        "2",
+        "1",
+    )
     assert back["decision"] == "challenger", back["reason"]
     for key in ("rule", "stated_null_rate", "null_rate", "test_boxes", "resamples", "seed"):
         assert key in g, key

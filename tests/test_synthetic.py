@@ -28,14 +28,25 @@ def test_nih_layout_and_headers(sample_dir):
     rgba = [p for p, m in modes.items() if m == "RGBA"]
     assert rgba, "a few RGBA files, like the real set"
     img = np.asarray(Image.open(rgba[0]))
-    assert (img[..., 0] == img[..., 1]).all() and (img[..., 3] == 255).all(), "grey in colour channels, opaque"
+    assert (img[..., 0] == img[..., 1]).all() and (img[..., 3] == 255).all(), (
+        "grey in colour channels, opaque"
+    )
     assert (read_gray(rgba[0]) == img[..., 0]).all(), "the pipeline reads it as the same grey image"
 
 
 def test_vinbigdata_readers_disagree_and_dicoms_vary(sample_dir):
     vbd = sample_dir / "vinbigdata"
     df = pd.read_csv(vbd / "train.csv")
-    assert list(df.columns) == ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
+    assert list(df.columns) == [
+        "image_id",
+        "class_name",
+        "class_id",
+        "rad_id",
+        "x_min",
+        "y_min",
+        "x_max",
+        "y_max",
+    ]
     assert df.groupby("image_id")["rad_id"].nunique().eq(3).all()
     nf = df[df.class_id == 14]
     assert len(nf) and nf[["x_min", "y_min", "x_max", "y_max"]].isna().all().all()
@@ -74,11 +85,15 @@ def test_each_class_has_its_own_look():
     for i, label in enumerate(NIH_CLASSES):
         base, _ = render(np.random.default_rng(i), [], 256, 256)
         img, lesions = render(np.random.default_rng(i), [label], 256, 256)
-        assert [l.label for l in lesions] == [label]
+        assert [lesion.label for lesion in lesions] == [label]
         x0, y0, x1, y1 = (np.array(lesions[0].box) * 256).astype(int)
         diff = np.abs(img - base)
         mask = np.zeros_like(diff, bool)
         mask[y0:y1, x0:x1] = True
         inside, outside = diff[mask].mean(), diff[~mask].mean()
         assert inside > 0.04, label
-        assert inside > 1.5 * outside, (label, inside, outside)   # pneumothorax also clears markings beside its box
+        assert inside > 1.5 * outside, (
+            label,
+            inside,
+            outside,
+        )  # pneumothorax also clears markings beside its box

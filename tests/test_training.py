@@ -17,17 +17,28 @@ from xray_assets.core.synthetic import toy_yolo_dataset
 
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
-    return toy_yolo_dataset(tmp_path, "united_cardiomegaly", 12, 128, [[], ["Cardiomegaly"]], (8 / 12, 10 / 12))
+    return toy_yolo_dataset(
+        tmp_path, "united_cardiomegaly", 12, 128, [[], ["Cardiomegaly"]], (8 / 12, 10 / 12)
+    )
 
 
 def _train(tmp_path, data_yaml, epochs=3, init=None, out="models", **kw):
     params = replace(get_profile("smoke").train, epochs=epochs)
     init = init or core_train.Init("scratch", params.model)
-    return core_train.train(task="united_cardiomegaly", data_yaml=data_yaml, params=params,
-                            out_dir=tmp_path / out, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                            experiment="xray-assets", artifact_root=tmp_path / "artifacts",
-                            run_params={"task": "united_cardiomegaly"}, tags={"task": "united_cardiomegaly"},
-                            init=init, log=lambda m: None, **kw)
+    return core_train.train(
+        task="united_cardiomegaly",
+        data_yaml=data_yaml,
+        params=params,
+        out_dir=tmp_path / out,
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        experiment="xray-assets",
+        artifact_root=tmp_path / "artifacts",
+        run_params={"task": "united_cardiomegaly"},
+        tags={"task": "united_cardiomegaly"},
+        init=init,
+        log=lambda m: None,
+        **kw,
+    )
 
 
 def _state(model) -> dict:
@@ -42,17 +53,25 @@ def test_given_weights_are_the_starting_point_and_are_recorded(tmp_path, tiny_da
     first = _train(tmp_path, tiny_dataset, epochs=1, out="toy")
     ckpt = first.save_dir / "weights" / "last.pt"
     init = core_train.resolve_init(get_profile("smoke").train, weights=str(ckpt))
-    assert init.label == "pretrained:last.pt" and init.sha256 == file_sha256(ckpt) and init.size == ckpt.stat().st_size
+    assert (
+        init.label == "pretrained:last.pt"
+        and init.sha256 == file_sha256(ckpt)
+        and init.size == ckpt.stat().st_size
+    )
     seen = {}
 
     def on_train_start(trainer):
         seen["state"] = _state(trainer.model)
 
-    result = _train(tmp_path, tiny_dataset, epochs=1, init=init, callbacks={"on_train_start": on_train_start})
+    result = _train(
+        tmp_path, tiny_dataset, epochs=1, init=init, callbacks={"on_train_start": on_train_start}
+    )
     expected = _state(load_checkpoint(str(ckpt))[0])
     assert seen["state"].keys() == expected.keys()
     differing = [k for k in expected if not torch.equal(seen["state"][k], expected[k])]
-    assert not differing, f"{len(differing)} tensors differ from the checkpoint before the first step: {differing[:3]}"
+    assert not differing, (
+        f"{len(differing)} tensors differ from the checkpoint before the first step: {differing[:3]}"
+    )
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(result.run_id)
     assert run.data.params["xray.init"] == "pretrained:last.pt"
@@ -63,26 +82,39 @@ def test_given_weights_are_the_starting_point_and_are_recorded(tmp_path, tiny_da
 
 @pytest.mark.slow
 def test_from_scratch_trains_and_says_scratch(tmp_path, tiny_dataset):
-    init = core_train.resolve_init(get_profile("study").train, from_scratch=True, weights_dir=tmp_path / "none")
+    init = core_train.resolve_init(
+        get_profile("study").train, from_scratch=True, weights_dir=tmp_path / "none"
+    )
     assert init.label == "scratch" and init.source == "yolov8s.yaml"
-    result = _train(tmp_path, tiny_dataset, epochs=1, init=core_train.Init("scratch", "yolov8n.yaml"))
+    result = _train(
+        tmp_path, tiny_dataset, epochs=1, init=core_train.Init("scratch", "yolov8n.yaml")
+    )
     run = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(result.run_id)
     assert run.data.params["xray.init"] == "scratch" and run.data.params["xray.init_sha256"] == ""
 
 
-def test_study_profile_offline_without_weights_fails_before_training_naming_the_folder(tmp_path, monkeypatch):
+def test_study_profile_offline_without_weights_fails_before_training_naming_the_folder(
+    tmp_path, monkeypatch
+):
     from xray_assets.defs.resources import XrayResource
     from xray_assets.defs.training import TrainConfig, trained_models
 
-    monkeypatch.setenv("XRAY_ALLOW_DOWNLOADS", "0")   # offline: ultralytics may not fetch yolov8s.pt
+    monkeypatch.setenv("XRAY_ALLOW_DOWNLOADS", "0")  # offline: ultralytics may not fetch yolov8s.pt
     weights = tmp_path / "weights"
     with pytest.raises(core_train.InitError, match=f"yolov8s.pt is not in {weights}") as err:
-        core_train.resolve_init(get_profile("study").train, weights_dir=weights,
-                                allow_downloads=get_profile("study").downloads_allowed())
+        core_train.resolve_init(
+            get_profile("study").train,
+            weights_dir=weights,
+            allow_downloads=get_profile("study").downloads_allowed(),
+        )
     assert "from_scratch: true" in str(err.value)
     # the asset stops there, before it reads a dataset or opens an MLflow run
-    xray = XrayResource(data_dir=str(tmp_path / "data"), storage_dir=str(tmp_path / "st"), profile="study",
-                        weights_dir=str(weights))
+    xray = XrayResource(
+        data_dir=str(tmp_path / "data"),
+        storage_dir=str(tmp_path / "st"),
+        profile="study",
+        weights_dir=str(weights),
+    )
     ctx = dg.build_asset_context(partition_key="united_cardiomegaly")
     with pytest.raises(core_train.InitError, match=str(weights)):
         trained_models(ctx, TrainConfig(), xray)
@@ -94,7 +126,9 @@ def test_study_profile_offline_without_weights_fails_before_training_naming_the_
     assert found.label == "pretrained:yolov8s.pt" and found.size == 16
     # demo and smoke build from the yaml when there is no file, and say so
     said = []
-    demo = core_train.resolve_init(get_profile("demo").train, weights_dir=tmp_path / "empty", log=said.append)
+    demo = core_train.resolve_init(
+        get_profile("demo").train, weights_dir=tmp_path / "empty", log=said.append
+    )
     assert demo.label == "scratch" and "from scratch" in said[0]
 
 

@@ -6,10 +6,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import TOY_SIZE as SIZE
+
 from xray_assets.core.classes import TASKS
-from xray_assets.core.detection import DetectionRule, capture_candidates, detect_images, load_model, replay
+from xray_assets.core.detection import (
+    DetectionRule,
+    capture_candidates,
+    detect_images,
+    load_model,
+    replay,
+)
 from xray_assets.core.tuning import best_pair, tune_grid, ultralytics_scores
 
 CLASSES = list(TASKS["nih_multi"].classes)
@@ -30,17 +36,30 @@ def test_every_grid_point_is_predicts_own_boxes_at_that_pair(toy_model, sample_d
     import cv2
 
     from xray_assets.core.dicom import read_dicom_image
-    cv2.imwrite(str(dicom_png), read_dicom_image(sorted((sample_dir / "vinbigdata" / "train").glob("*.dicom"))[0]))
-    images = pd.concat([images, pd.DataFrame({"image_id": ["nonsquare.png"], "path": [str(dicom_png)]})])
+
+    cv2.imwrite(
+        str(dicom_png),
+        read_dicom_image(sorted((sample_dir / "vinbigdata" / "train").glob("*.dicom"))[0]),
+    )
+    images = pd.concat(
+        [images, pd.DataFrame({"image_id": ["nonsquare.png"], "path": [str(dicom_png)]})]
+    )
     model = load_model(weights)
     cands = capture_candidates(model, images, SIZE, floor=0.01)
     compared = 0
-    for conf, iou, agnostic in [(0.01, 0.3, False), (0.01, 0.8, True), (0.1, 0.6, False), (0.3, 0.5, True)]:
+    for conf, iou, agnostic in [
+        (0.01, 0.3, False),
+        (0.01, 0.8, True),
+        (0.1, 0.6, False),
+        (0.3, 0.5, True),
+    ]:
         rule = DetectionRule(conf, iou, agnostic)
         replayed = replay(cands, rule, CLASSES).reset_index(drop=True)
         predicted = detect_images(model, images, rule, SIZE, CLASSES).reset_index(drop=True)
         assert len(replayed) == len(predicted), (conf, iou, agnostic)
-        assert (replayed["label"] == predicted["label"]).all() and (replayed["image_id"] == predicted["image_id"]).all()
+        assert (replayed["label"] == predicted["label"]).all() and (
+            replayed["image_id"] == predicted["image_id"]
+        ).all()
         assert np.allclose(replayed["score"], predicted["score"], atol=1e-6)
         assert np.allclose(replayed[XY], predicted[XY], atol=1e-3)
         compared += len(predicted)
@@ -63,21 +82,34 @@ def test_scores_equal_ultralytics_validator_on_its_own_detections(toy_model):
                 pb, pn = self._prepare_batch(si, batch), self._prepare_pred(pred)
                 name = Path(pb["im_file"]).name
                 got["ids"].append(name)
-                got["p"] += [(name, CLASSES[int(c)], *b, s) for b, s, c in
-                             zip(pn["bboxes"].tolist(), pn["conf"].tolist(), pn["cls"].tolist())]
-                got["t"] += [(name, CLASSES[int(c)], *b) for b, c in zip(pb["bboxes"].tolist(), pb["cls"].tolist())]
+                got["p"] += [
+                    (name, CLASSES[int(c)], *b, s)
+                    for b, s, c in zip(
+                        pn["bboxes"].tolist(), pn["conf"].tolist(), pn["cls"].tolist()
+                    )
+                ]
+                got["t"] += [
+                    (name, CLASSES[int(c)], *b)
+                    for b, c in zip(pb["bboxes"].tolist(), pb["cls"].tolist())
+                ]
             super().update_metrics(preds, batch)
 
     model = load_model(weights)
     for conf, iou in [(0.01, 0.6), (0.2, 0.5)]:
         got.update(ids=[], p=[], t=[])
-        ref = model.val(validator=Capture, data=str(data), conf=conf, iou=iou, **val_args(SIZE, 4)).results_dict
+        ref = model.val(
+            validator=Capture, data=str(data), conf=conf, iou=iou, **val_args(SIZE, 4)
+        ).results_dict
         dets = pd.DataFrame(got["p"], columns=["image_id", "label", *XY, "score"])
         gt = pd.DataFrame(got["t"], columns=["image_id", "label", *XY])
         mine = ultralytics_scores(dets, gt, got["ids"], CLASSES)
         assert len(dets) and len(gt)
-        for key, col in [("metrics/precision(B)", "precision"), ("metrics/recall(B)", "recall"),
-                         ("metrics/mAP50(B)", "map50"), ("metrics/mAP50-95(B)", "map50_95")]:
+        for key, col in [
+            ("metrics/precision(B)", "precision"),
+            ("metrics/recall(B)", "recall"),
+            ("metrics/mAP50(B)", "map50"),
+            ("metrics/mAP50-95(B)", "map50_95"),
+        ]:
             assert mine[col] == pytest.approx(ref[key], abs=1e-6), (conf, iou, col)
 
 
@@ -94,8 +126,15 @@ def test_grid_picks_the_best_objective(toy_model):
             truth.append((Path(p).name, CLASSES[int(c)], *xy))
     gt = pd.DataFrame(truth, columns=["image_id", "label", *XY])
     cands = capture_candidates(load_model(weights), images, SIZE, floor=0.01)
-    grid, info = tune_grid(cands, gt, CLASSES, DetectionRule(0.01, 0.8), (0.01, 0.1, 0.3), (0.3, 0.6, 0.8),
-                           log=lambda m: None)
+    grid, info = tune_grid(
+        cands,
+        gt,
+        CLASSES,
+        DetectionRule(0.01, 0.8),
+        (0.01, 0.1, 0.3),
+        (0.3, 0.6, 0.8),
+        log=lambda m: None,
+    )
     assert info["images"] == len(images) and info["candidates"] > 0
     assert grid["map50"].max() > 0.2 and grid["map50"].nunique() > 2, "grid points must differ"
     best = best_pair(grid)
@@ -110,7 +149,7 @@ def test_replay_of_exactly_six_candidates_is_not_read_as_end_to_end_output():
     from xray_assets.core.detection import Candidates
 
     raw = torch.zeros(4 + 8, 6)
-    for k in range(6):   # six candidates, far apart, class k, score 0.5 + k/20
+    for k in range(6):  # six candidates, far apart, class k, score 0.5 + k/20
         raw[:4, k] = torch.tensor([20.0 + 40 * k, 20.0, 10.0, 10.0])
         raw[4 + k, k] = 0.5 + k / 20
     boxes = replay([Candidates("i", raw, (64, 256), (64, 256))], DetectionRule(0.1, 0.5), CLASSES)

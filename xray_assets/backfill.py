@@ -29,20 +29,32 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LOCATION = "xray_assets.definitions"   # the code location name in workspace.yaml (the UI's)
-DAEMON_FRESH_SECONDS = 60   # a daemon heartbeats every 30 s (Dagster's default)
-MAX_ITERATION_ERRORS = 10   # daemon iterations that failed in a row before `materialize` gives up
+LOCATION = "xray_assets.definitions"  # the code location name in workspace.yaml (the UI's)
+DAEMON_FRESH_SECONDS = 60  # a daemon heartbeats every 30 s (Dagster's default)
+MAX_ITERATION_ERRORS = 10  # daemon iterations that failed in a row before `materialize` gives up
 #: what `materialize` selects by default: the study (accepted drops are the sensor's business)
-DEFAULT_SELECTION = ["nih_labels", "nih_boxes", "vinbigdata_annotations", "vinbigdata_images", "vinbigdata_boxes",
-                     "background_samples", "patient_splits", "yolo_datasets", "trained_models", "nms_thresholds",
-                     "evaluation_reports", "champion_gate", "study_report"]
+DEFAULT_SELECTION = [
+    "nih_labels",
+    "nih_boxes",
+    "vinbigdata_annotations",
+    "vinbigdata_images",
+    "vinbigdata_boxes",
+    "background_samples",
+    "patient_splits",
+    "yolo_datasets",
+    "trained_models",
+    "nms_thresholds",
+    "evaluation_reports",
+    "champion_gate",
+    "study_report",
+]
 
 
 @dataclass
 class Outcome:
     backfill_id: str
     status: str
-    runs: list = field(default_factory=list)         # DagsterRun objects, in launch order
+    runs: list = field(default_factory=list)  # DagsterRun objects, in launch order
     seconds: float = 0.0
 
     @property
@@ -80,7 +92,9 @@ class _Driver:
             self._open_queue()
 
     def _open_queue(self) -> None:
-        from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+        from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
+            QueuedRunCoordinatorDaemon,
+        )
 
         self.queue = QueuedRunCoordinatorDaemon(interval_seconds=1)
 
@@ -100,14 +114,19 @@ class _Driver:
             self.driving = False
             self.close()
         elif not self.driving and not alive:
-            self.say(f"the Dagster daemon stopped (no heartbeat for {DAEMON_FRESH_SECONDS}s): "
-                     "this process executes the rest")
+            self.say(
+                f"the Dagster daemon stopped (no heartbeat for {DAEMON_FRESH_SECONDS}s): "
+                "this process executes the rest"
+            )
             self.driving = True
             self._open_queue()
         if not self.driving:
             return
-        errors = list(execute_backfill_jobs(self.ctx, logging.getLogger("xray_assets.backfill"), [backfill])
-                      if backfill is not None else [])
+        errors = list(
+            execute_backfill_jobs(self.ctx, logging.getLogger("xray_assets.backfill"), [backfill])
+            if backfill is not None
+            else []
+        )
         errors += list(self.queue.run_iteration(self.ctx))
         errors += self.monitor()
         errors = [e for e in errors if e is not None]
@@ -118,29 +137,44 @@ class _Driver:
                 self.seen.add(first)
                 self.say(f"    daemon iteration error: {first}")
         if self.errors_in_a_row >= MAX_ITERATION_ERRORS:
-            raise RuntimeError(f"the daemon iterations failed {self.errors_in_a_row} times in a row; last: "
-                               f"{errors[-1].to_string().strip()}")
+            raise RuntimeError(
+                f"the daemon iterations failed {self.errors_in_a_row} times in a row; last: "
+                f"{errors[-1].to_string().strip()}"
+            )
 
     def monitor(self, force: bool = False) -> list:
         """The monitoring daemon's iteration, at its poll interval (dagster.yaml `run_monitoring`): a
         run whose worker died is marked FAILURE, and the pool slots of finished runs are freed."""
         import dagster as dg
-        from dagster._daemon.monitoring import execute_concurrency_slots_iteration, execute_run_monitoring_iteration
+        from dagster._daemon.monitoring import (
+            execute_concurrency_slots_iteration,
+            execute_run_monitoring_iteration,
+        )
 
         if not self.instance.run_monitoring_enabled:
             return []
         now = time.time()
-        if not force and now - self.last_monitoring < self.instance.run_monitoring_poll_interval_seconds:
+        if (
+            not force
+            and now - self.last_monitoring < self.instance.run_monitoring_poll_interval_seconds
+        ):
             return []
         self.last_monitoring = now
         log = logging.getLogger("xray_assets.monitoring")
-        started = [r.run_id for r in self.instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))]
+        started = [
+            r.run_id
+            for r in self.instance.get_runs(
+                filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
+            )
+        ]
         errors = list(execute_run_monitoring_iteration(self.ctx, log))
         errors += list(execute_concurrency_slots_iteration(self.ctx, log))
         for run_id in started:
             run = self.instance.get_run_by_id(run_id)
             if run is not None and run.status == dg.DagsterRunStatus.FAILURE:
-                self.say(f"run {run_id} ended FAILURE: its worker is gone (xray-assets reexecute {run_id} runs it again)")
+                self.say(
+                    f"run {run_id} ended FAILURE: its worker is gone (xray-assets reexecute {run_id} runs it again)"
+                )
         return errors
 
 
@@ -148,8 +182,9 @@ def worker_health(alive: bool, message: str, worker_id: str | None = None):
     """Run monitoring's answer for a run worker: RUNNING when `alive`, else FAILED (marks the run failed)."""
     from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 
-    return CheckRunHealthResult(WorkerStatus.RUNNING if alive else WorkerStatus.FAILED, message,
-                                run_worker_id=worker_id)
+    return CheckRunHealthResult(
+        WorkerStatus.RUNNING if alive else WorkerStatus.FAILED, message, run_worker_id=worker_id
+    )
 
 
 def workspace(instance, working_directory: str | None = None):
@@ -157,8 +192,12 @@ def workspace(instance, working_directory: str | None = None):
     from dagster._core.workspace.context import WorkspaceProcessContext
     from dagster._core.workspace.load_target import ModuleTarget
 
-    target = ModuleTarget(module_name="xray_assets.definitions", attribute=None,
-                          working_directory=working_directory or os.getcwd(), location_name=LOCATION)
+    target = ModuleTarget(
+        module_name="xray_assets.definitions",
+        attribute=None,
+        working_directory=working_directory or os.getcwd(),
+        location_name=LOCATION,
+    )
     return WorkspaceProcessContext(instance, target, code_server_log_level="WARNING")
 
 
@@ -174,8 +213,10 @@ def _runs(instance, backfill_id: str) -> list:
     from dagster._core.storage.dagster_run import RunsFilter
     from dagster._core.storage.tags import BACKFILL_ID_TAG
 
-    return sorted(instance.get_runs(filters=RunsFilter(tags={BACKFILL_ID_TAG: backfill_id})),
-                  key=lambda r: r.run_id)
+    return sorted(
+        instance.get_runs(filters=RunsFilter(tags={BACKFILL_ID_TAG: backfill_id})),
+        key=lambda r: r.run_id,
+    )
 
 
 class _Follower:
@@ -199,32 +240,55 @@ class _Follower:
                     self.say(f"==> {_label(run)}: started (run {rid[:8]})")
                 elif status in ("SUCCESS", "FAILURE", "CANCELED"):
                     record = self.instance.get_run_record_by_id(rid)
-                    took = ((record.end_time or time.time()) - (record.start_time or record.end_time or time.time())
-                            if record else 0.0)
+                    took = (
+                        (record.end_time or time.time())
+                        - (record.start_time or record.end_time or time.time())
+                        if record
+                        else 0.0
+                    )
                     word = {"SUCCESS": "ok", "FAILURE": "FAILED", "CANCELED": "canceled"}[status]
                     self.say(f"    {_label(run)}: {word} in {took:.0f}s (run {rid[:8]})")
                 self.status[rid] = status
             if status in ("STARTED", "SUCCESS", "FAILURE", "CANCELED"):
-                conn = self.instance.get_records_for_run(rid, cursor=self.cursors.get(rid), limit=500)
+                conn = self.instance.get_records_for_run(
+                    rid, cursor=self.cursors.get(rid), limit=500
+                )
                 self.cursors[rid] = conn.cursor
                 for rec in conn.records:
                     e = rec.event_log_entry
                     if e.dagster_event is None and e.level >= self.level and e.user_message:
                         self.say(f"    {e.step_key or ''}: {e.user_message}".rstrip())
-                    elif e.dagster_event is not None and e.dagster_event.event_type == DagsterEventType.STEP_FAILURE:
+                    elif (
+                        e.dagster_event is not None
+                        and e.dagster_event.event_type == DagsterEventType.STEP_FAILURE
+                    ):
                         err = e.dagster_event.event_specific_data.error
-                        self.say(f"    {e.step_key}: FAILED: {err.message.strip().splitlines()[0] if err else ''}")
+                        self.say(
+                            f"    {e.step_key}: FAILED: {err.message.strip().splitlines()[0] if err else ''}"
+                        )
 
 
-def materialize(select: list[str] | None = None, tasks: list[str] | None = None, profile: str | None = None,
-                instance=None, working_directory: str | None = None, poll_seconds: float = 0.5,
-                timeout: float | None = None, out=sys.stdout, run_config: dict | None = None) -> Outcome:
+def materialize(
+    select: list[str] | None = None,
+    tasks: list[str] | None = None,
+    profile: str | None = None,
+    instance=None,
+    working_directory: str | None = None,
+    poll_seconds: float = 0.5,
+    timeout: float | None = None,
+    out=sys.stdout,
+    run_config: dict | None = None,
+) -> Outcome:
     """Create one backfill for `select` (default: the study) over every partition (task partitions:
     `tasks` if given) and see it through. `run_config` is merged into every run's config (as the
     launchpad's would be: `ops: {trained_models: {config: {epochs: 5}}}`). Returns the outcome;
     raises nothing for failed runs."""
     import dagster as dg
-    from dagster._core.definitions.selector import PartitionRangeSelector, PartitionsByAssetSelector, PartitionsSelector
+    from dagster._core.definitions.selector import (
+        PartitionRangeSelector,
+        PartitionsByAssetSelector,
+        PartitionsSelector,
+    )
     from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
     from dagster._core.utils import make_new_backfill_id
     from dagster._time import get_current_timestamp
@@ -245,38 +309,64 @@ def materialize(select: list[str] | None = None, tasks: list[str] | None = None,
         graph = request.asset_graph
         unknown = [k for k in keys if not graph.has(dg.AssetKey(k))]
         if unknown:
-            raise ValueError(f"unknown asset(s) {unknown}; the graph has {sorted(k.to_user_string() for k in graph.get_all_asset_keys())}")
+            raise ValueError(
+                f"unknown asset(s) {unknown}; the graph has {sorted(k.to_user_string() for k in graph.get_all_asset_keys())}"
+            )
         selectors = []
         for k in keys:
             pdef = graph.get(dg.AssetKey(k)).partitions_def
             parts = None
-            if tasks and pdef is not None and set(pdef.get_partition_keys()) == set(TASK_PARTITIONS.get_partition_keys()):
-                parts = PartitionsSelector(ranges=[PartitionRangeSelector(start=t, end=t) for t in tasks])
+            if (
+                tasks
+                and pdef is not None
+                and set(pdef.get_partition_keys()) == set(TASK_PARTITIONS.get_partition_keys())
+            ):
+                parts = PartitionsSelector(
+                    ranges=[PartitionRangeSelector(start=t, end=t) for t in tasks]
+                )
             selectors.append(PartitionsByAssetSelector(asset_key=dg.AssetKey(k), partitions=parts))
         backfill_id = make_new_backfill_id()
         backfill = PartitionBackfill.from_partitions_by_assets(
-            backfill_id=backfill_id, asset_graph=graph, backfill_timestamp=get_current_timestamp(),
+            backfill_id=backfill_id,
+            asset_graph=graph,
+            backfill_timestamp=get_current_timestamp(),
             tags={PROFILE_TAG: profile, "xray/launched_by": "xray-assets materialize"},
-            dynamic_partitions_store=instance, partitions_by_assets=selectors,
+            dynamic_partitions_store=instance,
+            partitions_by_assets=selectors,
             title=f"xray-assets materialize ({profile})",
-            description=f"{len(keys)} asset(s), every partition" + (f" of tasks {', '.join(tasks)}" if tasks else ""),
+            description=f"{len(keys)} asset(s), every partition"
+            + (f" of tasks {', '.join(tasks)}" if tasks else ""),
             # the profile for every run; the runs' own console stays quiet (this process prints their
             # log lines from the event log, which the UI shows in full)
-            run_config=merge_config({"resources": {"xray": {"config": {"profile": profile}}},
-                                     "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-                                    run_config or {}))
+            run_config=merge_config(
+                {
+                    "resources": {"xray": {"config": {"profile": profile}}},
+                    "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                },
+                run_config or {},
+            ),
+        )
         instance.add_backfill(backfill)
         driver = _Driver(instance, ctx, follower.say)
-        follower.say(f"backfill {backfill_id} ({profile} profile): {', '.join(keys)}"
-                     + ("" if driver.driving else " - executed by the running Dagster daemon"))
+        follower.say(
+            f"backfill {backfill_id} ({profile} profile): {', '.join(keys)}"
+            + ("" if driver.driving else " - executed by the running Dagster daemon")
+        )
         try:
             while True:
                 current = instance.get_backfill(backfill_id)
                 runs = _runs(instance, backfill_id)
                 follower.poll(runs)
                 active = [r for r in runs if not r.is_finished]
-                if current.status not in (BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING,
-                                          BulkActionStatus.FAILING) and not active:
+                if (
+                    current.status
+                    not in (
+                        BulkActionStatus.REQUESTED,
+                        BulkActionStatus.CANCELING,
+                        BulkActionStatus.FAILING,
+                    )
+                    and not active
+                ):
                     break
                 if timeout and time.time() - t0 > timeout:
                     raise TimeoutError(f"backfill {backfill_id} not done after {timeout:.0f}s")
@@ -288,21 +378,29 @@ def materialize(select: list[str] | None = None, tasks: list[str] | None = None,
         runs = _runs(instance, backfill_id)
         follower.poll(runs)
         final = instance.get_backfill(backfill_id)
-    return Outcome(backfill_id=backfill_id, status=final.status.value, runs=runs, seconds=time.time() - t0)
+    return Outcome(
+        backfill_id=backfill_id, status=final.status.value, runs=runs, seconds=time.time() - t0
+    )
 
 
 def merge_config(base: dict, extra: dict) -> dict:
     """`extra` over `base`, dictionaries merged key by key (a copy; neither is changed)."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = merge_config(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            merge_config(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 
 def summary_lines(outcome: Outcome) -> list[str]:
-    lines = [f"backfill {outcome.backfill_id}: {outcome.status}, {len(outcome.runs)} run(s) in {outcome.seconds:.0f}s"]
+    lines = [
+        f"backfill {outcome.backfill_id}: {outcome.status}, {len(outcome.runs)} run(s) in {outcome.seconds:.0f}s"
+    ]
     for r in outcome.failed_runs:
-        lines.append(f"  FAILED run {r.run_id} ({_label(r)}): re-execute it from the UI (Runs -> Re-execute from failure)")
+        lines.append(
+            f"  FAILED run {r.run_id} ({_label(r)}): re-execute it from the UI (Runs -> Re-execute from failure)"
+        )
     return lines
 
 
@@ -315,8 +413,14 @@ def ensure_dagster_home() -> Path:
     return Path(os.environ["DAGSTER_HOME"])
 
 
-def reexecute(run_id: str, instance=None, working_directory: str | None = None, poll_seconds: float = 0.5,
-              timeout: float | None = None, out=sys.stdout):
+def reexecute(
+    run_id: str,
+    instance=None,
+    working_directory: str | None = None,
+    poll_seconds: float = 0.5,
+    timeout: float | None = None,
+    out=sys.stdout,
+):
     """Re-execute a failed run from its failure, as the UI's button does (a new run through the
     instance's coordinator and launcher, parent run recorded); waits for it and returns it."""
     import dagster as dg
@@ -339,17 +443,28 @@ def reexecute(run_id: str, instance=None, working_directory: str | None = None, 
             _Driver(instance, ctx, follower.say, drive=False).monitor(force=True)
             parent = instance.get_run_by_id(run_id)
             if not parent.is_finished:
-                raise ValueError(f"run {run_id} is {parent.status.value} and its worker is alive: wait for it or "
-                                 "terminate it before re-executing")
+                raise ValueError(
+                    f"run {run_id} is {parent.status.value} and its worker is alive: wait for it or "
+                    "terminate it before re-executing"
+                )
         request = ctx.create_request_context()
-        selector = JobSubsetSelector(location_name=origin.repository_origin.code_location_origin.location_name,
-                                     repository_name=origin.repository_origin.repository_name,
-                                     job_name=parent.job_name, asset_selection=parent.asset_selection,
-                                     asset_check_selection=parent.asset_check_selection, op_selection=None)
+        selector = JobSubsetSelector(
+            location_name=origin.repository_origin.code_location_origin.location_name,
+            repository_name=origin.repository_origin.repository_name,
+            job_name=parent.job_name,
+            asset_selection=parent.asset_selection,
+            asset_check_selection=parent.asset_check_selection,
+            op_selection=None,
+        )
         location = request.get_code_location(selector.location_name)
-        run = instance.create_reexecuted_run(parent_run=parent, request_context=request, code_location=location,
-                                             remote_job=location.get_job(selector),
-                                             strategy=ReexecutionStrategy.FROM_FAILURE, use_parent_run_tags=True)
+        run = instance.create_reexecuted_run(
+            parent_run=parent,
+            request_context=request,
+            code_location=location,
+            remote_job=location.get_job(selector),
+            strategy=ReexecutionStrategy.FROM_FAILURE,
+            use_parent_run_tags=True,
+        )
         instance.submit_run(run.run_id, workspace=request)
         driver = _Driver(instance, ctx, follower.say)
         try:

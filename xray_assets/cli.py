@@ -28,8 +28,13 @@ def cmd_sample_drop(args) -> int:
     from .core.synthetic import write_drop
 
     inbox = Path(args.inbox) if args.inbox else Settings.from_env().inbox_dir
-    folder = write_drop(inbox / args.name, args.format, n_annotated=args.size, seed=args.seed,
-                        ready=not args.no_ready)
+    folder = write_drop(
+        inbox / args.name,
+        args.format,
+        n_annotated=args.size,
+        seed=args.seed,
+        ready=not args.no_ready,
+    )
     print(f"{args.format} drop written to {folder}" + ("" if args.no_ready else " (READY)"))
     return 0
 
@@ -39,9 +44,13 @@ def task_table(storage_root, profile: str, tasks) -> list[str]:
     from .config import get_profile
     from .storage import Storage
 
-    st = Storage(f"{storage_root}/{profile}" if "://" in str(storage_root) else Path(storage_root) / profile)
-    rows = [f"  {'task':22s} {'mAP50':>6s} {'95% CI':>13s} {'AP@.4':>6s} {'mAP50-95':>8s} {'CPM':>6s} {'CPM-IoU':>7s}   "
-            f"operating point: macro P / R, micro P / R at conf   init"]
+    st = Storage(
+        f"{storage_root}/{profile}" if "://" in str(storage_root) else Path(storage_root) / profile
+    )
+    rows = [
+        f"  {'task':22s} {'mAP50':>6s} {'95% CI':>13s} {'AP@.4':>6s} {'mAP50-95':>8s} {'CPM':>6s} {'CPM-IoU':>7s}   "
+        f"operating point: macro P / R, micro P / R at conf   init"
+    ]
     for t in tasks:
         if not st.exists("reports", t, "summary.json"):
             rows.append(f"  {t:22s} not evaluated")
@@ -50,18 +59,26 @@ def task_table(storage_root, profile: str, tasks) -> list[str]:
         if s.get("map50") is None:
             rows.append(f"  {t:22s} n/a (the test split has no boxes of this task)")
             continue
-        ci = (f"{s['map50_ci_low']:6.3f}-{s['map50_ci_high']:.3f}" if s.get("map50_ci_low") is not None
-              else f"{'too few (' + str(s['test_boxes']) + ')':>13s}" if "too few" in (s.get("map50_ci_note") or "")
-              else f"{'n/a':>13s}")
-        rows.append(f"  {t:22s} {s['map50']:6.3f} {ci} {s['map_iou40']:6.3f} {s['map50_95']:8.3f} "
-                    f"{s['cpm_luna16']:6.3f} {s['cpm_iou']:7.3f}   "
-                    f"{s['precision_macro']:.3f} / {s['recall_macro']:.3f}, {s['precision_micro']:.3f} / "
-                    f"{s['recall_micro']:.3f} at conf > {s['conf']:g} (iou {s['iou']:g})   "
-                    f"{s.get('init')}  [{s['test_images']} images, {s['test_patients']} patients, "
-                    f"{s['test_boxes']} boxes]")
-    rows.append(f"  (CI: patient-level bootstrap; too few: under {get_profile(profile).min_test_boxes} test boxes per "
-                "class; CPM: LUNA16's centre rule, comparable with published CPMs; CPM-IoU: the project's IoU 0.5 "
-                "rule; macro: mean over classes, micro: pooled over boxes)")
+        ci = (
+            f"{s['map50_ci_low']:6.3f}-{s['map50_ci_high']:.3f}"
+            if s.get("map50_ci_low") is not None
+            else f"{'too few (' + str(s['test_boxes']) + ')':>13s}"
+            if "too few" in (s.get("map50_ci_note") or "")
+            else f"{'n/a':>13s}"
+        )
+        rows.append(
+            f"  {t:22s} {s['map50']:6.3f} {ci} {s['map_iou40']:6.3f} {s['map50_95']:8.3f} "
+            f"{s['cpm_luna16']:6.3f} {s['cpm_iou']:7.3f}   "
+            f"{s['precision_macro']:.3f} / {s['recall_macro']:.3f}, {s['precision_micro']:.3f} / "
+            f"{s['recall_micro']:.3f} at conf > {s['conf']:g} (iou {s['iou']:g})   "
+            f"{s.get('init')}  [{s['test_images']} images, {s['test_patients']} patients, "
+            f"{s['test_boxes']} boxes]"
+        )
+    rows.append(
+        f"  (CI: patient-level bootstrap; too few: under {get_profile(profile).min_test_boxes} test boxes per "
+        "class; CPM: LUNA16's centre rule, comparable with published CPMs; CPM-IoU: the project's IoU 0.5 "
+        "rule; macro: mean over classes, micro: pooled over boxes)"
+    )
     return rows
 
 
@@ -76,7 +93,9 @@ def cmd_materialize(args) -> int:
 
         run_config = yaml.safe_load(Path(args.config).read_text()) or {}
         if not isinstance(run_config, dict):
-            raise SystemExit(f"{args.config}: run config must be a mapping (ops:/resources:), got {type(run_config).__name__}")
+            raise SystemExit(
+                f"{args.config}: run config must be a mapping (ops:/resources:), got {type(run_config).__name__}"
+            )
     ensure_dagster_home()
     settings = Settings.from_env()
     profile = get_profile(args.profile).name
@@ -84,19 +103,25 @@ def cmd_materialize(args) -> int:
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     try:
         outcome = materialize(select, tasks, profile, run_config=run_config)
-    except RuntimeError as e:   # the daemon's iterations keep failing, or the code location does not load
+    except (
+        RuntimeError
+    ) as e:  # the daemon's iterations keep failing, or the code location does not load
         print(f"xray-assets materialize: {e}", file=sys.stderr)
         return 1
     print()
     print("\n".join(summary_lines(outcome)))
     print(f"materialised in {outcome.seconds:.0f}s (profile {profile})")
-    print("per-task test figures (threshold-free AP with patient-level bootstrap CI; operating point at the tuned conf):")
+    print(
+        "per-task test figures (threshold-free AP with patient-level bootstrap CI; operating point at the tuned conf):"
+    )
     print("\n".join(task_table(settings.storage_dir, profile, tasks or TASK_NAMES)))
     report = Path(str(settings.storage_dir)) / profile / "reports" / "study" / "report.html"
     if "://" in str(settings.storage_dir) or report.exists():
         print(f"study report: {report}")
-    print("Dagster UI: make ui, then http://127.0.0.1:3000 (the Backfills page shows this one); "
-          f"MLflow UI: http://127.0.0.1:5000 (store {settings.mlflow_tracking_uri})")
+    print(
+        "Dagster UI: make ui, then http://127.0.0.1:3000 (the Backfills page shows this one); "
+        f"MLflow UI: http://127.0.0.1:5000 (store {settings.mlflow_tracking_uri})"
+    )
     return 0 if outcome.ok else 1
 
 
@@ -121,32 +146,54 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sample-data", help="write NIH- and VinBigData-format sample data")
     s.add_argument("out_dir")
-    s.add_argument("--size", type=int, default=160, help="annotated images per dataset (default 160)")
+    s.add_argument(
+        "--size", type=int, default=160, help="annotated images per dataset (default 160)"
+    )
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_sample_data)
-    d = sub.add_parser("sample-drop", help="write a sample annotation drop (new patients) into the inbox")
+    d = sub.add_parser(
+        "sample-drop", help="write a sample annotation drop (new patients) into the inbox"
+    )
     d.add_argument("name", help="the drop's folder name")
     d.add_argument("--format", choices=["nih", "vinbigdata"], default="nih")
     d.add_argument("--size", type=int, default=6, help="annotated images in the drop")
     d.add_argument("--seed", type=int, default=101)
-    d.add_argument("--inbox", default=None, help="default: $XRAY_INBOX_DIR or <XRAY_DATA_DIR>/inbox")
+    d.add_argument(
+        "--inbox", default=None, help="default: $XRAY_INBOX_DIR or <XRAY_DATA_DIR>/inbox"
+    )
     d.add_argument("--no-ready", action="store_true", help="leave out the READY marker")
     d.set_defaults(fn=cmd_sample_drop)
-    m = sub.add_parser("materialize", help="materialise the graph: one asset backfill through the Dagster instance")
-    m.add_argument("--profile", default=None, help="study, demo or smoke (default: $XRAY_PROFILE or demo)")
+    m = sub.add_parser(
+        "materialize", help="materialise the graph: one asset backfill through the Dagster instance"
+    )
+    m.add_argument(
+        "--profile", default=None, help="study, demo or smoke (default: $XRAY_PROFILE or demo)"
+    )
     m.add_argument("--select", default=None, help="comma-separated asset keys (default: all)")
-    m.add_argument("--tasks", default=None, help="comma-separated task partitions (default: all six)")
-    m.add_argument("--config", default=None, help="a YAML run config merged into every run's, as in the launchpad "
-                   "(e.g. ops: {trained_models: {config: {epochs: 5}}})")
+    m.add_argument(
+        "--tasks", default=None, help="comma-separated task partitions (default: all six)"
+    )
+    m.add_argument(
+        "--config",
+        default=None,
+        help="a YAML run config merged into every run's, as in the launchpad "
+        "(e.g. ops: {trained_models: {config: {epochs: 5}}})",
+    )
     m.set_defaults(fn=cmd_materialize)
-    r = sub.add_parser("reexecute", help="re-execute a failed run from its failure (as the UI's button does)")
+    r = sub.add_parser(
+        "reexecute", help="re-execute a failed run from its failure (as the UI's button does)"
+    )
     r.add_argument("run_id")
     r.set_defaults(fn=cmd_reexecute)
     v = sub.add_parser("serve", help="the web app: four served models side by side on an upload")
     v.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     v.add_argument("--port", type=int, default=8080)
-    v.add_argument("--backend", choices=["openvino", "onnx", "pytorch"], default="openvino",
-                   help="openvino (default) or onnx: an export cached per model version; pytorch: the .pt weights")
+    v.add_argument(
+        "--backend",
+        choices=["openvino", "onnx", "pytorch"],
+        default="openvino",
+        help="openvino (default) or onnx: an export cached per model version; pytorch: the .pt weights",
+    )
     v.set_defaults(fn=cmd_serve)
     args = p.parse_args(argv)
     return args.fn(args)

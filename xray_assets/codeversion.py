@@ -30,7 +30,11 @@ PLAIN = (str, bytes, int, float, bool, type(None), complex)
 
 
 def _ours(obj) -> bool:
-    name = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None) or ""
+    name = (
+        obj.__name__
+        if isinstance(obj, types.ModuleType)
+        else getattr(obj, "__module__", None) or ""
+    )
     return name == PACKAGE or name.startswith(PACKAGE + ".")
 
 
@@ -38,8 +42,12 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(getattr(body[0], "value", None), ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
     return tree
 
@@ -59,15 +67,19 @@ def stable_repr(value, depth: int = 0) -> str:
     if isinstance(value, PLAIN):
         return repr(value)
     if isinstance(value, dict):
-        items = sorted((stable_repr(k, depth + 1), stable_repr(v, depth + 1)) for k, v in value.items())
+        items = sorted(
+            (stable_repr(k, depth + 1), stable_repr(v, depth + 1)) for k, v in value.items()
+        )
         return "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
     if isinstance(value, (list, tuple)):
         return f"{type(value).__name__}(" + ",".join(stable_repr(v, depth + 1) for v in value) + ")"
     if isinstance(value, (set, frozenset)):
         return "set(" + ",".join(sorted(stable_repr(v, depth + 1) for v in value)) + ")"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = ",".join(f"{f.name}={stable_repr(getattr(value, f.name), depth + 1)}"
-                          for f in dataclasses.fields(value))
+        fields = ",".join(
+            f"{f.name}={stable_repr(getattr(value, f.name), depth + 1)}"
+            for f in dataclasses.fields(value)
+        )
         return f"{type(value).__qualname__}({fields})"
     return f"<{type(value).__module__}.{type(value).__qualname__}>"
 
@@ -101,14 +113,21 @@ def _local_imports(tree: ast.AST, module_name: str) -> list[tuple[str, object]]:
     import importlib
     import importlib.util
 
-    package = module_name.rpartition(".")[0] if not hasattr(sys.modules.get(module_name), "__path__") else module_name
+    package = (
+        module_name.rpartition(".")[0]
+        if not hasattr(sys.modules.get(module_name), "__path__")
+        else module_name
+    )
     found = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.ImportFrom):
             continue
         try:
-            target = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level \
+            target = (
+                importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+                if node.level
                 else node.module or ""
+            )
         except (ImportError, ValueError):
             continue
         if not (target == PACKAGE or target.startswith(PACKAGE + ".")):
@@ -134,7 +153,7 @@ class _Hasher:
             self._module(obj)
         elif inspect.isfunction(obj) or inspect.isclass(obj):
             self._code(obj)
-        else:   # data (class maps, grids) by value; anything else by its type's name
+        else:  # data (class maps, grids) by value; anything else by its type's name
             self.h.update(stable_repr(obj).encode())
 
     def _module(self, mod: types.ModuleType) -> None:
@@ -143,7 +162,9 @@ class _Hasher:
             value = vars(mod)[name]
             if name.startswith("__"):
                 continue
-            if (inspect.isfunction(value) or inspect.isclass(value)) and getattr(value, "__module__", "") == mod.__name__:
+            if (inspect.isfunction(value) or inspect.isclass(value)) and getattr(
+                value, "__module__", ""
+            ) == mod.__name__:
                 self.add(value)
             elif _is_data(value):
                 self.h.update(f"{name}=".encode())
@@ -152,7 +173,7 @@ class _Hasher:
     def _code(self, obj) -> None:
         try:
             dump, tree = normalized_source(obj)
-        except (OSError, TypeError):   # built in, or defined where no source is kept
+        except (OSError, TypeError):  # built in, or defined where no source is kept
             self.h.update(f"<{obj.__module__}.{obj.__qualname__}>".encode())
             return
         self.h.update(f"{obj.__module__}.{obj.__qualname__}\n{dump}\n".encode())
@@ -166,13 +187,13 @@ class _Hasher:
             if chain[0] not in scope:
                 continue
             value = scope[chain[0]]
-            for attr in chain[1:]:   # follow `module.name` into our own modules
+            for attr in chain[1:]:  # follow `module.name` into our own modules
                 if isinstance(value, types.ModuleType) and _ours(value) and hasattr(value, attr):
                     value = getattr(value, attr)
                 else:
                     break
             if isinstance(value, types.ModuleType):
-                continue   # a whole module named but not used through an attribute: its members count when used
+                continue  # a whole module named but not used through an attribute: its members count when used
             if inspect.isfunction(value) or inspect.isclass(value):
                 if _ours(value):
                     self.add(value)

@@ -65,7 +65,8 @@ class TrainParams:
         args = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("model", "pretrained", "require_pretrained", "extra") and getattr(self, f.name) is not None
+            if f.name not in ("model", "pretrained", "require_pretrained", "extra")
+            and getattr(self, f.name) is not None
         }
         args.update(self.extra)
         return args
@@ -216,13 +217,17 @@ class Settings:
     """Where things live, read from the environment (DESIGN "Public surface")."""
 
     data_dir: Path
-    storage_dir: Path | str   # a folder, or an object-store URL (s3://bucket/prefix)
+    storage_dir: Path | str  # a folder, or an object-store URL (s3://bucket/prefix)
     profile: str
     mlflow_tracking_uri: str
-    inbox_dir: Path | None = None      # default: <data_dir>/inbox
-    champion_margin: float = 0.01      # a new model may be this much worse (test mAP50) and still be champion
-    retrain_cron: str = "0 3 * * 1"    # the retraining schedule (stopped by default)
-    weights_dir: Path | None = None    # pretrained checkpoints by file name; default: default_weights_dir()
+    inbox_dir: Path | None = None  # default: <data_dir>/inbox
+    champion_margin: float = (
+        0.01  # a new model may be this much worse (test mAP50) and still be champion
+    )
+    retrain_cron: str = "0 3 * * 1"  # the retraining schedule (stopped by default)
+    weights_dir: Path | None = (
+        None  # pretrained checkpoints by file name; default: default_weights_dir()
+    )
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -232,11 +237,16 @@ class Settings:
         profile = os.environ.get("XRAY_PROFILE", "demo")
         uri = os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(storage)
         inbox = os.environ.get("XRAY_INBOX_DIR")
-        return cls(data_dir=data, storage_dir=storage, profile=profile, mlflow_tracking_uri=uri,
-                   inbox_dir=Path(inbox).expanduser().resolve() if inbox else default_inbox(data),
-                   champion_margin=float(os.environ.get("XRAY_CHAMPION_MARGIN", "0.01")),
-                   retrain_cron=os.environ.get("XRAY_RETRAIN_CRON", "0 3 * * 1"),
-                   weights_dir=default_weights_dir())
+        return cls(
+            data_dir=data,
+            storage_dir=storage,
+            profile=profile,
+            mlflow_tracking_uri=uri,
+            inbox_dir=Path(inbox).expanduser().resolve() if inbox else default_inbox(data),
+            champion_margin=float(os.environ.get("XRAY_CHAMPION_MARGIN", "0.01")),
+            retrain_cron=os.environ.get("XRAY_RETRAIN_CRON", "0 3 * * 1"),
+            weights_dir=default_weights_dir(),
+        )
 
 
 def decode_limits() -> DecodeLimits:
@@ -244,17 +254,23 @@ def decode_limits() -> DecodeLimits:
     XRAY_DECODE_TIMEOUT_S and XRAY_DECODE_MEMORY_MB (what one decode may take)."""
     d = DecodeLimits()
     env = os.environ.get
-    return DecodeLimits(max_megapixels=float(env("XRAY_MAX_MEGAPIXELS", d.max_megapixels)),
-                        workers=int(env("XRAY_DECODE_WORKERS", d.workers)),
-                        timeout_s=float(env("XRAY_DECODE_TIMEOUT_S", d.timeout_s)),
-                        memory_mb=int(env("XRAY_DECODE_MEMORY_MB", d.memory_mb)),
-                        max_tasks=d.max_tasks)
+    return DecodeLimits(
+        max_megapixels=float(env("XRAY_MAX_MEGAPIXELS", d.max_megapixels)),
+        workers=int(env("XRAY_DECODE_WORKERS", d.workers)),
+        timeout_s=float(env("XRAY_DECODE_TIMEOUT_S", d.timeout_s)),
+        memory_mb=int(env("XRAY_DECODE_MEMORY_MB", d.memory_mb)),
+        max_tasks=d.max_tasks,
+    )
 
 
 def default_weights_dir() -> Path:
     """Where pretrained checkpoints are looked for (and downloaded to, where allowed)."""
     raw = os.environ.get("XRAY_WEIGHTS_DIR")
-    return Path(raw).expanduser().resolve() if raw else Path.home() / ".cache" / "xray-assets" / "weights"
+    return (
+        Path(raw).expanduser().resolve()
+        if raw
+        else Path.home() / ".cache" / "xray-assets" / "weights"
+    )
 
 
 def default_inbox(data_dir: Path | str) -> Path:

@@ -12,8 +12,9 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
-from .defs import automation, checks, datasets, drops, evaluation, gate, nih, training, vinbigdata
-from .defs.resources import XrayResource
+# the filters above must run before the asset modules define anything
+from .defs import automation, checks, datasets, drops, evaluation, gate, nih, training, vinbigdata  # noqa: E402
+from .defs.resources import XrayResource  # noqa: E402
 
 MODULES = (drops, nih, vinbigdata, datasets, training, evaluation, gate, checks)
 
@@ -25,16 +26,25 @@ def executor_from_env() -> dg.ExecutorDefinition:
         return dg.in_process_executor
     from dagster_k8s import k8s_job_executor
 
-    return k8s_job_executor.configured({"max_concurrent": int(os.environ.get("XRAY_K8S_MAX_CONCURRENT", "8"))})
+    return k8s_job_executor.configured(
+        {"max_concurrent": int(os.environ.get("XRAY_K8S_MAX_CONCURRENT", "8"))}
+    )
 
 
-def build_definitions(xray: XrayResource | None = None, executor: dg.ExecutorDefinition | None = None,
-                      cron: str | None = None) -> dg.Definitions:
+def build_definitions(
+    xray: XrayResource | None = None,
+    executor: dg.ExecutorDefinition | None = None,
+    cron: str | None = None,
+) -> dg.Definitions:
     merged = dg.Definitions.merge(*(m.defs for m in MODULES), automation.build_defs(cron))
     assets = dg.with_source_code_references(list(merged.assets or []))
     return dg.Definitions(
-        assets=assets, asset_checks=merged.asset_checks, jobs=merged.jobs, sensors=merged.sensors,
-        schedules=merged.schedules, executor=executor or executor_from_env(),
+        assets=assets,
+        asset_checks=merged.asset_checks,
+        jobs=merged.jobs,
+        sensors=merged.sensors,
+        schedules=merged.schedules,
+        executor=executor or executor_from_env(),
         resources={"xray": xray or XrayResource.from_env()},
     )
 

@@ -26,8 +26,9 @@ class LocalRunLauncher(dg.DefaultRunLauncher):
 
     def worker(self, run) -> tuple[int, float] | None:
         """(pid, when it was recorded) of the run's worker, from its latest engine event that names one."""
-        records = self._instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT,
-                                                     ascending=False).records
+        records = self._instance.get_records_for_run(
+            run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, ascending=False
+        ).records
         for rec in records:
             entry = rec.event_log_entry
             event = entry.dagster_event
@@ -44,7 +45,7 @@ class LocalRunLauncher(dg.DefaultRunLauncher):
         from .backfill import worker_health
 
         found = self.worker(run)
-        if found is None:   # no worker recorded (yet): nothing to judge
+        if found is None:  # no worker recorded (yet): nothing to judge
             return worker_health(True, "no run worker pid recorded")
         pid, since = found
         try:
@@ -54,5 +55,9 @@ class LocalRunLauncher(dg.DefaultRunLauncher):
             alive = False
         if alive:
             return worker_health(True, f"run worker pid {pid} is alive", str(pid))
-        return worker_health(False, f"run worker pid {pid} is gone (killed, out of memory, or its Dagster process "
-                             "was closed)", str(pid))
+        return worker_health(
+            False,
+            f"run worker pid {pid} is gone (killed, out of memory, or its Dagster process "
+            "was closed)",
+            str(pid),
+        )

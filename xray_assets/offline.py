@@ -29,12 +29,18 @@ from pathlib import Path
 #: Forced, not defaults: the project promises no network use, whatever the shell says.
 #: ("true"/"false" rather than 1/0: older 8.4 releases read only these spellings.) MLflow 3 sends
 #: usage telemetry unless told not to (found by the tests' recording network guard).
-FORCED_ENV = {"YOLO_OFFLINE": "true", "YOLO_AUTOINSTALL": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-              "DO_NOT_TRACK": "true"}
+FORCED_ENV = {
+    "YOLO_OFFLINE": "true",
+    "YOLO_AUTOINSTALL": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+}
 FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
 #: GPUs on which ultralytics itself disables AMP (NaN losses)
-_BAD_AMP_GPUS = re.compile(r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400|t550|t600|t1000|t1200|t2000|k40m)",
-                           re.IGNORECASE)
+_BAD_AMP_GPUS = re.compile(
+    r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400|t550|t600|t1000|t1200|t2000|k40m)",
+    re.IGNORECASE,
+)
 
 
 def cache_dir() -> Path:
@@ -49,14 +55,19 @@ def apply_env() -> None:
     os.environ.setdefault("YOLO_CONFIG_DIR", str(cache_dir() / "ultralytics"))
     telemetry = sys.modules.get("mlflow.telemetry.client")
     if telemetry is not None and telemetry.get_telemetry_client() is not None:
-        telemetry.set_telemetry_client()   # mlflow was imported first: its client now sees the setting
+        telemetry.set_telemetry_client()  # mlflow was imported first: its client now sees the setting
 
 
 def ultralytics_imported_early() -> bool:
     """True when ultralytics was imported before `apply_env` (its constants then ignore ours)."""
     mod = sys.modules.get("ultralytics.utils")
-    return mod is not None and getattr(mod, "USER_CONFIG_DIR", None) is not None and not str(
-        mod.USER_CONFIG_DIR).startswith(str(Path(os.environ["YOLO_CONFIG_DIR"]).expanduser()))
+    return (
+        mod is not None
+        and getattr(mod, "USER_CONFIG_DIR", None) is not None
+        and not str(mod.USER_CONFIG_DIR).startswith(
+            str(Path(os.environ["YOLO_CONFIG_DIR"]).expanduser())
+        )
+    )
 
 
 def font_dir() -> Path:
@@ -88,7 +99,7 @@ def local_amp_check(model) -> bool:
 
     device = next(model.parameters()).device
     if device.type != "cuda":
-        return False   # AMP only acts on CUDA in ultralytics
+        return False  # AMP only acts on CUDA in ultralytics
     forced = os.environ.get("XRAY_AMP", "").strip().lower()
     if forced in ("0", "false", "no", "off"):
         return False
@@ -102,7 +113,9 @@ def local_amp_check(model) -> bool:
     full = torch.nn.functional.conv2d(x, w, padding=1)
     with torch.autocast(device_type="cuda", dtype=torch.float16):
         half = torch.nn.functional.conv2d(x, w, padding=1)
-    return bool(torch.isfinite(half).all() and torch.allclose(full, half.float(), atol=5e-2, rtol=5e-2))
+    return bool(
+        torch.isfinite(half).all() and torch.allclose(full, half.float(), atol=5e-2, rtol=5e-2)
+    )
 
 
 def silence_openvino_telemetry() -> None:
@@ -112,7 +125,9 @@ def silence_openvino_telemetry() -> None:
         from openvino_telemetry.utils import opt_in_checker
     except ImportError:
         return
-    opt_in_checker.OptInChecker.check = lambda self, *a, **k: opt_in_checker.ConsentCheckResult.DECLINED
+    opt_in_checker.OptInChecker.check = lambda self, *a, **k: (
+        opt_in_checker.ConsentCheckResult.DECLINED
+    )
     for backend in (backend_ga.GABackend, backend_ga4.GA4Backend):
         backend.send = lambda self, *a, **k: None
 
@@ -125,8 +140,10 @@ def prepare() -> None:
         import ultralytics.utils as uu
 
         place_fonts(Path(uu.USER_CONFIG_DIR))
-        print(f"xray-assets: ultralytics was imported before xray_assets; fonts placed in {uu.USER_CONFIG_DIR}",
-              file=sys.stderr)
+        print(
+            f"xray-assets: ultralytics was imported before xray_assets; fonts placed in {uu.USER_CONFIG_DIR}",
+            file=sys.stderr,
+        )
     else:
         place_fonts()
     silence_openvino_telemetry()

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
-LINKS_FILE = ".xray-links.json"   # a pushed folder's symlinks (relative path -> target): objects cannot be links
+LINKS_FILE = ".xray-links.json"  # a pushed folder's symlinks (relative path -> target): objects cannot be links
 
 
 def is_url(root: str | os.PathLike) -> bool:
@@ -40,7 +40,9 @@ def is_url(root: str | os.PathLike) -> bool:
 def _upath(url: str):
     from upath import UPath
 
-    opts: dict[str, Any] = {"use_listings_cache": False}   # other machines write here too: always ask
+    opts: dict[str, Any] = {
+        "use_listings_cache": False
+    }  # other machines write here too: always ask
     if url.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
         opts["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
     return UPath(url, **opts)
@@ -48,13 +50,20 @@ def _upath(url: str):
 
 def mirror_root(url: str) -> Path:
     """Where the local mirror of an object-store root lives (the same path on every machine)."""
-    base = Path(os.environ.get("XRAY_CACHE_DIR") or Path.home() / ".cache" / "xray-assets" / "mirror")
+    base = Path(
+        os.environ.get("XRAY_CACHE_DIR") or Path.home() / ".cache" / "xray-assets" / "mirror"
+    )
     scheme, rest = url.split("://", 1)
     return base.expanduser().resolve() / scheme / rest.strip("/")
 
 
 def _stamp(info: dict) -> float | None:
-    value = info.get("LastModified") or info.get("mtime") or info.get("updated") or info.get("last_modified")
+    value = (
+        info.get("LastModified")
+        or info.get("mtime")
+        or info.get("updated")
+        or info.get("last_modified")
+    )
     if isinstance(value, _dt.datetime):
         return value.timestamp()
     if isinstance(value, str):
@@ -71,7 +80,9 @@ def _current(local: Path, info: dict) -> bool:
         return False
     st = local.stat()
     stamp = _stamp(info)
-    return st.st_size == int(info.get("size") or 0) and (stamp is None or abs(st.st_mtime - stamp) < 1e-3)
+    return st.st_size == int(info.get("size") or 0) and (
+        stamp is None or abs(st.st_mtime - stamp) < 1e-3
+    )
 
 
 def _walk(root: Path) -> Iterator[tuple[str, Path]]:
@@ -134,11 +145,18 @@ class Storage:
     def _children(self, parts: tuple[str, ...], folders: bool) -> set[str]:
         if not self.remote:
             p = self.root.joinpath(*parts)
-            return {c.name for c in p.iterdir() if (c.is_dir() if folders else c.is_file())} if p.is_dir() else set()
+            return (
+                {c.name for c in p.iterdir() if (c.is_dir() if folders else c.is_file())}
+                if p.is_dir()
+                else set()
+            )
         kind = "directory" if folders else "file"
         try:
-            return {PurePosixPath(i["name"]).name for i in self.fs.ls(self._key(*parts), detail=True)
-                    if i.get("type") == kind}
+            return {
+                PurePosixPath(i["name"]).name
+                for i in self.fs.ls(self._key(*parts), detail=True)
+                if i.get("type") == kind
+            }
         except FileNotFoundError:
             return set()
 
@@ -154,7 +172,9 @@ class Storage:
         try:
             info = self.fs.info(key)
         except FileNotFoundError:
-            raise FileNotFoundError(f"{self.url}/{'/'.join(parts)}: not in the storage root") from None
+            raise FileNotFoundError(
+                f"{self.url}/{'/'.join(parts)}: not in the storage root"
+            ) from None
         if info.get("type") == "directory":
             self._pull_dir(p, key)
         elif not _current(p, info):
@@ -177,10 +197,13 @@ class Storage:
         for parent, wanted in by_parent.items():
             key = self._key(*parent.parts)
             try:
-                listing = {PurePosixPath(i["name"]).name: i for i in self.fs.ls(key, detail=True)
-                           if i.get("type") == "file"}
+                listing = {
+                    PurePosixPath(i["name"]).name: i
+                    for i in self.fs.ls(key, detail=True)
+                    if i.get("type") == "file"
+                }
             except FileNotFoundError:
-                continue    # missing images are the dataset checks' business
+                continue  # missing images are the dataset checks' business
             for name in sorted(wanted):
                 info, lp = listing.get(name), self.mirror.joinpath(*parent.parts, name)
                 if info is not None and not _current(lp, info):
@@ -211,13 +234,18 @@ class Storage:
             elif rel != LINKS_FILE:
                 files[rel] = p
         remote = self._listing(key)
-        todo = [(p, f"{key}/{rel}") for rel, p in sorted(files.items())
-                if rel not in remote or not _current(p, remote[rel])]
+        todo = [
+            (p, f"{key}/{rel}")
+            for rel, p in sorted(files.items())
+            if rel not in remote or not _current(p, remote[rel])
+        ]
         self._upload(todo)
         if links or LINKS_FILE in remote:
             self.fs.pipe_file(f"{key}/{LINKS_FILE}", json.dumps(links, sort_keys=True).encode())
         if exact:
-            extras = [remote[rel]["name"] for rel in remote if rel not in files and rel != LINKS_FILE]
+            extras = [
+                remote[rel]["name"] for rel in remote if rel not in files and rel != LINKS_FILE
+            ]
             if extras:
                 self.fs.rm(extras)
         return len(todo)
@@ -226,7 +254,9 @@ class Storage:
     def workdir(self, *parts: str, pull: bool = True) -> Iterator[Path]:
         """A local folder for work on real files. On an object store it starts as a copy of the
         stored folder (unless `pull=False`) and what the block wrote is uploaded when it finishes."""
-        yield self.local(*parts) if pull and self.remote and self.exists(*parts) else self.dir(*parts)
+        yield (
+            self.local(*parts) if pull and self.remote and self.exists(*parts) else self.dir(*parts)
+        )
         self.push(*parts)
 
     def _listing(self, key: str) -> dict[str, dict]:
@@ -235,18 +265,30 @@ class Storage:
             found = self.fs.find(key, detail=True)
         except FileNotFoundError:
             return {}
-        return {name[len(key):].lstrip("/"): info for name, info in found.items()
-                if info.get("type") != "directory" and name.startswith(key + "/")}
+        return {
+            name[len(key) :].lstrip("/"): info
+            for name, info in found.items()
+            if info.get("type") != "directory" and name.startswith(key + "/")
+        }
 
     def _pull_dir(self, lroot: Path, key: str) -> None:
         remote = self._listing(key)
-        links = json.loads(self.fs.cat_file(remote.pop(LINKS_FILE)["name"])) if LINKS_FILE in remote else {}
+        links = (
+            json.loads(self.fs.cat_file(remote.pop(LINKS_FILE)["name"]))
+            if LINKS_FILE in remote
+            else {}
+        )
         if lroot.exists():
             for rel, p in list(_walk(lroot)):
                 if rel not in remote and rel not in links:
-                    p.unlink()      # a mirror: what the store no longer has goes here too
-        self._download([(info["name"], lroot / rel, info) for rel, info in sorted(remote.items())
-                        if not _current(lroot / rel, info)])
+                    p.unlink()  # a mirror: what the store no longer has goes here too
+        self._download(
+            [
+                (info["name"], lroot / rel, info)
+                for rel, info in sorted(remote.items())
+                if not _current(lroot / rel, info)
+            ]
+        )
         for rel, target in links.items():
             lp = lroot / rel
             if lp.is_symlink() and os.readlink(lp) == target:
@@ -302,7 +344,7 @@ class Storage:
         tmp = Path(name)
         try:
             yield tmp
-            self.fs.put_file(str(tmp), final)   # one PUT: the whole object or nothing
+            self.fs.put_file(str(tmp), final)  # one PUT: the whole object or nothing
         finally:
             tmp.unlink(missing_ok=True)
 

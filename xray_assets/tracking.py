@@ -21,7 +21,7 @@ def ensure_store(tracking_uri: str) -> None:
         return
     import fcntl
 
-    db = Path(tracking_uri[len("sqlite:///"):])
+    db = Path(tracking_uri[len("sqlite:///") :])
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.parent / f".{db.name}.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -72,8 +72,13 @@ def fetch_weights(tracking_uri: str, run_id: str, cache: Path) -> Path:
     weights = cache / "best.pt"
     if weights.exists():
         return weights
-    got = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/weights", tracking_uri=tracking_uri,
-                                                   dst_path=tempfile.mkdtemp(dir=cache)))
+    got = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"runs:/{run_id}/weights",
+            tracking_uri=tracking_uri,
+            dst_path=tempfile.mkdtemp(dir=cache),
+        )
+    )
     try:
         pick = got / "best.pt" if (got / "best.pt").exists() else got / "last.pt"
         if not pick.exists():
@@ -96,8 +101,13 @@ def set_alias(tracking_uri: str, model_name: str, alias: str, version: str) -> N
     client(tracking_uri).set_registered_model_alias(model_name, alias, str(version))
 
 
-def log_evaluation(tracking_uri: str, run_id: str, metrics: dict[str, float], files: list[Path],
-                   artifact_path: str = "evaluation") -> None:
+def log_evaluation(
+    tracking_uri: str,
+    run_id: str,
+    metrics: dict[str, float],
+    files: list[Path],
+    artifact_path: str = "evaluation",
+) -> None:
     """Figures (NaN left out) and report files into the model's own run."""
     c = client(tracking_uri)
     for k, v in metrics.items():

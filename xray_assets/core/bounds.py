@@ -21,7 +21,9 @@ JPEG_SOI = b"\xff\xd8\xff"
 J2K_SOC_SIZ = b"\xff\x4f\xff\x51"
 JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 # JPEG start-of-frame markers (every coding process); C4 (DHT), C8 (JPG) and CC (DAC) are not frames
-SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+SOF_MARKERS = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+)
 
 
 class HeaderError(ValueError):
@@ -74,7 +76,9 @@ def png_dimensions(data: bytes) -> Dimensions:
     color_type = data[25]
     samples = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(color_type)
     if width == 0 or height == 0 or samples is None:
-        raise HeaderError(f"PNG header declares an impossible image ({width} x {height}, colour type {color_type})")
+        raise HeaderError(
+            f"PNG header declares an impossible image ({width} x {height}, colour type {color_type})"
+        )
     return Dimensions("png", width, height, 1, samples)
 
 
@@ -86,29 +90,31 @@ def jpeg_dimensions(data: bytes) -> Dimensions:
     while i < n:
         if data[i] != 0xFF:
             raise HeaderError(f"JPEG marker expected at byte {i}")
-        while i < n and data[i] == 0xFF:   # fill bytes
+        while i < n and data[i] == 0xFF:  # fill bytes
             i += 1
         if i >= n:
             break
         marker = data[i]
         i += 1
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:   # no length
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length
             continue
-        if marker in (0xD9, 0xDA):   # end of image, or scan data before any frame header
+        if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
             raise HeaderError("JPEG has no frame header before its image data")
         if i + 2 > n:
             break
-        length = struct.unpack(">H", data[i:i + 2])[0]
+        length = struct.unpack(">H", data[i : i + 2])[0]
         if length < 2:
             raise HeaderError(f"JPEG segment at byte {i} has length {length}")
         if marker in SOF_MARKERS:
             if i + 8 > n:
                 break
-            height, width = struct.unpack(">HH", data[i + 3:i + 7])
+            height, width = struct.unpack(">HH", data[i + 3 : i + 7])
             components = data[i + 7]
             if width == 0 or height == 0 or components == 0:
-                raise HeaderError(f"JPEG frame header declares an impossible image ({width} x {height}, "
-                                  f"{components} components)")
+                raise HeaderError(
+                    f"JPEG frame header declares an impossible image ({width} x {height}, "
+                    f"{components} components)"
+                )
             return Dimensions("jpeg", width, height, 1, components)
         i += length
     raise HeaderError("JPEG header truncated before its frame header")
@@ -119,14 +125,16 @@ def j2k_dimensions(data: bytes) -> Dimensions:
     i = data.find(b"\xff\x4f\xff\x51")
     if i < 0:
         raise HeaderError("no JPEG 2000 codestream header (SOC, SIZ)")
-    siz = data[i + 4:i + 4 + 38]
+    siz = data[i + 4 : i + 4 + 38]
     if len(siz) < 38:
         raise HeaderError("JPEG 2000 header truncated")
     xsiz, ysiz, xo, yo = struct.unpack(">IIII", siz[4:20])
     components = struct.unpack(">H", siz[36:38])[0]
     width, height = xsiz - xo, ysiz - yo
     if xsiz <= xo or ysiz <= yo or components == 0:
-        raise HeaderError(f"JPEG 2000 header declares an impossible image ({xsiz} x {ysiz}, origin {xo}, {yo})")
+        raise HeaderError(
+            f"JPEG 2000 header declares an impossible image ({xsiz} x {ysiz}, origin {xo}, {yo})"
+        )
     return Dimensions("jpeg2000", width, height, 1, components)
 
 
@@ -153,6 +161,8 @@ def image_dimensions(data: bytes, filename: str = "") -> Dimensions:
 def check_budget(dims: Dimensions, max_megapixels: float, what: str = "this image") -> Dimensions:
     """`dims` if it fits the budget, else ImageTooLarge with a message that names the limit."""
     if dims.pixels > max_megapixels * 1e6:
-        raise ImageTooLarge(f"{what} declares {dims.describe()}; the limit is {max_megapixels:g} megapixels "
-                            "(XRAY_MAX_MEGAPIXELS)")
+        raise ImageTooLarge(
+            f"{what} declares {dims.describe()}; the limit is {max_megapixels:g} megapixels "
+            "(XRAY_MAX_MEGAPIXELS)"
+        )
     return dims

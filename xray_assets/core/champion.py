@@ -40,11 +40,13 @@ NULL_RATE = 0.2
 
 
 def rule_text(margin: float, rate: float, min_boxes: int) -> str:
-    return (f"with at least {min_boxes} test boxes per class: champion when the paired difference new - champion of test "
-            f"mAP50 is >= -{margin:g} where the split resolves that margin (an equally good model falls below it at "
-            f"most {rate:.0%} of the time under the null, the paired patient-level bootstrap re-centred on 0); "
-            f"elsewhere only when the difference reaches the null's {1 - rate:.0%} quantile; otherwise the champion "
-            "stays")
+    return (
+        f"with at least {min_boxes} test boxes per class: champion when the paired difference new - champion of test "
+        f"mAP50 is >= -{margin:g} where the split resolves that margin (an equally good model falls below it at "
+        f"most {rate:.0%} of the time under the null, the paired patient-level bootstrap re-centred on 0); "
+        f"elsewhere only when the difference reaches the null's {1 - rate:.0%} quantile; otherwise the champion "
+        "stays"
+    )
 
 
 def threshold(diffs, diff: float, margin: float, rate: float) -> tuple[float, bool, float]:
@@ -73,39 +75,75 @@ def split_power(mean_ap_samples, margin: float, rate: float = NULL_RATE, seed: i
     if len(v) < 2:
         return {"null_rate_at_margin": float("nan"), "resolvable_margin": float("nan")}
     null = v - v[np.random.default_rng(seed).permutation(len(v))]
-    return {"null_rate_at_margin": float((null < -margin).mean()),
-            "resolvable_margin": float(-np.quantile(null, rate))}
+    return {
+        "null_rate_at_margin": float((null < -margin).mean()),
+        "resolvable_margin": float(-np.quantile(null, rate)),
+    }
 
 
-def decide(paired: dict | None, margin: float, rate: float = NULL_RATE, min_boxes: int = 10) -> tuple[str, str]:
+def decide(
+    paired: dict | None, margin: float, rate: float = NULL_RATE, min_boxes: int = 10
+) -> tuple[str, str]:
     """(decision, why) by the rule in the module docstring; `paired` None: nothing to compare with."""
     if paired is None:
         return CHAMPION, "nothing to compare with"
-    diff, boxes, classes = paired["diff"], int(paired.get("boxes", 0)), int(paired.get("classes", 1))
+    diff, boxes, classes = (
+        paired["diff"],
+        int(paired.get("boxes", 0)),
+        int(paired.get("classes", 1)),
+    )
     if not enough_boxes(boxes, classes, min_boxes):
         return CHALLENGER, f"cannot tell: {too_few(boxes, classes, min_boxes)}; the champion stays"
     if diff != diff or len(paired["diffs"]) == 0:
         return CHALLENGER, "cannot tell: no paired difference; the champion stays"
     t, resolves, _ = threshold(paired["diffs"], diff, margin, rate)
     if resolves:
-        return ((CHAMPION, f"paired difference {diff:+.4f} >= -{margin:g}") if diff >= t else
-                (CHALLENGER, f"paired difference {diff:+.4f} < -{margin:g}: worse than the margin allows"))
-    where = f"this split cannot resolve the margin {margin:g}, so the new version must reach {t:+.4f}"
-    return ((CHAMPION, f"paired difference {diff:+.4f}: better beyond chance ({where})") if diff >= t else
-            (CHALLENGER, f"paired difference {diff:+.4f}: not better beyond chance ({where}); the champion stays"))
+        return (
+            (CHAMPION, f"paired difference {diff:+.4f} >= -{margin:g}")
+            if diff >= t
+            else (
+                CHALLENGER,
+                f"paired difference {diff:+.4f} < -{margin:g}: worse than the margin allows",
+            )
+        )
+    where = (
+        f"this split cannot resolve the margin {margin:g}, so the new version must reach {t:+.4f}"
+    )
+    return (
+        (CHAMPION, f"paired difference {diff:+.4f}: better beyond chance ({where})")
+        if diff >= t
+        else (
+            CHALLENGER,
+            f"paired difference {diff:+.4f}: not better beyond chance ({where}); the champion stays",
+        )
+    )
 
 
-def gate_record(paired: dict | None, margin: float, new_version: str, champion_version: str | None,
-                rate: float = NULL_RATE, min_boxes: int = 10) -> dict:
+def gate_record(
+    paired: dict | None,
+    margin: float,
+    new_version: str,
+    champion_version: str | None,
+    rate: float = NULL_RATE,
+    min_boxes: int = 10,
+) -> dict:
     """The decision and its figures, as tags for the new version and metadata for the asset.
     `paired`: `metrics.paired_bootstrap(new, champion)` on the current test images, or None when there
     is no other champion (`champion_version` None: the first version; equal to `new_version`: the
     champion itself evaluated again)."""
-    base = {"version": str(new_version), "margin": margin, "stated_null_rate": rate, "min_test_boxes": min_boxes,
-            "rule": rule_text(margin, rate, min_boxes)}
+    base = {
+        "version": str(new_version),
+        "margin": margin,
+        "stated_null_rate": rate,
+        "min_test_boxes": min_boxes,
+        "rule": rule_text(margin, rate, min_boxes),
+    }
     if paired is None:
-        reason = ("the champion itself, evaluated again" if champion_version == str(new_version)
-                  else "first version: nothing to compare with")
+        reason = (
+            "the champion itself, evaluated again"
+            if champion_version == str(new_version)
+            else "first version: nothing to compare with"
+        )
         return {**base, "decision": CHAMPION, "compared_with": None, "reason": reason}
     decision, why = decide(paired, margin, rate, min_boxes)
     decided = not why.startswith("cannot tell")
@@ -119,16 +157,41 @@ def gate_record(paired: dict | None, margin: float, new_version: str, champion_v
     lo, hi = (paired["ci_low"], paired["ci_high"]) if decided else (float("nan"), float("nan"))
     null = np.asarray(paired["diffs"], float) - paired["diff"]
     # one-sided: how often chance alone gives a difference at least this far from 0, on its side
-    p_value = (float((null >= paired["diff"]).mean() if paired["diff"] >= 0 else (null <= paired["diff"]).mean())
-               if len(null) and decided else float("nan"))
+    p_value = (
+        float(
+            (null >= paired["diff"]).mean()
+            if paired["diff"] >= 0
+            else (null <= paired["diff"]).mean()
+        )
+        if len(null) and decided
+        else float("nan")
+    )
     counts = f"{paired['images']} test images, {paired.get('patients')} patients, {int(paired.get('boxes', 0))} boxes"
-    reason = (f"{why} (95% CI {lo:+.4f} to {hi:+.4f}; {counts}; between two equally good models this decision "
-              f"would come {p_decision:.0%} of the time)" if decided else f"{why} ({counts})")
-    return {**base, "decision": decision, "compared_with": str(champion_version),
-            "threshold": t, "split_resolves_margin": resolves, "null_rate": rate_here,
-            "null_probability_of_decision": p_decision, "p_value": p_value,
-            "new_map50": paired["a"], "champion_map50": paired["b"], "diff": paired["diff"],
-            "diff_ci_low": lo, "diff_ci_high": hi, "test_images": paired["images"],
-            "test_patients": paired.get("patients"), "test_boxes": int(paired.get("boxes", 0)),
-            "resamples": paired.get("resamples"), "seed": paired.get("seed"),
-            "non_inferior": bool(lo >= -margin) if not math.isnan(lo) else False, "reason": reason}
+    reason = (
+        f"{why} (95% CI {lo:+.4f} to {hi:+.4f}; {counts}; between two equally good models this decision "
+        f"would come {p_decision:.0%} of the time)"
+        if decided
+        else f"{why} ({counts})"
+    )
+    return {
+        **base,
+        "decision": decision,
+        "compared_with": str(champion_version),
+        "threshold": t,
+        "split_resolves_margin": resolves,
+        "null_rate": rate_here,
+        "null_probability_of_decision": p_decision,
+        "p_value": p_value,
+        "new_map50": paired["a"],
+        "champion_map50": paired["b"],
+        "diff": paired["diff"],
+        "diff_ci_low": lo,
+        "diff_ci_high": hi,
+        "test_images": paired["images"],
+        "test_patients": paired.get("patients"),
+        "test_boxes": int(paired.get("boxes", 0)),
+        "resamples": paired.get("resamples"),
+        "seed": paired.get("seed"),
+        "non_inferior": bool(lo >= -margin) if not math.isnan(lo) else False,
+        "reason": reason,
+    }

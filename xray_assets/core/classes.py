@@ -98,7 +98,9 @@ TASKS: dict[str, TaskSpec] = {
         "nih_binary", "nih", (BINARY_CLASS,), {n: BINARY_CLASS for n in NIH_CLASSES}
     ),
     # the study's demo served united_multi with class-agnostic NMS: its rule is agnostic everywhere
-    "united_multi": TaskSpec("united_multi", "united", UNITED_CLASSES, _identity(UNITED_CLASSES), agnostic_nms=True),
+    "united_multi": TaskSpec(
+        "united_multi", "united", UNITED_CLASSES, _identity(UNITED_CLASSES), agnostic_nms=True
+    ),
     "united_binary": TaskSpec(
         "united_binary", "united", (BINARY_CLASS,), {n: BINARY_CLASS for n in UNITED_CLASSES}
     ),

@@ -27,16 +27,22 @@ def majority_radiologist(annotations: pd.DataFrame) -> pd.DataFrame:
     rows = to_united(annotations)
     if rows.empty:
         return annotations.iloc[0:0].copy()
-    counts = rows.groupby(["image_id", "united", "rad_id"], sort=False).size().rename("n").reset_index()
-    counts = counts.sort_values(["image_id", "united", "n", "rad_id"], ascending=[True, True, False, True],
-                                kind="mergesort")
-    winners = counts.drop_duplicates(["image_id", "united"], keep="first")[["image_id", "united", "rad_id"]]
+    counts = (
+        rows.groupby(["image_id", "united", "rad_id"], sort=False).size().rename("n").reset_index()
+    )
+    counts = counts.sort_values(
+        ["image_id", "united", "n", "rad_id"], ascending=[True, True, False, True], kind="mergesort"
+    )
+    winners = counts.drop_duplicates(["image_id", "united"], keep="first")[
+        ["image_id", "united", "rad_id"]
+    ]
     kept = rows.merge(winners, on=["image_id", "united", "rad_id"], how="inner")
     return kept[list(annotations.columns)].reset_index(drop=True)
 
 
-def weighted_boxes_fusion(annotations: pd.DataFrame, image_sizes: pd.DataFrame, iou_thr: float = 0.4
-                          ) -> pd.DataFrame:
+def weighted_boxes_fusion(
+    annotations: pd.DataFrame, image_sizes: pd.DataFrame, iou_thr: float = 0.4
+) -> pd.DataFrame:
     """WBF (ensemble-boxes) over radiologists, each box scored 1.0, per image and united class.
 
     `image_sizes`: image_id, width, height (the DICOM's original size, the boxes' pixel space).
@@ -64,8 +70,18 @@ def weighted_boxes_fusion(annotations: pd.DataFrame, image_sizes: pd.DataFrame, 
         fb, fs, fl = wbf(boxes, scores, labels, iou_thr=iou_thr, skip_box_thr=0.0)
         for (x0, y0, x1, y1), lab in zip(fb, fl):
             united = UNITED_CLASSES[int(lab)]
-            out.append({"image_id": image_id, "label": first_label[united], "class_id": first_id[united],
-                        "rad_id": "wbf", "x_min": x0 * w, "y_min": y0 * h, "x_max": x1 * w, "y_max": y1 * h})
+            out.append(
+                {
+                    "image_id": image_id,
+                    "label": first_label[united],
+                    "class_id": first_id[united],
+                    "rad_id": "wbf",
+                    "x_min": x0 * w,
+                    "y_min": y0 * h,
+                    "x_max": x1 * w,
+                    "y_max": y1 * h,
+                }
+            )
     return pd.DataFrame(out, columns=list(annotations.columns))
 
 
@@ -87,6 +103,10 @@ def reader_agreement(annotations: pd.DataFrame) -> pd.DataFrame:
                 ious[united].append(float(m[i, j]))
                 m[i, :] = 0
                 m[:, j] = 0
-    return pd.DataFrame({"class": list(UNITED_CLASSES),
-                         "mean_pairwise_iou": [float(np.mean(v)) if v else np.nan for v in ious.values()],
-                         "matched_pairs": [len(v) for v in ious.values()]})
+    return pd.DataFrame(
+        {
+            "class": list(UNITED_CLASSES),
+            "mean_pairwise_iou": [float(np.mean(v)) if v else np.nan for v in ious.values()],
+            "matched_pairs": [len(v) for v in ious.values()],
+        }
+    )

@@ -46,36 +46,57 @@ class DetectionRule:
             raise ValueError(f"conf and iou must lie in [0, 1], got {self.conf}, {self.iou}")
 
     def at(self, conf: float | None = None, iou: float | None = None) -> "DetectionRule":
-        return replace(self, conf=self.conf if conf is None else conf, iou=self.iou if iou is None else iou)
+        return replace(
+            self, conf=self.conf if conf is None else conf, iou=self.iou if iou is None else iou
+        )
 
     def predict_kwargs(self) -> dict:
         """Arguments for ultralytics' `predict` (its NMS is single-label)."""
         if self.multi_label:
-            raise ValueError("ultralytics' predict is single-label: a served rule has multi_label=False")
-        return {"conf": self.conf, "iou": self.iou, "agnostic_nms": self.agnostic, "max_det": self.max_det}
+            raise ValueError(
+                "ultralytics' predict is single-label: a served rule has multi_label=False"
+            )
+        return {
+            "conf": self.conf,
+            "iou": self.iou,
+            "agnostic_nms": self.agnostic,
+            "max_det": self.max_det,
+        }
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def tags(self) -> dict[str, str]:
         """The rule as registry tags (what the web app reads back)."""
-        return {"nms_conf": f"{self.conf:g}", "nms_iou": f"{self.iou:g}", "nms_agnostic": str(self.agnostic).lower(),
-                "nms_multi_label": str(self.multi_label).lower(), "nms_max_det": str(self.max_det)}
+        return {
+            "nms_conf": f"{self.conf:g}",
+            "nms_iou": f"{self.iou:g}",
+            "nms_agnostic": str(self.agnostic).lower(),
+            "nms_multi_label": str(self.multi_label).lower(),
+            "nms_max_det": str(self.max_det),
+        }
 
     @classmethod
     def from_tags(cls, tags: dict) -> "DetectionRule":
-        return cls(conf=float(tags["nms_conf"]), iou=float(tags["nms_iou"]),
-                   agnostic=str(tags.get("nms_agnostic", "false")).lower() == "true",
-                   multi_label=str(tags.get("nms_multi_label", "false")).lower() == "true",
-                   max_det=int(tags.get("nms_max_det", 100)))
+        return cls(
+            conf=float(tags["nms_conf"]),
+            iou=float(tags["nms_iou"]),
+            agnostic=str(tags.get("nms_agnostic", "false")).lower() == "true",
+            multi_label=str(tags.get("nms_multi_label", "false")).lower() == "true",
+            max_det=int(tags.get("nms_max_det", 100)),
+        )
 
     @classmethod
     def from_dict(cls, d: dict) -> "DetectionRule":
-        return cls(**{k: d[k] for k in ("conf", "iou", "agnostic", "multi_label", "max_det") if k in d})
+        return cls(
+            **{k: d[k] for k in ("conf", "iou", "agnostic", "multi_label", "max_det") if k in d}
+        )
 
     def describe(self) -> str:
-        return (f"conf > {self.conf:g}, NMS IoU {self.iou:g} ({'class-agnostic' if self.agnostic else 'per class'}, "
-                f"{'multi' if self.multi_label else 'one'} label per box), at most {self.max_det} boxes per image")
+        return (
+            f"conf > {self.conf:g}, NMS IoU {self.iou:g} ({'class-agnostic' if self.agnostic else 'per class'}, "
+            f"{'multi' if self.multi_label else 'one'} label per box), at most {self.max_det} boxes per image"
+        )
 
 
 # -- pixels ----------------------------------------------------------------------------------------
@@ -124,22 +145,29 @@ def _boxes(res, image_id: str, classes) -> list[tuple]:
     if b is None or len(b) == 0:
         return []
     xyxy, scores, cls = b.xyxy.cpu().numpy(), b.conf.cpu().numpy(), b.cls.cpu().numpy().astype(int)
-    return [(image_id, classes[c], float(s), *map(float, xy)) for xy, s, c in zip(xyxy, scores, cls)]
+    return [
+        (image_id, classes[c], float(s), *map(float, xy)) for xy, s, c in zip(xyxy, scores, cls)
+    ]
 
 
-def detect(model, gray: np.ndarray, rule: DetectionRule, imgsz: int, classes, image_id: str = "") -> pd.DataFrame:
+def detect(
+    model, gray: np.ndarray, rule: DetectionRule, imgsz: int, classes, image_id: str = ""
+) -> pd.DataFrame:
     """Boxes of one image (pixels of `gray`), by the rule: what the web app returns."""
     res = model.predict(to_bgr(gray), imgsz=imgsz, verbose=False, **rule.predict_kwargs())[0]
     return pd.DataFrame(_boxes(res, image_id, list(classes)), columns=BOX_COLUMNS)
 
 
-def detect_images(model, images: pd.DataFrame, rule: DetectionRule, imgsz: int, classes,
-                  progress=None) -> pd.DataFrame:
+def detect_images(
+    model, images: pd.DataFrame, rule: DetectionRule, imgsz: int, classes, progress=None
+) -> pd.DataFrame:
     """`detect` over `images` (image_id, path), one image at a time as the web app sees them."""
     rows: list[tuple] = []
     classes = list(classes)
     for n, (image_id, path) in enumerate(zip(images["image_id"], images["path"]), start=1):
-        res = model.predict(to_bgr(read_gray(path)), imgsz=imgsz, verbose=False, **rule.predict_kwargs())[0]
+        res = model.predict(
+            to_bgr(read_gray(path)), imgsz=imgsz, verbose=False, **rule.predict_kwargs()
+        )[0]
         rows += _boxes(res, image_id, classes)
         if progress and (n % 50 == 0 or n == len(images)):
             progress(n, len(images))
@@ -152,7 +180,7 @@ class Candidates:
     centre-size boxes in the letterboxed input's pixels, and the two shapes to map boxes back."""
 
     image_id: str
-    raw: object          # torch.Tensor (4 + nc, n)
+    raw: object  # torch.Tensor (4 + nc, n)
     input_hw: tuple[int, int]
     orig_hw: tuple[int, int]
 
@@ -168,38 +196,55 @@ def _capturing_predictor(sink: list, floor: float):
             p = preds[0] if isinstance(preds, (list, tuple)) else preds
             above = p[:, 4:].amax(1) > floor
             for b in range(p.shape[0]):
-                orig = orig_imgs[b] if isinstance(orig_imgs, list) else orig_imgs[b].permute(1, 2, 0)
-                sink.append((p[b][:, above[b]].detach().float().cpu(), tuple(img.shape[2:]), tuple(orig.shape[:2])))
+                orig = (
+                    orig_imgs[b] if isinstance(orig_imgs, list) else orig_imgs[b].permute(1, 2, 0)
+                )
+                sink.append(
+                    (
+                        p[b][:, above[b]].detach().float().cpu(),
+                        tuple(img.shape[2:]),
+                        tuple(orig.shape[:2]),
+                    )
+                )
             return super().postprocess(preds, img, orig_imgs, **kwargs)
 
     return CapturingPredictor
 
 
-def capture_candidates(model, images: pd.DataFrame, imgsz: int, floor: float, progress=None) -> list[Candidates]:
+def capture_candidates(
+    model, images: pd.DataFrame, imgsz: int, floor: float, progress=None
+) -> list[Candidates]:
     """One forward pass over `images` (image_id, path), the web app's way; the raw candidates above
     `floor` of each image."""
     sink: list = []
-    predictor = _capturing_predictor(sink, floor)   # one class: ultralytics keeps one predictor for the pass
+    predictor = _capturing_predictor(
+        sink, floor
+    )  # one class: ultralytics keeps one predictor for the pass
     out = []
     try:
         for n, (image_id, path) in enumerate(zip(images["image_id"], images["path"]), start=1):
-            model.predict(to_bgr(read_gray(path)), imgsz=imgsz, verbose=False, conf=floor, iou=0.7,
-                          predictor=predictor)
+            model.predict(
+                to_bgr(read_gray(path)),
+                imgsz=imgsz,
+                verbose=False,
+                conf=floor,
+                iou=0.7,
+                predictor=predictor,
+            )
             raw, input_hw, orig_hw = sink.pop()
             out.append(Candidates(image_id, raw, input_hw, orig_hw))
             if progress and (n % 50 == 0 or n == len(images)):
                 progress(n, len(images))
     finally:
-        model.predictor = None   # plain predictions afterwards get ultralytics' own predictor
+        model.predictor = None  # plain predictions afterwards get ultralytics' own predictor
     return out
 
 
 def replay(candidates: list[Candidates], rule: DetectionRule, classes) -> pd.DataFrame:
     """ultralytics' NMS at the rule over kept candidates, boxes mapped back to the original pixels:
     the boxes `detect` returns for those images at that rule."""
-    from ultralytics.utils import nms, ops
-
     import torch
+    from ultralytics.utils import nms, ops
 
     rows: list[tuple] = []
     classes = list(classes)
@@ -209,8 +254,15 @@ def replay(candidates: list[Candidates], rule: DetectionRule, classes) -> pd.Dat
             # ultralytics reads a last dimension of 6 as an end-to-end model's (boxes, 6) output: one
             # all-zero candidate more (dropped by the conf filter, which is strict) keeps the layout
             raw = torch.cat([raw, torch.zeros(raw.shape[0], 1)], 1)
-        out = nms.non_max_suppression(raw[None], rule.conf, rule.iou, agnostic=rule.agnostic,
-                                      multi_label=rule.multi_label, max_det=rule.max_det, nc=len(classes))[0]
+        out = nms.non_max_suppression(
+            raw[None],
+            rule.conf,
+            rule.iou,
+            agnostic=rule.agnostic,
+            multi_label=rule.multi_label,
+            max_det=rule.max_det,
+            nc=len(classes),
+        )[0]
         if not len(out):
             continue
         out = out.clone()

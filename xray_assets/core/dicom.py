@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from .bounds import DEFAULT_MAX_MEGAPIXELS, Dimensions, HeaderError, ImageTooLarge, check_budget, codestream_dimensions
+from .bounds import (
+    DEFAULT_MAX_MEGAPIXELS,
+    Dimensions,
+    HeaderError,
+    ImageTooLarge,
+    check_budget,
+    codestream_dimensions,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,14 +53,20 @@ def _read_dataset(path: str | Path):
         try:
             ds = pydicom.dcmread(path, force=True)
         except Exception as exc:
-            raise DicomError(f"{Path(path).name}: not a DICOM file ({exc.__class__.__name__})") from exc
+            raise DicomError(
+                f"{Path(path).name}: not a DICOM file ({exc.__class__.__name__})"
+            ) from exc
         if "PixelData" not in ds and "SOPClassUID" not in ds and "Rows" not in ds:
-            raise DicomError(f"{Path(path).name}: not a DICOM file (no preamble and no recognisable elements)")
+            raise DicomError(
+                f"{Path(path).name}: not a DICOM file (no preamble and no recognisable elements)"
+            )
         if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
             ds.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
             ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     except Exception as exc:
-        raise DicomError(f"{Path(path).name}: unreadable DICOM ({exc.__class__.__name__}: {exc})") from exc
+        raise DicomError(
+            f"{Path(path).name}: unreadable DICOM ({exc.__class__.__name__}: {exc})"
+        ) from exc
     if "PixelData" not in ds:
         raise DicomError(f"{Path(path).name}: no pixel data (not an image DICOM)")
     return ds
@@ -84,10 +97,16 @@ def _voi_output_range(ds) -> tuple[float, float]:
     elif int(ds.get("PixelRepresentation", 0)) == 0:
         y_min, y_max = 0.0, float(2 ** int(ds.BitsStored) - 1)
     else:
-        y_min, y_max = -float(2 ** (int(ds.BitsStored) - 1)), float(2 ** (int(ds.BitsStored) - 1) - 1)
+        y_min, y_max = (
+            -float(2 ** (int(ds.BitsStored) - 1)),
+            float(2 ** (int(ds.BitsStored) - 1) - 1),
+        )
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
     if slope is not None and intercept is not None:
-        y_min, y_max = y_min * float(slope) + float(intercept), y_max * float(slope) + float(intercept)
+        y_min, y_max = (
+            y_min * float(slope) + float(intercept),
+            y_max * float(slope) + float(intercept),
+        )
     return y_min, y_max
 
 
@@ -177,7 +196,9 @@ def declared_dimensions(ds, path) -> Dimensions:
     samples = _int_tag(ds, "SamplesPerPixel", 1, path)
     bits = _int_tag(ds, "BitsAllocated", 16, path)
     if rows <= 0 or cols <= 0 or frames <= 0 or samples <= 0:
-        raise DicomError(f"{name}: the header declares no image ({rows} rows x {cols} columns, {frames} frames)")
+        raise DicomError(
+            f"{name}: the header declares no image ({rows} rows x {cols} columns, {frames} frames)"
+        )
     if bits not in (1, 8, 16, 32, 64):
         raise DicomError(f"{name}: BitsAllocated {bits} is not a valid pixel size")
     return Dimensions("dicom", cols, rows, frames, samples)
@@ -202,18 +223,26 @@ def check_dimensions(ds, path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -
     except HeaderError as exc:
         raise DicomError(f"{name}: corrupt compressed frame ({exc})") from None
     except Exception as exc:
-        raise DicomError(f"{name}: corrupt encapsulated pixel data ({exc.__class__.__name__})") from None
+        raise DicomError(
+            f"{name}: corrupt encapsulated pixel data ({exc.__class__.__name__})"
+        ) from None
     return dims
 
 
-def read_dicom(path: str | Path, max_size: int | None = None, fast: bool = True,
-               max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> ConvertedImage:
+def read_dicom(
+    path: str | Path,
+    max_size: int | None = None,
+    fast: bool = True,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+) -> ConvertedImage:
     """Display-ready uint8. `fast`: decode JPEG 2000 at reduced resolution when `max_size` allows.
     Raises ImageTooLarge (before decoding) when the header declares more than `max_megapixels`."""
     ds = _read_dataset(path)
     check_dimensions(ds, path, max_megapixels)
     if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise DicomError(f"{Path(path).name}: {ds.SamplesPerPixel} samples per pixel; expected grayscale")
+        raise DicomError(
+            f"{Path(path).name}: {ds.SamplesPerPixel} samples per pixel; expected grayscale"
+        )
     if fast:
         try:
             reduced = _decode_j2k_reduced(ds, max_size)
@@ -231,11 +260,15 @@ def read_dicom(path: str | Path, max_size: int | None = None, fast: bool = True,
     if arr.ndim != 2:
         arr = arr[0] if arr.ndim == 3 else arr
         if arr.ndim != 2:
-            raise DicomError(f"{Path(path).name}: unsupported pixel array shape {ds.pixel_array.shape}")
+            raise DicomError(
+                f"{Path(path).name}: unsupported pixel array shape {ds.pixel_array.shape}"
+            )
     return _finish(ds, arr, max_size, *arr.shape, fast)
 
 
-def _finish(ds, arr: np.ndarray, max_size: int | None, orig_h: int, orig_w: int, fast: bool) -> ConvertedImage:
+def _finish(
+    ds, arr: np.ndarray, max_size: int | None, orig_h: int, orig_w: int, fast: bool
+) -> ConvertedImage:
     if fast and max_size and max(arr.shape) > max_size and not _has_lut_sequence(ds):
         # Rescale and windowing are linear per pixel, so averaging the stored values first gives the
         # same image (to rounding, away from the window's clip points) at a fraction of the work.
@@ -248,8 +281,9 @@ def _has_lut_sequence(ds) -> bool:
     return bool(ds.get("ModalityLUTSequence")) or bool(ds.get("VOILUTSequence"))
 
 
-def read_dicom_image(path: str | Path, max_size: int | None = None,
-                     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> np.ndarray:
+def read_dicom_image(
+    path: str | Path, max_size: int | None = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+) -> np.ndarray:
     """uint8 HxW, display-ready (DESIGN "Public surface")."""
     return read_dicom(path, max_size, max_megapixels=max_megapixels).pixels
 
@@ -264,17 +298,34 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def quarantined(reason: str) -> dict:
     """A conversion row for a DICOM that gave no image, with the reason (naming the file)."""
-    return {"path": "", "height": 0, "width": 0, "orig_height": 0, "orig_width": 0, "status": "quarantined",
-            "reason": reason}
+    return {
+        "path": "",
+        "height": 0,
+        "width": 0,
+        "orig_height": 0,
+        "orig_width": 0,
+        "status": "quarantined",
+        "reason": reason,
+    }
 
 
-def convert_one(src: str, dst: str, max_size: int | None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> dict:
+def convert_one(
+    src: str, dst: str, max_size: int | None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+) -> dict:
     """Convert one DICOM to a PNG at `dst` (atomically). Never raises: failures come back as rows.
     (A decoder that crashes the process is caught one level up, by the isolated pool.)"""
     import os
     import tempfile
 
-    row = {"path": dst, "height": 0, "width": 0, "orig_height": 0, "orig_width": 0, "status": "ok", "reason": ""}
+    row = {
+        "path": dst,
+        "height": 0,
+        "width": 0,
+        "orig_height": 0,
+        "orig_width": 0,
+        "status": "ok",
+        "reason": "",
+    }
     try:
         img = read_dicom(src, max_size, max_megapixels=max_megapixels)
         ok, buf = cv2.imencode(".png", img.pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
@@ -285,8 +336,12 @@ def convert_one(src: str, dst: str, max_size: int | None, max_megapixels: float 
         with os.fdopen(fd, "wb") as fh:
             fh.write(buf.tobytes())
         os.replace(tmp, dst)
-        row.update(height=img.pixels.shape[0], width=img.pixels.shape[1],
-                   orig_height=img.orig_height, orig_width=img.orig_width)
+        row.update(
+            height=img.pixels.shape[0],
+            width=img.pixels.shape[1],
+            orig_height=img.orig_height,
+            orig_width=img.orig_width,
+        )
     except (DicomError, ImageTooLarge) as exc:
         return quarantined(str(exc))
     except MemoryError:
@@ -302,8 +357,9 @@ def stat_key(path: Path) -> str:
     return f"{s.st_size}:{s.st_mtime_ns}"
 
 
-def plan_conversion(sources: list[Path], old: "pd.DataFrame", converted: set[str], max_size: int,
-                    digest=file_sha256) -> tuple[list[dict], list[tuple[Path, str, str]]]:
+def plan_conversion(
+    sources: list[Path], old: "pd.DataFrame", converted: set[str], max_size: int, digest=file_sha256
+) -> tuple[list[dict], list[tuple[Path, str, str]]]:
     """Which DICOMs need converting: (manifest rows kept as they are, [(source, sha256, stat key)]).
 
     A source is unchanged when its stat key matches the manifest's (no read at all), or else when its
@@ -315,9 +371,16 @@ def plan_conversion(sources: list[Path], old: "pd.DataFrame", converted: set[str
     keep, todo = [], []
     for p in sources:
         key = stat_key(p)
-        prev = prev_by_id.loc[p.stem] if prev_by_id is not None and p.stem in prev_by_id.index else None
-        usable = prev is not None and int(prev["max_size"]) == max_size and (
-            prev["status"] != "ok" or Path(prev["path"]).name in converted)
+        prev = (
+            prev_by_id.loc[p.stem]
+            if prev_by_id is not None and p.stem in prev_by_id.index
+            else None
+        )
+        usable = (
+            prev is not None
+            and int(prev["max_size"]) == max_size
+            and (prev["status"] != "ok" or Path(prev["path"]).name in converted)
+        )
         if usable and prev["stat_key"] == key:
             keep.append(prev.to_dict())
             continue

@@ -23,14 +23,21 @@ from pathlib import Path
 import pandas as pd
 
 from .bounds import DEFAULT_MAX_MEGAPIXELS
-from .labels import (InputFormatError, read_nih_boxes_checked, read_nih_labels_checked,
-                     read_vinbigdata_annotations_checked)
+from .labels import (
+    InputFormatError,
+    read_nih_boxes_checked,
+    read_nih_labels_checked,
+    read_vinbigdata_annotations_checked,
+)
 
 READY = "READY"
 ERROR_FILE = "ERROR.txt"
 ARCHIVES = ("accepted", "rejected", "merged")
-HEADERS = {"nih_boxes": "Image Index,Finding Label,", "nih_labels": "Image Index,Finding Labels,",
-           "vinbigdata": "image_id,class_name,class_id,rad_id,"}
+HEADERS = {
+    "nih_boxes": "Image Index,Finding Label,",
+    "nih_labels": "Image Index,Finding Labels,",
+    "vinbigdata": "image_id,class_name,class_id,rad_id,",
+}
 
 
 class DropError(ValueError):
@@ -40,10 +47,10 @@ class DropError(ValueError):
 @dataclass
 class Drop:
     path: Path
-    fmt: str = ""                      # "nih" or "vinbigdata"
-    digest: str = ""                   # sha256 over every file's name and bytes
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)   # parsed rows, by table name
-    images: dict[str, Path] = field(default_factory=dict)   # image id (file name for NIH) -> file
+    fmt: str = ""  # "nih" or "vinbigdata"
+    digest: str = ""  # sha256 over every file's name and bytes
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # parsed rows, by table name
+    images: dict[str, Path] = field(default_factory=dict)  # image id (file name for NIH) -> file
     summary: dict = field(default_factory=dict)
 
 
@@ -51,9 +58,17 @@ def pending(inbox: Path) -> tuple[list[Path], list[Path]]:
     """(complete drops, incomplete drops) directly under the inbox, oldest first."""
     if not inbox.is_dir():
         return [], []
-    folders = sorted((p for p in inbox.iterdir() if p.is_dir() and p.name not in ARCHIVES
-                      and not p.name.startswith(".")), key=lambda p: (p.stat().st_mtime, p.name))
-    return [p for p in folders if (p / READY).exists()], [p for p in folders if not (p / READY).exists()]
+    folders = sorted(
+        (
+            p
+            for p in inbox.iterdir()
+            if p.is_dir() and p.name not in ARCHIVES and not p.name.startswith(".")
+        ),
+        key=lambda p: (p.stat().st_mtime, p.name),
+    )
+    return [p for p in folders if (p / READY).exists()], [
+        p for p in folders if not (p / READY).exists()
+    ]
 
 
 def stat_key(folder: Path) -> str:
@@ -69,7 +84,9 @@ def drop_digest(folder: Path) -> str:
     """Content hash: every file's relative name and bytes (READY and ERROR.txt excluded), so the same
     export dropped twice has the same digest wherever and whenever it was copied."""
     h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (READY, ERROR_FILE)):
+    for f in sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.name not in (READY, ERROR_FILE)
+    ):
         h.update(str(f.relative_to(folder)).encode())
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -113,18 +130,27 @@ def _check_image_headers(files: dict[str, Path], max_megapixels: float) -> None:
             else:
                 import pydicom
 
-                dims = declared_dimensions(pydicom.dcmread(path, stop_before_pixels=True, force=True), path)
+                dims = declared_dimensions(
+                    pydicom.dcmread(path, stop_before_pixels=True, force=True), path
+                )
             check_budget(dims, max_megapixels, path.name)
         except (ImageTooLarge, DicomError) as exc:
             raise DropError(str(exc)) from None
         except HeaderError as exc:
             raise DropError(f"{path.name}: {exc}") from None
         except Exception as exc:
-            raise DropError(f"{path.name}: unreadable image header ({exc.__class__.__name__})") from None
+            raise DropError(
+                f"{path.name}: unreadable image header ({exc.__class__.__name__})"
+            ) from None
 
 
-def validate(folder: Path, known_nih: set[str], known_vinbigdata: set[str], digest: str | None = None,
-             max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Drop:
+def validate(
+    folder: Path,
+    known_nih: set[str],
+    known_vinbigdata: set[str],
+    digest: str | None = None,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+) -> Drop:
     """Check a complete drop against the ids already in the data; raises DropError with a readable reason.
     `known_*`: image ids of the original files and of every other accepted drop. Every image's
     header is read (not its pixels) and must fit `max_megapixels`."""
@@ -136,14 +162,18 @@ def validate(folder: Path, known_nih: set[str], known_vinbigdata: set[str], dige
     for c in csvs:
         k = _kind(c)
         if k is None:
-            raise DropError(f"{c.name}: header is neither NIH (BBox_List / Data_Entry) nor VinBigData train.csv")
+            raise DropError(
+                f"{c.name}: header is neither NIH (BBox_List / Data_Entry) nor VinBigData train.csv"
+            )
         if k in kinds:
             raise DropError(f"{c.name}: a second {k} table in one drop (also {kinds[k].name})")
         kinds[k] = c
     try:
         if "vinbigdata" in kinds:
             if len(kinds) > 1:
-                raise DropError("a drop holds one dataset's annotations: found VinBigData and NIH tables")
+                raise DropError(
+                    "a drop holds one dataset's annotations: found VinBigData and NIH tables"
+                )
             drop = _validate_vinbigdata(drop, kinds["vinbigdata"], known_vinbigdata)
         else:
             drop = _validate_nih(drop, kinds, known_nih)
@@ -155,25 +185,37 @@ def validate(folder: Path, known_nih: set[str], known_vinbigdata: set[str], dige
 
 def _validate_nih(drop: Drop, kinds: dict[str, Path], known: set[str]) -> Drop:
     if "nih_boxes" not in kinds or "nih_labels" not in kinds:
-        raise DropError("an NIH drop needs a box list (BBox_List_2017.csv header) and a Data_Entry table "
-                        "(Data_Entry_2017.csv header) giving each new image its patient")
+        raise DropError(
+            "an NIH drop needs a box list (BBox_List_2017.csv header) and a Data_Entry table "
+            "(Data_Entry_2017.csv header) giving each new image its patient"
+        )
     boxes, qb = read_nih_boxes_checked(kinds["nih_boxes"])
     labels, ql = read_nih_labels_checked(kinds["nih_labels"])
     _reject_quarantine(pd.concat([qb, ql], ignore_index=True))
     pngs = {p.name: p for p in drop.path.rglob("*.png")}
     no_patient = sorted(set(boxes["image_id"]) - set(labels["image_id"]))
     if no_patient:
-        raise DropError(f"{kinds['nih_boxes'].name}: no Data_Entry row (patient) for {', '.join(no_patient[:5])}")
+        raise DropError(
+            f"{kinds['nih_boxes'].name}: no Data_Entry row (patient) for {', '.join(no_patient[:5])}"
+        )
     missing = sorted(set(labels["image_id"]) - set(pngs))
     if missing:
-        raise DropError(f"missing image file(s) named by {kinds['nih_labels'].name}: {', '.join(missing[:5])}")
+        raise DropError(
+            f"missing image file(s) named by {kinds['nih_labels'].name}: {', '.join(missing[:5])}"
+        )
     dup = sorted(set(labels["image_id"]) & known)
     if dup:
-        raise DropError(f"image id(s) already in the data: {', '.join(dup[:5])} (drops add new images)")
+        raise DropError(
+            f"image id(s) already in the data: {', '.join(dup[:5])} (drops add new images)"
+        )
     drop.fmt, drop.tables = "nih", {"labels": labels, "boxes": boxes}
     drop.images = {i: pngs[i] for i in labels["image_id"]}
-    drop.summary = {"format": "nih", "images": len(labels), "boxes": len(boxes),
-                    "patients": int(labels["patient_id"].nunique())}
+    drop.summary = {
+        "format": "nih",
+        "images": len(labels),
+        "boxes": len(boxes),
+        "patients": int(labels["patient_id"].nunique()),
+    }
     return drop
 
 
@@ -186,11 +228,17 @@ def _validate_vinbigdata(drop: Drop, table: Path, known: set[str]) -> Drop:
         raise DropError(f"missing DICOM(s) named by {table.name}: {', '.join(missing[:5])}")
     dup = sorted(set(ann["image_id"]) & known)
     if dup:
-        raise DropError(f"image id(s) already in the data: {', '.join(dup[:5])} (drops add new images)")
+        raise DropError(
+            f"image id(s) already in the data: {', '.join(dup[:5])} (drops add new images)"
+        )
     drop.fmt, drop.tables = "vinbigdata", {"annotations": ann}
     drop.images = {i: files[i] for i in ann["image_id"].unique()}
-    drop.summary = {"format": "vinbigdata", "images": len(drop.images), "rows": len(ann),
-                    "boxes": int(ann["x_min"].notna().sum())}
+    drop.summary = {
+        "format": "vinbigdata",
+        "images": len(drop.images),
+        "rows": len(ann),
+        "boxes": int(ann["x_min"].notna().sum()),
+    }
     return drop
 
 
@@ -228,5 +276,6 @@ def reject(folder: Path, inbox: Path, reason: str) -> Path:
     shutil.move(str(folder), str(target))
     (target / ERROR_FILE).write_text(
         f"This drop was rejected and not accepted ({time.strftime('%Y-%m-%d %H:%M:%S')}).\n\n{reason}\n\n"
-        "Fix the files, then move the folder back into the inbox (it needs its READY file).\n")
+        "Fix the files, then move the folder back into the inbox (it needs its READY file).\n"
+    )
     return target

@@ -53,8 +53,13 @@ class IsolatedPool:
 
         self.limits = limits
         self.workers = max(1, workers or limits.workers)
-        self._pool = ProcessPool(max_workers=self.workers, max_tasks=limits.max_tasks, initializer=_cap_memory,
-                                 initargs=(limits.memory_mb,), context=multiprocessing.get_context("spawn"))
+        self._pool = ProcessPool(
+            max_workers=self.workers,
+            max_tasks=limits.max_tasks,
+            initializer=_cap_memory,
+            initargs=(limits.memory_mb,),
+            context=multiprocessing.get_context("spawn"),
+        )
 
     def submit(self, fn, *args) -> Future:
         return self._pool.schedule(fn, args=args, timeout=self.limits.timeout_s)
@@ -82,7 +87,9 @@ def failure_reason(exc: BaseException, limits: DecodeLimits) -> str:
             except ValueError:
                 name = f"signal {-code}"
             return f"the decoder crashed ({name}); its worker was replaced"
-        return f"the decoder's process ended unexpectedly (exit code {code}); its worker was replaced"
+        return (
+            f"the decoder's process ended unexpectedly (exit code {code}); its worker was replaced"
+        )
     if isinstance(exc, TimeoutError):
         return f"decoding took longer than {limits.timeout_s:g} s and was stopped"
     if isinstance(exc, MemoryError):

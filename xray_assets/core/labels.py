@@ -32,7 +32,9 @@ class InputFormatError(ValueError):
 
 
 def empty_quarantine() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="int64" if c == "row" else "object") for c in QUARANTINE_COLUMNS})
+    return pd.DataFrame(
+        {c: pd.Series(dtype="int64" if c == "row" else "object") for c in QUARANTINE_COLUMNS}
+    )
 
 
 def _quarantine(rows: list[tuple[str, int, str, str]]) -> pd.DataFrame:
@@ -47,8 +49,10 @@ def read_text(path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        row = data[:exc.start].count(b"\n") + 1
-        raise InputFormatError(f"{path} row {row}: not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x})") from None
+        row = data[: exc.start].count(b"\n") + 1
+        raise InputFormatError(
+            f"{path} row {row}: not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x})"
+        ) from None
 
 
 def _rows(reader, path: Path, start: int):
@@ -106,7 +110,9 @@ def read_nih_boxes_checked(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame
             continue
         image_id, label = fields[0], normalise_finding(fields[1])
         if label not in known:
-            bad.append((path.name, lineno, f"label {fields[1]!r} is not one of the 8 NIH box classes", raw))
+            bad.append(
+                (path.name, lineno, f"label {fields[1]!r} is not one of the 8 NIH box classes", raw)
+            )
             continue
         try:
             x, y, w, h = (float(v) for v in fields[2:6])
@@ -179,11 +185,17 @@ def read_nih_labels_checked(path: str | Path) -> tuple[pd.DataFrame, pd.DataFram
     df["image_id"] = df["image_id"].str.strip()
     patient = _whole_number(df["patient_id"])
     follow = _whole_number(df["follow_up"])
-    bad_mask = df["image_id"].eq("") | patient.isna() | follow.isna() | df["findings"].str.strip().eq("")
+    bad_mask = (
+        df["image_id"].eq("") | patient.isna() | follow.isna() | df["findings"].str.strip().eq("")
+    )
     reasons = np.where(
-        df["image_id"].eq(""), "empty image id",
-        np.where(patient.isna(), "patient id is not a number",
-                 np.where(follow.isna(), "follow-up # is not a number", "empty Finding Labels")),
+        df["image_id"].eq(""),
+        "empty image id",
+        np.where(
+            patient.isna(),
+            "patient id is not a number",
+            np.where(follow.isna(), "follow-up # is not a number", "empty Finding Labels"),
+        ),
     )
     lines = df.index.to_numpy() + 2
     quarantine = _quarantine(
@@ -205,7 +217,10 @@ def read_nih_labels_checked(path: str | Path) -> tuple[pd.DataFrame, pd.DataFram
     dup = df["image_id"].duplicated(keep="first")
     if dup.any():
         extra = _quarantine(
-            [(path.name, int(i) + 2, "duplicate image id", r) for i, r in df.loc[dup, "image_id"].items()]
+            [
+                (path.name, int(i) + 2, "duplicate image id", r)
+                for i, r in df.loc[dup, "image_id"].items()
+            ]
         )
         quarantine = pd.concat([quarantine, extra], ignore_index=True)
         df = df[~dup]
@@ -222,7 +237,9 @@ def read_vinbigdata_annotations_checked(path: str | Path) -> tuple[pd.DataFrame,
     path = Path(path)
     try:
         # index_col=False: a row with more fields than the header must not turn its first fields into an index
-        raw = pd.read_csv(path, dtype={"image_id": str, "class_name": str, "rad_id": str}, index_col=False)
+        raw = pd.read_csv(
+            path, dtype={"image_id": str, "class_name": str, "rad_id": str}, index_col=False
+        )
     except Exception as exc:
         raise InputFormatError(f"{path}: not a readable CSV ({exc})") from exc
     need = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
@@ -242,7 +259,9 @@ def read_vinbigdata_annotations_checked(path: str | Path) -> tuple[pd.DataFrame,
     reason[reason.eq("") & df["rad_id"].isna()] = "empty rad_id"
     reason[reason.eq("") & ~known_id] = "class_id is not one of VinBigData's 0..14"
     reason[reason.eq("") & ~no_finding & ~has_box] = "finding without a box"
-    reason[reason.eq("") & ~no_finding & has_box & ~(positive & nonneg)] = "box has no positive area"
+    reason[reason.eq("") & ~no_finding & has_box & ~(positive & nonneg)] = (
+        "box has no positive area"
+    )
     bad = reason.ne("")
     quarantine = _quarantine(
         [

@@ -50,8 +50,9 @@ def greedy_match(ious: np.ndarray, iou_thr: float) -> np.ndarray:
     return tp
 
 
-def match_label(gt: pd.DataFrame, pred: pd.DataFrame, iou_thr: float, max_dets: int = 100
-                ) -> tuple[np.ndarray, np.ndarray, int]:
+def match_label(
+    gt: pd.DataFrame, pred: pd.DataFrame, iou_thr: float, max_dets: int = 100
+) -> tuple[np.ndarray, np.ndarray, int]:
     """For one label: (scores, true-positive flags) of the kept detections, and the GT count."""
     scores_all, tp_all = [], []
     gt_groups = {k: g[COORDS].to_numpy(float) for k, g in gt.groupby("image_id", sort=False)}
@@ -68,7 +69,9 @@ def match_label(gt: pd.DataFrame, pred: pd.DataFrame, iou_thr: float, max_dets: 
     return np.concatenate(scores_all), np.concatenate(tp_all), len(gt)
 
 
-def pr_curve(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pr_curve(
+    scores: np.ndarray, tp: np.ndarray, n_gt: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(recall, precision, score) along detections sorted by descending score."""
     order = np.argsort(-scores, kind="mergesort")
     tp = tp[order].astype(float)
@@ -88,8 +91,9 @@ def ap_from_pr(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(q.mean())
 
 
-def average_precision(ground_truth: pd.DataFrame, predictions: pd.DataFrame, iou_thr: float = 0.5,
-                      max_dets: int = 100) -> dict[str, float]:
+def average_precision(
+    ground_truth: pd.DataFrame, predictions: pd.DataFrame, iou_thr: float = 0.5, max_dets: int = 100
+) -> dict[str, float]:
     """AP per label present in the ground truth (labels without ground truth are left out, as COCO does)."""
     out: dict[str, float] = {}
     for label, gt in ground_truth.groupby("label", sort=True):
@@ -110,8 +114,13 @@ def _ap(gt: pd.DataFrame, pred: pd.DataFrame, thr: float, max_dets: int) -> floa
     return ap_from_pr(*pr_curve(s, tp, n)[:2]) if n else np.nan
 
 
-def evaluate(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels: list[str] | tuple[str, ...],
-             conf: float | None = None, max_dets: int = 100) -> pd.DataFrame:
+def evaluate(
+    ground_truth: pd.DataFrame,
+    predictions: pd.DataFrame,
+    labels: list[str] | tuple[str, ...],
+    conf: float | None = None,
+    max_dets: int = 100,
+) -> pd.DataFrame:
     """Per-label table, threshold-free AP and the operating point.
 
     AP (COCO 101-point interpolation) uses every given prediction: pass all detections above a low
@@ -151,7 +160,7 @@ def f1_score(precision: float, recall: float) -> float:
 #: the two averages of the operating point, as reports, MLflow and metadata name them
 AVERAGES = {
     "macro": "macro: the mean over the classes with test boxes (each class weighs the same; a class with boxes "
-             "and no detection above conf counts precision 0)",
+    "and no detection above conf counts precision 0)",
     "micro": "micro: pooled over every test box and every detection above conf (each box weighs the same)",
 }
 
@@ -162,12 +171,21 @@ def summarise(table: pd.DataFrame) -> dict[str, float]:
     `recall_micro` (pooled counts over all labels); each F1 from the precision and recall beside it.
     NaN everywhere when nothing has ground truth."""
     t = table[table["n_gt"] > 0]
-    keys = ("map50", "map_iou40", "map50_95", *(f"{m}_{a}" for a in AVERAGES for m in ("precision", "recall", "f1")))
+    keys = (
+        "map50",
+        "map_iou40",
+        "map50_95",
+        *(f"{m}_{a}" for a in AVERAGES for m in ("precision", "recall", "f1")),
+    )
     if t.empty:
         return {k: float("nan") for k in keys}
-    out = {"map50": float(t["ap50"].mean()), "map_iou40": float(t["ap_iou40"].mean()),
-           "map50_95": float(t["ap50_95"].mean()),
-           "precision_macro": float(t["precision"].fillna(0).mean()), "recall_macro": float(t["recall"].mean())}
+    out = {
+        "map50": float(t["ap50"].mean()),
+        "map_iou40": float(t["ap_iou40"].mean()),
+        "map50_95": float(t["ap50_95"].mean()),
+        "precision_macro": float(t["precision"].fillna(0).mean()),
+        "recall_macro": float(t["recall"].mean()),
+    }
     out["f1_macro"] = f1_score(out["precision_macro"], out["recall_macro"])
     tp, fp, n = (int(table[c].sum()) for c in ("tp_op", "fp_op", "n_gt"))
     out["precision_micro"] = tp / (tp + fp) if tp + fp else 0.0
@@ -180,9 +198,11 @@ def summarise(table: pd.DataFrame) -> dict[str, float]:
 #: a class (or comparison) with fewer test boxes than this gets no interval (Profile.min_test_boxes)
 MIN_TEST_BOXES = 10
 #: how a resample that draws none of a class's test boxes is treated, the same in every resample
-ABSENT_CLASS_RULE = ("a draw without any test box of one of those classes is drawn again, so every resample averages "
-                     "the same classes (the interval is conditional on each class being present, as it is in the "
-                     "split)")
+ABSENT_CLASS_RULE = (
+    "a draw without any test box of one of those classes is drawn again, so every resample averages "
+    "the same classes (the interval is conditional on each class being present, as it is in the "
+    "split)"
+)
 #: at most this many draws per requested resample before giving up on the rarest classes
 MAX_DRAWS_PER_RESAMPLE = 100
 
@@ -201,8 +221,11 @@ def too_few(boxes: int, classes: int = 1, min_boxes: int = MIN_TEST_BOXES) -> st
 def _flat(low: float, high: float) -> str:
     """The note for an interval every resample agrees on (all boxes found, say): it shows no uncertainty
     because the bootstrap cannot, not because there is none."""
-    return (f"every resample gave {low:.3f}: the bootstrap cannot show this split's uncertainty"
-            if low == high else "")
+    return (
+        f"every resample gave {low:.3f}: the bootstrap cannot show this split's uncertainty"
+        if low == high
+        else ""
+    )
 
 
 class Resamples:
@@ -218,24 +241,40 @@ class Resamples:
     patients (codes into `patients`), in draw order. The same arguments always draw the same.
     """
 
-    def __init__(self, image_ids, groups=None, n_boot: int = 1000, seed: int = 0, require: np.ndarray | None = None):
+    def __init__(
+        self,
+        image_ids,
+        groups=None,
+        n_boot: int = 1000,
+        seed: int = 0,
+        require: np.ndarray | None = None,
+    ):
         self.ids = list(dict.fromkeys(image_ids))
         self.seed = int(seed)
         groups = {} if groups is None else dict(groups)
-        keys = pd.Series([("patient", groups[i]) if i in groups else ("image", i) for i in self.ids], dtype=object)
+        keys = pd.Series(
+            [("patient", groups[i]) if i in groups else ("image", i) for i in self.ids],
+            dtype=object,
+        )
         codes, uniques = pd.factorize(keys)
         self.cluster_of = np.asarray(codes, dtype=np.int64)
         self.patients = list(uniques)
         n = len(self.patients)
         rng = np.random.default_rng(self.seed)
         kept_draws, kept_weights, self.drawn = [], [], 0
-        while sum(len(d) for d in kept_draws) < n_boot and self.drawn < MAX_DRAWS_PER_RESAMPLE * max(n_boot, 1):
+        while sum(
+            len(d) for d in kept_draws
+        ) < n_boot and self.drawn < MAX_DRAWS_PER_RESAMPLE * max(n_boot, 1):
             block = rng.integers(0, n, size=(n_boot, n)) if n else np.zeros((n_boot, 0), np.int64)
             self.drawn += n_boot
             counts = np.zeros((n_boot, n), np.int64)
             np.add.at(counts, (np.arange(n_boot)[:, None], block), 1)
             weights = counts[:, self.cluster_of]
-            ok = np.ones(n_boot, bool) if require is None or require.size == 0 else ((weights @ require) > 0).all(axis=1)
+            ok = (
+                np.ones(n_boot, bool)
+                if require is None or require.size == 0
+                else ((weights @ require) > 0).all(axis=1)
+            )
             kept_draws.append(block[ok])
             kept_weights.append(weights[ok])
             if require is None or require.size == 0:
@@ -254,10 +293,15 @@ class _Matched:
     score over all images: a resample re-weights them by how often their image was drawn, which is
     the AP of the drawn images' detections concatenated, with no matching redone."""
 
-    def __init__(self, gt: pd.DataFrame, pred: pd.DataFrame, ids: list, iou_thr: float, max_dets: int = 100):
+    def __init__(
+        self, gt: pd.DataFrame, pred: pd.DataFrame, ids: list, iou_thr: float, max_dets: int = 100
+    ):
         index = {image_id: k for k, image_id in enumerate(ids)}
         self.n_gt = np.zeros(len(ids), np.int64)
-        gt_at, pred_at = gt.groupby("image_id", sort=False).indices, pred.groupby("image_id", sort=False).indices
+        gt_at, pred_at = (
+            gt.groupby("image_id", sort=False).indices,
+            pred.groupby("image_id", sort=False).indices,
+        )
         gt_xy, pred_xy = gt[COORDS].to_numpy(float), pred[COORDS].to_numpy(float)
         pred_score = pred["score"].to_numpy(float)
         img, score, tp = [], [], []
@@ -273,8 +317,7 @@ class _Matched:
             tp.append(greedy_match(box_iou(pred_xy[p], boxes), iou_thr))
             score.append(pred_score[p])
             img.append(np.full(len(p), k))
-        cat = (lambda xs, dtype: np.concatenate(xs) if xs else np.zeros(0, dtype))
-        score, tp, img = cat(score, float), cat(tp, bool), cat(img, np.int64)
+        score, tp, img = _cat(score, float), _cat(tp, bool), _cat(img, np.int64)
         order = np.argsort(-score, kind="mergesort")
         self.score, self.tp, self.img = score[order], tp[order], img[order]
         self.total = int(self.n_gt.sum())
@@ -305,9 +348,23 @@ class _Matched:
         return float((w[self.img] * hit).sum() / n)
 
 
-def _matched(ground_truth, predictions, labels, ids, iou_thr=0.5, max_dets=100) -> dict[str, _Matched]:
-    return {label: _Matched(ground_truth[ground_truth["label"] == label], predictions[predictions["label"] == label],
-                            ids, iou_thr, max_dets) for label in labels}
+def _cat(arrays: list, dtype) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.zeros(0, dtype)
+
+
+def _matched(
+    ground_truth, predictions, labels, ids, iou_thr=0.5, max_dets=100
+) -> dict[str, _Matched]:
+    return {
+        label: _Matched(
+            ground_truth[ground_truth["label"] == label],
+            predictions[predictions["label"] == label],
+            ids,
+            iou_thr,
+            max_dets,
+        )
+        for label in labels
+    }
 
 
 def _fixed(matched: dict[str, "_Matched"]) -> list[str]:
@@ -315,20 +372,25 @@ def _fixed(matched: dict[str, "_Matched"]) -> list[str]:
     return [label for label, m in matched.items() if m.total > 0]
 
 
-def class_resamples(matched: dict[str, "_Matched"], ids: list, groups, n_boot: int, seed: int) -> Resamples:
+def class_resamples(
+    matched: dict[str, "_Matched"], ids: list, groups, n_boot: int, seed: int
+) -> Resamples:
     """Patient-level resamples in which every class of the fixed set has test boxes."""
     fixed = _fixed(matched)
     require = np.stack([matched[label].n_gt for label in fixed], axis=1) if fixed else None
     return Resamples(ids, groups, n_boot, seed, require=require)
 
 
-def _resampled(matched: dict[str, "_Matched"], resamples: Resamples, stat) -> tuple[list, np.ndarray, np.ndarray]:
+def _resampled(
+    matched: dict[str, "_Matched"], resamples: Resamples, stat
+) -> tuple[list, np.ndarray, np.ndarray]:
     """Over the fixed class set: the labels, their full-split values and a (resamples, labels)
     matrix of resampled values."""
     fixed = _fixed(matched)
     point = np.array([stat(matched[label], None) for label in fixed])
-    values = np.array([[stat(matched[label], w) for label in fixed] for w in resamples.weights]).reshape(
-        resamples.n_boot, len(fixed))
+    values = np.array(
+        [[stat(matched[label], w) for label in fixed] for w in resamples.weights]
+    ).reshape(resamples.n_boot, len(fixed))
     return fixed, point, values
 
 
@@ -339,18 +401,48 @@ def _interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def bootstrap_ci(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, image_ids, n_boot: int = 1000,
-                 seed: int = 0, alpha: float = 0.05, groups=None, conf: float | None = None,
-                 min_boxes: int = MIN_TEST_BOXES, max_dets: int = 100) -> pd.DataFrame:
+def bootstrap_ci(
+    ground_truth: pd.DataFrame,
+    predictions: pd.DataFrame,
+    labels,
+    image_ids,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    groups=None,
+    conf: float | None = None,
+    min_boxes: int = MIN_TEST_BOXES,
+    max_dets: int = 100,
+) -> pd.DataFrame:
     """The interval table of `bootstrap_intervals`."""
-    return bootstrap_intervals(ground_truth, predictions, labels, image_ids, n_boot, seed, alpha, groups, conf,
-                               min_boxes, max_dets)[0]
+    return bootstrap_intervals(
+        ground_truth,
+        predictions,
+        labels,
+        image_ids,
+        n_boot,
+        seed,
+        alpha,
+        groups,
+        conf,
+        min_boxes,
+        max_dets,
+    )[0]
 
 
-def bootstrap_intervals(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, image_ids,
-                        n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, groups=None,
-                        conf: float | None = None, min_boxes: int = MIN_TEST_BOXES, max_dets: int = 100
-                        ) -> tuple[pd.DataFrame, np.ndarray]:
+def bootstrap_intervals(
+    ground_truth: pd.DataFrame,
+    predictions: pd.DataFrame,
+    labels,
+    image_ids,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    groups=None,
+    conf: float | None = None,
+    min_boxes: int = MIN_TEST_BOXES,
+    max_dets: int = 100,
+) -> tuple[pd.DataFrame, np.ndarray]:
     """Patient-level bootstrap intervals (1 - `alpha`) of threshold-free AP50 per label and of their
     mean, and of the mean recall of the detections with score > `conf` (the operating point).
 
@@ -371,7 +463,15 @@ def bootstrap_intervals(ground_truth: pd.DataFrame, predictions: pd.DataFrame, l
     rows = []
     for label in labels:
         m = matched[label]
-        row = {"label": label, "boxes": m.total, "estimate": nan, "ci_low": nan, "ci_high": nan, **base, "note": ""}
+        row = {
+            "label": label,
+            "boxes": m.total,
+            "estimate": nan,
+            "ci_low": nan,
+            "ci_high": nan,
+            **base,
+            "note": "",
+        }
         if label in fixed:
             j = fixed.index(label)
             row["estimate"] = float(point[j])
@@ -385,8 +485,15 @@ def bootstrap_intervals(ground_truth: pd.DataFrame, predictions: pd.DataFrame, l
         rows.append(row)
     total = sum(m.total for m in matched.values())
     for name, pt, values in (("(mean AP50)", point, aps), ("(mean recall)", rpoint, recalls)):
-        row = {"label": name, "boxes": total, "estimate": float(pt.mean()) if fixed else nan, "ci_low": nan,
-               "ci_high": nan, **base, "note": f"over the {len(fixed)} classes with test boxes"}
+        row = {
+            "label": name,
+            "boxes": total,
+            "estimate": float(pt.mean()) if fixed else nan,
+            "ci_low": nan,
+            "ci_high": nan,
+            **base,
+            "note": f"over the {len(fixed)} classes with test boxes",
+        }
         if not fixed:
             row["note"] = "no test boxes"
         elif not enough_boxes(total, len(fixed), min_boxes):
@@ -400,9 +507,19 @@ def bootstrap_intervals(ground_truth: pd.DataFrame, predictions: pd.DataFrame, l
     return pd.DataFrame(rows), (aps.mean(axis=1) if fixed else np.zeros(0))
 
 
-def paired_bootstrap(ground_truth: pd.DataFrame, pred_a: pd.DataFrame, pred_b: pd.DataFrame, labels, image_ids,
-                     n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, iou_thr: float = 0.5, groups=None,
-                     max_dets: int = 100) -> dict:
+def paired_bootstrap(
+    ground_truth: pd.DataFrame,
+    pred_a: pd.DataFrame,
+    pred_b: pd.DataFrame,
+    labels,
+    image_ids,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    iou_thr: float = 0.5,
+    groups=None,
+    max_dets: int = 100,
+) -> dict:
     """mAP (mean AP at `iou_thr` over the labels with ground truth) of two sets of predictions on the
     same images and ground truth, their difference a - b, and a paired patient-level bootstrap
     interval of it: each resample draws patients with replacement (`Resamples`) and scores both
@@ -415,11 +532,26 @@ def paired_bootstrap(ground_truth: pd.DataFrame, pred_a: pd.DataFrame, pred_b: p
     mb = _matched(ground_truth, pred_b, labels, ids, iou_thr, max_dets)
     resamples = class_resamples(ma, ids, groups, n_boot, seed)
     boxes = sum(m.total for m in ma.values())
-    out = {"images": len(ids), "patients": resamples.n_patients, "boxes": boxes, "classes": len(_fixed(ma)),
-           "resamples": resamples.n_boot if boxes else 0, "draws": resamples.drawn, "seed": seed}
+    out = {
+        "images": len(ids),
+        "patients": resamples.n_patients,
+        "boxes": boxes,
+        "classes": len(_fixed(ma)),
+        "resamples": resamples.n_boot if boxes else 0,
+        "draws": resamples.drawn,
+        "seed": seed,
+    }
     if not boxes:
         nan = float("nan")
-        return {**out, "a": nan, "b": nan, "diff": nan, "ci_low": nan, "ci_high": nan, "diffs": np.zeros(0)}
+        return {
+            **out,
+            "a": nan,
+            "b": nan,
+            "diff": nan,
+            "ci_low": nan,
+            "ci_high": nan,
+            "diffs": np.zeros(0),
+        }
     _, pa, va = _resampled(ma, resamples, lambda m, w: m.ap(w))
     _, pb, vb = _resampled(mb, resamples, lambda m, w: m.ap(w))
     diffs = va.mean(axis=1) - vb.mean(axis=1)
@@ -432,9 +564,9 @@ def paired_bootstrap(ground_truth: pd.DataFrame, pred_a: pd.DataFrame, pred_b: p
 #: what counts as a hit in the FROC, by rule; LUNA16's is the one whose CPM compares with published ones
 HIT_RULES = {
     "iou": "IoU >= 0.5 with a box of its class, one detection per box (a second one on a found box is a false "
-           "positive): the project's rule, stricter than LUNA16's",
+    "positive): the project's rule, stricter than LUNA16's",
     "luna16": "the detection's centre inside a box of its class; further detections on a found box are ignored "
-              "(neither hit nor false positive): LUNA16's rule, whose CPM compares with published CPMs",
+    "(neither hit nor false positive): LUNA16's rule, whose CPM compares with published CPMs",
 }
 
 
@@ -444,8 +576,12 @@ def centre_hits(gt_boxes: np.ndarray, det_boxes: np.ndarray) -> np.ndarray:
         return np.zeros((len(det_boxes), len(gt_boxes)), bool)
     cx = (det_boxes[:, 0] + det_boxes[:, 2]) / 2
     cy = (det_boxes[:, 1] + det_boxes[:, 3]) / 2
-    return ((cx[:, None] >= gt_boxes[None, :, 0]) & (cx[:, None] <= gt_boxes[None, :, 2])
-            & (cy[:, None] >= gt_boxes[None, :, 1]) & (cy[:, None] <= gt_boxes[None, :, 3]))
+    return (
+        (cx[:, None] >= gt_boxes[None, :, 0])
+        & (cx[:, None] <= gt_boxes[None, :, 2])
+        & (cy[:, None] >= gt_boxes[None, :, 1])
+        & (cy[:, None] <= gt_boxes[None, :, 3])
+    )
 
 
 def luna16_events(gt: pd.DataFrame, pred: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
@@ -453,8 +589,15 @@ def luna16_events(gt: pd.DataFrame, pred: pd.DataFrame) -> tuple[np.ndarray, np.
     at the highest score among those detections; a detection that hits no box is a false positive;
     the other detections on hit boxes are ignored. Returns (scores, hit flags, box count)."""
     scores, hits = [], []
-    gt_at, pred_at = gt.groupby("image_id", sort=False).indices, pred.groupby("image_id", sort=False).indices
-    gt_xy, pred_xy, pred_score = gt[COORDS].to_numpy(float), pred[COORDS].to_numpy(float), pred["score"].to_numpy(float)
+    gt_at, pred_at = (
+        gt.groupby("image_id", sort=False).indices,
+        pred.groupby("image_id", sort=False).indices,
+    )
+    gt_xy, pred_xy, pred_score = (
+        gt[COORDS].to_numpy(float),
+        pred[COORDS].to_numpy(float),
+        pred["score"].to_numpy(float),
+    )
     for image_id, p in pred_at.items():
         g = gt_at.get(image_id)
         m = centre_hits(gt_xy[g] if g is not None else np.zeros((0, 4)), pred_xy[p])
@@ -465,8 +608,15 @@ def luna16_events(gt: pd.DataFrame, pred: pd.DataFrame) -> tuple[np.ndarray, np.
     return np.asarray(scores, float), np.asarray(hits, bool), len(gt)
 
 
-def froc(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, image_ids, iou_thr: float = 0.5,
-         fp_rates=FROC_FP_RATES, rule: str = "iou") -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
+def froc(
+    ground_truth: pd.DataFrame,
+    predictions: pd.DataFrame,
+    labels,
+    image_ids,
+    iou_thr: float = 0.5,
+    fp_rates=FROC_FP_RATES,
+    rule: str = "iou",
+) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Free-response ROC: sensitivity at each rate of false positives per image, and their mean (the
     competition performance metric, CPM), per label and pooled over labels ("(all)").
 
@@ -486,7 +636,9 @@ def froc(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, image_id
     def sweep(scores, tp, n_gt):
         order = np.argsort(-scores, kind="mergesort")
         s, t = scores[order], tp[order].astype(float)
-        last = np.r_[s[1:] != s[:-1], True] if len(s) else np.zeros(0, bool)   # cut only between distinct scores
+        last = (
+            np.r_[s[1:] != s[:-1], True] if len(s) else np.zeros(0, bool)
+        )  # cut only between distinct scores
         sens = (np.cumsum(t) / max(n_gt, 1))[last]
         fppi = (np.cumsum(1 - t) / max(n_images, 1))[last]
         return np.r_[0.0, fppi], np.r_[0.0, sens]
@@ -495,19 +647,34 @@ def froc(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, image_id
         fppi, sens = sweep(scores, tp, n_gt)
         curves[name] = (fppi, sens)
         at = {f"sens@{r:g}": float(sens[fppi <= r].max()) if n_gt else np.nan for r in fp_rates}
-        return {"hit_rule": rule, "label": name, "n_gt": n_gt, "n_pred": len(scores), **at,
-                "cpm": float(np.mean(list(at.values()))) if n_gt else np.nan}
+        return {
+            "hit_rule": rule,
+            "label": name,
+            "n_gt": n_gt,
+            "n_pred": len(scores),
+            **at,
+            "cpm": float(np.mean(list(at.values()))) if n_gt else np.nan,
+        }
 
     for label in labels:
-        gt, pred = ground_truth[ground_truth["label"] == label], predictions[predictions["label"] == label]
+        gt, pred = (
+            ground_truth[ground_truth["label"] == label],
+            predictions[predictions["label"] == label],
+        )
         s, tp, n = match_label(gt, pred, iou_thr) if rule == "iou" else luna16_events(gt, pred)
         rows.append(row(label, s, tp, n))
         pooled_s.append(s)
         pooled_tp.append(tp)
         pooled_n += n
     if len(labels) > 1:
-        rows.append(row("(all)", np.concatenate(pooled_s) if pooled_s else np.zeros(0),
-                        np.concatenate(pooled_tp) if pooled_tp else np.zeros(0, bool), pooled_n))
+        rows.append(
+            row(
+                "(all)",
+                np.concatenate(pooled_s) if pooled_s else np.zeros(0),
+                np.concatenate(pooled_tp) if pooled_tp else np.zeros(0, bool),
+                pooled_n,
+            )
+        )
     return pd.DataFrame(rows), curves
 
 
@@ -521,8 +688,16 @@ def age_band(age: float) -> str | None:
     return "<40" if age < 40 else ("40-60" if age <= 60 else ">60")
 
 
-def subgroups(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, images: pd.DataFrame,
-              n_boot: int = 1000, seed: int = 0, groups=None, min_boxes: int = MIN_TEST_BOXES) -> pd.DataFrame:
+def subgroups(
+    ground_truth: pd.DataFrame,
+    predictions: pd.DataFrame,
+    labels,
+    images: pd.DataFrame,
+    n_boot: int = 1000,
+    seed: int = 0,
+    groups=None,
+    min_boxes: int = MIN_TEST_BOXES,
+) -> pd.DataFrame:
     """mAP50 (threshold-free) by subgroup of the given images: sex, age band and view position.
 
     `images`: image_id, sex, age, view (NIH test images: Data_Entry's columns). Each row: the group,
@@ -537,19 +712,42 @@ def subgroups(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, ima
             gt = ground_truth[ground_truth["image_id"].isin(ids)]
             pred = predictions[predictions["image_id"].isin(ids)]
             summary = summarise(evaluate(gt, pred, labels)) if ids else {"map50": np.nan}
-            mean = (bootstrap_ci(gt, pred, labels, ids, n_boot=n_boot, seed=seed, groups=groups,
-                                 min_boxes=min_boxes).set_index("label").loc["(mean AP50)"] if ids else None)
+            mean = (
+                bootstrap_ci(
+                    gt,
+                    pred,
+                    labels,
+                    ids,
+                    n_boot=n_boot,
+                    seed=seed,
+                    groups=groups,
+                    min_boxes=min_boxes,
+                )
+                .set_index("label")
+                .loc["(mean AP50)"]
+                if ids
+                else None
+            )
             patients = len({(groups or {}).get(i, ("image", i)) for i in ids})
-            rows.append({"attribute": attr, "group": value, "images": len(ids), "patients": patients,
-                         "boxes": len(gt), "map50": summary["map50"],
-                         "ci_low": float(mean["ci_low"]) if mean is not None else np.nan,
-                         "ci_high": float(mean["ci_high"]) if mean is not None else np.nan,
-                         "note": mean["note"] if mean is not None else "no images"})
+            rows.append(
+                {
+                    "attribute": attr,
+                    "group": value,
+                    "images": len(ids),
+                    "patients": patients,
+                    "boxes": len(gt),
+                    "map50": summary["map50"],
+                    "ci_low": float(mean["ci_low"]) if mean is not None else np.nan,
+                    "ci_high": float(mean["ci_high"]) if mean is not None else np.nan,
+                    "note": mean["note"] if mean is not None else "no images",
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def confusion_matrix(ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, iou_thr: float = 0.5
-                     ) -> pd.DataFrame:
+def confusion_matrix(
+    ground_truth: pd.DataFrame, predictions: pd.DataFrame, labels, iou_thr: float = 0.5
+) -> pd.DataFrame:
     """Rows: true class (+ "background" for unmatched predictions); columns: predicted class
     (+ "background" for missed boxes). Class-agnostic greedy matching by score at `iou_thr`."""
     names = list(labels) + ["background"]

@@ -66,7 +66,9 @@ def label_distribution(boxes: pd.DataFrame, images: pd.DataFrame, classes) -> by
     bh = (b.y_max - b.y_min) / b.height
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     counts = b["label"].value_counts().reindex(list(classes)).fillna(0)
-    axes[0].bar(range(len(counts)), counts.to_numpy(), color=[PALETTE(i % 10) for i in range(len(counts))])
+    axes[0].bar(
+        range(len(counts)), counts.to_numpy(), color=[PALETTE(i % 10) for i in range(len(counts))]
+    )
     axes[0].set_xticks(range(len(counts)), list(counts.index), rotation=40, ha="right")
     axes[0].set_ylabel("instances")
     colors = b["label"].map({c: PALETTE(i % 10) for i, c in enumerate(classes)})
@@ -82,8 +84,11 @@ def draw_boxes(ax, img: np.ndarray, boxes: pd.DataFrame, classes, title: str = "
     cmap = {c: PALETTE(i % 10) for i, c in enumerate(classes)}
     for r in boxes.itertuples(index=False):
         col = cmap.get(r.label, "yellow")
-        ax.add_patch(plt.Rectangle((r.x_min, r.y_min), r.x_max - r.x_min, r.y_max - r.y_min,
-                                   fill=False, ec=col, lw=1.5))
+        ax.add_patch(
+            plt.Rectangle(
+                (r.x_min, r.y_min), r.x_max - r.x_min, r.y_max - r.y_min, fill=False, ec=col, lw=1.5
+            )
+        )
         text = r.label if not hasattr(r, "score") else f"{r.label} {r.score:.2f}"
         ax.text(r.x_min, r.y_min - 4, text, color=col, fontsize=6, va="bottom")
     ax.set_title(title, fontsize=8)
@@ -109,7 +114,13 @@ def dataset_mosaic(images: pd.DataFrame, boxes: pd.DataFrame, classes, n: int = 
     samples = []
     for image_id in boxes["image_id"].drop_duplicates().head(n):
         r = by_id.loc[image_id]
-        samples.append((load_gray(r["path"]), boxes[boxes.image_id == image_id], f"{str(image_id)[:16]} ({r['split']})"))
+        samples.append(
+            (
+                load_gray(r["path"]),
+                boxes[boxes.image_id == image_id],
+                f"{str(image_id)[:16]} ({r['split']})",
+            )
+        )
     return mosaic(samples, classes)
 
 
@@ -166,13 +177,25 @@ def froc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], rates, title: st
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for i, (label, (fppi, sens)) in enumerate(curves.items()):
         if len(fppi) > 1:
-            ax.step(np.maximum(fppi, rates[0] / 2), sens, where="post", label=label, color=PALETTE(i % 10),
-                    lw=2.2 if label.startswith("(all)") else 1.2, ls="--" if "[IoU" in label else "-")
+            ax.step(
+                np.maximum(fppi, rates[0] / 2),
+                sens,
+                where="post",
+                label=label,
+                color=PALETTE(i % 10),
+                lw=2.2 if label.startswith("(all)") else 1.2,
+                ls="--" if "[IoU" in label else "-",
+            )
     for r in rates:
         ax.axvline(r, color="0.85", lw=0.8, zorder=0)
     ax.set_xscale("log")
-    ax.set(xlim=(rates[0] / 2, rates[-1] * 1.5), ylim=(0, 1.02), xlabel="false positives per image",
-           ylabel="sensitivity", title=title)
+    ax.set(
+        xlim=(rates[0] / 2, rates[-1] * 1.5),
+        ylim=(0, 1.02),
+        xlabel="false positives per image",
+        ylabel="sensitivity",
+        title=title,
+    )
     ax.set_xticks(list(rates), [f"{r:g}" for r in rates])
     if curves:
         ax.legend(fontsize=7, loc="lower right")
@@ -183,8 +206,14 @@ def paired_differences(table: pd.DataFrame, title: str) -> bytes:
     """The study report's paired comparisons: difference a - b with its 95% interval."""
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.55 * max(1, len(table))))
     y = np.arange(len(table))
-    ax.errorbar(table["diff"], y, xerr=[table["diff"] - table["ci_low"], table["ci_high"] - table["diff"]],
-                fmt="o", color="k", capsize=3)
+    ax.errorbar(
+        table["diff"],
+        y,
+        xerr=[table["diff"] - table["ci_low"], table["ci_high"] - table["diff"]],
+        fmt="o",
+        color="k",
+        capsize=3,
+    )
     ax.axvline(0, color="r", lw=1)
     ax.set_yticks(y, [f"{a} - {b}" for a, b in zip(table["a"], table["b"])], fontsize=8)
     ax.set_xlabel("AP50 difference (paired bootstrap 95% CI)")

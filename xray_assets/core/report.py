@@ -27,8 +27,12 @@ def markdown_to_html(md: str, title: str) -> str:
     from markdown_it import MarkdownIt
 
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;} table{border-collapse:collapse;}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:90%;} th{background:#eee;} img{max-width:100%;}"
-             "blockquote{border-left:4px solid #d9822b;background:#fff8ef;margin:1em 0;padding:.4em 1em;}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>\n" + body + "</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;} table{border-collapse:collapse;}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:90%;} th{background:#eee;} img{max-width:100%;}"
+        "blockquote{border-left:4px solid #d9822b;background:#fff8ef;margin:1em 0;padding:.4em 1em;}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>\n" + body + "</body></html>\n"
+    )

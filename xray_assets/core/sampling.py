@@ -7,8 +7,9 @@ import pandas as pd
 from .splits import stable_uniform
 
 
-def sample_background(candidates: pd.DataFrame, n: int, seed: int = 0,
-                      previous: pd.DataFrame | None = None) -> pd.DataFrame:
+def sample_background(
+    candidates: pd.DataFrame, n: int, seed: int = 0, previous: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """`n` background images: the earlier picks that are still candidates first, then the
     candidates of lowest seeded hash of `image_id`.
 
@@ -21,6 +22,8 @@ def sample_background(candidates: pd.DataFrame, n: int, seed: int = 0,
     rank = stable_uniform(candidates["image_id"], seed, salt="background")
     ranked = candidates.assign(_rank=rank)
     if previous is not None and len(previous):
-        ranked["_rank"] = ranked["_rank"].where(~ranked["image_id"].isin(previous["image_id"]), -1.0)
+        ranked["_rank"] = ranked["_rank"].where(
+            ~ranked["image_id"].isin(previous["image_id"]), -1.0
+        )
     order = ranked.sort_values(["_rank", "image_id"], kind="mergesort")
     return order.head(n).drop(columns="_rank").reset_index(drop=True)

@@ -40,8 +40,15 @@ def assign_splits(patient_ids, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> pd.S
 NIH_PNG_SIZE = 1024
 
 
-def study_images(nih_box_ids, nih_background_ids, nih_patient: dict, nih_paths: dict,
-                 vbd_box_ids, vbd_background_ids, vbd_images: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+def study_images(
+    nih_box_ids,
+    nih_background_ids,
+    nih_patient: dict,
+    nih_paths: dict,
+    vbd_box_ids,
+    vbd_background_ids,
+    vbd_images: pd.DataFrame,
+) -> tuple[pd.DataFrame, list[str]]:
     """Every image of the study with its patient group and size, and the ids referenced but missing.
 
     NIH: box images and background images, grouped by patient (Data_Entry's, else the id's first 8
@@ -49,23 +56,47 @@ def study_images(nih_box_ids, nih_background_ids, nih_patient: dict, nih_paths: 
     (`vbd_images`: image_id, path, width, height, orig_width, orig_height), each its own group.
     """
     rows, missing = [], []
-    nih = [(i, "annotated") for i in sorted(set(nih_box_ids))] + [(i, "background") for i in nih_background_ids]
+    nih = [(i, "annotated") for i in sorted(set(nih_box_ids))] + [
+        (i, "background") for i in nih_background_ids
+    ]
     for image_id, kind in nih:
         if image_id not in nih_paths:
             missing.append(image_id)
             continue
         pid = int(nih_patient[image_id]) if image_id in nih_patient else int(image_id[:8])
-        rows.append({"image_id": image_id, "source": "nih", "kind": kind, "group": f"nih:{pid}",
-                     "path": str(nih_paths[image_id]), "width": NIH_PNG_SIZE, "height": NIH_PNG_SIZE,
-                     "orig_width": NIH_PNG_SIZE, "orig_height": NIH_PNG_SIZE})
+        rows.append(
+            {
+                "image_id": image_id,
+                "source": "nih",
+                "kind": kind,
+                "group": f"nih:{pid}",
+                "path": str(nih_paths[image_id]),
+                "width": NIH_PNG_SIZE,
+                "height": NIH_PNG_SIZE,
+                "orig_width": NIH_PNG_SIZE,
+                "orig_height": NIH_PNG_SIZE,
+            }
+        )
     conv = vbd_images.set_index("image_id")
-    vbd = [(i, "annotated") for i in sorted(set(vbd_box_ids))] + [(i, "background") for i in vbd_background_ids]
+    vbd = [(i, "annotated") for i in sorted(set(vbd_box_ids))] + [
+        (i, "background") for i in vbd_background_ids
+    ]
     for image_id, kind in vbd:
         if image_id not in conv.index:
             missing.append(image_id)
             continue
         m = conv.loc[image_id]
-        rows.append({"image_id": image_id, "source": "vinbigdata", "kind": kind, "group": f"vbd:{image_id}",
-                     "path": str(m["path"]), "width": int(m["width"]), "height": int(m["height"]),
-                     "orig_width": int(m["orig_width"]), "orig_height": int(m["orig_height"])})
+        rows.append(
+            {
+                "image_id": image_id,
+                "source": "vinbigdata",
+                "kind": kind,
+                "group": f"vbd:{image_id}",
+                "path": str(m["path"]),
+                "width": int(m["width"]),
+                "height": int(m["height"]),
+                "orig_width": int(m["orig_width"]),
+                "orig_height": int(m["orig_height"]),
+            }
+        )
     return pd.DataFrame(rows), missing

@@ -52,8 +52,17 @@ def _blur_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) 
 
 def _ellipse_mask(h: int, w: int, cx, cy, ax, ay, angle=0.0) -> np.ndarray:
     m = np.zeros((h, w), np.float32)
-    cv2.ellipse(m, (int(cx * w), int(cy * h)), (max(1, int(ax * w)), max(1, int(ay * h))),
-                angle, 0, 360, 1.0, -1, lineType=cv2.LINE_AA)
+    cv2.ellipse(
+        m,
+        (int(cx * w), int(cy * h)),
+        (max(1, int(ax * w)), max(1, int(ay * h))),
+        angle,
+        0,
+        360,
+        1.0,
+        -1,
+        lineType=cv2.LINE_AA,
+    )
     return m
 
 
@@ -94,9 +103,17 @@ class Renderer:
             cx = 0.5 + side * 0.05
             for k in range(9):
                 cy = 0.16 + 0.075 * k
-                cv2.ellipse(ribs, (int(cx * w), int(cy * h)), (int(0.34 * w), int(0.09 * h)),
-                            0, 0 if side > 0 else 180, 90 if side > 0 else 270, 1.0, thick,
-                            lineType=cv2.LINE_AA)
+                cv2.ellipse(
+                    ribs,
+                    (int(cx * w), int(cy * h)),
+                    (int(0.34 * w), int(0.09 * h)),
+                    0,
+                    0 if side > 0 else 180,
+                    90 if side > 0 else 270,
+                    1.0,
+                    thick,
+                    lineType=cv2.LINE_AA,
+                )
         img += 0.07 * _soft(ribs, 2 * self.px) * lungs
         # mediastinum and spine
         spine = np.zeros((h, w), np.float32)
@@ -112,7 +129,9 @@ class Renderer:
         heart = _soft(_ellipse_mask(h, w, cx, cy, ax, ay), 6 * self.px)
         img = img * (1 - heart) + 0.68 * heart
         if cardiomegaly:
-            s.lesions.append(Lesion("Cardiomegaly", (cx - ax, cy - ay, cx + ax, min(cy + ay, 0.99))))
+            s.lesions.append(
+                Lesion("Cardiomegaly", (cx - ax, cy - ay, cx + ax, min(cy + ay, 0.99)))
+            )
         return img, lungs
 
     def _in_lung(self, margin: float) -> tuple[float, float, tuple]:
@@ -160,7 +179,7 @@ class Renderer:
             m = ((yn > edge) & (lung > 0.5)).astype(np.float32)
             x0, x1 = (cx - ax, cx + ax * 0.6) if lateral < 0 else (cx - ax * 0.6, cx + ax)
             m[:, : int(x0 * w)] = 0
-            m[:, int(x1 * w):] = 0
+            m[:, int(x1 * w) :] = 0
             ys_, xs_ = np.nonzero(m)
             box = (xs_.min() / w, ys_.min() / h, (xs_.max() + 1) / w, (ys_.max() + 1) / h)
             amp, blur = 0.42, 4.0
@@ -168,24 +187,43 @@ class Renderer:
             cx, cy, ax, ay = self.s.lungs[rng.integers(2)]
             depth = rng.uniform(0.22, 0.32)
             outer = _ellipse_mask(h, w, cx, cy, ax, ay)
-            inner = _ellipse_mask(h, w, cx + (0.5 - cx) * depth * 0.6, cy + ay * depth * 0.5,
-                                  ax * (1 - depth * 0.7), ay * (1 - depth * 0.6))
+            inner = _ellipse_mask(
+                h,
+                w,
+                cx + (0.5 - cx) * depth * 0.6,
+                cy + ay * depth * 0.5,
+                ax * (1 - depth * 0.7),
+                ay * (1 - depth * 0.6),
+            )
             rim = np.clip(outer - inner, 0, 1)
-            rim[int((cy + 0.2 * ay) * h):, :] = 0  # apical and lateral only
+            rim[int((cy + 0.2 * ay) * h) :, :] = 0  # apical and lateral only
             ys_, xs_ = np.nonzero(rim > 0.5)
             box = (xs_.min() / w, ys_.min() / h, (xs_.max() + 1) / w, (ys_.max() + 1) / h)
             rim = _soft(rim, 1.5 * self.px)
             img = img * (1 - rim) + 0.03 * rim  # black, no markings
-            line = _soft(np.clip(inner - cv2.erode(inner, np.ones((3, 3), np.uint8),
-                                                   iterations=max(1, int(3 * self.px))), 0, 1), 1)
-            line[int((cy + 0.2 * ay) * h):, :] = 0
+            line = _soft(
+                np.clip(
+                    inner
+                    - cv2.erode(
+                        inner, np.ones((3, 3), np.uint8), iterations=max(1, int(3 * self.px))
+                    ),
+                    0,
+                    1,
+                ),
+                1,
+            )
+            line[int((cy + 0.2 * ay) * h) :, :] = 0
             img = img + 0.25 * line
             self.s.lesions.append(Lesion(label, box))
             return img
         elif label == "Atelectasis":
             x, y, _ = self._in_lung(0.06)
             y = max(y, self.s.lungs[0][1])
-            length, thick, ang = rng.uniform(0.07, 0.10), rng.uniform(0.012, 0.02), rng.uniform(-25, 25)
+            length, thick, ang = (
+                rng.uniform(0.07, 0.10),
+                rng.uniform(0.012, 0.02),
+                rng.uniform(-25, 25),
+            )
             m = _ellipse_mask(h, w, x, y, length, thick, ang)
             ys_, xs_ = np.nonzero(m > 0.5)
             box = (xs_.min() / w, ys_.min() / h, (xs_.max() + 1) / w, (ys_.max() + 1) / h)
@@ -226,8 +264,12 @@ class Renderer:
             box = (x - r, y - r, x + r, y + r)
         elif label == "Pleural thickening":
             cx, cy, ax, ay = self.s.lungs[rng.integers(2)]
-            m = np.clip(_ellipse_mask(h, w, cx, cy - ay * 0.6, ax, ay * 0.35)
-                        - _ellipse_mask(h, w, cx, cy - ay * 0.55, ax * 0.9, ay * 0.32), 0, 1)
+            m = np.clip(
+                _ellipse_mask(h, w, cx, cy - ay * 0.6, ax, ay * 0.35)
+                - _ellipse_mask(h, w, cx, cy - ay * 0.55, ax * 0.9, ay * 0.32),
+                0,
+                1,
+            )
             ys_, xs_ = np.nonzero(m > 0.5)
             box = (xs_.min() / w, ys_.min() / h, (xs_.max() + 1) / w, (ys_.max() + 1) / h)
         else:  # fibrosis / other lesion: reticular texture in a lung zone
@@ -248,7 +290,9 @@ class Renderer:
         return np.clip(img, 0, 1)
 
 
-def render(rng: np.random.Generator, labels: list[str], h: int, w: int) -> tuple[np.ndarray, list[Lesion]]:
+def render(
+    rng: np.random.Generator, labels: list[str], h: int, w: int
+) -> tuple[np.ndarray, list[Lesion]]:
     scene = Scene(rng=rng)
     r = Renderer(scene, h, w)
     img, _ = r.base(cardiomegaly="Cardiomegaly" in labels)
@@ -267,7 +311,14 @@ NIH_DATA_ENTRY_HEADER = (
 )
 NIH_BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 #: findings that appear in Data_Entry but have no box class
-NIH_UNBOXED_FINDINGS = ("Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia", "Consolidation", "Edema")
+NIH_UNBOXED_FINDINGS = (
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+    "Consolidation",
+    "Edema",
+)
 
 
 def _nih_label_plan(rng: np.random.Generator, n: int) -> list[list[str]]:
@@ -296,8 +347,12 @@ def _pool_map(fn, jobs: list, workers: int | None):
         return [fn(j) for j in jobs]
     # spawned workers (a forked child of a process that used OpenCV's threads can deadlock), one
     # OpenCV thread each: the pool already fills the cores
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=cv2.setNumThreads, initargs=(1,)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=cv2.setNumThreads,
+        initargs=(1,),
+    ) as pool:
         return list(pool.map(fn, jobs, chunksize=4))
 
 
@@ -309,7 +364,9 @@ def _nih_image(job: tuple) -> tuple[str, list[str]]:
     # Drawn at half size and scaled up to NIH's 1024 px (4x less drawing; boxes are normalised)
     img, lesions = render(rng, labels + unboxed, NIH_SIZE // 2, NIH_SIZE // 2)
     img = cv2.resize(img, (NIH_SIZE, NIH_SIZE), interpolation=cv2.INTER_LINEAR)
-    findings = sorted({"Infiltration" if les.label == "Infiltrate" else les.label for les in lesions})
+    findings = sorted(
+        {"Infiltration" if les.label == "Infiltrate" else les.label for les in lesions}
+    )
     if kind != "background" and rng.random() < 0.2:
         findings = sorted(set(findings) | {str(rng.choice(NIH_UNBOXED_FINDINGS))})
     boxes = []
@@ -320,7 +377,11 @@ def _nih_image(job: tuple) -> tuple[str, list[str]]:
             x0, y0, x1, y1 = (v * NIH_SIZE for v in les.box)
             x0, y0 = max(x0, 0.0), max(y0, 0.0)
             x1, y1 = min(x1, NIH_SIZE), min(y1, NIH_SIZE)
-            boxes.append(",".join([image_id, les.label, *(repr(float(v)) for v in (x0, y0, x1 - x0, y1 - y0))]))
+            boxes.append(
+                ",".join(
+                    [image_id, les.label, *(repr(float(v)) for v in (x0, y0, x1 - x0, y1 - y0))]
+                )
+            )
     u8 = (img * 255).round().astype(np.uint8)
     if idx % 25 == 7:  # a few RGBA files (every 25th), like the real set
         u8 = cv2.cvtColor(u8, cv2.COLOR_GRAY2BGRA)
@@ -331,16 +392,23 @@ def _nih_image(job: tuple) -> tuple[str, list[str]]:
     return ("|".join(findings) if findings else "No Finding"), boxes
 
 
-def write_nih(out: Path, n_annotated: int, seed: int, background_ratio: float = 2.0,
-              n_unboxed: int | None = None, workers: int | None = None, first_patient: int = 1,
-              unboxed_extra: float = 0.1) -> dict[str, int]:
+def write_nih(
+    out: Path,
+    n_annotated: int,
+    seed: int,
+    background_ratio: float = 2.0,
+    n_unboxed: int | None = None,
+    workers: int | None = None,
+    first_patient: int = 1,
+    unboxed_extra: float = 0.1,
+) -> dict[str, int]:
     """NIH's layout under `out`. `n_unboxed`: images listing a finding with no box at all;
     `unboxed_extra`: the share of box images that list one more finding without a box."""
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 1])
     n_background = int(round(n_annotated * background_ratio))
     n_unboxed = max(2, n_annotated // 10) if n_unboxed is None else n_unboxed
-    kinds = (["annotated"] * n_annotated + ["background"] * n_background + ["unboxed"] * n_unboxed)
+    kinds = ["annotated"] * n_annotated + ["background"] * n_background + ["unboxed"] * n_unboxed
     kinds = [kinds[i] for i in rng.permutation(len(kinds))]
     label_plan = iter(_nih_label_plan(rng, n_annotated))
     meta, jobs = [], []
@@ -358,20 +426,35 @@ def write_nih(out: Path, n_annotated: int, seed: int, background_ratio: float = 
             unboxed: list[str] = []
             if kind == "annotated":
                 labels = next(label_plan)
-                if rng.random() < unboxed_extra:   # a second finding the box annotator left out
+                if rng.random() < unboxed_extra:  # a second finding the box annotator left out
                     unboxed = [str(rng.choice([c for c in NIH_CLASSES if c not in labels]))]
             elif kind == "unboxed":
                 labels = [NIH_CLASSES[rng.integers(len(NIH_CLASSES))]]
             else:
                 labels = []
             ow, oh = int(rng.integers(2000, 3056)), int(rng.integers(2000, 3056))
-            meta.append((image_id, follow, patient, age + follow // 2, sex, str(rng.choice(["PA", "AP"])), ow, oh))
+            meta.append(
+                (
+                    image_id,
+                    follow,
+                    patient,
+                    age + follow // 2,
+                    sex,
+                    str(rng.choice(["PA", "AP"])),
+                    ow,
+                    oh,
+                )
+            )
             jobs.append((seed, idx, str(folder / image_id), image_id, kind, labels, unboxed))
             idx += 1
     results = _pool_map(_nih_image, jobs, workers)
     entries, boxes = [], []
-    for (image_id, follow, pid, age, sex, view, ow, oh), (finding_text, box_lines) in zip(meta, results):
-        entries.append(f"{image_id},{finding_text},{follow},{pid},{age},{sex},{view},{ow},{oh},0.143,0.143,")
+    for (image_id, follow, pid, age, sex, view, ow, oh), (finding_text, box_lines) in zip(
+        meta, results
+    ):
+        entries.append(
+            f"{image_id},{finding_text},{follow},{pid},{age},{sex},{view},{ow},{oh},0.143,0.143,"
+        )
         boxes += box_lines
     _write_lines(out / "Data_Entry_2017.csv", [NIH_DATA_ENTRY_HEADER, *entries])
     _write_lines(out / "BBox_List_2017.csv", [NIH_BBOX_HEADER, *boxes])
@@ -379,7 +462,11 @@ def write_nih(out: Path, n_annotated: int, seed: int, background_ratio: float = 
     test = {i for i in ids if int(i[:8]) % 5 == 0}
     _write_lines(out / "train_val_list.txt", [i for i in ids if i not in test], final_newline=False)
     _write_lines(out / "test_list.txt", [i for i in ids if i in test], final_newline=False)
-    return {"nih_images": len(entries), "nih_boxes": len(boxes), "nih_patients": patient - first_patient + 1}
+    return {
+        "nih_images": len(entries),
+        "nih_boxes": len(boxes),
+        "nih_patients": patient - first_patient + 1,
+    }
 
 
 def _write_lines(path: Path, lines: list[str], final_newline: bool = True) -> None:
@@ -398,7 +485,12 @@ VBD_MAPPED = {  # NIH look -> VinBigData class id
     "Mass": 8,
     "Pneumothorax": 12,
 }
-VBD_UNMAPPED = {"Aortic enlargement": 0, "Pleural thickening": 11, "Pulmonary fibrosis": 13, "Other lesion": 9}
+VBD_UNMAPPED = {
+    "Aortic enlargement": 0,
+    "Pleural thickening": 11,
+    "Pulmonary fibrosis": 13,
+    "Other lesion": 9,
+}
 RADIOLOGISTS = [f"R{i}" for i in range(1, 18)]
 
 
@@ -488,23 +580,35 @@ def _vbd_image(job: tuple) -> list[list]:
             cid = VBD_MAPPED.get(les.label, VBD_UNMAPPED.get(les.label))
             copies = 2 if rng.random() < 0.08 else 1  # some readers split one finding in two
             for _ in range(copies):
-                per_reader[reader].append((cid, VINBIGDATA_CLASSES[cid], _jitter(rng, les.box, w, h)))
+                per_reader[reader].append(
+                    (cid, VINBIGDATA_CLASSES[cid], _jitter(rng, les.box, w, h))
+                )
         if lesions and rng.random() < 0.08:  # an extra box on a normal area
             x, y = rng.uniform(0.25, 0.7, 2)
-            per_reader[reader].append((8, VINBIGDATA_CLASSES[8], _jitter(rng, (x, y, x + 0.05, y + 0.05), w, h)))
+            per_reader[reader].append(
+                (8, VINBIGDATA_CLASSES[8], _jitter(rng, (x, y, x + 0.05, y + 0.05), w, h))
+            )
     rows = []
     for reader in readers:
         if not per_reader[reader]:
             rows.append([image_id, "No finding", 14, reader, "", "", "", ""])
         for cid, name, (x0, y0, x1, y1) in per_reader[reader]:
-            rows.append([image_id, name, cid, reader, f"{x0:.1f}", f"{y0:.1f}", f"{x1:.1f}", f"{y1:.1f}"])
+            rows.append(
+                [image_id, name, cid, reader, f"{x0:.1f}", f"{y0:.1f}", f"{x1:.1f}", f"{y1:.1f}"]
+            )
     write_dicom(Path(path), img, _encode_variant(i), serial=i)
     return rows
 
 
-def write_vinbigdata(out: Path, n_annotated: int, seed: int, n_no_finding: int | None = None,
-                     n_unmapped_only: int | None = None, max_side: int = 1400,
-                     workers: int | None = None) -> dict[str, int]:
+def write_vinbigdata(
+    out: Path,
+    n_annotated: int,
+    seed: int,
+    n_no_finding: int | None = None,
+    n_unmapped_only: int | None = None,
+    max_side: int = 1400,
+    workers: int | None = None,
+) -> dict[str, int]:
     (out / "train").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 2])
     n_no_finding = max(2, n_annotated // 3) if n_no_finding is None else n_no_finding
@@ -535,10 +639,16 @@ def write_vinbigdata(out: Path, n_annotated: int, seed: int, n_no_finding: int |
     with atomic_path(out / "train.csv") as tmp:
         with open(tmp, "w", newline="") as fh:
             wr = csv.writer(fh, lineterminator="\n")
-            wr.writerow(["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"])
+            wr.writerow(
+                ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
+            )
             for i in order:
                 wr.writerow(rows[i])
-    return {"vinbigdata_images": len(kinds), "vinbigdata_rows": len(rows), "vinbigdata_boxes": n_boxes}
+    return {
+        "vinbigdata_images": len(kinds),
+        "vinbigdata_rows": len(rows),
+        "vinbigdata_boxes": n_boxes,
+    }
 
 
 def _jitter(rng, box, w, h) -> tuple[float, float, float, float]:
@@ -559,9 +669,15 @@ def is_sample_data(data_dir: str | Path) -> bool:
     return (Path(data_dir) / SAMPLE_MARKER).exists()
 
 
-def write_sample_data(out_dir: str | Path, size: int = 120, seed: int = 0, background_ratio: float = 2.0,
-                      vinbigdata_max_side: int = 1100, workers: int | None = None,
-                      progress=None) -> dict[str, int]:
+def write_sample_data(
+    out_dir: str | Path,
+    size: int = 120,
+    seed: int = 0,
+    background_ratio: float = 2.0,
+    vinbigdata_max_side: int = 1100,
+    workers: int | None = None,
+    progress=None,
+) -> dict[str, int]:
     """Both datasets under `out_dir` (`nih/`, `vinbigdata/`). `size`: annotated images per dataset.
     `progress(message)`: called as each part is written."""
     import json
@@ -572,16 +688,36 @@ def write_sample_data(out_dir: str | Path, size: int = 120, seed: int = 0, backg
     stats = write_nih(out / "nih", size, seed, background_ratio, workers=workers)
     say(f"NIH: {stats['nih_images']} images, {stats['nih_boxes']} boxes written")
     say(f"VinBigData: {size} annotated DICOMs read by three radiologists each ...")
-    stats |= write_vinbigdata(out / "vinbigdata", size, seed, max_side=vinbigdata_max_side, workers=workers)
-    say(f"VinBigData: {stats['vinbigdata_images']} DICOMs, {stats['vinbigdata_rows']} reader rows written")
+    stats |= write_vinbigdata(
+        out / "vinbigdata", size, seed, max_side=vinbigdata_max_side, workers=workers
+    )
+    say(
+        f"VinBigData: {stats['vinbigdata_images']} DICOMs, {stats['vinbigdata_rows']} reader rows written"
+    )
     with atomic_path(out / SAMPLE_MARKER) as tmp:
-        tmp.write_text(json.dumps({"generator": "xray-assets sample-data", "synthetic": True, "seed": seed,
-                                   "size": size, **stats}, indent=2))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "generator": "xray-assets sample-data",
+                    "synthetic": True,
+                    "seed": seed,
+                    "size": size,
+                    **stats,
+                },
+                indent=2,
+            )
+        )
     return stats
 
 
-def toy_yolo_dataset(root: str | Path, task: str, n: int, size: int, label_sets: list[list[str]],
-                     fractions: tuple[float, float] = (0.6, 0.8)) -> Path:
+def toy_yolo_dataset(
+    root: str | Path,
+    task: str,
+    n: int,
+    size: int,
+    label_sets: list[list[str]],
+    fractions: tuple[float, float] = (0.6, 0.8),
+) -> Path:
     """A small YOLO dataset of rendered images for tests and benchmarks; returns its data.yaml.
 
     Image i draws `label_sets[i % len(label_sets)]` (NIH names) with seed i; images before
@@ -600,26 +736,57 @@ def toy_yolo_dataset(root: str | Path, task: str, n: int, size: int, label_sets:
         p.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(p), (img * 255).astype(np.uint8))
         split = "train" if i < fractions[0] * n else ("val" if i < fractions[1] * n else "test")
-        rows.append({"image_id": p.name, "path": str(p), "width": size, "height": size, "split": split})
-        boxes += [{"image_id": p.name, "label": les.label, "x_min": les.box[0] * size, "y_min": les.box[1] * size,
-                   "x_max": les.box[2] * size, "y_max": les.box[3] * size} for les in lesions]
-    build_dataset(root / "ds", TASKS[task], pd.DataFrame(rows),
-                  pd.DataFrame(boxes, columns=["image_id", "label", "x_min", "y_min", "x_max", "y_max"]))
+        rows.append(
+            {"image_id": p.name, "path": str(p), "width": size, "height": size, "split": split}
+        )
+        boxes += [
+            {
+                "image_id": p.name,
+                "label": les.label,
+                "x_min": les.box[0] * size,
+                "y_min": les.box[1] * size,
+                "x_max": les.box[2] * size,
+                "y_max": les.box[3] * size,
+            }
+            for les in lesions
+        ]
+    build_dataset(
+        root / "ds",
+        TASKS[task],
+        pd.DataFrame(rows),
+        pd.DataFrame(boxes, columns=["image_id", "label", "x_min", "y_min", "x_max", "y_max"]),
+    )
     return root / "ds" / "data.yaml"
 
 
-def write_drop(folder: str | Path, fmt: str, n_annotated: int = 6, seed: int = 101,
-               first_patient: int = 90_000, max_side: int = 700, ready: bool = True) -> Path:
+def write_drop(
+    folder: str | Path,
+    fmt: str,
+    n_annotated: int = 6,
+    seed: int = 101,
+    first_patient: int = 90_000,
+    max_side: int = 700,
+    ready: bool = True,
+) -> Path:
     """A sample annotation drop for the inbox: new patients (NIH) or new image ids (VinBigData),
     in the native formats, with a READY marker unless `ready` is False."""
     folder = Path(folder)
     if fmt == "nih":
-        write_nih(folder, n_annotated, seed, background_ratio=0.0, n_unboxed=0, first_patient=first_patient,
-                  unboxed_extra=0.0)
+        write_nih(
+            folder,
+            n_annotated,
+            seed,
+            background_ratio=0.0,
+            n_unboxed=0,
+            first_patient=first_patient,
+            unboxed_extra=0.0,
+        )
         for extra in ("train_val_list.txt", "test_list.txt"):
             (folder / extra).unlink(missing_ok=True)
     elif fmt == "vinbigdata":
-        write_vinbigdata(folder, n_annotated, seed, n_no_finding=1, n_unmapped_only=0, max_side=max_side)
+        write_vinbigdata(
+            folder, n_annotated, seed, n_no_finding=1, n_unmapped_only=0, max_side=max_side
+        )
     else:
         raise ValueError(f"unknown drop format {fmt!r}: nih or vinbigdata")
     if ready:

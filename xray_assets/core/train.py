@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-
 from ..config import NO_EFFECT_FOR_DETECTION, TrainParams, configure_ultralytics
 
 
@@ -27,19 +26,23 @@ class InitError(FileNotFoundError):
 class Init:
     """A model's starting point: a pretrained checkpoint (file, sha256, size) or the yaml (scratch)."""
 
-    kind: str                 # "pretrained" or "scratch"
-    source: str               # the checkpoint's path, or the architecture yaml
+    kind: str  # "pretrained" or "scratch"
+    source: str  # the checkpoint's path, or the architecture yaml
     sha256: str | None = None
     size: int | None = None
-    note: str = ""            # how it was found (for the logs)
+    note: str = ""  # how it was found (for the logs)
 
     @property
     def label(self) -> str:
         return f"pretrained:{Path(self.source).name}" if self.kind == "pretrained" else "scratch"
 
     def as_dict(self) -> dict:
-        return {"init": self.label, "init_source": self.source, "init_sha256": self.sha256 or "",
-                "init_bytes": self.size or 0}
+        return {
+            "init": self.label,
+            "init_source": self.source,
+            "init_sha256": self.sha256 or "",
+            "init_bytes": self.size or 0,
+        }
 
 
 def _pretrained(path: Path, note: str) -> Init:
@@ -48,9 +51,14 @@ def _pretrained(path: Path, note: str) -> Init:
     return Init("pretrained", str(path), file_sha256(path), path.stat().st_size, note)
 
 
-def resolve_init(params: TrainParams, weights: str | None = None, from_scratch: bool = False,
-                 weights_dir: Path | None = None, allow_downloads: bool = False,
-                 log: Callable[[str], None] = print) -> Init:
+def resolve_init(
+    params: TrainParams,
+    weights: str | None = None,
+    from_scratch: bool = False,
+    weights_dir: Path | None = None,
+    allow_downloads: bool = False,
+    log: Callable[[str], None] = print,
+) -> Init:
     """The starting weights, in this order: `weights` (a path given by config; missing is an error);
     `from_scratch` (the yaml, on purpose); `weights_dir/<params.pretrained>`; ultralytics' own
     download into `weights_dir` where allowed; otherwise an InitError naming the file and the folder
@@ -61,7 +69,11 @@ def resolve_init(params: TrainParams, weights: str | None = None, from_scratch: 
             raise InitError(f"weights file {weights} does not exist (config `weights`)")
         return _pretrained(p.resolve(), "config `weights`")
     if from_scratch or not params.pretrained:
-        return Init("scratch", params.model, note="from_scratch: true" if from_scratch else "no pretrained file named")
+        return Init(
+            "scratch",
+            params.model,
+            note="from_scratch: true" if from_scratch else "no pretrained file named",
+        )
     folder = Path(weights_dir or Path.home() / ".cache" / "xray-assets" / "weights").expanduser()
     local = folder / params.pretrained
     if local.is_file():
@@ -78,11 +90,18 @@ def resolve_init(params: TrainParams, weights: str | None = None, from_scratch: 
     if params.require_pretrained:
         raise InitError(
             f"no pretrained weights: {params.pretrained} is not in {folder}"
-            + ("" if allow_downloads else " and downloads are not allowed here (XRAY_ALLOW_DOWNLOADS=0 or offline)")
+            + (
+                ""
+                if allow_downloads
+                else " and downloads are not allowed here (XRAY_ALLOW_DOWNLOADS=0 or offline)"
+            )
             + f". Put {params.pretrained} in {folder} (or set XRAY_WEIGHTS_DIR), give the task's `weights` config a "
-            "path, or set `from_scratch: true` to train from random weights on purpose.")
-    log(f"no {params.pretrained} in {folder}: building {params.model} from scratch (random weights); put the "
-        f"file there for a pretrained start")
+            "path, or set `from_scratch: true` to train from random weights on purpose."
+        )
+    log(
+        f"no {params.pretrained} in {folder}: building {params.model} from scratch (random weights); put the "
+        f"file there for a pretrained start"
+    )
     return Init("scratch", params.model, note=f"no {params.pretrained} in {folder}")
 
 
@@ -121,7 +140,11 @@ def mlflow_experiment(tracking_uri: str, name: str, artifact_root: Path | str | 
         local = artifact_root is not None and not tracking_uri.startswith(("http://", "https://"))
         location = None
         if local:
-            location = str(artifact_root) if "://" in str(artifact_root) else Path(artifact_root).resolve().as_uri()
+            location = (
+                str(artifact_root)
+                if "://" in str(artifact_root)
+                else Path(artifact_root).resolve().as_uri()
+            )
         return mlflow.create_experiment(name, artifact_location=location)
     return exp.experiment_id
 
@@ -181,13 +204,17 @@ def train(
     last = out_dir / "train" / "weights" / "last.pt"
     run_file = out_dir / "run.json"
     if resume and not last.exists():
-        raise FileNotFoundError(f"resume: no checkpoint at {last}; materialise without `resume` first")
+        raise FileNotFoundError(
+            f"resume: no checkpoint at {last}; materialise without `resume` first"
+        )
     SETTINGS.update({"mlflow": True, "sync": False})
     _callback_always_logs()
     args, dropped = ultralytics_train_args(params)
     if dropped:
-        log(f"ultralytics {__import__('ultralytics').__version__} has no argument(s) {sorted(dropped)}: "
-            "recorded in MLflow, not passed")
+        log(
+            f"ultralytics {__import__('ultralytics').__version__} has no argument(s) {sorted(dropped)}: "
+            "recorded in MLflow, not passed"
+        )
     # mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into this process's environment (for its
     # subprocesses); ultralytics' callback needs it while training, nothing after: it is put back below
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
@@ -201,34 +228,62 @@ def train(
         run = mlflow.start_run(run_id=previous["run_id"])
         mlflow.set_tags({**tags, "resumed": "true"})
     else:
-        run = mlflow.start_run(experiment_id=exp_id, run_name=f"{task}-{time.strftime('%Y%m%d-%H%M%S')}",
-                               tags=tags)
+        run = mlflow.start_run(
+            experiment_id=exp_id, run_name=f"{task}-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags
+        )
         run_file.write_text(json.dumps({"run_id": run.info.run_id, "experiment_id": exp_id}))
     try:
         if not previous:
             # namespaced, so ultralytics' callback can log its own args (task, name, classes...) beside them
-            mlflow.log_params({f"xray.{k}": str(v)[:500] for k, v in {**run_params, **init.as_dict()}.items()})
+            mlflow.log_params(
+                {f"xray.{k}": str(v)[:500] for k, v in {**run_params, **init.as_dict()}.items()}
+            )
             if dropped:
                 mlflow.log_params({f"xray.not_passed.{k}": v for k, v in dropped.items()})
-            mlflow.log_params({f"xray.no_effect.{k}": f"{getattr(params, k)} (ultralytics ignores it for box detection)"
-                               for k in NO_EFFECT_FOR_DETECTION if getattr(params, k, None)})
+            mlflow.log_params(
+                {
+                    f"xray.no_effect.{k}": f"{getattr(params, k)} (ultralytics ignores it for box detection)"
+                    for k in NO_EFFECT_FOR_DETECTION
+                    if getattr(params, k, None)
+                }
+            )
             mlflow.set_tags({"init": init.label, "init_sha256": init.sha256 or ""})
-        log(f"{task}: starting from {init.label}" + (f" ({init.source}, sha256 {init.sha256[:12]}, {init.size} bytes)"
-                                                      if init.sha256 else f" ({init.source}; {init.note})"))
+        log(
+            f"{task}: starting from {init.label}"
+            + (
+                f" ({init.source}, sha256 {init.sha256[:12]}, {init.size} bytes)"
+                if init.sha256
+                else f" ({init.source}; {init.note})"
+            )
+        )
         model = YOLO(str(last) if resume else init.source)
 
         def on_epoch(trainer):
             losses = trainer.label_loss_items(trainer.tloss, prefix="train")
-            shown = {**losses, **{k: v for k, v in (trainer.metrics or {}).items() if "mAP50" in k or "recall" in k}}
-            log(f"{task}: epoch {min(trainer.epoch + 1, trainer.epochs)}/{trainer.epochs} "
-                + " ".join(f"{k.split('/')[-1]}={float(v):.3f}" for k, v in shown.items()))
+            shown = {
+                **losses,
+                **{
+                    k: v
+                    for k, v in (trainer.metrics or {}).items()
+                    if "mAP50" in k or "recall" in k
+                },
+            }
+            log(
+                f"{task}: epoch {min(trainer.epoch + 1, trainer.epochs)}/{trainer.epochs} "
+                + " ".join(f"{k.split('/')[-1]}={float(v):.3f}" for k, v in shown.items())
+            )
 
         model.add_callback("on_fit_epoch_end", on_epoch)
         if resume:
             # ultralytics' callback refuses a reopened run (its `resume` arg changed): log epochs here
             def log_epoch(trainer):
-                clean = {k.replace("(", "").replace(")", ""): float(v) for k, v in
-                         {**trainer.label_loss_items(trainer.tloss, prefix="train"), **(trainer.metrics or {})}.items()}
+                clean = {
+                    k.replace("(", "").replace(")", ""): float(v)
+                    for k, v in {
+                        **trainer.label_loss_items(trainer.tloss, prefix="train"),
+                        **(trainer.metrics or {}),
+                    }.items()
+                }
                 mlflow.log_metrics(clean, step=trainer.epoch)
 
             model.add_callback("on_fit_epoch_end", log_epoch)
@@ -239,13 +294,22 @@ def train(
                 log(f"{task}: resuming from {last}")
                 model.train(resume=True)
             else:
-                model.train(data=str(data_yaml), project=str(out_dir), name="train", exist_ok=True,
-                            device=device, verbose=False, **args)
+                model.train(
+                    data=str(data_yaml),
+                    project=str(out_dir),
+                    name="train",
+                    exist_ok=True,
+                    device=device,
+                    verbose=False,
+                    **args,
+                )
         trainer = model.trainer
         save_dir = Path(trainer.save_dir)
         best = Path(trainer.best) if Path(trainer.best).exists() else Path(trainer.last)
-        final = {k.replace("(B)", "").replace("metrics/", "val_"): float(v) for k, v in
-                 (trainer.metrics or {}).items()}
+        final = {
+            k.replace("(B)", "").replace("metrics/", "val_"): float(v)
+            for k, v in (trainer.metrics or {}).items()
+        }
         weights_out = out_dir / "best.pt"
         tmp = out_dir / ".best.pt.tmp"
         shutil.copyfile(best, tmp)
@@ -268,9 +332,18 @@ def train(
             except Exception:
                 client.create_registered_model(name, description=f"YOLO detector for task {task}")
             mv = client.create_model_version(
-                name=name, source=f"{run.info.artifact_uri}/weights", run_id=run.info.run_id,
-                tags={**{k: v for k, v in tags.items() if k in ("dataset_hash", "profile", "task", "trained_on_synthetic")},
-                      "init": init.label, "init_sha256": init.sha256 or ""},
+                name=name,
+                source=f"{run.info.artifact_uri}/weights",
+                run_id=run.info.run_id,
+                tags={
+                    **{
+                        k: v
+                        for k, v in tags.items()
+                        if k in ("dataset_hash", "profile", "task", "trained_on_synthetic")
+                    },
+                    "init": init.label,
+                    "init_sha256": init.sha256 or "",
+                },
             )
             version = mv.version
         mlflow.end_run(status="FINISHED")
@@ -285,8 +358,14 @@ def train(
     results_csv = save_dir / "results.csv"
     results_png = save_dir / "results.png"
     return TrainResult(
-        weights=weights_out, run_id=run.info.run_id, experiment_id=exp_id, model_version=version,
-        metrics=final, results_csv=results_csv if results_csv.exists() else None,
-        results_png=results_png if results_png.exists() else None, save_dir=save_dir,
-        seconds=time.time() - t0, dropped_args=dropped,
+        weights=weights_out,
+        run_id=run.info.run_id,
+        experiment_id=exp_id,
+        model_version=version,
+        metrics=final,
+        results_csv=results_csv if results_csv.exists() else None,
+        results_png=results_png if results_png.exists() else None,
+        save_dir=save_dir,
+        seconds=time.time() - t0,
+        dropped_args=dropped,
     )

@@ -26,7 +26,9 @@ COORDS = ["x_min", "y_min", "x_max", "y_max"]
 GRID_COLUMNS = ["conf", "iou", "precision", "recall", "map50", "map50_95", "objective", "boxes"]
 
 
-def ultralytics_scores(detections: pd.DataFrame, ground_truth: pd.DataFrame, image_ids, classes) -> dict[str, float]:
+def ultralytics_scores(
+    detections: pd.DataFrame, ground_truth: pd.DataFrame, image_ids, classes
+) -> dict[str, float]:
     """precision, recall, map50, map50_95 of `detections` as ultralytics' DetectionValidator reports
     them (frames: image_id, label, [score,] x_min..y_max in one pixel space)."""
     import torch
@@ -36,28 +38,58 @@ def ultralytics_scores(detections: pd.DataFrame, ground_truth: pd.DataFrame, ima
     index = {c: i for i, c in enumerate(classes)}
     matcher = SimpleNamespace(iouv=torch.linspace(0.5, 0.95, 10))
     metrics = DetMetrics(names=dict(enumerate(classes)))
-    preds = {k: g.sort_values("score", ascending=False, kind="mergesort") for k, g in detections.groupby("image_id")}
+    preds = {
+        k: g.sort_values("score", ascending=False, kind="mergesort")
+        for k, g in detections.groupby("image_id")
+    }
     truth = dict(tuple(ground_truth.groupby("image_id")))
     for image_id in dict.fromkeys(image_ids):
         p, t = preds.get(image_id), truth.get(image_id)
-        p_cls = np.array([index[x] for x in p["label"]], dtype=float) if p is not None else np.zeros(0)
-        t_cls = np.array([index[x] for x in t["label"]], dtype=float) if t is not None else np.zeros(0)
+        p_cls = (
+            np.array([index[x] for x in p["label"]], dtype=float) if p is not None else np.zeros(0)
+        )
+        t_cls = (
+            np.array([index[x] for x in t["label"]], dtype=float) if t is not None else np.zeros(0)
+        )
         if len(p_cls) and len(t_cls):
-            iou = box_iou(torch.tensor(t[COORDS].to_numpy(np.float32)), torch.tensor(p[COORDS].to_numpy(np.float32)))
-            tp = DetectionValidator.match_predictions(matcher, torch.as_tensor(p_cls), torch.as_tensor(t_cls), iou).numpy()
+            iou = box_iou(
+                torch.tensor(t[COORDS].to_numpy(np.float32)),
+                torch.tensor(p[COORDS].to_numpy(np.float32)),
+            )
+            tp = DetectionValidator.match_predictions(
+                matcher, torch.as_tensor(p_cls), torch.as_tensor(t_cls), iou
+            ).numpy()
         else:
             tp = np.zeros((len(p_cls), 10), bool)
-        metrics.update_stats({"tp": tp, "conf": p["score"].to_numpy(float) if p is not None else np.zeros(0),
-                              "pred_cls": p_cls, "target_cls": t_cls, "target_img": np.unique(t_cls),
-                              "im_name": str(image_id)})
+        metrics.update_stats(
+            {
+                "tp": tp,
+                "conf": p["score"].to_numpy(float) if p is not None else np.zeros(0),
+                "pred_cls": p_cls,
+                "target_cls": t_cls,
+                "target_img": np.unique(t_cls),
+                "im_name": str(image_id),
+            }
+        )
     metrics.process(plot=False)
     r = metrics.results_dict
-    return {"precision": float(r["metrics/precision(B)"]), "recall": float(r["metrics/recall(B)"]),
-            "map50": float(r["metrics/mAP50(B)"]), "map50_95": float(r["metrics/mAP50-95(B)"])}
+    return {
+        "precision": float(r["metrics/precision(B)"]),
+        "recall": float(r["metrics/recall(B)"]),
+        "map50": float(r["metrics/mAP50(B)"]),
+        "map50_95": float(r["metrics/mAP50-95(B)"]),
+    }
 
 
-def tune_grid(candidates: list[Candidates], ground_truth: pd.DataFrame, classes, base: DetectionRule,
-              conf_grid, iou_grid, log: Callable[[str], None] = print) -> tuple[pd.DataFrame, dict]:
+def tune_grid(
+    candidates: list[Candidates],
+    ground_truth: pd.DataFrame,
+    classes,
+    base: DetectionRule,
+    conf_grid,
+    iou_grid,
+    log: Callable[[str], None] = print,
+) -> tuple[pd.DataFrame, dict]:
     """Score every (conf, iou) of the grid for the rule `base` (its agnostic/multi-label/max_det kept)."""
     t0 = time.time()
     image_ids = [c.image_id for c in candidates]
@@ -65,23 +97,40 @@ def tune_grid(candidates: list[Candidates], ground_truth: pd.DataFrame, classes,
     for conf in conf_grid:
         for iou in iou_grid:
             dets = replay(candidates, base.at(float(conf), float(iou)), classes)
-            row = {"conf": float(conf), "iou": float(iou),
-                   **ultralytics_scores(dets, ground_truth, image_ids, classes), "boxes": len(dets)}
+            row = {
+                "conf": float(conf),
+                "iou": float(iou),
+                **ultralytics_scores(dets, ground_truth, image_ids, classes),
+                "boxes": len(dets),
+            }
             row["objective"] = (row["recall"] + row["map50"]) / 2
             rows.append(row)
     seconds = time.time() - t0
     log(f"scored {len(rows)} grid points on {len(candidates)} images in {seconds:.1f}s")
-    return pd.DataFrame(rows, columns=GRID_COLUMNS), {"images": len(candidates), "score_seconds": seconds,
-                                                      "candidates": int(sum(c.raw.shape[1] for c in candidates))}
+    return pd.DataFrame(rows, columns=GRID_COLUMNS), {
+        "images": len(candidates),
+        "score_seconds": seconds,
+        "candidates": int(sum(c.raw.shape[1] for c in candidates)),
+    }
 
 
 def best_pair(grid: pd.DataFrame) -> dict[str, float]:
     """Highest objective; ties go to the higher conf, then the lower iou (fewer boxes)."""
-    g = grid.sort_values(["objective", "conf", "iou"], ascending=[False, False, True], kind="mergesort")
+    g = grid.sort_values(
+        ["objective", "conf", "iou"], ascending=[False, False, True], kind="mergesort"
+    )
     return {k: float(v) for k, v in g.iloc[0].items()}
 
 
 def val_args(imgsz: int, batch: int = 16, device: str | None = None, split: str = "val") -> dict:
     """Arguments for a plain `model.val` (what the scorer is checked against)."""
-    return {"imgsz": imgsz, "batch": batch, "device": device, "split": split, "plots": False,
-            "save_json": False, "verbose": False, "max_det": 300}
+    return {
+        "imgsz": imgsz,
+        "batch": batch,
+        "device": device,
+        "split": split,
+        "plots": False,
+        "save_json": False,
+        "verbose": False,
+        "max_det": 300,
+    }

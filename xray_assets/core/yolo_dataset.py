@@ -35,8 +35,9 @@ def task_boxes(boxes: pd.DataFrame, task: TaskSpec) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def unboxed_findings(nih_labels: pd.DataFrame, nih_boxes: pd.DataFrame, task: TaskSpec,
-                     image_ids=None) -> pd.DataFrame:
+def unboxed_findings(
+    nih_labels: pd.DataFrame, nih_boxes: pd.DataFrame, task: TaskSpec, image_ids=None
+) -> pd.DataFrame:
     """(image_id, finding) for each NIH image whose Data_Entry `findings` list a box class of the
     task with no box of that finding on the image. Findings are compared in the task's vocabulary:
     NIH names for NIH tasks, united names for united tasks (a listed Mass with a Nodule box is boxed
@@ -56,9 +57,14 @@ def unboxed_findings(nih_labels: pd.DataFrame, nih_boxes: pd.DataFrame, task: Ta
     return listed.loc[keep, ["image_id", "finding"]].drop_duplicates().reset_index(drop=True)
 
 
-def task_inputs(splits: pd.DataFrame, nih_boxes: pd.DataFrame, vbd_boxes: pd.DataFrame, task: TaskSpec,
-                nih_labels: pd.DataFrame | None = None, exclude_unboxed: bool = True
-                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def task_inputs(
+    splits: pd.DataFrame,
+    nih_boxes: pd.DataFrame,
+    vbd_boxes: pd.DataFrame,
+    task: TaskSpec,
+    nih_labels: pd.DataFrame | None = None,
+    exclude_unboxed: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(images, boxes, excluded) of a task, every box in the pixels of its own (converted) image.
 
     `splits`: the patient_splits table (image_id, source, width, height, orig_width, orig_height, ...).
@@ -84,9 +90,16 @@ def task_inputs(splits: pd.DataFrame, nih_boxes: pd.DataFrame, vbd_boxes: pd.Dat
     vb = vbd_boxes[vbd_boxes["image_id"].isin(sizes.index)]
     sx = vb["image_id"].map(sizes["width"] / sizes["orig_width"])
     sy = vb["image_id"].map(sizes["height"] / sizes["orig_height"])
-    vb = pd.DataFrame({"image_id": vb["image_id"], "label": vb["united"],
-                       "x_min": vb["x_min"] * sx, "y_min": vb["y_min"] * sy,
-                       "x_max": vb["x_max"] * sx, "y_max": vb["y_max"] * sy})
+    vb = pd.DataFrame(
+        {
+            "image_id": vb["image_id"],
+            "label": vb["united"],
+            "x_min": vb["x_min"] * sx,
+            "y_min": vb["y_min"] * sy,
+            "x_max": vb["x_max"] * sx,
+            "y_max": vb["y_max"] * sy,
+        }
+    )
     boxes = pd.concat([nb[nb["image_id"].isin(splits["image_id"])], vb], ignore_index=True)
     return splits.reset_index(drop=True), boxes, excluded
 
@@ -99,7 +112,9 @@ def yolo_lines(boxes: pd.DataFrame, width: float, height: float) -> list[str]:
         if x1 <= x0 or y1 <= y0:
             continue
         cx, cy = (x0 + x1) / 2 / width, (y0 + y1) / 2 / height
-        lines.append(f"{r.class_index} {cx:.6f} {cy:.6f} {(x1 - x0) / width:.6f} {(y1 - y0) / height:.6f}")
+        lines.append(
+            f"{r.class_index} {cx:.6f} {cy:.6f} {(x1 - x0) / width:.6f} {(y1 - y0) / height:.6f}"
+        )
     return lines
 
 
@@ -109,12 +124,25 @@ def read_yolo_label(path: str | Path, width: float, height: float) -> np.ndarray
     text = Path(path).read_text().strip() if Path(path).exists() else ""
     for line in text.splitlines():
         c, cx, cy, w, h = (float(v) for v in line.split())
-        rows.append((c, (cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height))
+        rows.append(
+            (
+                c,
+                (cx - w / 2) * width,
+                (cy - h / 2) * height,
+                (cx + w / 2) * width,
+                (cy + h / 2) * height,
+            )
+        )
     return np.asarray(rows, dtype=float).reshape(-1, 5)
 
 
-def build_dataset(out_dir: str | Path, task: TaskSpec, images: pd.DataFrame, boxes: pd.DataFrame,
-                  final_dir: str | Path | None = None) -> dict:
+def build_dataset(
+    out_dir: str | Path,
+    task: TaskSpec,
+    images: pd.DataFrame,
+    boxes: pd.DataFrame,
+    final_dir: str | Path | None = None,
+) -> dict:
     """Write the dataset into `out_dir` (a fresh folder). Returns its summary.
 
     `images`: image_id, path, width, height, split. `boxes`: image_id, label, x_min..y_max in the
@@ -155,12 +183,24 @@ def build_dataset(out_dir: str | Path, task: TaskSpec, images: pd.DataFrame, box
 def instances_table(images: pd.DataFrame, tb: pd.DataFrame, classes) -> pd.DataFrame:
     """Instances per class per split (+ images per split)."""
     merged = tb.merge(images[["image_id", "split"]], on="image_id")
-    table = (merged.groupby(["label", "split"]).size().unstack("split")
-             .reindex(index=list(classes), columns=list(SPLITS)).fillna(0).astype(int))
-    table.loc["(images)"] = images.groupby("split").size().reindex(list(SPLITS)).fillna(0).astype(int)
+    table = (
+        merged.groupby(["label", "split"])
+        .size()
+        .unstack("split")
+        .reindex(index=list(classes), columns=list(SPLITS))
+        .fillna(0)
+        .astype(int)
+    )
+    table.loc["(images)"] = (
+        images.groupby("split").size().reindex(list(SPLITS)).fillna(0).astype(int)
+    )
     table.loc["(negative images)"] = (
-        images[~images["image_id"].isin(tb["image_id"])].groupby("split").size()
-        .reindex(list(SPLITS)).fillna(0).astype(int)
+        images[~images["image_id"].isin(tb["image_id"])]
+        .groupby("split")
+        .size()
+        .reindex(list(SPLITS))
+        .fillna(0)
+        .astype(int)
     )
     return table.reset_index().rename(columns={"index": "class", "label": "class"})
 
@@ -168,15 +208,22 @@ def instances_table(images: pd.DataFrame, tb: pd.DataFrame, classes) -> pd.DataF
 def content_hash(images: pd.DataFrame, tb: pd.DataFrame) -> str:
     """Hash of what a model sees: image ids, sources' content keys, splits and boxes."""
     h = hashlib.sha256()
-    cols = [c for c in ("image_id", "split", "source_hash", "width", "height") if c in images.columns]
+    cols = [
+        c for c in ("image_id", "split", "source_hash", "width", "height") if c in images.columns
+    ]
     h.update(images.sort_values("image_id")[cols].to_csv(index=False).encode())
-    h.update(tb.sort_values(["image_id", "class_index", *COORDS])[["image_id", "class_index", *COORDS]]
-             .round(3).to_csv(index=False).encode())
+    h.update(
+        tb.sort_values(["image_id", "class_index", *COORDS])[["image_id", "class_index", *COORDS]]
+        .round(3)
+        .to_csv(index=False)
+        .encode()
+    )
     return h.hexdigest()[:16]
 
 
-def dataset_checks(images: pd.DataFrame, boxes: pd.DataFrame, classes, root: Path | None = None
-                   ) -> dict[str, tuple[bool, dict]]:
+def dataset_checks(
+    images: pd.DataFrame, boxes: pd.DataFrame, classes, root: Path | None = None
+) -> dict[str, tuple[bool, dict]]:
     """The joins a training set must satisfy: name -> (passed, facts).
 
     `images`: image_id, group, split, path, width, height; `boxes`: the task's boxes (label, coords).
@@ -184,19 +231,41 @@ def dataset_checks(images: pd.DataFrame, boxes: pd.DataFrame, classes, root: Pat
     out: dict[str, tuple[bool, dict]] = {}
     per_group = images.groupby("group")["split"].nunique()
     leaked = per_group[per_group > 1]
-    out["no_patient_in_two_splits"] = (leaked.empty, {"leaked_patients": len(leaked),
-                                                      "examples": ", ".join(map(str, leaked.index[:10])) or "none"})
+    out["no_patient_in_two_splits"] = (
+        leaked.empty,
+        {
+            "leaked_patients": len(leaked),
+            "examples": ", ".join(map(str, leaked.index[:10])) or "none",
+        },
+    )
     sized = boxes.merge(images[["image_id", "width", "height"]], on="image_id", how="left")
-    bad = sized[(sized.x_min < -0.5) | (sized.y_min < -0.5) | (sized.x_max > sized.width + 0.5)
-                | (sized.y_max > sized.height + 0.5) | (sized.x_max <= sized.x_min) | (sized.y_max <= sized.y_min)
-                | sized.width.isna()]
-    out["boxes_inside_images"] = (bad.empty, {"bad_boxes": len(bad),
-                                              "examples": ", ".join(bad["image_id"].astype(str).head(5)) or "none"})
+    bad = sized[
+        (sized.x_min < -0.5)
+        | (sized.y_min < -0.5)
+        | (sized.x_max > sized.width + 0.5)
+        | (sized.y_max > sized.height + 0.5)
+        | (sized.x_max <= sized.x_min)
+        | (sized.y_max <= sized.y_min)
+        | sized.width.isna()
+    ]
+    out["boxes_inside_images"] = (
+        bad.empty,
+        {
+            "bad_boxes": len(bad),
+            "examples": ", ".join(bad["image_id"].astype(str).head(5)) or "none",
+        },
+    )
     merged = boxes.merge(images[["image_id", "split"]], on="image_id")
-    missing = [f"{c}/{s}" for c in classes for s in SPLITS
-               if not ((merged["label"] == c) & (merged["split"] == s)).any()]
+    missing = [
+        f"{c}/{s}"
+        for c in classes
+        for s in SPLITS
+        if not ((merged["label"] == c) & (merged["split"] == s)).any()
+    ]
     out["every_class_in_every_split"] = (not missing, {"missing": ", ".join(missing) or "none"})
     absent = [p for p in images["path"] if not Path(p).exists()]
-    out["listed_images_exist"] = (not absent, {"missing_images": len(absent),
-                                               "examples": ", ".join(map(str, absent[:5])) or "none"})
+    out["listed_images_exist"] = (
+        not absent,
+        {"missing_images": len(absent), "examples": ", ".join(map(str, absent[:5])) or "none"},
+    )
     return out

@@ -12,7 +12,6 @@ Every asset returns a content-derived data version, so "changed" means changed c
   hold it back (the report lists the missing ones).
 """
 
-
 import hashlib
 
 import dagster as dg
@@ -28,19 +27,24 @@ def _changed_deps(only: list[str] | None = None) -> dg.AutomationCondition:
     """True while a dependency (of `only`, if given) has a new data version since the last tick,
     unless the run that produced it also ran this asset."""
     cond = dg.AutomationCondition.any_deps_match(
-        dg.AutomationCondition.data_version_changed() & ~dg.AutomationCondition.executed_with_root_target()
+        dg.AutomationCondition.data_version_changed()
+        & ~dg.AutomationCondition.executed_with_root_target()
     )
     if only:
         cond = cond.allow(dg.AssetSelection.assets(*only))
     return cond.with_label("dependency data changed" + (f" ({', '.join(only)})" if only else ""))
 
 
-def on_new_data(only: list[str] | None = None, allow_missing: bool = False) -> dg.AutomationCondition:
+def on_new_data(
+    only: list[str] | None = None, allow_missing: bool = False
+) -> dg.AutomationCondition:
     """Re-materialise when the content of a dependency (of `only`) or this asset's code changed."""
-    cond = ((_changed_deps(only) | dg.AutomationCondition.code_version_changed()).since_last_handled()
-            & ~dg.AutomationCondition.any_deps_in_progress()
-            & ~dg.AutomationCondition.in_progress()
-            & dg.AutomationCondition.all_deps_blocking_checks_passed())
+    cond = (
+        (_changed_deps(only) | dg.AutomationCondition.code_version_changed()).since_last_handled()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+        & dg.AutomationCondition.all_deps_blocking_checks_passed()
+    )
     if not allow_missing:
         cond = cond & ~dg.AutomationCondition.any_deps_missing()
     return cond.with_label("on new data" + (" (missing inputs allowed)" if allow_missing else ""))
@@ -48,10 +52,14 @@ def on_new_data(only: list[str] | None = None, allow_missing: bool = False) -> d
 
 def on_new_drop() -> dg.AutomationCondition:
     """The label readers: when an annotation drop partition is newly accepted (a failed drop does not block)."""
-    return ((dg.AutomationCondition.any_deps_updated() | dg.AutomationCondition.code_version_changed())
-            .since_last_handled()
-            & ~dg.AutomationCondition.any_deps_in_progress()
-            & ~dg.AutomationCondition.in_progress()).with_label("on a new annotation drop")
+    return (
+        (
+            dg.AutomationCondition.any_deps_updated()
+            | dg.AutomationCondition.code_version_changed()
+        ).since_last_handled()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("on a new annotation drop")
 
 
 def code_version(*objects, libraries: tuple[str, ...] = (), settings: tuple = ()) -> str:
@@ -76,33 +84,55 @@ def content_version(*parts) -> dg.DataVersion:
 
 
 ingest_labels_job = dg.define_asset_job(
-    "ingest_labels", selection=dg.AssetSelection.assets(*LABEL_ASSETS),
-    description="Re-read the raw label files and every accepted drop; what changed flows downstream.")
+    "ingest_labels",
+    selection=dg.AssetSelection.assets(*LABEL_ASSETS),
+    description="Re-read the raw label files and every accepted drop; what changed flows downstream.",
+)
 
 train_models_job = dg.define_asset_job(
-    "train_models", selection=dg.AssetSelection.assets("yolo_datasets", "trained_models", "nms_thresholds",
-                                                       "evaluation_reports", "champion_gate"),
+    "train_models",
+    selection=dg.AssetSelection.assets(
+        "yolo_datasets", "trained_models", "nms_thresholds", "evaluation_reports", "champion_gate"
+    ),
     partitions_def=dg.StaticPartitionsDefinition(
-        ["nih_multi", "nih_binary", "united_multi", "united_binary", "united_cardiomegaly", "united_mass_nodule"]),
-    description="One task end to end from its dataset: train, tune, evaluate, gate (a partition per task).")
+        [
+            "nih_multi",
+            "nih_binary",
+            "united_multi",
+            "united_binary",
+            "united_cardiomegaly",
+            "united_mass_nodule",
+        ]
+    ),
+    description="One task end to end from its dataset: train, tune, evaluate, gate (a partition per task).",
+)
 
 #: Dagster's own automation sensor, running by default: it evaluates each asset's condition.
 downstream_automation = dg.AutomationConditionSensorDefinition(
-    "retrain_downstream", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
+    "retrain_downstream",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Evaluates each asset's automation condition: what changed below a new drop re-materialises, "
-                "layer by layer, never past a failing blocking check.")
+    "layer by layer, never past a failing blocking check.",
+)
 
 
 def retrain_schedule(cron: str | None = None) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(
-        name="weekly_retrain", job=ingest_labels_job, cron_schedule=cron or Settings.from_env().retrain_cron,
+        name="weekly_retrain",
+        job=ingest_labels_job,
+        cron_schedule=cron or Settings.from_env().retrain_cron,
         default_status=dg.DefaultScheduleStatus.STOPPED,
         description="Re-ingest the labels on a cron (XRAY_RETRAIN_CRON, weekly by default): whatever changed in "
-                    "the raw files since retrains downstream; unchanged files retrain nothing. Stopped until "
-                    "someone starts it.")
+        "the raw files since retrains downstream; unchanged files retrain nothing. Stopped until "
+        "someone starts it.",
+    )
 
 
 def build_defs(cron: str | None = None) -> dg.Definitions:
-    return dg.Definitions(jobs=[ingest_labels_job, train_models_job], sensors=[downstream_automation],
-                          schedules=[retrain_schedule(cron)])
+    return dg.Definitions(
+        jobs=[ingest_labels_job, train_models_job],
+        sensors=[downstream_automation],
+        schedules=[retrain_schedule(cron)],
+    )

@@ -8,16 +8,22 @@ from .vinbigdata import vinbigdata_annotations
 
 
 def _quarantine_check(asset, parts: tuple[str, ...], name: str):
-    @dg.asset_check(asset=asset, name=name, description="Quarantined input rows stay under the profile's limit.")
+    @dg.asset_check(
+        asset=asset, name=name, description="Quarantined input rows stay under the profile's limit."
+    )
     def _check(xray: XrayResource) -> dg.AssetCheckResult:
         q = xray.storage.read_parquet(*parts)
         limit = xray.config.max_quarantine_rows
         reasons = q["reason"].value_counts().to_dict() if len(q) else {}
         return dg.AssetCheckResult(
             passed=len(q) <= limit,
-            metadata={"quarantined_rows": len(q), "limit": limit,
-                      "reasons": "; ".join(f"{k} ({v})" for k, v in reasons.items()) or "none",
-                      "first_rows": "; ".join(f"{r.source} row {r.row}" for r in q.head(5).itertuples()) or "none"},
+            metadata={
+                "quarantined_rows": len(q),
+                "limit": limit,
+                "reasons": "; ".join(f"{k} ({v})" for k, v in reasons.items()) or "none",
+                "first_rows": "; ".join(f"{r.source} row {r.row}" for r in q.head(5).itertuples())
+                or "none",
+            },
         )
 
     return _check
@@ -26,8 +32,11 @@ def _quarantine_check(asset, parts: tuple[str, ...], name: str):
 quarantine_checks = [
     _quarantine_check(nih_labels, ("nih", "labels_quarantine.parquet"), "nih_labels_quarantine"),
     _quarantine_check(nih_boxes, ("nih", "boxes_quarantine.parquet"), "nih_boxes_quarantine"),
-    _quarantine_check(vinbigdata_annotations, ("vinbigdata", "annotations_quarantine.parquet"),
-                      "vinbigdata_annotations_quarantine"),
+    _quarantine_check(
+        vinbigdata_annotations,
+        ("vinbigdata", "annotations_quarantine.parquet"),
+        "vinbigdata_annotations_quarantine",
+    ),
 ]
 
 defs = dg.Definitions(asset_checks=quarantine_checks)

@@ -13,7 +13,6 @@ object, so a run killed anywhere and run again leaves each row exactly once. A m
 fails its run with the reason, and moves to `rejected/` with `ERROR.txt`.
 """
 
-
 import json
 import time
 from pathlib import Path
@@ -34,13 +33,18 @@ CURSOR_KEEP = 500
 def committed(shared: Storage) -> list[str]:
     """Partition keys of the accepted drops (those whose commit is written), oldest first."""
     keys = [p for p in sorted(shared.subfolders("drops")) if shared.exists("drops", p, COMMIT)]
-    return sorted(keys, key=lambda k: (shared.read_json("drops", k, COMMIT).get("accepted_at", ""), k))
+    return sorted(
+        keys, key=lambda k: (shared.read_json("drops", k, COMMIT).get("accepted_at", ""), k)
+    )
 
 
 def read_drop_tables(shared: Storage, table: str, exclude: str | None = None) -> pd.DataFrame:
     """`table` (labels, boxes or annotations) of every committed drop, with `source` = the drop's key."""
-    parts = [shared.read_parquet("drops", k, f"{table}.parquet").assign(source=k)
-             for k in committed(shared) if k != exclude and shared.exists("drops", k, f"{table}.parquet")]
+    parts = [
+        shared.read_parquet("drops", k, f"{table}.parquet").assign(source=k)
+        for k in committed(shared)
+        if k != exclude and shared.exists("drops", k, f"{table}.parquet")
+    ]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
@@ -57,7 +61,10 @@ def drop_image_paths(shared: Storage, folder: str) -> dict[str, Path]:
 
 
 class DropConfig(dg.Config):
-    folder: str = Field(default="", description="the drop's folder (the sensor sets it); empty: found by partition key")
+    folder: str = Field(
+        default="",
+        description="the drop's folder (the sensor sets it); empty: found by partition key",
+    )
 
 
 def _known_ids(xray: XrayResource, key: str) -> tuple[set[str], set[str]]:
@@ -78,26 +85,46 @@ def _known_ids(xray: XrayResource, key: str) -> tuple[set[str], set[str]]:
     return nih_ids, vbd_ids
 
 
-@dg.asset(partitions_def=DROP_PARTITIONS, group_name="datasets", kinds={"parquet", "png", "dicom"},
-          owners=["team:radiology-data"], tags={"stage": "ingest"},
-          description="One accepted annotation drop from the inbox: its rows as parquet and its images "
-                      "under the storage root (shared by all profiles). A malformed drop fails its run "
-                      "and moves to rejected/ with ERROR.txt.")
-def annotation_drops(context: dg.AssetExecutionContext, config: DropConfig, xray: XrayResource) -> dg.MaterializeResult:
+@dg.asset(
+    partitions_def=DROP_PARTITIONS,
+    group_name="datasets",
+    kinds={"parquet", "png", "dicom"},
+    owners=["team:radiology-data"],
+    tags={"stage": "ingest"},
+    description="One accepted annotation drop from the inbox: its rows as parquet and its images "
+    "under the storage root (shared by all profiles). A malformed drop fails its run "
+    "and moves to rejected/ with ERROR.txt.",
+)
+def annotation_drops(
+    context: dg.AssetExecutionContext, config: DropConfig, xray: XrayResource
+) -> dg.MaterializeResult:
     key = context.partition_key
-    folder = Path(config.folder) if config.folder and Path(config.folder).is_dir() else inbox.find(xray.inbox, key)
+    folder = (
+        Path(config.folder)
+        if config.folder and Path(config.folder).is_dir()
+        else inbox.find(xray.inbox, key)
+    )
     if folder is None:
-        raise dg.Failure(description=f"drop {key}: no folder in {xray.inbox} or its accepted/ (moved or deleted?)")
+        raise dg.Failure(
+            description=f"drop {key}: no folder in {xray.inbox} or its accepted/ (moved or deleted?)"
+        )
     digest = inbox.drop_digest(folder)
     known_nih, known_vbd = _known_ids(xray, key)
     try:
-        drop = inbox.validate(folder, known_nih, known_vbd, digest=digest,
-                              max_megapixels=xray.decode.max_megapixels)
-    except Exception as exc:   # DropError, or a file no reader can take: rejected, never lost
-        reason = str(exc) if isinstance(exc, inbox.DropError) else f"unreadable drop ({exc.__class__.__name__}: {exc})"
+        drop = inbox.validate(
+            folder, known_nih, known_vbd, digest=digest, max_megapixels=xray.decode.max_megapixels
+        )
+    except Exception as exc:  # DropError, or a file no reader can take: rejected, never lost
+        reason = (
+            str(exc)
+            if isinstance(exc, inbox.DropError)
+            else f"unreadable drop ({exc.__class__.__name__}: {exc})"
+        )
         target = inbox.reject(folder, xray.inbox, reason)
-        raise dg.Failure(description=f"drop {folder.name} rejected: {reason}",
-                         metadata={"moved_to": dg.MetadataValue.path(str(target))}) from None
+        raise dg.Failure(
+            description=f"drop {folder.name} rejected: {reason}",
+            metadata={"moved_to": dg.MetadataValue.path(str(target))},
+        ) from None
     st = xray.shared
     # 1. the images (whole files; a re-run rewrites the same names)
     sub = "images" if drop.fmt == "nih" else "dicom"
@@ -115,27 +142,44 @@ def annotation_drops(context: dg.AssetExecutionContext, config: DropConfig, xray
     for name, table in drop.tables.items():
         st.write_parquet(table, "drops", key, f"{name}.parquet")
     # 3. the commit: from here the label assets read this drop
-    record = {"key": key, "name": folder.name, "digest": digest, **drop.summary,
-              "accepted_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "dagster_run_id": context.run.run_id}
+    record = {
+        "key": key,
+        "name": folder.name,
+        "digest": digest,
+        **drop.summary,
+        "accepted_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "dagster_run_id": context.run.run_id,
+    }
     st.write_json(record, "drops", key, COMMIT)
     kept_at = inbox.archive(folder, xray.inbox, key)
     context.log.info(f"drop {key} accepted: {drop.summary}; archived at {kept_at}")
     rows = sum(len(t) for t in drop.tables.values())
     return dg.MaterializeResult(
-        metadata={"format": drop.fmt, "images": len(drop.images), "rows": rows, "digest": digest[:16],
-                  "summary": table_value(pd.DataFrame([drop.summary])),
-                  "stored_at": dg.MetadataValue.path(str(st.root / "drops" / key)),
-                  "archived_at": dg.MetadataValue.path(str(kept_at)), "dagster/row_count": rows},
-        data_version=dg.DataVersion(digest[:16]))
+        metadata={
+            "format": drop.fmt,
+            "images": len(drop.images),
+            "rows": rows,
+            "digest": digest[:16],
+            "summary": table_value(pd.DataFrame([drop.summary])),
+            "stored_at": dg.MetadataValue.path(str(st.root / "drops" / key)),
+            "archived_at": dg.MetadataValue.path(str(kept_at)),
+            "dagster/row_count": rows,
+        },
+        data_version=dg.DataVersion(digest[:16]),
+    )
 
 
-@dg.sensor(target=[annotation_drops], minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Lists the inbox and requests one annotation_drops partition per complete drop (a folder "
-                       "with READY), run_key = its content hash. It never copies, writes or moves anything.")
+@dg.sensor(
+    target=[annotation_drops],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Lists the inbox and requests one annotation_drops partition per complete drop (a folder "
+    "with READY), run_key = its content hash. It never copies, writes or moves anything.",
+)
 def new_annotations(context: dg.SensorEvaluationContext, xray: XrayResource) -> dg.SensorResult:
     state = json.loads(context.cursor) if context.cursor else {}
     requested: list[str] = state.get("requested", [])
-    digests: dict[str, list[str]] = state.get("digests", {})   # folder -> [stat key, digest]
+    digests: dict[str, list[str]] = state.get("digests", {})  # folder -> [stat key, digest]
     complete, incomplete = inbox.pending(xray.inbox)
     requests, new_keys, notes, seen_now = [], [], [], {}
     for folder in complete:
@@ -149,16 +193,29 @@ def new_annotations(context: dg.SensorEvaluationContext, xray: XrayResource) -> 
         key = inbox.partition_key(folder.name, digest)
         new_keys.append(key)
         requested.append(digest)
-        requests.append(dg.RunRequest(run_key=digest, partition_key=key,
-                                      run_config={"ops": {"annotation_drops": {"config": {"folder": str(folder)}}}},
-                                      tags={"xray/drop": folder.name, "xray/drop_digest": digest[:16]}))
+        requests.append(
+            dg.RunRequest(
+                run_key=digest,
+                partition_key=key,
+                run_config={"ops": {"annotation_drops": {"config": {"folder": str(folder)}}}},
+                tags={"xray/drop": folder.name, "xray/drop_digest": digest[:16]},
+            )
+        )
     if incomplete:
-        notes.append(f"{len(incomplete)} drop(s) without READY yet: {', '.join(p.name for p in incomplete[:5])}")
+        notes.append(
+            f"{len(incomplete)} drop(s) without READY yet: {', '.join(p.name for p in incomplete[:5])}"
+        )
     cursor = json.dumps({"requested": requested[-CURSOR_KEEP:], "digests": seen_now})
     return dg.SensorResult(
-        run_requests=requests, cursor=cursor,
-        dynamic_partitions_requests=[DROP_PARTITIONS.build_add_request(new_keys)] if new_keys else [],
-        skip_reason=None if requests else dg.SkipReason("; ".join(notes) or f"no complete drop in {xray.inbox}"))
+        run_requests=requests,
+        cursor=cursor,
+        dynamic_partitions_requests=[DROP_PARTITIONS.build_add_request(new_keys)]
+        if new_keys
+        else [],
+        skip_reason=None
+        if requests
+        else dg.SkipReason("; ".join(notes) or f"no complete drop in {xray.inbox}"),
+    )
 
 
 defs = dg.Definitions(assets=[annotation_drops], sensors=[new_annotations])

@@ -1,7 +1,6 @@
 """NMS tuning on val, evaluation on test, and the study report: the storage
 and MLflow side. The figures are computed in `core` (detection, tuning, metrics, evaluation)."""
 
-
 import time
 
 import dagster as dg
@@ -16,86 +15,150 @@ from ..core.report import markdown_to_html
 from .automation import code_version, content_version, on_new_data
 from .datasets import patient_splits, yolo_datasets
 from .nih import nih_labels
-from .resources import GPU_STEP_TAGS, TASK_PARTITIONS, XrayResource, column_schema, share_cores, table_value, thumbnail
+from .resources import (
+    GPU_STEP_TAGS,
+    TASK_PARTITIONS,
+    XrayResource,
+    column_schema,
+    share_cores,
+    table_value,
+    thumbnail,
+)
 from .training import trained_models
 from .vinbigdata import vinbigdata_annotations, vinbigdata_boxes
 
 OWNERS = ["team:ml"]
 #: the operating point's figures, both averages (metrics.AVERAGES), as logged to MLflow (test_op_<key>)
 OPERATING_KEYS = tuple(f"{m}_{a}" for a in metrics.AVERAGES for m in ("precision", "recall", "f1"))
-METRICS_SCHEMA = column_schema({
-    "label": ("string", "the class"), "n_gt": ("int", "test boxes"), "n_pred": ("int", "detections above 0.001"),
-    "n_pred_op": ("int", "detections above the tuned conf"),
-    "ap50": ("float", "threshold-free AP at IoU 0.5 (COCO 101-point)"), "ap_iou40": ("float", "AP at IoU 0.4"),
-    "ap50_95": ("float", "AP averaged over IoU 0.50:0.95"), "tp_op": ("int", "true positives above the tuned conf"),
-    "fp_op": ("int", "false positives above the tuned conf"), "precision": ("float", "at the operating point"),
-    "recall": ("float", "at the operating point"), "f1": ("float", "at the operating point, from its P and R"),
-    "ap50_ci_low": ("float", "95% patient-level bootstrap interval"),
-    "ap50_ci_high": ("float", "95% patient-level bootstrap interval"),
-    "ci_note": ("string", "why there is no interval (too few test boxes)")})
+METRICS_SCHEMA = column_schema(
+    {
+        "label": ("string", "the class"),
+        "n_gt": ("int", "test boxes"),
+        "n_pred": ("int", "detections above 0.001"),
+        "n_pred_op": ("int", "detections above the tuned conf"),
+        "ap50": ("float", "threshold-free AP at IoU 0.5 (COCO 101-point)"),
+        "ap_iou40": ("float", "AP at IoU 0.4"),
+        "ap50_95": ("float", "AP averaged over IoU 0.50:0.95"),
+        "tp_op": ("int", "true positives above the tuned conf"),
+        "fp_op": ("int", "false positives above the tuned conf"),
+        "precision": ("float", "at the operating point"),
+        "recall": ("float", "at the operating point"),
+        "f1": ("float", "at the operating point, from its P and R"),
+        "ap50_ci_low": ("float", "95% patient-level bootstrap interval"),
+        "ap50_ci_high": ("float", "95% patient-level bootstrap interval"),
+        "ci_note": ("string", "why there is no interval (too few test boxes)"),
+    }
+)
 
 
 def _task_tables(st, task: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return st.read_parquet("datasets", task, "images.parquet"), st.read_parquet("datasets", task, "boxes.parquet")
+    return st.read_parquet("datasets", task, "images.parquet"), st.read_parquet(
+        "datasets", task, "boxes.parquet"
+    )
 
 
 def _model(st, task: str):
     return detection.load_model(st.local("models", task, "best.pt"))
 
 
-@dg.asset(group_name="models", partitions_def=TASK_PARTITIONS, kinds={"pytorch", "yolo"}, owners=OWNERS,
-          tags={"stage": "tune"}, deps=[trained_models, yolo_datasets], pool="gpu", op_tags=GPU_STEP_TAGS,
-          automation_condition=on_new_data(only=["trained_models"]),
-          code_version=code_version(tuning, detection),
-          description="The task's detection rule: (conf, iou) chosen on val over the study's grid (objective "
-                      "mean(recall, mAP50) as ultralytics' validator scores it), every point the served rule "
-                      "replayed on one forward pass.")
+@dg.asset(
+    group_name="models",
+    partitions_def=TASK_PARTITIONS,
+    kinds={"pytorch", "yolo"},
+    owners=OWNERS,
+    tags={"stage": "tune"},
+    deps=[trained_models, yolo_datasets],
+    pool="gpu",
+    op_tags=GPU_STEP_TAGS,
+    automation_condition=on_new_data(only=["trained_models"]),
+    code_version=code_version(tuning, detection),
+    description="The task's detection rule: (conf, iou) chosen on val over the study's grid (objective "
+    "mean(recall, mAP50) as ultralytics' validator scores it), every point the served rule "
+    "replayed on one forward pass.",
+)
 def nms_thresholds(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
     task = TASKS[context.partition_key]
     st, profile = xray.storage, xray.config
     share_cores()
     images, boxes = core_eval.split(*_task_tables(st, task.name), "val")
     if boxes.empty:
-        context.log.warning(f"{task.name}: the val split has no boxes of this task; every grid point scores 0")
+        context.log.warning(
+            f"{task.name}: the val split has no boxes of this task; every grid point scores 0"
+        )
     info = st.read_json("models", task.name, "model.json")
     st.localise(images["path"])
     t0 = time.time()
-    cands = detection.capture_candidates(_model(st, task.name), images, int(info["imgsz"]), min(profile.conf_grid),
-                                         progress=lambda n, m: context.log.info(f"{task.name}: val forward pass {n}/{m}"))
+    cands = detection.capture_candidates(
+        _model(st, task.name),
+        images,
+        int(info["imgsz"]),
+        min(profile.conf_grid),
+        progress=lambda n, m: context.log.info(f"{task.name}: val forward pass {n}/{m}"),
+    )
     pass_seconds = time.time() - t0
-    base = DetectionRule(conf=min(profile.conf_grid), iou=max(profile.iou_grid), agnostic=task.agnostic_nms)
-    grid, timing = tuning.tune_grid(cands, boxes, task.classes, base, profile.conf_grid, profile.iou_grid,
-                                    log=lambda m: context.log.info(f"{task.name}: {m}"))
+    base = DetectionRule(
+        conf=min(profile.conf_grid), iou=max(profile.iou_grid), agnostic=task.agnostic_nms
+    )
+    grid, timing = tuning.tune_grid(
+        cands,
+        boxes,
+        task.classes,
+        base,
+        profile.conf_grid,
+        profile.iou_grid,
+        log=lambda m: context.log.info(f"{task.name}: {m}"),
+    )
     best = tuning.best_pair(grid)
     rule = base.at(best["conf"], best["iou"])
-    record = {**rule.as_dict(), **{k: best[k] for k in ("objective", "map50", "recall", "precision", "map50_95")},
-              **timing, "pass_seconds": pass_seconds}
+    record = {
+        **rule.as_dict(),
+        **{k: best[k] for k in ("objective", "map50", "recall", "precision", "map50_95")},
+        **timing,
+        "pass_seconds": pass_seconds,
+    }
     st.write_parquet(grid, "tuning", task.name, "grid.parquet")
     st.write_json(record, "tuning", task.name, "best.json")
     st.write_bytes(plots.grid_heatmap(grid, best), "tuning", task.name, "grid.png")
     context.log.info(f"{task.name}: rule {rule.describe()}; val objective {best['objective']:.3f}")
-    return dg.MaterializeResult(metadata={
-        "conf": rule.conf, "iou": rule.iou, "agnostic_nms": rule.agnostic, "max_det": rule.max_det,
-        "rule": rule.describe(),
-        "objective": round(best["objective"], 4), "val_map50_at_conf": round(best["map50"], 4),
-        "val_recall": round(best["recall"], 4),
-        "grid": table_value(grid),
-        "heatmap": thumbnail(st.local("tuning", task.name, "grid.png")),
-        "forward_pass_seconds": round(pass_seconds, 2),
-        "grid_scoring_seconds": round(timing["score_seconds"], 2),
-    }, data_version=content_version(str(sorted(rule.as_dict().items())), info["run_id"]))
+    return dg.MaterializeResult(
+        metadata={
+            "conf": rule.conf,
+            "iou": rule.iou,
+            "agnostic_nms": rule.agnostic,
+            "max_det": rule.max_det,
+            "rule": rule.describe(),
+            "objective": round(best["objective"], 4),
+            "val_map50_at_conf": round(best["map50"], 4),
+            "val_recall": round(best["recall"], 4),
+            "grid": table_value(grid),
+            "heatmap": thumbnail(st.local("tuning", task.name, "grid.png")),
+            "forward_pass_seconds": round(pass_seconds, 2),
+            "grid_scoring_seconds": round(timing["score_seconds"], 2),
+        },
+        data_version=content_version(str(sorted(rule.as_dict().items())), info["run_id"]),
+    )
 
 
-@dg.asset(group_name="reports", partitions_def=TASK_PARTITIONS, kinds={"pytorch", "mlflow"}, owners=OWNERS,
-          tags={"stage": "evaluate"}, deps=[nms_thresholds, trained_models, yolo_datasets, nih_labels], pool="gpu",
-          op_tags=GPU_STEP_TAGS, automation_condition=on_new_data(only=["nms_thresholds"]),
-          code_version=code_version(core_eval, metrics, detection),
-          metadata={"dagster/column_schema": METRICS_SCHEMA},
-          description="Test-split figures per task with its detection rule: threshold-free AP (AP50, AP@IoU0.4, "
-                      "AP50-95) with patient-level intervals, the operating point (macro and micro), FROC under two "
-                      "hit rules, NIH subgroups and what the test split lets the gate resolve; logged to the model's "
-                      "run. The promotion itself is `champion_gate`'s.")
-def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="reports",
+    partitions_def=TASK_PARTITIONS,
+    kinds={"pytorch", "mlflow"},
+    owners=OWNERS,
+    tags={"stage": "evaluate"},
+    deps=[nms_thresholds, trained_models, yolo_datasets, nih_labels],
+    pool="gpu",
+    op_tags=GPU_STEP_TAGS,
+    automation_condition=on_new_data(only=["nms_thresholds"]),
+    code_version=code_version(core_eval, metrics, detection),
+    metadata={"dagster/column_schema": METRICS_SCHEMA},
+    description="Test-split figures per task with its detection rule: threshold-free AP (AP50, AP@IoU0.4, "
+    "AP50-95) with patient-level intervals, the operating point (macro and micro), FROC under two "
+    "hit rules, NIH subgroups and what the test split lets the gate resolve; logged to the model's "
+    "run. The promotion itself is `champion_gate`'s.",
+)
+def evaluation_reports(
+    context: dg.AssetExecutionContext, xray: XrayResource
+) -> dg.MaterializeResult:
     task = TASKS[context.partition_key]
     st, profile = xray.storage, xray.config
     share_cores()
@@ -104,76 +167,176 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
     all_images, all_boxes = _task_tables(st, task.name)
     images, gt = core_eval.split(all_images, all_boxes, "test")
     st.localise(images["path"])
-    dets = detection.detect_images(_model(st, task.name), images, rule.at(conf=AP_FLOOR), int(info["imgsz"]),
-                                   task.classes, progress=lambda n, m: context.log.info(f"{task.name}: test image {n}/{m}"))
+    dets = detection.detect_images(
+        _model(st, task.name),
+        images,
+        rule.at(conf=AP_FLOOR),
+        int(info["imgsz"]),
+        task.classes,
+        progress=lambda n, m: context.log.info(f"{task.name}: test image {n}/{m}"),
+    )
     labels = st.read_parquet("nih", "labels.parquet")
     nih_meta = labels[labels["image_id"].isin(images.loc[images["source"] == "nih", "image_id"])][
-        ["image_id", "sex", "age", "view"]]
-    context.log.info(f"{task.name}: patient-level bootstrap, {profile.bootstrap_resamples} resamples (seed {profile.seed})")
-    ev = core_eval.evaluate_task(gt, dets, images, task.classes, rule, nih_meta, n_boot=profile.bootstrap_resamples,
-                                 seed=profile.seed, min_boxes=profile.min_test_boxes)
+        ["image_id", "sex", "age", "view"]
+    ]
+    context.log.info(
+        f"{task.name}: patient-level bootstrap, {profile.bootstrap_resamples} resamples (seed {profile.seed})"
+    )
+    ev = core_eval.evaluate_task(
+        gt,
+        dets,
+        images,
+        task.classes,
+        rule,
+        nih_meta,
+        n_boot=profile.bootstrap_resamples,
+        seed=profile.seed,
+        min_boxes=profile.min_test_boxes,
+    )
     s = ev.summary
-    power = champion.split_power(ev.mean_ap_samples, xray.margin, profile.gate_null_rate, profile.seed)
-    s.update(gate_null_rate_at_margin=power["null_rate_at_margin"], gate_resolvable_margin=power["resolvable_margin"],
-             gate_margin=xray.margin)
-    context.log.info(f"{task.name}: test mAP50 {s['map50']:.3f} (threshold-free), operating point conf > {rule.conf:g}: "
-                     f"macro P {s['precision_macro']:.3f} R {s['recall_macro']:.3f}, micro P {s['precision_micro']:.3f} "
-                     f"R {s['recall_micro']:.3f}; CPM {s['cpm_luna16']:.3f} (LUNA16 rule), {s['cpm_iou']:.3f} (IoU rule) "
-                     f"({len(images)} images, {s['test_patients']} patients, {len(gt)} boxes)")
+    power = champion.split_power(
+        ev.mean_ap_samples, xray.margin, profile.gate_null_rate, profile.seed
+    )
+    s.update(
+        gate_null_rate_at_margin=power["null_rate_at_margin"],
+        gate_resolvable_margin=power["resolvable_margin"],
+        gate_margin=xray.margin,
+    )
+    context.log.info(
+        f"{task.name}: test mAP50 {s['map50']:.3f} (threshold-free), operating point conf > {rule.conf:g}: "
+        f"macro P {s['precision_macro']:.3f} R {s['recall_macro']:.3f}, micro P {s['precision_micro']:.3f} "
+        f"R {s['recall_micro']:.3f}; CPM {s['cpm_luna16']:.3f} (LUNA16 rule), {s['cpm_iou']:.3f} (IoU rule) "
+        f"({len(images)} images, {s['test_patients']} patients, {len(gt)} boxes)"
+    )
     base = ("reports", task.name)
-    excluded = (st.read_parquet("datasets", task.name, "excluded.parquet")
-                if st.exists("datasets", task.name, "excluded.parquet") else None)
-    for name, frame in (("metrics", ev.table), ("bootstrap_ci", ev.ci), ("froc", ev.froc), ("subgroups", ev.subgroups),
-                        ("detections", dets), ("ground_truth", gt),
-                        ("test_images", images[["image_id", "source", "group"]])):
+    excluded = (
+        st.read_parquet("datasets", task.name, "excluded.parquet")
+        if st.exists("datasets", task.name, "excluded.parquet")
+        else None
+    )
+    for name, frame in (
+        ("metrics", ev.table),
+        ("bootstrap_ci", ev.ci),
+        ("froc", ev.froc),
+        ("subgroups", ev.subgroups),
+        ("detections", dets),
+        ("ground_truth", gt),
+        ("test_images", images[["image_id", "source", "group"]]),
+    ):
         st.write_parquet(frame, *base, f"{name}.parquet")
     st.write_parquet(ev.confusion.reset_index(names="true"), *base, "confusion_matrix.parquet")
-    st.write_bytes(plots.confusion_heatmap(ev.confusion, f"{task.name}: test, conf > {rule.conf:g}"), *base,
-                   "confusion_matrix.png")
-    st.write_bytes(plots.pr_curves(ev.pr_curves, f"{task.name}: PR on test (IoU 0.5)"), *base, "pr_curves.png")
-    st.write_bytes(plots.froc_plot(ev.froc_curves, metrics.FROC_FP_RATES, f"{task.name}: FROC on test"), *base,
-                   "froc.png")
+    st.write_bytes(
+        plots.confusion_heatmap(ev.confusion, f"{task.name}: test, conf > {rule.conf:g}"),
+        *base,
+        "confusion_matrix.png",
+    )
+    st.write_bytes(
+        plots.pr_curves(ev.pr_curves, f"{task.name}: PR on test (IoU 0.5)"), *base, "pr_curves.png"
+    )
+    st.write_bytes(
+        plots.froc_plot(ev.froc_curves, metrics.FROC_FP_RATES, f"{task.name}: FROC on test"),
+        *base,
+        "froc.png",
+    )
     operating = dets[dets["score"] > rule.conf]
-    panels = [(detection.read_gray(p), gt[gt.image_id == i], operating[operating.image_id == i], i[:16])
-              for i, p in zip(images["image_id"], images["path"]) if i in set(gt["image_id"])][:profile.report_panels]
+    panels = [
+        (detection.read_gray(p), gt[gt.image_id == i], operating[operating.image_id == i], i[:16])
+        for i, p in zip(images["image_id"], images["path"])
+        if i in set(gt["image_id"])
+    ][: profile.report_panels]
     st.write_bytes(plots.gt_vs_pred(panels, task.classes), *base, "panels.png")
     text = core_eval.report_markdown(task.name, profile.name, ev, rule, info, excluded)
     st.write_text(text, *base, "report.md")
     st.write_text(markdown_to_html(text, f"Evaluation {task.name}"), *base, "report.html")
-    summary = {**core_eval.nan_to_none(s), "rule": rule.as_dict(), "conf": rule.conf, "iou": rule.iou,
-               "model_version": info.get("model_version"), "init": info.get("init")}
+    summary = {
+        **core_eval.nan_to_none(s),
+        "rule": rule.as_dict(),
+        "conf": rule.conf,
+        "iou": rule.iou,
+        "model_version": info.get("model_version"),
+        "init": info.get("init"),
+    }
     st.write_json(summary, *base, "summary.json")
-    logged = {"test_map50": s["map50"], "test_map_iou40": s["map_iou40"], "test_map50_95": s["map50_95"],
-              "test_cpm_luna16": s["cpm_luna16"], "test_cpm_iou": s["cpm_iou"],
-              **{f"test_op_{k}": s[k] for k in OPERATING_KEYS},
-              "test_map50_ci_low": s["map50_ci_low"], "test_map50_ci_high": s["map50_ci_high"],
-              "test_bootstrap_resamples": profile.bootstrap_resamples, "test_bootstrap_seed": profile.seed,
-              "test_patients": s["test_patients"], "gate_resolvable_margin": s["gate_resolvable_margin"]}
-    tracking.log_evaluation(xray.tracking_uri, info["run_id"], logged,
-                            [st.local(*base, f) for f in ("report.md", "report.html", "pr_curves.png", "froc.png",
-                                                          "panels.png", "confusion_matrix.png", "metrics.parquet")])
+    logged = {
+        "test_map50": s["map50"],
+        "test_map_iou40": s["map_iou40"],
+        "test_map50_95": s["map50_95"],
+        "test_cpm_luna16": s["cpm_luna16"],
+        "test_cpm_iou": s["cpm_iou"],
+        **{f"test_op_{k}": s[k] for k in OPERATING_KEYS},
+        "test_map50_ci_low": s["map50_ci_low"],
+        "test_map50_ci_high": s["map50_ci_high"],
+        "test_bootstrap_resamples": profile.bootstrap_resamples,
+        "test_bootstrap_seed": profile.seed,
+        "test_patients": s["test_patients"],
+        "gate_resolvable_margin": s["gate_resolvable_margin"],
+    }
+    tracking.log_evaluation(
+        xray.tracking_uri,
+        info["run_id"],
+        logged,
+        [
+            st.local(*base, f)
+            for f in (
+                "report.md",
+                "report.html",
+                "pr_curves.png",
+                "froc.png",
+                "panels.png",
+                "confusion_matrix.png",
+                "metrics.parquet",
+            )
+        ],
+    )
     version = info.get("model_version")
-    if version:   # what the web app and the gate read back: the rule and the figures it was evaluated with
-        tracking.tag_version(xray.tracking_uri, profile.model_name(task.name), version, {
-            **rule.tags(), "imgsz": info["imgsz"], "classes": ",".join(task.classes), "test_map50": f"{s['map50']:.6f}",
-            "test_images": len(images), "test_patients": s["test_patients"], "test_boxes": len(gt)})
+    if (
+        version
+    ):  # what the web app and the gate read back: the rule and the figures it was evaluated with
+        tracking.tag_version(
+            xray.tracking_uri,
+            profile.model_name(task.name),
+            version,
+            {
+                **rule.tags(),
+                "imgsz": info["imgsz"],
+                "classes": ",".join(task.classes),
+                "test_map50": f"{s['map50']:.6f}",
+                "test_images": len(images),
+                "test_patients": s["test_patients"],
+                "test_boxes": len(gt),
+            },
+        )
     root = st.root / "reports" / task.name
     md = {
-        "test_images": len(images), "test_patients": s["test_patients"], "test_boxes": len(gt),
+        "test_images": len(images),
+        "test_patients": s["test_patients"],
+        "test_boxes": len(gt),
         "test_map50 (threshold-free)": round(s["map50"], 4) if s["map50"] == s["map50"] else None,
-        "test_map50_ci95": core_eval.interval_text(s["map50_ci_low"], s["map50_ci_high"], s["map50_ci_note"]),
-        "intervals": core_eval.intervals_sentence(profile.bootstrap_resamples, f"the {s['test_patients']} test patients",
-                                                   profile.seed),
-        "test_map_iou40 (threshold-free)": round(s["map_iou40"], 4) if s["map_iou40"] == s["map_iou40"] else None,
-        "test_map50_95 (threshold-free)": round(s["map50_95"], 4) if s["map50_95"] == s["map50_95"] else None,
+        "test_map50_ci95": core_eval.interval_text(
+            s["map50_ci_low"], s["map50_ci_high"], s["map50_ci_note"]
+        ),
+        "intervals": core_eval.intervals_sentence(
+            profile.bootstrap_resamples, f"the {s['test_patients']} test patients", profile.seed
+        ),
+        "test_map_iou40 (threshold-free)": round(s["map_iou40"], 4)
+        if s["map_iou40"] == s["map_iou40"]
+        else None,
+        "test_map50_95 (threshold-free)": round(s["map50_95"], 4)
+        if s["map50_95"] == s["map50_95"]
+        else None,
         "operating_point_macro": f"conf > {rule.conf:g}: precision {s['precision_macro']:.3f}, recall "
-                                 f"{s['recall_macro']:.3f}, F1 {s['f1_macro']:.3f} (mean over classes)",
+        f"{s['recall_macro']:.3f}, F1 {s['f1_macro']:.3f} (mean over classes)",
         "operating_point_micro": f"conf > {rule.conf:g}: precision {s['precision_micro']:.3f}, recall "
-                                 f"{s['recall_micro']:.3f}, F1 {s['f1_micro']:.3f} (pooled over boxes)",
-        "froc_cpm_luna16 (comparable)": round(s["cpm_luna16"], 4) if s["cpm_luna16"] == s["cpm_luna16"] else None,
+        f"{s['recall_micro']:.3f}, F1 {s['f1_micro']:.3f} (pooled over boxes)",
+        "froc_cpm_luna16 (comparable)": round(s["cpm_luna16"], 4)
+        if s["cpm_luna16"] == s["cpm_luna16"]
+        else None,
         "froc_cpm_iou": round(s["cpm_iou"], 4) if s["cpm_iou"] == s["cpm_iou"] else None,
-        "gate_resolvable_margin": (round(s["gate_resolvable_margin"], 4)
-                                   if s["gate_resolvable_margin"] == s["gate_resolvable_margin"] else None),
+        "gate_resolvable_margin": (
+            round(s["gate_resolvable_margin"], 4)
+            if s["gate_resolvable_margin"] == s["gate_resolvable_margin"]
+            else None
+        ),
         "rule": rule.describe(),
         "init": info.get("init"),
         "per_class": table_value(ev.table),
@@ -189,71 +352,155 @@ def evaluation_reports(context: dg.AssetExecutionContext, xray: XrayResource) ->
 
 def _task_result(st, task: str) -> core_eval.TaskResult | None:
     base = ("reports", task)
-    if not all(st.exists(*base, f) for f in ("summary.json", "detections.parquet", "ground_truth.parquet",
-                                              "test_images.parquet")):
+    if not all(
+        st.exists(*base, f)
+        for f in (
+            "summary.json",
+            "detections.parquet",
+            "ground_truth.parquet",
+            "test_images.parquet",
+        )
+    ):
         return None
     s = st.read_json(*base, "summary.json")
-    excluded = st.read_parquet("datasets", task, "excluded.parquet") if st.exists("datasets", task, "excluded.parquet") else None
+    excluded = (
+        st.read_parquet("datasets", task, "excluded.parquet")
+        if st.exists("datasets", task, "excluded.parquet")
+        else None
+    )
     return core_eval.TaskResult(
-        name=task, summary={k: (float("nan") if v is None else v) for k, v in s.items() if k != "rule"},
-        model=st.read_json("models", task, "model.json"), rule=s["rule"], gt=st.read_parquet(*base, "ground_truth.parquet"),
-        detections=st.read_parquet(*base, "detections.parquet"), images=st.read_parquet(*base, "test_images.parquet"),
-        excluded=excluded)
+        name=task,
+        summary={k: (float("nan") if v is None else v) for k, v in s.items() if k != "rule"},
+        model=st.read_json("models", task, "model.json"),
+        rule=s["rule"],
+        gt=st.read_parquet(*base, "ground_truth.parquet"),
+        detections=st.read_parquet(*base, "detections.parquet"),
+        images=st.read_parquet(*base, "test_images.parquet"),
+        excluded=excluded,
+    )
 
 
-@dg.asset(group_name="reports", kinds={"markdown", "html"}, owners=OWNERS, tags={"stage": "report"},
-          deps=[evaluation_reports, "champion_gate", patient_splits, yolo_datasets, vinbigdata_annotations,
-                vinbigdata_boxes],
-          automation_condition=on_new_data(only=["champion_gate"], allow_missing=True),
-          code_version=code_version(core_eval),
-          description="All tasks side by side: the study's write-up regenerated from data, comparisons only on the "
-                      "same test images and findings (paired bootstrap), unboxed-finding exclusions, subgroups. "
-                      "Runs on the tasks that exist and lists the missing ones.")
+@dg.asset(
+    group_name="reports",
+    kinds={"markdown", "html"},
+    owners=OWNERS,
+    tags={"stage": "report"},
+    deps=[
+        evaluation_reports,
+        "champion_gate",
+        patient_splits,
+        yolo_datasets,
+        vinbigdata_annotations,
+        vinbigdata_boxes,
+    ],
+    automation_condition=on_new_data(only=["champion_gate"], allow_missing=True),
+    code_version=code_version(core_eval),
+    description="All tasks side by side: the study's write-up regenerated from data, comparisons only on the "
+    "same test images and findings (paired bootstrap), unboxed-finding exclusions, subgroups. "
+    "Runs on the tasks that exist and lists the missing ones.",
+)
 def study_report(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
     st, profile = xray.storage, xray.config
     results = {t: r for t in TASK_NAMES if (r := _task_result(st, t)) is not None}
     missing = [t for t in TASK_NAMES if t not in results]
     data = []
     if st.exists("datasets", "splits.parquet"):
-        data += ["Images per source and split (patient-grouped):", "",
-                 core_eval.md_table(core_eval.split_counts(st.read_parquet("datasets", "splits.parquet"))), ""]
+        data += [
+            "Images per source and split (patient-grouped):",
+            "",
+            core_eval.md_table(
+                core_eval.split_counts(st.read_parquet("datasets", "splits.parquet"))
+            ),
+            "",
+        ]
     if st.exists("vinbigdata", "annotations.parquet") and st.exists("vinbigdata", "boxes.parquet"):
-        cons = core_eval.consensus_counts(st.read_parquet("vinbigdata", "annotations.parquet"),
-                                          st.read_parquet("vinbigdata", "boxes.parquet"))
+        cons = core_eval.consensus_counts(
+            st.read_parquet("vinbigdata", "annotations.parquet"),
+            st.read_parquet("vinbigdata", "boxes.parquet"),
+        )
         data += ["VinBigData boxes before and after consensus:", "", core_eval.md_table(cons), ""]
     per_task = core_eval.boxes_per_class_and_split(
-        {t: _task_tables(st, t) for t in TASK_NAMES if st.exists("datasets", t, "images.parquet")})
+        {t: _task_tables(st, t) for t in TASK_NAMES if st.exists("datasets", t, "images.parquet")}
+    )
     if len(per_task):
-        data += ["Boxes per class and split in each task's dataset (images in brackets):", "",
-                 core_eval.md_table(per_task), ""]
+        data += [
+            "Boxes per class and split in each task's dataset (images in brackets):",
+            "",
+            core_eval.md_table(per_task),
+            "",
+        ]
     n_boot = profile.bootstrap_resamples
-    comparisons, unfair = core_eval.fair_comparisons(results, n_boot=n_boot, seed=profile.seed,
-                                                     min_boxes=profile.min_test_boxes)
-    groups = core_eval.subgroup_table(results, {t: st.read_parquet("reports", t, "subgroups.parquet")
-                                                for t in results if st.exists("reports", t, "subgroups.parquet")})
+    comparisons, unfair = core_eval.fair_comparisons(
+        results, n_boot=n_boot, seed=profile.seed, min_boxes=profile.min_test_boxes
+    )
+    groups = core_eval.subgroup_table(
+        results,
+        {
+            t: st.read_parquet("reports", t, "subgroups.parquet")
+            for t in results
+            if st.exists("reports", t, "subgroups.parquet")
+        },
+    )
     table = core_eval.tasks_table(results)
     if len(table):
-        st.write_bytes(plots.bar_compare(table.rename(columns={"map50": "test mAP50"}), "test mAP50",
-                                         "threshold-free test mAP50 per task"), "reports", "study", "map50.png")
+        st.write_bytes(
+            plots.bar_compare(
+                table.rename(columns={"map50": "test mAP50"}),
+                "test mAP50",
+                "threshold-free test mAP50 per task",
+            ),
+            "reports",
+            "study",
+            "map50.png",
+        )
     if len(comparisons):
-        st.write_bytes(plots.paired_differences(comparisons, "paired differences on shared test images"),
-                       "reports", "study", "comparisons.png")
+        st.write_bytes(
+            plots.paired_differences(comparisons, "paired differences on shared test images"),
+            "reports",
+            "study",
+            "comparisons.png",
+        )
     for t in SERVED_TASKS:
         if t in results and st.exists("reports", t, "panels.png"):
             st.copy_in(st.local("reports", t, "panels.png"), "reports", "study", f"panels_{t}.png")
-    gates = core_eval.gate_table({t: st.read_json("reports", t, "champion.json") for t in results
-                                  if st.exists("reports", t, "champion.json")})
-    text = core_eval.study_markdown(profile.name, results, missing, data, comparisons, unfair, groups, n_boot,
-                                    list(SERVED_TASKS), time.strftime("%Y-%m-%d %H:%M"), profile.seed,
-                                    profile.min_test_boxes, gates)
+    gates = core_eval.gate_table(
+        {
+            t: st.read_json("reports", t, "champion.json")
+            for t in results
+            if st.exists("reports", t, "champion.json")
+        }
+    )
+    text = core_eval.study_markdown(
+        profile.name,
+        results,
+        missing,
+        data,
+        comparisons,
+        unfair,
+        groups,
+        n_boot,
+        list(SERVED_TASKS),
+        time.strftime("%Y-%m-%d %H:%M"),
+        profile.seed,
+        profile.min_test_boxes,
+        gates,
+    )
     md_path = st.write_text(text, "reports", "study", "report.md")
-    html_path = st.write_text(markdown_to_html(text, "Study report"), "reports", "study", "report.html")
+    html_path = st.write_text(
+        markdown_to_html(text, "Study report"), "reports", "study", "report.html"
+    )
     st.write_parquet(table, "reports", "study", "tasks.parquet")
     st.write_parquet(comparisons, "reports", "study", "comparisons.parquet")
-    context.log.info(f"study report ({len(results)} task(s), missing: {', '.join(missing) or 'none'}): {html_path}")
-    md = {"report": dg.MetadataValue.path(str(html_path)), "markdown": dg.MetadataValue.path(str(md_path)),
-          "tasks": table_value(table), "comparisons": table_value(comparisons.drop(columns=["reading"])),
-          "missing_tasks": ", ".join(missing) or "none"}
+    context.log.info(
+        f"study report ({len(results)} task(s), missing: {', '.join(missing) or 'none'}): {html_path}"
+    )
+    md = {
+        "report": dg.MetadataValue.path(str(html_path)),
+        "markdown": dg.MetadataValue.path(str(md_path)),
+        "tasks": table_value(table),
+        "comparisons": table_value(comparisons.drop(columns=["reading"])),
+        "missing_tasks": ", ".join(missing) or "none",
+    }
     if len(comparisons):
         md["paired_differences"] = thumbnail(st.local("reports", "study", "comparisons.png"))
     return dg.MaterializeResult(metadata=md, data_version=content_version(table, comparisons))

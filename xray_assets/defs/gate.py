@@ -22,28 +22,43 @@ from .resources import GPU_STEP_TAGS, TASK_PARTITIONS, XrayResource
 
 OWNERS = ["team:ml"]
 #: label tables whose quarantined rows each task's data passed through
-QUARANTINES = {"nih": [("nih", "labels_quarantine.parquet"), ("nih", "boxes_quarantine.parquet")],
-               "vinbigdata": [("vinbigdata", "annotations_quarantine.parquet")]}
+QUARANTINES = {
+    "nih": [("nih", "labels_quarantine.parquet"), ("nih", "boxes_quarantine.parquet")],
+    "vinbigdata": [("vinbigdata", "annotations_quarantine.parquet")],
+}
 #: the checks that can hold a promotion: name -> description
 GUARDS = {
     "inputs_within_quarantine_limit": "The label tables this task learned from quarantined no more rows than the "
-                                      "profile allows; otherwise the promotion is held.",
+    "profile allows; otherwise the promotion is held.",
     "evaluated_on_current_test_split": "The evaluation the gate rests on covers the task's current test split; a "
-                                       "stale evaluation holds the promotion.",
+    "stale evaluation holds the promotion.",
 }
 
 
-def _guards(xray: XrayResource, task, evaluated_ids: set, test_ids: set) -> dict[str, tuple[bool, dict]]:
+def _guards(
+    xray: XrayResource, task, evaluated_ids: set, test_ids: set
+) -> dict[str, tuple[bool, dict]]:
     st, limit = xray.storage, xray.config.max_quarantine_rows
     sources = ("nih",) if task.name.startswith("nih_") else ("nih", "vinbigdata")
-    counts = {"/".join(parts): len(st.read_parquet(*parts)) for s in sources for parts in QUARANTINES[s]
-              if st.exists(*parts)}
+    counts = {
+        "/".join(parts): len(st.read_parquet(*parts))
+        for s in sources
+        for parts in QUARANTINES[s]
+        if st.exists(*parts)
+    }
     return {
-        "inputs_within_quarantine_limit": (all(n <= limit for n in counts.values()),
-                                           {"limit": limit, **{k: v for k, v in counts.items()}}),
-        "evaluated_on_current_test_split": (evaluated_ids == test_ids,
-                                            {"evaluated_images": len(evaluated_ids), "test_images": len(test_ids),
-                                             "not_evaluated": len(test_ids - evaluated_ids)}),
+        "inputs_within_quarantine_limit": (
+            all(n <= limit for n in counts.values()),
+            {"limit": limit, **{k: v for k, v in counts.items()}},
+        ),
+        "evaluated_on_current_test_split": (
+            evaluated_ids == test_ids,
+            {
+                "evaluated_images": len(evaluated_ids),
+                "test_images": len(test_ids),
+                "not_evaluated": len(test_ids - evaluated_ids),
+            },
+        ),
     }
 
 
@@ -57,32 +72,54 @@ def _baseline(xray: XrayResource, model_name: str, version: str):
     if str(current.version) != str(version):
         return current
     before = dict(current.tags or {}).get("gate_compared_with")
-    return tracking.client(xray.tracking_uri).get_model_version(model_name, before) if before else None
+    return (
+        tracking.client(xray.tracking_uri).get_model_version(model_name, before) if before else None
+    )
 
 
 def _rescore(xray: XrayResource, task, champ, images: pd.DataFrame, context) -> pd.DataFrame | None:
     tags = dict(champ.tags or {})
     if "nms_conf" not in tags:
-        context.log.warning(f"{champ.name} v{champ.version}: no detection rule on its tags; not compared")
+        context.log.warning(
+            f"{champ.name} v{champ.version}: no detection rule on its tags; not compared"
+        )
         return None
     rule = DetectionRule.from_tags(tags)
-    weights = tracking.fetch_weights(xray.tracking_uri, champ.run_id,
-                                     xray.storage.dir("serve", task.name, f"v{champ.version}"))
-    context.log.info(f"{task.name}: re-scoring champion v{champ.version} on the current {len(images)} test images "
-                     f"({rule.describe()})")
-    return detection.detect_images(detection.load_model(weights), images, rule.at(conf=AP_FLOOR),
-                                   int(tags.get("imgsz", 640)), task.classes)
+    weights = tracking.fetch_weights(
+        xray.tracking_uri, champ.run_id, xray.storage.dir("serve", task.name, f"v{champ.version}")
+    )
+    context.log.info(
+        f"{task.name}: re-scoring champion v{champ.version} on the current {len(images)} test images "
+        f"({rule.describe()})"
+    )
+    return detection.detect_images(
+        detection.load_model(weights),
+        images,
+        rule.at(conf=AP_FLOOR),
+        int(tags.get("imgsz", 640)),
+        task.classes,
+    )
 
 
-@dg.asset(group_name="reports", partitions_def=TASK_PARTITIONS, kinds={"pytorch", "mlflow"}, owners=OWNERS,
-          tags={"stage": "gate"}, deps=[evaluation_reports], pool="gpu", op_tags=GPU_STEP_TAGS,
-          automation_condition=on_new_data(only=["evaluation_reports"]),
-          code_version=code_version(champion, metrics, detection),
-          check_specs=[dg.AssetCheckSpec(name, asset="champion_gate", description=d, blocking=True)
-                       for name, d in GUARDS.items()],
-          description="The promotion decision: the champion re-scored on the current test split, the paired "
-                      "patient-level difference new - champion of test mAP50 and its null rate, the decision by "
-                      "the stated rule, the `champion` alias moved unless a blocking check holds it.")
+@dg.asset(
+    group_name="reports",
+    partitions_def=TASK_PARTITIONS,
+    kinds={"pytorch", "mlflow"},
+    owners=OWNERS,
+    tags={"stage": "gate"},
+    deps=[evaluation_reports],
+    pool="gpu",
+    op_tags=GPU_STEP_TAGS,
+    automation_condition=on_new_data(only=["evaluation_reports"]),
+    code_version=code_version(champion, metrics, detection),
+    check_specs=[
+        dg.AssetCheckSpec(name, asset="champion_gate", description=d, blocking=True)
+        for name, d in GUARDS.items()
+    ],
+    description="The promotion decision: the champion re-scored on the current test split, the paired "
+    "patient-level difference new - champion of test mAP50 and its null rate, the decision by "
+    "the stated rule, the `champion` alias moved unless a blocking check holds it.",
+)
 def champion_gate(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
     task = TASKS[context.partition_key]
     st, profile = xray.storage, xray.config
@@ -90,66 +127,136 @@ def champion_gate(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.M
     info = st.read_json("models", task.name, "model.json")
     version = info.get("model_version")
     images, _ = core_eval.split(*_task_tables(st, task.name), "test")
-    gt, dets = st.read_parquet(*base, "ground_truth.parquet"), st.read_parquet(*base, "detections.parquet")
+    gt, dets = (
+        st.read_parquet(*base, "ground_truth.parquet"),
+        st.read_parquet(*base, "detections.parquet"),
+    )
     evaluated = st.read_parquet(*base, "test_images.parquet")
     guards = _guards(xray, task, set(evaluated["image_id"]), set(images["image_id"]))
-    checks = [dg.AssetCheckResult(check_name=n, passed=ok, metadata=md) for n, (ok, md) in guards.items()]
+    checks = [
+        dg.AssetCheckResult(check_name=n, passed=ok, metadata=md) for n, (ok, md) in guards.items()
+    ]
     held = [n for n, (ok, _) in guards.items() if not ok]
     if not version:
         gate = {"decision": "not gated (no registered version)"}
         st.write_json(gate, *base, "champion.json")
-        return dg.MaterializeResult(metadata={"decision": gate["decision"]}, check_results=checks,
-                                    data_version=content_version(gate["decision"]))
+        return dg.MaterializeResult(
+            metadata={"decision": gate["decision"]},
+            check_results=checks,
+            data_version=content_version(gate["decision"]),
+        )
     model_name = profile.model_name(task.name)
     champ = _baseline(xray, model_name, version)
     champ_dets = None
     if champ is not None and str(champ.version) != str(version):
         st.localise(images["path"])
-        champ_dets = _rescore(xray, task, champ, images[images["image_id"].isin(evaluated["image_id"])], context)
-    paired = (metrics.paired_bootstrap(gt, dets, champ_dets, task.classes, evaluated["image_id"],
-                                       n_boot=profile.bootstrap_resamples, seed=profile.seed,
-                                       groups=core_eval.patients(evaluated))
-              if champ_dets is not None else None)
-    gate = champion.gate_record(paired, xray.margin, version, None if champ is None else str(champ.version),
-                                profile.gate_null_rate, profile.min_test_boxes)
-    if champ_dets is not None:   # what the gate compared, kept beside the new model's detections
+        champ_dets = _rescore(
+            xray, task, champ, images[images["image_id"].isin(evaluated["image_id"])], context
+        )
+    paired = (
+        metrics.paired_bootstrap(
+            gt,
+            dets,
+            champ_dets,
+            task.classes,
+            evaluated["image_id"],
+            n_boot=profile.bootstrap_resamples,
+            seed=profile.seed,
+            groups=core_eval.patients(evaluated),
+        )
+        if champ_dets is not None
+        else None
+    )
+    gate = champion.gate_record(
+        paired,
+        xray.margin,
+        version,
+        None if champ is None else str(champ.version),
+        profile.gate_null_rate,
+        profile.min_test_boxes,
+    )
+    if champ_dets is not None:  # what the gate compared, kept beside the new model's detections
         st.write_parquet(champ_dets, *base, "champion_detections.parquet")
     if held:
-        gate.update(decided=gate["decision"], decision=champion.CHALLENGER if champ is not None else "held",
-                    held_by=held, reason=f"held by failing check(s) {', '.join(held)}; the gate's own decision was "
-                                         f"{gate['decision']} ({gate['reason']})")
-    tracking.tag_version(xray.tracking_uri, model_name, version, {
-        "gate_decision": gate["decision"], "gate_reason": gate["reason"][:250], "gate_rule": gate["rule"][:250],
-        "gate_stated_null_rate": f"{gate['stated_null_rate']:g}", "gate_margin": f"{gate['margin']:g}",
-        "gate_min_test_boxes": str(gate["min_test_boxes"]), "gate_held_by": ",".join(held) or "none",
-        **({"gate_compared_with": gate["compared_with"], "gate_diff": f"{gate['diff']:.6f}",
-            "gate_diff_ci_low": f"{gate['diff_ci_low']:.6f}", "gate_diff_ci_high": f"{gate['diff_ci_high']:.6f}",
-            "gate_champion_map50": f"{gate['champion_map50']:.6f}", "gate_null_rate": f"{gate['null_rate']:.4f}",
-            "gate_null_probability_of_decision": f"{gate['null_probability_of_decision']:.4f}",
-            "gate_test_boxes": str(gate["test_boxes"]),
-            "gate_bootstrap": f"{gate['resamples']} resamples, seed {gate['seed']}"} if paired else {})})
+        gate.update(
+            decided=gate["decision"],
+            decision=champion.CHALLENGER if champ is not None else "held",
+            held_by=held,
+            reason=f"held by failing check(s) {', '.join(held)}; the gate's own decision was "
+            f"{gate['decision']} ({gate['reason']})",
+        )
+    tracking.tag_version(
+        xray.tracking_uri,
+        model_name,
+        version,
+        {
+            "gate_decision": gate["decision"],
+            "gate_reason": gate["reason"][:250],
+            "gate_rule": gate["rule"][:250],
+            "gate_stated_null_rate": f"{gate['stated_null_rate']:g}",
+            "gate_margin": f"{gate['margin']:g}",
+            "gate_min_test_boxes": str(gate["min_test_boxes"]),
+            "gate_held_by": ",".join(held) or "none",
+            **(
+                {
+                    "gate_compared_with": gate["compared_with"],
+                    "gate_diff": f"{gate['diff']:.6f}",
+                    "gate_diff_ci_low": f"{gate['diff_ci_low']:.6f}",
+                    "gate_diff_ci_high": f"{gate['diff_ci_high']:.6f}",
+                    "gate_champion_map50": f"{gate['champion_map50']:.6f}",
+                    "gate_null_rate": f"{gate['null_rate']:.4f}",
+                    "gate_null_probability_of_decision": f"{gate['null_probability_of_decision']:.4f}",
+                    "gate_test_boxes": str(gate["test_boxes"]),
+                    "gate_bootstrap": f"{gate['resamples']} resamples, seed {gate['seed']}",
+                }
+                if paired
+                else {}
+            ),
+        },
+    )
     if gate["decision"] == champion.CHAMPION:
         tracking.set_alias(xray.tracking_uri, model_name, champion.CHAMPION, version)
     elif gate["decision"] == champion.CHALLENGER:
         tracking.set_alias(xray.tracking_uri, model_name, champion.CHALLENGER, version)
-        if champ is not None and not held:   # a hand-moved alias goes back to the version the gate keeps
+        if (
+            champ is not None and not held
+        ):  # a hand-moved alias goes back to the version the gate keeps
             tracking.set_alias(xray.tracking_uri, model_name, champion.CHAMPION, str(champ.version))
     context.log.info(f"{task.name}: version {version} is {gate['decision']} ({gate['reason']})")
     st.write_json(gate, *base, "champion.json")
     text = core_eval.gate_markdown(task.name, gate)
     st.write_text(text, *base, "gate.md")
     st.write_text(markdown_to_html(text, f"Champion gate {task.name}"), *base, "gate.html")
-    md = {"report": dg.MetadataValue.path(str(st.root / "reports" / task.name / "gate.html")),"decision": gate["decision"], "version": str(version), "reason": gate["reason"], "rule": gate["rule"],
-          "stated_null_rate": gate["stated_null_rate"], "margin": gate["margin"], "held_by": ", ".join(held) or "none"}
+    md = {
+        "report": dg.MetadataValue.path(str(st.root / "reports" / task.name / "gate.html")),
+        "decision": gate["decision"],
+        "version": str(version),
+        "reason": gate["reason"],
+        "rule": gate["rule"],
+        "stated_null_rate": gate["stated_null_rate"],
+        "margin": gate["margin"],
+        "held_by": ", ".join(held) or "none",
+    }
     if paired:
-        md.update({"champion_version": gate["compared_with"], "new_map50": round(gate["new_map50"], 4),
-                   "champion_map50_rescored": round(gate["champion_map50"], 4), "diff": round(gate["diff"], 4),
-                   "diff_ci95": core_eval.interval_text(gate["diff_ci_low"], gate["diff_ci_high"]),
-                   "null_rate": round(gate["null_rate"], 4), "test_boxes": gate["test_boxes"],
-                   "null_probability_of_decision": round(gate["null_probability_of_decision"], 4)})
-    return dg.MaterializeResult(metadata=md, check_results=checks,
-                                data_version=content_version(str(version), gate["decision"],
-                                                             gate.get("compared_with") or ""))
+        md.update(
+            {
+                "champion_version": gate["compared_with"],
+                "new_map50": round(gate["new_map50"], 4),
+                "champion_map50_rescored": round(gate["champion_map50"], 4),
+                "diff": round(gate["diff"], 4),
+                "diff_ci95": core_eval.interval_text(gate["diff_ci_low"], gate["diff_ci_high"]),
+                "null_rate": round(gate["null_rate"], 4),
+                "test_boxes": gate["test_boxes"],
+                "null_probability_of_decision": round(gate["null_probability_of_decision"], 4),
+            }
+        )
+    return dg.MaterializeResult(
+        metadata=md,
+        check_results=checks,
+        data_version=content_version(
+            str(version), gate["decision"], gate.get("compared_with") or ""
+        ),
+    )
 
 
 defs = dg.Definitions(assets=[champion_gate])

@@ -1,16 +1,22 @@
 """The one resource every asset uses (where data and artefacts live, which profile runs), the
 partitions, and the metadata helpers that keep the catalog readable and the event log small."""
 
-
 import os
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
-from ..config import Profile, decode_limits, default_inbox, default_mlflow_uri, default_weights_dir, get_profile
-from ..core.isolation import DecodeLimits
+from ..config import (
+    Profile,
+    decode_limits,
+    default_inbox,
+    default_mlflow_uri,
+    default_weights_dir,
+    get_profile,
+)
 from ..core.classes import TASK_NAMES
+from ..core.isolation import DecodeLimits
 from ..storage import Storage
 
 TASK_PARTITIONS = dg.StaticPartitionsDefinition(list(TASK_NAMES))
@@ -23,21 +29,42 @@ PROFILE_TAG = "xray/profile"
 
 #: Per-step Kubernetes settings (read by dagster-k8s's K8sRunLauncher / k8s_job_executor; ignored
 #: when running locally). Training, tuning and evaluation ask for one GPU and tolerate GPU nodes.
-GPU_STEP_TAGS = {"dagster-k8s/config": {
-    "container_config": {"resources": {"requests": {"cpu": "4", "memory": "24Gi", "nvidia.com/gpu": "1"},
-                                       "limits": {"memory": "48Gi", "nvidia.com/gpu": "1"}}},
-    "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                        "node_selector": {"xray-assets/accelerator": "gpu"}},
-}}
+GPU_STEP_TAGS = {
+    "dagster-k8s/config": {
+        "container_config": {
+            "resources": {
+                "requests": {"cpu": "4", "memory": "24Gi", "nvidia.com/gpu": "1"},
+                "limits": {"memory": "48Gi", "nvidia.com/gpu": "1"},
+            }
+        },
+        "pod_spec_config": {
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ],
+            "node_selector": {"xray-assets/accelerator": "gpu"},
+        },
+    }
+}
 #: DICOM conversion: CPU-heavy; each shard partition is its own run, hence its own pod.
-CONVERSION_STEP_TAGS = {"dagster-k8s/config": {
-    "container_config": {"resources": {"requests": {"cpu": "8", "memory": "16Gi"}, "limits": {"memory": "32Gi"}}},
-}}
+CONVERSION_STEP_TAGS = {
+    "dagster-k8s/config": {
+        "container_config": {
+            "resources": {"requests": {"cpu": "8", "memory": "16Gi"}, "limits": {"memory": "32Gi"}}
+        },
+    }
+}
 
 #: defaults of the settings the environment may leave unset (DESIGN "Public surface")
-ENV_DEFAULTS = {"XRAY_DATA_DIR": "data/sample", "XRAY_STORAGE_DIR": "storage", "XRAY_PROFILE": "demo",
-                "MLFLOW_TRACKING_URI": "", "XRAY_MLFLOW_UI": "http://127.0.0.1:5000", "XRAY_INBOX_DIR": "",
-                "XRAY_CHAMPION_MARGIN": "0.01", "XRAY_WEIGHTS_DIR": ""}
+ENV_DEFAULTS = {
+    "XRAY_DATA_DIR": "data/sample",
+    "XRAY_STORAGE_DIR": "storage",
+    "XRAY_PROFILE": "demo",
+    "MLFLOW_TRACKING_URI": "",
+    "XRAY_MLFLOW_UI": "http://127.0.0.1:5000",
+    "XRAY_INBOX_DIR": "",
+    "XRAY_CHAMPION_MARGIN": "0.01",
+    "XRAY_WEIGHTS_DIR": "",
+}
 
 
 def _env(name: str) -> str:
@@ -51,36 +78,65 @@ class XrayResource(dg.ConfigurableResource):
     default). Every run that uses it is tagged with its profile, and the profile's artefacts live
     under `<storage_dir>/<profile>/`."""
 
-    data_dir: str = Field(default="", description="holds nih/ and vinbigdata/ in their native layouts "
-                                                  "(empty: $XRAY_DATA_DIR, else data/sample)")
-    storage_dir: str = Field(default="", description="every artefact the graph writes: a folder or s3://bucket/prefix "
-                                                     "(empty: $XRAY_STORAGE_DIR, else storage)")
-    profile: str = Field(default="", description="study, demo or smoke: the run's settings and storage namespace "
-                                                 "(empty: $XRAY_PROFILE, else demo)")
-    mlflow_tracking_uri: str = Field(default="", description="empty: $MLFLOW_TRACKING_URI, else the embedded store")
-    mlflow_ui_url: str = Field(default="", description="for links in metadata (empty: $XRAY_MLFLOW_UI)")
-    inbox_dir: str = Field(default="", description="annotation drops (empty: $XRAY_INBOX_DIR, else <data_dir>/inbox)")
-    champion_margin: str = Field(default="", description="test mAP50 a new model may lose and still be champion "
-                                                         "(empty: $XRAY_CHAMPION_MARGIN, else 0.01)")
-    weights_dir: str = Field(default="", description="pretrained checkpoints (empty: $XRAY_WEIGHTS_DIR, else "
-                                                     "~/.cache/xray-assets/weights)")
+    data_dir: str = Field(
+        default="",
+        description="holds nih/ and vinbigdata/ in their native layouts "
+        "(empty: $XRAY_DATA_DIR, else data/sample)",
+    )
+    storage_dir: str = Field(
+        default="",
+        description="every artefact the graph writes: a folder or s3://bucket/prefix "
+        "(empty: $XRAY_STORAGE_DIR, else storage)",
+    )
+    profile: str = Field(
+        default="",
+        description="study, demo or smoke: the run's settings and storage namespace "
+        "(empty: $XRAY_PROFILE, else demo)",
+    )
+    mlflow_tracking_uri: str = Field(
+        default="", description="empty: $MLFLOW_TRACKING_URI, else the embedded store"
+    )
+    mlflow_ui_url: str = Field(
+        default="", description="for links in metadata (empty: $XRAY_MLFLOW_UI)"
+    )
+    inbox_dir: str = Field(
+        default="", description="annotation drops (empty: $XRAY_INBOX_DIR, else <data_dir>/inbox)"
+    )
+    champion_margin: str = Field(
+        default="",
+        description="test mAP50 a new model may lose and still be champion "
+        "(empty: $XRAY_CHAMPION_MARGIN, else 0.01)",
+    )
+    weights_dir: str = Field(
+        default="",
+        description="pretrained checkpoints (empty: $XRAY_WEIGHTS_DIR, else "
+        "~/.cache/xray-assets/weights)",
+    )
 
     @classmethod
     def from_env(cls) -> "XrayResource":
         """The code location's resource: every field bound to its environment variable."""
         for k, v in ENV_DEFAULTS.items():
             os.environ.setdefault(k, v)
-        return cls(data_dir=dg.EnvVar("XRAY_DATA_DIR"), storage_dir=dg.EnvVar("XRAY_STORAGE_DIR"),
-                   profile=dg.EnvVar("XRAY_PROFILE"), mlflow_tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
-                   mlflow_ui_url=dg.EnvVar("XRAY_MLFLOW_UI"), inbox_dir=dg.EnvVar("XRAY_INBOX_DIR"),
-                   champion_margin=dg.EnvVar("XRAY_CHAMPION_MARGIN"), weights_dir=dg.EnvVar("XRAY_WEIGHTS_DIR"))
+        return cls(
+            data_dir=dg.EnvVar("XRAY_DATA_DIR"),
+            storage_dir=dg.EnvVar("XRAY_STORAGE_DIR"),
+            profile=dg.EnvVar("XRAY_PROFILE"),
+            mlflow_tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
+            mlflow_ui_url=dg.EnvVar("XRAY_MLFLOW_UI"),
+            inbox_dir=dg.EnvVar("XRAY_INBOX_DIR"),
+            champion_margin=dg.EnvVar("XRAY_CHAMPION_MARGIN"),
+            weights_dir=dg.EnvVar("XRAY_WEIGHTS_DIR"),
+        )
 
     @property
     def profile_name(self) -> str:
         return self.profile or _env("XRAY_PROFILE")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        name = get_profile(self.profile_name).name   # an unknown profile fails the run here, with the choices
+        name = get_profile(
+            self.profile_name
+        ).name  # an unknown profile fails the run here, with the choices
         run = context.run
         if run is not None and context.instance is not None and run.tags.get(PROFILE_TAG) != name:
             context.instance.add_run_tags(run.run_id, {PROFILE_TAG: name})
@@ -108,7 +164,11 @@ class XrayResource(dg.ConfigurableResource):
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(self.root)
+        return (
+            self.mlflow_tracking_uri
+            or os.environ.get("MLFLOW_TRACKING_URI")
+            or default_mlflow_uri(self.root)
+        )
 
     @property
     def margin(self) -> float:
@@ -133,7 +193,11 @@ class XrayResource(dg.ConfigurableResource):
         return Path(self.data_dir or _env("XRAY_DATA_DIR")).expanduser().resolve().joinpath(*parts)
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
-        base = self.tracking_uri if self.tracking_uri.startswith("http") else (self.mlflow_ui_url or _env("XRAY_MLFLOW_UI"))
+        base = (
+            self.tracking_uri
+            if self.tracking_uri.startswith("http")
+            else (self.mlflow_ui_url or _env("XRAY_MLFLOW_UI"))
+        )
         return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
@@ -163,8 +227,12 @@ def thumbnail(path: Path | str, width: int = THUMB_WIDTH) -> dg.MetadataValue:
     if img is None:
         return dg.MetadataValue.path(str(path))
     if img.shape[1] > width:
-        img = cv2.resize(img, (width, int(img.shape[0] * width / img.shape[1])), interpolation=cv2.INTER_AREA)
-    data = base64.b64encode(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()).decode()
+        img = cv2.resize(
+            img, (width, int(img.shape[0] * width / img.shape[1])), interpolation=cv2.INTER_AREA
+        )
+    data = base64.b64encode(
+        cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
+    ).decode()
     return dg.MetadataValue.md(f"![{Path(path).name}](data:image/jpeg;base64,{data})")
 
 
@@ -185,7 +253,9 @@ def table_value(df, max_rows: int = 60) -> dg.MetadataValue:
     import math
 
     df = df.head(max_rows)
-    schema = dg.TableSchema(columns=[dg.TableColumn(str(c), _column_type(df[c].dtype)) for c in df.columns])
+    schema = dg.TableSchema(
+        columns=[dg.TableColumn(str(c), _column_type(df[c].dtype)) for c in df.columns]
+    )
     records = []
     for row in df.itertuples(index=False):
         values = {}
@@ -203,10 +273,14 @@ def table_value(df, max_rows: int = 60) -> dg.MetadataValue:
 
 def column_schema(columns: dict[str, tuple[str, str]]) -> dg.TableSchema:
     """name -> (type, description): a table asset's `dagster/column_schema`."""
-    return dg.TableSchema(columns=[dg.TableColumn(n, t, description=d) for n, (t, d) in columns.items()])
+    return dg.TableSchema(
+        columns=[dg.TableColumn(n, t, description=d) for n, (t, d) in columns.items()]
+    )
 
 
-def ingest_table(context, st: Storage, reader, src: Path, folder: str, name: str, limit: int) -> dict:
+def ingest_table(
+    context, st: Storage, reader, src: Path, folder: str, name: str, limit: int
+) -> dict:
     """Read a label file with a `*_checked` reader, write the table and its quarantine beside it,
     log each quarantined row (file and row), and return the tables and the common metadata."""
     df, quarantine = reader(src)
@@ -215,5 +289,8 @@ def ingest_table(context, st: Storage, reader, src: Path, folder: str, name: str
     if len(quarantine) > 50:
         context.log.warning(f"{src.name}: {len(quarantine) - 50} more quarantined row(s)")
     st.write_parquet(quarantine, folder, f"{name}_quarantine.parquet")
-    return {"table": df, "quarantine": quarantine, "metadata": {
-        "quarantined_rows": len(quarantine), "quarantine_limit": limit}}
+    return {
+        "table": df,
+        "quarantine": quarantine,
+        "metadata": {"quarantined_rows": len(quarantine), "quarantine_limit": limit},
+    }

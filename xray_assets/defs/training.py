@@ -1,6 +1,5 @@
 """One YOLO model per task, trained through ultralytics and tracked in one MLflow run each."""
 
-
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -22,20 +21,35 @@ TAGS = {"stage": "train"}
 
 
 class TrainConfig(dg.Config):
-    weights: str | None = Field(default=None, description="a pretrained weights file to start from (overrides the "
-                                                          "profile's yolov8*.pt from XRAY_WEIGHTS_DIR)")
-    from_scratch: bool = Field(default=False, description="start from random weights (the profile's yaml) on purpose")
+    weights: str | None = Field(
+        default=None,
+        description="a pretrained weights file to start from (overrides the "
+        "profile's yolov8*.pt from XRAY_WEIGHTS_DIR)",
+    )
+    from_scratch: bool = Field(
+        default=False, description="start from random weights (the profile's yaml) on purpose"
+    )
     device: str | None = Field(default=None, description="None: GPU when present, else CPU")
     epochs: int | None = Field(default=None, description="override the profile's epochs")
-    resume: bool = Field(default=False, description="continue a killed training from its last checkpoint")
-    seed: int | None = Field(default=None, description="override the profile's training seed (another seed on the "
-                                                       "same data: an equally good challenger for the gate)")
+    resume: bool = Field(
+        default=False, description="continue a killed training from its last checkpoint"
+    )
+    seed: int | None = Field(
+        default=None,
+        description="override the profile's training seed (another seed on the "
+        "same data: an equally good challenger for the gate)",
+    )
 
 
 def git_revision() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        )
         return out.stdout.strip() or "unknown"
     except Exception:
         return "unknown"
@@ -45,57 +59,119 @@ def git_revision() -> str:
 #: defaults included), ultralytics and torch as installed, and the profile's training settings
 #: (XRAY_PROFILE's: a change of epochs or imgsz reads "code version changed" in the UI)
 def training_code_version(profile: str | None = None) -> str:
-    return code_version(core_train, libraries=("ultralytics", "torch"),
-                        settings=(config_module.get_profile(profile).train,))
+    return code_version(
+        core_train,
+        libraries=("ultralytics", "torch"),
+        settings=(config_module.get_profile(profile).train,),
+    )
 
 
 CODE_VERSION = training_code_version()
 
 
-@dg.asset(group_name="models", partitions_def=TASK_PARTITIONS, kinds={"pytorch", "mlflow", "yolo"}, owners=OWNERS,
-          tags=TAGS, deps=[yolo_datasets], pool="gpu", op_tags=GPU_STEP_TAGS, code_version=CODE_VERSION,
-          automation_condition=on_new_data(),
-          description="A YOLOv8 model per task (COCO-pretrained start where the profile has one), an MLflow run "
-                      "(params, per-epoch metrics, plots, weights) and a registered model version.")
-def trained_models(context: dg.AssetExecutionContext, config: TrainConfig, xray: XrayResource
-                   ) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="models",
+    partitions_def=TASK_PARTITIONS,
+    kinds={"pytorch", "mlflow", "yolo"},
+    owners=OWNERS,
+    tags=TAGS,
+    deps=[yolo_datasets],
+    pool="gpu",
+    op_tags=GPU_STEP_TAGS,
+    code_version=CODE_VERSION,
+    automation_condition=on_new_data(),
+    description="A YOLOv8 model per task (COCO-pretrained start where the profile has one), an MLflow run "
+    "(params, per-epoch metrics, plots, weights) and a registered model version.",
+)
+def trained_models(
+    context: dg.AssetExecutionContext, config: TrainConfig, xray: XrayResource
+) -> dg.MaterializeResult:
     task = TASKS[context.partition_key]
     st, profile = xray.storage, xray.config
     context.log.info(f"{task.name}: {share_cores()} torch thread(s)")
     params = replace(profile.train, epochs=config.epochs) if config.epochs else profile.train
     params = replace(params, seed=config.seed) if config.seed is not None else params
     # the starting weights are settled before anything else: a missing file stops the run here
-    init = core_train.resolve_init(params, weights=config.weights, from_scratch=config.from_scratch,
-                                   weights_dir=xray.weights, allow_downloads=profile.downloads_allowed(),
-                                   log=context.log.info)
+    init = core_train.resolve_init(
+        params,
+        weights=config.weights,
+        from_scratch=config.from_scratch,
+        weights_dir=xray.weights,
+        allow_downloads=profile.downloads_allowed(),
+        log=context.log.info,
+    )
     tracking.ensure_store(xray.tracking_uri)
-    ds_root = st.local("datasets", task.name)   # (from an object store: with the images it links to)
+    ds_root = st.local("datasets", task.name)  # (from an object store: with the images it links to)
     dataset_hash = (ds_root / "dataset_hash.txt").read_text().strip()
     synthetic = is_sample_data(xray.data())
-    tags = {"dagster_run_id": context.run.run_id, "task": task.name, "profile": profile.name,
-            "dataset_hash": dataset_hash, "code_version": git_revision(),
-            "trained_on_synthetic": str(synthetic).lower()}
-    run_params = {**profile.as_params(), "train.epochs": params.epochs, "train.seed": params.seed,   # as run
-                  "task": task.name, "classes": ",".join(task.classes),
-                  "dataset_hash": dataset_hash, "trained_on_synthetic": synthetic}
-    previous = st.read_json("models", task.name, "model.json") if st.exists("models", task.name, "model.json") else {}
+    tags = {
+        "dagster_run_id": context.run.run_id,
+        "task": task.name,
+        "profile": profile.name,
+        "dataset_hash": dataset_hash,
+        "code_version": git_revision(),
+        "trained_on_synthetic": str(synthetic).lower(),
+    }
+    run_params = {
+        **profile.as_params(),
+        "train.epochs": params.epochs,
+        "train.seed": params.seed,  # as run
+        "task": task.name,
+        "classes": ",".join(task.classes),
+        "dataset_hash": dataset_hash,
+        "trained_on_synthetic": synthetic,
+    }
+    previous = (
+        st.read_json("models", task.name, "model.json")
+        if st.exists("models", task.name, "model.json")
+        else {}
+    )
     with st.workdir("models", task.name) as out_dir:
         result = core_train.train(
-            task=task.name, data_yaml=ds_root / "data.yaml", params=params, out_dir=out_dir,
-            tracking_uri=xray.tracking_uri, experiment=profile.experiment, artifact_root=xray.shared.uri("mlflow", "artifacts"),
-            run_params=run_params, tags=tags, init=init, model_name=profile.model_name(task.name),
-            device=config.device, resume=config.resume, log=context.log.info,
+            task=task.name,
+            data_yaml=ds_root / "data.yaml",
+            params=params,
+            out_dir=out_dir,
+            tracking_uri=xray.tracking_uri,
+            experiment=profile.experiment,
+            artifact_root=xray.shared.uri("mlflow", "artifacts"),
+            run_params=run_params,
+            tags=tags,
+            init=init,
+            model_name=profile.model_name(task.name),
+            device=config.device,
+            resume=config.resume,
+            log=context.log.info,
         )
-    info = {"task": task.name, "weights": str(result.weights), "run_id": result.run_id,
-            "experiment_id": result.experiment_id, "model_version": result.model_version,
-            "registered_model": profile.model_name(task.name), "dataset_hash": dataset_hash,
-            "metrics": result.metrics, "profile": profile.name, "imgsz": params.imgsz, "classes": list(task.classes),
-            "seconds": round(result.seconds, 1), "trained_on_synthetic": synthetic, **init.as_dict()}
+    info = {
+        "task": task.name,
+        "weights": str(result.weights),
+        "run_id": result.run_id,
+        "experiment_id": result.experiment_id,
+        "model_version": result.model_version,
+        "registered_model": profile.model_name(task.name),
+        "dataset_hash": dataset_hash,
+        "metrics": result.metrics,
+        "profile": profile.name,
+        "imgsz": params.imgsz,
+        "classes": list(task.classes),
+        "seconds": round(result.seconds, 1),
+        "trained_on_synthetic": synthetic,
+        **init.as_dict(),
+    }
     st.write_json(info, "models", task.name, "model.json")
-    changed = ("first model" if not previous else
-               f"no: same dataset as version {previous.get('model_version')}"
-               if previous.get("dataset_hash") == dataset_hash else "yes")
-    val = {f"val_{k.split('_', 1)[-1]}": round(v, 4) for k, v in result.metrics.items() if "mAP" in k or "recall" in k}
+    changed = (
+        "first model"
+        if not previous
+        else f"no: same dataset as version {previous.get('model_version')}"
+        if previous.get("dataset_hash") == dataset_hash
+        else "yes"
+    )
+    val = {
+        f"val_{k.split('_', 1)[-1]}": round(v, 4)
+        for k, v in result.metrics.items()
+        if "mAP" in k or "recall" in k
+    }
     md = {
         "weights": dg.MetadataValue.path(str(st.root / "models" / task.name / "best.pt")),
         "mlflow_run": dg.MetadataValue.url(xray.run_url(result.experiment_id, result.run_id)),
@@ -111,15 +187,21 @@ def trained_models(context: dg.AssetExecutionContext, config: TrainConfig, xray:
         "train_seconds": round(result.seconds, 1),
         **val,
     }
-    if result.results_csv:   # our own plot: ultralytics draws its results.png only with `plots`
+    if result.results_csv:  # our own plot: ultralytics draws its results.png only with `plots`
         import pandas as pd
 
         from ..core.plots import training_curves
 
-        st.write_bytes(training_curves(pd.read_csv(result.results_csv), f"{task.name}: training"),
-                       "models", task.name, "training_curves.png")
+        st.write_bytes(
+            training_curves(pd.read_csv(result.results_csv), f"{task.name}: training"),
+            "models",
+            task.name,
+            "training_curves.png",
+        )
         md["training_curves"] = thumbnail(st.local("models", task.name, "training_curves.png"))
-    return dg.MaterializeResult(metadata=md, data_version=dg.DataVersion(f"{dataset_hash}-{result.run_id[:8]}"))
+    return dg.MaterializeResult(
+        metadata=md, data_version=dg.DataVersion(f"{dataset_hash}-{result.run_id[:8]}")
+    )
 
 
 defs = dg.Definitions(assets=[trained_models])

@@ -12,7 +12,6 @@ is decoded from its own `mkstemp` file, deleted at once, so no two uploads share
 Nothing from a DICOM header is returned or logged, nor is the uploaded file's name.
 """
 
-
 import asyncio
 import base64
 import html
@@ -35,8 +34,16 @@ from .models import ServedModel
 log = logging.getLogger("xray_assets.serve")
 TEMPLATE = (Path(__file__).parent / "templates" / "index.html").read_text()
 DEFAULT_LIMIT_MB = float(os.environ.get("XRAY_MAX_UPLOAD_MB", "50"))
-PALETTE = [(66, 135, 245), (245, 130, 48), (60, 180, 75), (230, 25, 75), (145, 30, 180), (70, 240, 240),
-           (240, 50, 230), (210, 245, 60)]
+PALETTE = [
+    (66, 135, 245),
+    (245, 130, 48),
+    (60, 180, 75),
+    (230, 25, 75),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+]
 
 
 NOT_FOR_DIAGNOSIS = "research use only, not for diagnosis"
@@ -44,27 +51,53 @@ NOT_FOR_DIAGNOSIS = "research use only, not for diagnosis"
 
 def provenance(m: ServedModel) -> str:
     """Where a model comes from, in words: its profile, its starting weights, what it learned from."""
-    data = {True: "learned from the synthetic sample data (never saw a real radiograph)",
-            False: "learned from the configured data", None: "training data unknown"}[m.trained_on_synthetic]
+    data = {
+        True: "learned from the synthetic sample data (never saw a real radiograph)",
+        False: "learned from the configured data",
+        None: "training data unknown",
+    }[m.trained_on_synthetic]
     return f"profile {m.profile or '?'}, init {m.init}, {data}"
 
 
 def run_panel(panel: list[ServedModel], gray: np.ndarray) -> dict:
     h, w = gray.shape[:2]
-    return {"image": {"width": int(w), "height": int(h)}, "notice": NOT_FOR_DIAGNOSIS,
-            "models": [{"task": m.task, "version": m.version, "chosen": m.chosen, "conf": m.conf, "iou": m.iou,
-                        "agnostic_nms": m.rule.agnostic, "max_det": m.rule.max_det, "profile": m.profile,
-                        "init": m.init, "trained_on_synthetic": m.trained_on_synthetic,
-                        "boxes": m.detect(gray)} for m in panel]}
+    return {
+        "image": {"width": int(w), "height": int(h)},
+        "notice": NOT_FOR_DIAGNOSIS,
+        "models": [
+            {
+                "task": m.task,
+                "version": m.version,
+                "chosen": m.chosen,
+                "conf": m.conf,
+                "iou": m.iou,
+                "agnostic_nms": m.rule.agnostic,
+                "max_det": m.rule.max_det,
+                "profile": m.profile,
+                "init": m.init,
+                "trained_on_synthetic": m.trained_on_synthetic,
+                "boxes": m.detect(gray),
+            }
+            for m in panel
+        ],
+    }
 
 
 def draw(gray: np.ndarray, result: dict, classes: list[str], max_side: int = 640) -> bytes:
     """One panel: the image with its boxes, class names and scores (OpenCV's built-in font)."""
     scale = min(1.0, max_side / max(gray.shape[:2]))
-    img = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
+    img = (
+        cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        if scale < 1
+        else gray
+    )
     img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     for b in result["boxes"]:
-        color = PALETTE[classes.index(b["label"]) % len(PALETTE)] if b["label"] in classes else PALETTE[0]
+        color = (
+            PALETTE[classes.index(b["label"]) % len(PALETTE)]
+            if b["label"] in classes
+            else PALETTE[0]
+        )
         p0 = (int(b["x_min"] * scale), int(b["y_min"] * scale))
         p1 = (int(b["x_max"] * scale), int(b["y_max"] * scale))
         cv2.rectangle(img, p0, p1, color, 2)
@@ -72,38 +105,67 @@ def draw(gray: np.ndarray, result: dict, classes: list[str], max_side: int = 640
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
         y = max(p0[1], th + 4)
         cv2.rectangle(img, (p0[0], y - th - 4), (p0[0] + tw + 4, y), color, -1)
-        cv2.putText(img, text, (p0[0] + 2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            img,
+            text,
+            (p0[0] + 2, y - 3),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
     return cv2.imencode(".png", img)[1].tobytes()
 
 
 def _page(body: str, panel: list[ServedModel], limit_mb: float) -> str:
-    models = "Served: " + "; ".join(f"{m.task} v{m.version} ({m.chosen}, {m.backend}, conf {m.conf:g}, "
-                                     f"iou {m.iou:g}; {provenance(m)})" for m in panel)
+    models = "Served: " + "; ".join(
+        f"{m.task} v{m.version} ({m.chosen}, {m.backend}, conf {m.conf:g}, "
+        f"iou {m.iou:g}; {provenance(m)})"
+        for m in panel
+    )
     synthetic = [m.task for m in panel if m.trained_on_synthetic]
-    notice = (f'<span class="synthetic">{len(synthetic)} of {len(panel)} models learned only from synthetic sample '
-              "images: their boxes on a real radiograph mean nothing.</span>" if synthetic else "")
-    return (TEMPLATE.replace("{{BODY}}", body).replace("{{MODELS}}", html.escape(models))
-            .replace("{{NOTICE}}", notice).replace("{{LIMIT_MB}}", f"{limit_mb:g}"))
+    notice = (
+        f'<span class="synthetic">{len(synthetic)} of {len(panel)} models learned only from synthetic sample '
+        "images: their boxes on a real radiograph mean nothing.</span>"
+        if synthetic
+        else ""
+    )
+    return (
+        TEMPLATE.replace("{{BODY}}", body)
+        .replace("{{MODELS}}", html.escape(models))
+        .replace("{{NOTICE}}", notice)
+        .replace("{{LIMIT_MB}}", f"{limit_mb:g}")
+    )
 
 
 def _panels_html(gray: np.ndarray, result: dict, panel: list[ServedModel]) -> str:
     figs = []
     for m, r in zip(panel, result["models"]):
         png = base64.b64encode(draw(gray, r, m.classes)).decode()
-        rows = "".join(f"<tr><td>{html.escape(b['label'])}</td><td>{b['score']:.2f}</td>"
-                       f"<td>{b['x_min']:.0f}, {b['y_min']:.0f}, {b['x_max']:.0f}, {b['y_max']:.0f}</td></tr>"
-                       for b in r["boxes"])
-        table = (f"<table><tr><th>class</th><th>score</th><th>box (px)</th></tr>{rows}</table>" if rows
-                 else "<div>no finding above the threshold</div>")
-        figs.append(f'<figure class="panel" data-task="{m.task}"><img alt="{m.task}" src="data:image/png;base64,'
-                    f'{png}"><figcaption><b>{m.task}</b> v{html.escape(m.version)} ({m.chosen}), conf {m.conf:g}, '
-                    f'iou {m.iou:g}: {len(r["boxes"])} box(es)<div class="provenance">{html.escape(provenance(m))}</div>'
-                    f'{table}</figcaption></figure>')
+        rows = "".join(
+            f"<tr><td>{html.escape(b['label'])}</td><td>{b['score']:.2f}</td>"
+            f"<td>{b['x_min']:.0f}, {b['y_min']:.0f}, {b['x_max']:.0f}, {b['y_max']:.0f}</td></tr>"
+            for b in r["boxes"]
+        )
+        table = (
+            f"<table><tr><th>class</th><th>score</th><th>box (px)</th></tr>{rows}</table>"
+            if rows
+            else "<div>no finding above the threshold</div>"
+        )
+        figs.append(
+            f'<figure class="panel" data-task="{m.task}"><img alt="{m.task}" src="data:image/png;base64,'
+            f'{png}"><figcaption><b>{m.task}</b> v{html.escape(m.version)} ({m.chosen}), conf {m.conf:g}, '
+            f'iou {m.iou:g}: {len(r["boxes"])} box(es)<div class="provenance">{html.escape(provenance(m))}</div>'
+            f"{table}</figcaption></figure>"
+        )
     w, h = result["image"]["width"], result["image"]["height"]
     return f'<p class="sub">image {w} x {h} px</p><div class="grid">{"".join(figs)}</div>'
 
 
-def create_app(panel: list[ServedModel], limit_mb: float = DEFAULT_LIMIT_MB, limits: DecodeLimits | None = None):
+def create_app(
+    panel: list[ServedModel], limit_mb: float = DEFAULT_LIMIT_MB, limits: DecodeLimits | None = None
+):
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.concurrency import run_in_threadpool
@@ -142,7 +204,7 @@ def create_app(panel: list[ServedModel], limit_mb: float = DEFAULT_LIMIT_MB, lim
             data = await up.read(limit + 1)
         except UploadError:
             raise
-        except Exception as exc:   # a malformed multipart body
+        except Exception as exc:  # a malformed multipart body
             if "size" in str(exc).lower() and "exceed" in str(exc).lower():
                 raise UploadError(413, f"upload too large: the limit is {limit_mb:g} MB") from None
             raise UploadError(400, "the request is not a readable multipart upload") from None
@@ -161,9 +223,13 @@ def create_app(panel: list[ServedModel], limit_mb: float = DEFAULT_LIMIT_MB, lim
             gray, kind = await asyncio.wrap_future(future)
         except UploadError:
             raise
-        except Exception as exc:   # the worker crashed, hung or hit its memory cap: this request fails
+        except (
+            Exception
+        ) as exc:  # the worker crashed, hung or hit its memory cap: this request fails
             status = 413 if isinstance(exc, MemoryError) else 400
-            raise UploadError(status, f"this {kind.upper()} cannot be decoded: {failure_reason(exc, limits)}") from None
+            raise UploadError(
+                status, f"this {kind.upper()} cannot be decoded: {failure_reason(exc, limits)}"
+            ) from None
         return gray, kind, len(data)
 
     async def handle(request: Request) -> tuple[np.ndarray, dict]:
@@ -176,8 +242,10 @@ def create_app(panel: list[ServedModel], limit_mb: float = DEFAULT_LIMIT_MB, lim
             raise
         result = await run_in_threadpool(run_panel, panel, gray)
         n = sum(len(m["boxes"]) for m in result["models"])
-        log.info(f"request {rid}: {kind} {size} bytes {gray.shape[1]}x{gray.shape[0]} -> {n} boxes in "
-                 f"{(time.perf_counter() - t0) * 1000:.0f} ms")
+        log.info(
+            f"request {rid}: {kind} {size} bytes {gray.shape[1]}x{gray.shape[0]} -> {n} boxes in "
+            f"{(time.perf_counter() - t0) * 1000:.0f} ms"
+        )
         return gray, result
 
     @app.get("/", response_class=HTMLResponse)
@@ -186,9 +254,16 @@ def create_app(panel: list[ServedModel], limit_mb: float = DEFAULT_LIMIT_MB, lim
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "models": [m.describe() for m in panel],
-                "decode": {"max_megapixels": limits.max_megapixels, "workers": limits.workers,
-                           "timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb}}
+        return {
+            "status": "ok",
+            "models": [m.describe() for m in panel],
+            "decode": {
+                "max_megapixels": limits.max_megapixels,
+                "workers": limits.workers,
+                "timeout_s": limits.timeout_s,
+                "memory_mb": limits.memory_mb,
+            },
+        }
 
     @app.post("/api/detect")
     async def api_detect(request: Request):
@@ -203,7 +278,9 @@ def create_app(panel: list[ServedModel], limit_mb: float = DEFAULT_LIMIT_MB, lim
         try:
             gray, result = await handle(request)
         except UploadError as exc:
-            body = f'<div class="error" role="alert">Error {exc.status}: {html.escape(str(exc))}</div>'
+            body = (
+                f'<div class="error" role="alert">Error {exc.status}: {html.escape(str(exc))}</div>'
+            )
             return HTMLResponse(_page(body, panel, limit_mb), status_code=exc.status)
         body = await run_in_threadpool(_panels_html, gray, result, panel)
         return HTMLResponse(_page(body, panel, limit_mb))
@@ -216,7 +293,9 @@ def serve(host: str = "127.0.0.1", port: int = 8080, backend: str = "openvino") 
 
     from .models import load_panel
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     panel = load_panel(backend=backend)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(f"binding {host}: the panel is reachable from other machines")

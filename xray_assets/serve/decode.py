@@ -17,7 +17,14 @@ import tempfile
 import cv2
 import numpy as np
 
-from ..core.bounds import DEFAULT_MAX_MEGAPIXELS, HeaderError, ImageTooLarge, check_budget, image_dimensions, kind_of
+from ..core.bounds import (
+    DEFAULT_MAX_MEGAPIXELS,
+    HeaderError,
+    ImageTooLarge,
+    check_budget,
+    image_dimensions,
+    kind_of,
+)
 from ..core.detection import to_gray
 from ..core.dicom import DicomError, read_dicom_image
 
@@ -29,11 +36,13 @@ class UploadError(ValueError):
         super().__init__(message)
         self.status = status
 
-    def __reduce__(self):   # raised in a decode worker, re-raised in the server
+    def __reduce__(self):  # raised in a decode worker, re-raised in the server
         return (UploadError, (self.status, str(self)))
 
 
-def check_upload(data: bytes, filename: str = "", max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> str:
+def check_upload(
+    data: bytes, filename: str = "", max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+) -> str:
     """The upload's kind, after the checks that need no decoding: 415 for an unknown type, 400 for
     an unreadable header, 413 for a PNG or JPEG whose header declares more than the budget."""
     kind = kind_of(data, filename)
@@ -49,7 +58,9 @@ def check_upload(data: bytes, filename: str = "", max_megapixels: float = DEFAUL
     return kind
 
 
-def decode(data: bytes, filename: str = "", max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> tuple[np.ndarray, str]:
+def decode(
+    data: bytes, filename: str = "", max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+) -> tuple[np.ndarray, str]:
     """(uint8 HxW pixels, kind). Raises UploadError 415 (unsupported type), 413 (over the pixel
     budget) or 400 (corrupt). Runs in a decode worker; safe to call in-process too."""
     kind = check_upload(data, filename, max_megapixels)
@@ -63,13 +74,17 @@ def decode(data: bytes, filename: str = "", max_megapixels: float = DEFAULT_MAX_
                 return read_dicom_image(path, max_megapixels=max_megapixels), kind
             except ImageTooLarge as exc:
                 # the temp file's name stays out: "this DICOM declares ..."
-                raise UploadError(413, str(exc).replace(os.path.basename(path), "this DICOM")) from None
+                raise UploadError(
+                    413, str(exc).replace(os.path.basename(path), "this DICOM")
+                ) from None
             except DicomError as exc:
                 # the reason's kind only: the temp file's name and decoder details stay out
                 reason = str(exc).split(": ", 1)[-1].split(" (")[0]
                 raise UploadError(400, f"this DICOM cannot be read as an image: {reason}") from None
             except MemoryError:
-                raise UploadError(413, "this DICOM needs more memory to decode than an upload may use") from None
+                raise UploadError(
+                    413, "this DICOM needs more memory to decode than an upload may use"
+                ) from None
             except Exception:
                 raise UploadError(400, "this DICOM is corrupt or holds no image") from None
         finally:
@@ -77,9 +92,11 @@ def decode(data: bytes, filename: str = "", max_megapixels: float = DEFAULT_MAX_
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except MemoryError:
-        raise UploadError(413, f"this {kind.upper()} needs more memory to decode than an upload may use") from None
+        raise UploadError(
+            413, f"this {kind.upper()} needs more memory to decode than an upload may use"
+        ) from None
     except cv2.error:
         img = None
     if img is None or img.size == 0:
         raise UploadError(400, f"this {kind.upper()} is corrupt and cannot be decoded")
-    return to_gray(img), kind   # the evaluation decodes its test images with the same function
+    return to_gray(img), kind  # the evaluation decodes its test images with the same function

@@ -38,7 +38,7 @@ class PanelError(RuntimeError):
 class ServedModel:
     task: str
     version: str
-    chosen: str            # "champion", "latest" (registry) or "storage" (no registry entry)
+    chosen: str  # "champion", "latest" (registry) or "storage" (no registry entry)
     rule: DetectionRule
     imgsz: int
     classes: list[str]
@@ -62,24 +62,48 @@ class ServedModel:
         configure_ultralytics()
         from ultralytics import YOLO
 
-        path = export_model(self.weights, self.imgsz, self.backend) if self.backend in EXPORTS else self.weights
+        path = (
+            export_model(self.weights, self.imgsz, self.backend)
+            if self.backend in EXPORTS
+            else self.weights
+        )
         self.model = YOLO(str(path), task="detect")
-        self.detect(np.zeros((self.imgsz, self.imgsz), np.uint8))   # warm-up: first call builds sessions
+        self.detect(
+            np.zeros((self.imgsz, self.imgsz), np.uint8)
+        )  # warm-up: first call builds sessions
         return self
 
     def detect(self, gray: np.ndarray) -> list[dict]:
         """Boxes in the pixels of `gray`, by the task's detection rule."""
-        with self.lock:   # one ultralytics predictor per model is not thread-safe
+        with self.lock:  # one ultralytics predictor per model is not thread-safe
             boxes = detect(self.model, gray, self.rule, self.imgsz, self.classes)
-        return [{"label": b.label, "score": round(float(b.score), 4), "x_min": round(float(b.x_min), 1),
-                 "y_min": round(float(b.y_min), 1), "x_max": round(float(b.x_max), 1),
-                 "y_max": round(float(b.y_max), 1)} for b in boxes.itertuples(index=False)]
+        return [
+            {
+                "label": b.label,
+                "score": round(float(b.score), 4),
+                "x_min": round(float(b.x_min), 1),
+                "y_min": round(float(b.y_min), 1),
+                "x_max": round(float(b.x_max), 1),
+                "y_max": round(float(b.y_max), 1),
+            }
+            for b in boxes.itertuples(index=False)
+        ]
 
     def describe(self) -> dict:
-        return {"task": self.task, "version": self.version, "chosen": self.chosen, "backend": self.backend,
-                "conf": self.conf, "iou": self.iou, "agnostic_nms": self.rule.agnostic, "max_det": self.rule.max_det,
-                "imgsz": self.imgsz, "profile": self.profile, "init": self.init,
-                "trained_on_synthetic": self.trained_on_synthetic}
+        return {
+            "task": self.task,
+            "version": self.version,
+            "chosen": self.chosen,
+            "backend": self.backend,
+            "conf": self.conf,
+            "iou": self.iou,
+            "agnostic_nms": self.rule.agnostic,
+            "max_det": self.rule.max_det,
+            "imgsz": self.imgsz,
+            "profile": self.profile,
+            "init": self.init,
+            "trained_on_synthetic": self.trained_on_synthetic,
+        }
 
 
 #: what `ultralytics` exports for each fast backend, and the suffix of the cached export
@@ -98,22 +122,30 @@ def export_model(weights: Path, imgsz: int, backend: str) -> Path:
         src = Path(tmp) / weights.name
         shutil.copyfile(weights, src)
         kwargs = {"simplify": False} if backend == "onnx" else {}
-        out = YOLO(str(src)).export(format=backend, imgsz=imgsz, dynamic=False, verbose=False, **kwargs)
+        out = YOLO(str(src)).export(
+            format=backend, imgsz=imgsz, dynamic=False, verbose=False, **kwargs
+        )
         os.replace(out, final)
     return final
 
 
-def _registry_weights(settings: Settings, name: str, st: Storage, task: str) -> tuple[Path, str, str, dict] | None:
+def _registry_weights(
+    settings: Settings, name: str, st: Storage, task: str
+) -> tuple[Path, str, str, dict] | None:
     """(weights, version, how chosen, version tags) from the MLflow registry, or None."""
     try:
         version, chosen = tracking.served_version(settings.mlflow_tracking_uri, name)
     except Exception as exc:  # an unreachable tracking server must not hide the local fallback
-        log.warning(f"{name}: MLflow registry unavailable ({exc.__class__.__name__}); using local weights")
+        log.warning(
+            f"{name}: MLflow registry unavailable ({exc.__class__.__name__}); using local weights"
+        )
         return None
     if version is None:
         return None
     info = tracking.version_info(settings.mlflow_tracking_uri, name, version)
-    weights = tracking.fetch_weights(settings.mlflow_tracking_uri, info["run_id"], st.dir("serve", task, f"v{version}"))
+    weights = tracking.fetch_weights(
+        settings.mlflow_tracking_uri, info["run_id"], st.dir("serve", task, f"v{version}")
+    )
     return weights, str(version), chosen, info["tags"]
 
 
@@ -123,13 +155,24 @@ def resolve(settings: Settings, task: str, backend: str = "openvino") -> ServedM
     st = Storage(f"{root}/{profile.name}" if "://" in root else Path(root) / profile.name)
     spec = TASKS[task]
     found = _registry_weights(settings, profile.model_name(task), st, task)
-    info = st.read_json("models", task, "model.json") if st.exists("models", task, "model.json") else {}
+    info = (
+        st.read_json("models", task, "model.json")
+        if st.exists("models", task, "model.json")
+        else {}
+    )
     if found is None:
         if not info:
-            raise PanelError(f"no model for {task} ({profile.name} profile): materialise the graph first (make demo, "
-                             f"or xray-assets materialize --profile {profile.name}) so that "
-                             f"{st.root / 'models' / task} holds weights")
-        found = st.local("models", task, "best.pt"), str(info.get("model_version") or "local"), "storage", {}
+            raise PanelError(
+                f"no model for {task} ({profile.name} profile): materialise the graph first (make demo, "
+                f"or xray-assets materialize --profile {profile.name}) so that "
+                f"{st.root / 'models' / task} holds weights"
+            )
+        found = (
+            st.local("models", task, "best.pt"),
+            str(info.get("model_version") or "local"),
+            "storage",
+            {},
+        )
     weights, version, chosen, tags = found
     if "nms_conf" in tags:
         rule = DetectionRule.from_tags(tags)
@@ -139,19 +182,32 @@ def resolve(settings: Settings, task: str, backend: str = "openvino") -> ServedM
         raise PanelError(f"no detection rule for {task}: materialise nms_thresholds")
     imgsz = int(tags.get("imgsz") or info.get("imgsz") or 640)
     synthetic = tags.get("trained_on_synthetic", info.get("trained_on_synthetic"))
-    return ServedModel(task=task, version=version, chosen=chosen, rule=rule, imgsz=imgsz, classes=list(spec.classes),
-                       weights=weights, backend=backend, profile=tags.get("profile", info.get("profile", profile.name)),
-                       init=tags.get("init", info.get("init", "unknown")),
-                       trained_on_synthetic=None if synthetic is None else str(synthetic).lower() == "true")
+    return ServedModel(
+        task=task,
+        version=version,
+        chosen=chosen,
+        rule=rule,
+        imgsz=imgsz,
+        classes=list(spec.classes),
+        weights=weights,
+        backend=backend,
+        profile=tags.get("profile", info.get("profile", profile.name)),
+        init=tags.get("init", info.get("init", "unknown")),
+        trained_on_synthetic=None if synthetic is None else str(synthetic).lower() == "true",
+    )
 
 
-def load_panel(settings: Settings | None = None, backend: str = "openvino", tasks=SERVED_TASKS) -> list[ServedModel]:
+def load_panel(
+    settings: Settings | None = None, backend: str = "openvino", tasks=SERVED_TASKS
+) -> list[ServedModel]:
     settings = settings or Settings.from_env()
     panel = []
     for task in tasks:
         t0 = time.time()
         m = resolve(settings, task, backend).load()
-        log.info(f"{task}: v{m.version} ({m.chosen}), {backend}, {m.rule.describe()}, imgsz {m.imgsz}, "
-                 f"init {m.init}, loaded in {time.time() - t0:.1f}s")
+        log.info(
+            f"{task}: v{m.version} ({m.chosen}), {backend}, {m.rule.describe()}, imgsz {m.imgsz}, "
+            f"init {m.init}, loaded in {time.time() - t0:.1f}s"
+        )
         panel.append(m)
     return panel
