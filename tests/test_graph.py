@@ -253,9 +253,12 @@ def test_one_backfill_materialises_the_study_and_a_failed_task_reexecutes(
         assert len(client.get_metric_history(r.info.run_id, "train/box_loss")) == 2, (
             "--config's epochs: 2"
         )
-        assert (r.data.params["train.seed"], r.data.params["train.epochs"]) == ("3", "2"), (
-            "logged as run"
+        ran = (
+            r.data.params["xray.train.seed"],
+            r.data.params["xray.train.epochs"],
+            r.data.params["seed"],
         )
+        assert ran == ("3", "2", "3"), "--config's seed reached ultralytics and is logged as run"
         arts = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert {"weights", "evaluation"} <= arts, task
         (v,) = client.search_model_versions(f"name='xray-smoke-{task}'")

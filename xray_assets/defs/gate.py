@@ -191,8 +191,9 @@ def champion_gate(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.M
         version,
         {
             "gate_decision": gate["decision"],
-            "gate_reason": gate["reason"][:250],
-            "gate_rule": gate["rule"][:250],
+            # whole sentences (a team's MLflow database may keep tag values in a 5000-character column)
+            "gate_reason": gate["reason"][:1000],
+            "gate_rule": gate["rule"][:1000],
             "gate_stated_null_rate": f"{gate['stated_null_rate']:g}",
             "gate_margin": f"{gate['margin']:g}",
             "gate_min_test_boxes": str(gate["min_test_boxes"]),
