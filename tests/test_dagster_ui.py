@@ -15,8 +15,8 @@ from test_graph import DESIGN_ASSETS
 
 def wait_for_a_tick(instance, sensor: str, after: float, timeout: float = 300) -> None:
     """Until the sensor has finished a tick that started after `after` (a condition, not a duration)."""
-    from dagster._core.definitions.run_request import InstigatorType
-    from dagster._core.scheduler.instigation import TickStatus
+    from dagster._core.definitions.run_request import InstigatorType  # private: no public name
+    from dagster._core.scheduler.instigation import TickStatus  # private: no public name
 
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -36,7 +36,8 @@ def wait_for_a_tick(instance, sensor: str, after: float, timeout: float = 300) -
 @pytest.mark.timeout(1500)
 def test_materialize_all_from_the_ui_runs_one_backfill_and_the_catalog_reads(tmp_path, sample_dir):
     import dagster as dg
-    from dagster._core.storage.tags import BACKFILL_ID_TAG
+
+    from xray_assets.backfill import BACKFILL_TAG
 
     home = project_dagster_home(tmp_path / "dagster_home")
     port = free_port()
@@ -107,7 +108,7 @@ def test_materialize_all_from_the_ui_runs_one_backfill_and_the_catalog_reads(tmp
                 instance, "retrain_downstream", after=time.time()
             )  # it looked after the backfill
             runs = instance.get_runs()
-            assert runs and all(r.tags.get(BACKFILL_ID_TAG) == bf.backfill_id for r in runs), (
+            assert runs and all(r.tags.get(BACKFILL_TAG) == bf.backfill_id for r in runs), (
                 "every run is the backfill's: the automation sensor requested nothing beside it"
             )
             assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)

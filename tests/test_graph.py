@@ -173,10 +173,9 @@ def test_one_backfill_materialises_the_study_and_a_failed_task_reexecutes(
 ):
     """`xray-assets materialize --profile smoke` with nih_binary's training failing on purpose."""
     import mlflow
-    from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
-    from dagster._serdes import serialize_value
 
     from xray_assets import backfill, cli
+    from xray_assets.backfill import BACKFILL_TAG, PARTITION_TAG
 
     home = project_dagster_home(tmp_path / "dagster_home")
     storage = tmp_path / "storage"
@@ -202,7 +201,7 @@ def test_one_backfill_materialises_the_study_and_a_failed_task_reexecutes(
     with dg.DagsterInstance.get() as instance:
         (bf,) = instance.get_backfills()
         runs = instance.get_runs()
-        assert runs and all(r.tags.get(BACKFILL_ID_TAG) == bf.backfill_id for r in runs), (
+        assert runs and all(r.tags.get(BACKFILL_TAG) == bf.backfill_id for r in runs), (
             "one backfill, all runs"
         )
         assert all(
@@ -212,7 +211,7 @@ def test_one_backfill_materialises_the_study_and_a_failed_task_reexecutes(
             "the run config's profile, not the env's"
         )
         failed = [r for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
-        assert [r.tags.get(PARTITION_NAME_TAG) for r in failed] == ["nih_binary"]
+        assert [r.tags.get(PARTITION_TAG) for r in failed] == ["nih_binary"]
         done = instance.get_materialized_partitions(dg.AssetKey("evaluation_reports"))
         assert done == set(TASKS) - {"nih_binary"}, "the other tasks went on"
 
@@ -228,7 +227,7 @@ def test_one_backfill_materialises_the_study_and_a_failed_task_reexecutes(
 
         # the event log stays small: plots are files and thumbnails, not full PNGs
         sizes = [
-            len(serialize_value(rec.event_log_entry))
+            len(dg.serialize_value(rec.event_log_entry))
             for r in [*runs, again]
             for rec in instance.get_records_for_run(r.run_id).records
             if rec.event_log_entry.dagster_event
@@ -335,7 +334,7 @@ def test_materialize_takes_over_when_the_daemon_stops(small_instance, monkeypatc
     import io
     import time
 
-    from dagster._daemon.types import DaemonHeartbeat
+    from dagster._daemon.types import DaemonHeartbeat  # private: no public name
 
     from xray_assets import backfill
 
@@ -374,17 +373,16 @@ def test_materialize_prints_daemon_iteration_errors_and_gives_up(small_instance,
     the command ends with it (the errors used to be dropped, and the command polled forever)."""
     import io
 
-    import dagster._daemon.backfill as daemon_backfill
-    from dagster._utils.error import SerializableErrorInfo
+    from dagster._utils.error import SerializableErrorInfo  # private: no public name
 
-    from xray_assets import backfill
+    from xray_assets import backfill, dagster_adapter
 
     def failing(*args, **kwargs):
         yield SerializableErrorInfo(
             "BackfillError: the asset graph changed under the backfill\nmore", [], "X"
         )
 
-    monkeypatch.setattr(daemon_backfill, "execute_backfill_jobs", failing)
+    monkeypatch.setattr(dagster_adapter, "execute_backfill_jobs", failing)
     monkeypatch.setattr(backfill, "MAX_ITERATION_ERRORS", 3)
     out = io.StringIO()
     with pytest.raises(RuntimeError, match="failed 3 times in a row"):
@@ -481,7 +479,7 @@ def test_a_live_run_is_not_judged_dead(small_instance):
     import sys
     import time
 
-    from dagster._core.launcher import WorkerStatus
+    from dagster._core.launcher import WorkerStatus  # private: no public name
 
     launcher = small_instance.run_launcher
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

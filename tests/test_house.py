@@ -1,11 +1,23 @@
-"""Rules of the house that a reader cannot see at a glance: `core/` imports no Dagster, and Dagster's
-private modules (`dagster._...`) are imported in one adapter only (`backfill.py`)."""
+"""Rules of the house that a reader cannot see at a glance: `core/` imports no Dagster; Dagster's
+private modules (`dagster._...`) are imported in one adapter only (`dagster_adapter.py`); the tests
+import no private Dagster name that has a public one, and say why at each private import they keep."""
 
 import ast
 
 from conftest import ROOT
 
 PACKAGE = ROOT / "xray_assets"
+#: private names with a public equivalent (dg.RunsFilter, dg.DagsterEventType, dg.serialize_value,
+#: the system tag strings in xray_assets.backfill, time.time)
+HAVE_PUBLIC = {
+    "RunsFilter",
+    "DagsterEventType",
+    "serialize_value",
+    "deserialize_value",
+    "BACKFILL_ID_TAG",
+    "PARTITION_NAME_TAG",
+    "get_current_timestamp",
+}
 
 
 def _imports(path) -> set[str]:
@@ -18,6 +30,18 @@ def _imports(path) -> set[str]:
     return found
 
 
+def _private_imports(path):
+    """(line, imported names, the source line) of each import from a private Dagster module."""
+    lines = path.read_text().splitlines()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dagster._"):
+            yield node.lineno, {a.name for a in node.names}, lines[node.lineno - 1]
+        elif isinstance(node, ast.Import) and any(
+            a.name.startswith("dagster._") for a in node.names
+        ):
+            yield node.lineno, {a.name for a in node.names}, lines[node.lineno - 1]
+
+
 def test_core_imports_no_dagster_and_private_dagster_lives_in_one_adapter():
     private, core = {}, {}
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -28,6 +52,20 @@ def test_core_imports_no_dagster_and_private_dagster_lives_in_one_adapter():
         if rel.startswith("core/") and any(m == "dagster" or m.startswith("dagster") for m in mods):
             core[rel] = sorted(m for m in mods if m.startswith("dagster"))
     assert not core, f"core/ is pure Python: {core}"
-    assert set(private) == {"backfill.py"}, (
+    assert set(private) == {"dagster_adapter.py"}, (
         f"private Dagster imports outside the adapter: {private}"
     )
+
+
+def test_tests_use_public_dagster_names_and_say_why_at_each_private_one():
+    offenders, silent = [], []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        if path.name == "test_dagster_contract.py":  # the contract compares with the private names
+            continue
+        for line, names, text in _private_imports(path):
+            if names & HAVE_PUBLIC:
+                offenders.append(f"{path.name}:{line} {sorted(names & HAVE_PUBLIC)}")
+            if "# private:" not in text:
+                silent.append(f"{path.name}:{line}")
+    assert not offenders, f"private imports of names with a public equivalent: {offenders}"
+    assert not silent, f"private imports without a '# private: why' comment: {silent}"

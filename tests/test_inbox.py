@@ -104,8 +104,8 @@ def test_cursor_survives_a_restart_of_a_real_instance(xray, tmp_path, monkeypatc
     opened again from DAGSTER_HOME; the next tick does not request the drop a second time."""
     import logging
 
-    from dagster._core.scheduler.instigation import InstigatorType
-    from dagster._daemon.sensor import execute_sensor_iteration
+    from dagster._core.scheduler.instigation import InstigatorType  # private: no public name
+    from dagster._daemon.sensor import execute_sensor_iteration  # private: the daemon's own tick
 
     from xray_assets.backfill import workspace
 
@@ -137,8 +137,8 @@ def test_cursor_survives_a_restart_of_a_real_instance(xray, tmp_path, monkeypatc
 
     runs, cursor, first = tick()
     assert runs == 1 and inbox.drop_digest(xray.inbox / "batch-1") in cursor and first.run_keys
-    from dagster._core.test_utils import freeze_time
-    from dagster._time import get_current_datetime
+    from dagster._core.test_utils import freeze_time  # private: no public name
+    from dagster._time import get_current_datetime  # private: the clock freeze_time sets
 
     with freeze_time(
         get_current_datetime() + datetime.timedelta(seconds=90)

@@ -15,9 +15,8 @@ DAEMON_FRESH_SECONDS) this process takes over, and when one starts this process 
 An iteration's error is printed, not dropped; MAX_ITERATION_ERRORS in a row end the command.
 Either way it prints each run's progress and log lines, and the outcome.
 
-Dagster exposes no public call for these daemon iterations, nor a public type for run monitoring's
-worker health answer (`worker_health`, used by `launcher.py`): this module is the one adapter that
-imports Dagster's private modules.
+Dagster exposes no public call for these daemon iterations: they come from `dagster_adapter`, the
+one module that imports Dagster's private modules (and says why).
 """
 
 from __future__ import annotations
@@ -30,6 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LOCATION = "xray_assets.definitions"  # the code location name in workspace.yaml (the UI's)
+#: Dagster's system tags (public strings; `tests/test_dagster_contract.py` checks them)
+BACKFILL_TAG = "dagster/backfill"
+PARTITION_TAG = "dagster/partition"
 DAEMON_FRESH_SECONDS = 60  # a daemon heartbeats every 30 s (Dagster's default)
 MAX_ITERATION_ERRORS = 10  # daemon iterations that failed in a row before `materialize` gives up
 #: what `materialize` selects by default: the study (accepted drops are the sensor's business)
@@ -92,9 +94,7 @@ class _Driver:
             self._open_queue()
 
     def _open_queue(self) -> None:
-        from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
-            QueuedRunCoordinatorDaemon,
-        )
+        from .dagster_adapter import QueuedRunCoordinatorDaemon
 
         self.queue = QueuedRunCoordinatorDaemon(interval_seconds=1)
 
@@ -106,7 +106,7 @@ class _Driver:
     def step(self, backfill=None) -> None:
         """One poll: hand over if the daemon started or stopped; when driving, the backfill daemon's
         iteration over `backfill` (None: not this time) and the run queue's."""
-        from dagster._daemon.backfill import execute_backfill_jobs
+        from .dagster_adapter import execute_backfill_jobs
 
         alive = daemon_alive(self.instance)
         if self.driving and alive:
@@ -146,7 +146,8 @@ class _Driver:
         """The monitoring daemon's iteration, at its poll interval (dagster.yaml `run_monitoring`): a
         run whose worker died is marked FAILURE, and the pool slots of finished runs are freed."""
         import dagster as dg
-        from dagster._daemon.monitoring import (
+
+        from .dagster_adapter import (
             execute_concurrency_slots_iteration,
             execute_run_monitoring_iteration,
         )
@@ -178,19 +179,9 @@ class _Driver:
         return errors
 
 
-def worker_health(alive: bool, message: str, worker_id: str | None = None):
-    """Run monitoring's answer for a run worker: RUNNING when `alive`, else FAILED (marks the run failed)."""
-    from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
-
-    return CheckRunHealthResult(
-        WorkerStatus.RUNNING if alive else WorkerStatus.FAILED, message, run_worker_id=worker_id
-    )
-
-
 def workspace(instance, working_directory: str | None = None):
     """The code location as the UI loads it (workspace.yaml's module, same location name)."""
-    from dagster._core.workspace.context import WorkspaceProcessContext
-    from dagster._core.workspace.load_target import ModuleTarget
+    from .dagster_adapter import ModuleTarget, WorkspaceProcessContext
 
     target = ModuleTarget(
         module_name="xray_assets.definitions",
@@ -202,19 +193,16 @@ def workspace(instance, working_directory: str | None = None):
 
 
 def _label(run) -> str:
-    from dagster._core.storage.tags import PARTITION_NAME_TAG
-
     keys = sorted(k.to_user_string() for k in (run.asset_selection or []))
-    part = run.tags.get(PARTITION_NAME_TAG)
+    part = run.tags.get(PARTITION_TAG)
     return (f"[{part}] " if part else "") + ", ".join(keys)
 
 
 def _runs(instance, backfill_id: str) -> list:
-    from dagster._core.storage.dagster_run import RunsFilter
-    from dagster._core.storage.tags import BACKFILL_ID_TAG
+    import dagster as dg
 
     return sorted(
-        instance.get_runs(filters=RunsFilter(tags={BACKFILL_ID_TAG: backfill_id})),
+        instance.get_runs(filters=dg.RunsFilter(tags={BACKFILL_TAG: backfill_id})),
         key=lambda r: r.run_id,
     )
 
@@ -231,7 +219,7 @@ class _Follower:
         print(text, file=self.out, flush=True)
 
     def poll(self, runs) -> None:
-        from dagster._core.events import DagsterEventType
+        import dagster as dg
 
         for run in runs:
             rid, status = run.run_id, run.status.value
@@ -260,7 +248,7 @@ class _Follower:
                         self.say(f"    {e.step_key or ''}: {e.user_message}".rstrip())
                     elif (
                         e.dagster_event is not None
-                        and e.dagster_event.event_type == DagsterEventType.STEP_FAILURE
+                        and e.dagster_event.event_type == dg.DagsterEventType.STEP_FAILURE
                     ):
                         err = e.dagster_event.event_specific_data.error
                         self.say(
@@ -284,16 +272,16 @@ def materialize(
     launchpad's would be: `ops: {trained_models: {config: {epochs: 5}}}`). Returns the outcome;
     raises nothing for failed runs."""
     import dagster as dg
-    from dagster._core.definitions.selector import (
+
+    from .config import get_profile
+    from .dagster_adapter import (
+        BulkActionStatus,
+        PartitionBackfill,
         PartitionRangeSelector,
         PartitionsByAssetSelector,
         PartitionsSelector,
+        make_new_backfill_id,
     )
-    from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
-    from dagster._core.utils import make_new_backfill_id
-    from dagster._time import get_current_timestamp
-
-    from .config import get_profile
     from .defs.resources import PROFILE_TAG, TASK_PARTITIONS
 
     profile = get_profile(profile).name
@@ -329,7 +317,7 @@ def materialize(
         backfill = PartitionBackfill.from_partitions_by_assets(
             backfill_id=backfill_id,
             asset_graph=graph,
-            backfill_timestamp=get_current_timestamp(),
+            backfill_timestamp=time.time(),
             tags={PROFILE_TAG: profile, "xray/launched_by": "xray-assets materialize"},
             dynamic_partitions_store=instance,
             partitions_by_assets=selectors,
@@ -424,8 +412,8 @@ def reexecute(
     """Re-execute a failed run from its failure, as the UI's button does (a new run through the
     instance's coordinator and launcher, parent run recorded); waits for it and returns it."""
     import dagster as dg
-    from dagster._core.definitions.selector import JobSubsetSelector
-    from dagster._core.execution.plan.resume_retry import ReexecutionStrategy
+
+    from .dagster_adapter import JobSubsetSelector, ReexecutionStrategy
 
     instance = instance or dg.DagsterInstance.get()
     parent = instance.get_run_by_id(run_id)

@@ -42,7 +42,7 @@ class LocalRunLauncher(dg.DefaultRunLauncher):
     def check_run_worker_health(self, run):
         import psutil
 
-        from .backfill import worker_health
+        from .dagster_adapter import worker_health
 
         found = self.worker(run)
         if found is None:  # no worker recorded (yet): nothing to judge
