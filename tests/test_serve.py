@@ -354,3 +354,16 @@ def test_page_in_a_browser_png_dicom_and_error(served, sample_dir, tmp_path):
         assert "unsupported file type" in alert.inner_text()
     log = (tmp_path / "serve.log").read_text()
     assert "notes.txt" not in log and "SYNTHETIC" not in log
+
+
+def test_the_page_is_a_template_that_escapes_what_it_shows():
+    from xray_assets.serve.app import _page
+
+    page = _page(
+        [], 5.0, error={"status": 400, "message": '<script>alert("x")</script> in "a.dcm"'}
+    )
+    assert (
+        "Error 400: &lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+        and "<script>" not in page
+    )
+    assert 'name="file"' in page and "limit 5 MB" in page and "Research use only" in page

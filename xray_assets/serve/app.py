@@ -14,7 +14,6 @@ Nothing from a DICOM header is returned or logged, nor is the uploaded file's na
 
 import asyncio
 import base64
-import html
 import logging
 import os
 import threading
@@ -32,7 +31,6 @@ from .decode import UploadError, check_upload, decode
 from .models import ServedModel
 
 log = logging.getLogger("xray_assets.serve")
-TEMPLATE = (Path(__file__).parent / "templates" / "index.html").read_text()
 DEFAULT_LIMIT_MB = float(os.environ.get("XRAY_MAX_UPLOAD_MB", "50"))
 PALETTE = [
     (66, 135, 245),
@@ -118,49 +116,59 @@ def draw(gray: np.ndarray, result: dict, classes: list[str], max_side: int = 640
     return cv2.imencode(".png", img)[1].tobytes()
 
 
-def _page(body: str, panel: list[ServedModel], limit_mb: float) -> str:
-    models = "Served: " + "; ".join(
-        f"{m.task} v{m.version} ({m.chosen}, {m.backend}, conf {m.conf:g}, "
-        f"iou {m.iou:g}; {provenance(m)})"
-        for m in panel
-    )
-    synthetic = [m.task for m in panel if m.trained_on_synthetic]
-    notice = (
-        f'<span class="synthetic">{len(synthetic)} of {len(panel)} models learned only from synthetic sample '
-        "images: their boxes on a real radiograph mean nothing.</span>"
-        if synthetic
-        else ""
-    )
-    return (
-        TEMPLATE.replace("{{BODY}}", body)
-        .replace("{{MODELS}}", html.escape(models))
-        .replace("{{NOTICE}}", notice)
-        .replace("{{LIMIT_MB}}", f"{limit_mb:g}")
+def _templates():
+    """The page's Jinja2 templates (`templates/`), every value HTML-escaped."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    return Environment(
+        loader=FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=select_autoescape(["html"]),
     )
 
 
-def _panels_html(gray: np.ndarray, result: dict, panel: list[ServedModel]) -> str:
-    figs = []
-    for m, r in zip(panel, result["models"]):
-        png = base64.b64encode(draw(gray, r, m.classes)).decode()
-        rows = "".join(
-            f"<tr><td>{html.escape(b['label'])}</td><td>{b['score']:.2f}</td>"
-            f"<td>{b['x_min']:.0f}, {b['y_min']:.0f}, {b['x_max']:.0f}, {b['y_max']:.0f}</td></tr>"
-            for b in r["boxes"]
-        )
-        table = (
-            f"<table><tr><th>class</th><th>score</th><th>box (px)</th></tr>{rows}</table>"
-            if rows
-            else "<div>no finding above the threshold</div>"
-        )
-        figs.append(
-            f'<figure class="panel" data-task="{m.task}"><img alt="{m.task}" src="data:image/png;base64,'
-            f'{png}"><figcaption><b>{m.task}</b> v{html.escape(m.version)} ({m.chosen}), conf {m.conf:g}, '
-            f'iou {m.iou:g}: {len(r["boxes"])} box(es)<div class="provenance">{html.escape(provenance(m))}</div>'
-            f"{table}</figcaption></figure>"
-        )
-    w, h = result["image"]["width"], result["image"]["height"]
-    return f'<p class="sub">image {w} x {h} px</p><div class="grid">{"".join(figs)}</div>'
+TEMPLATES = _templates()
+
+
+def _model_view(m: ServedModel) -> dict:
+    return {
+        "task": m.task,
+        "version": m.version,
+        "chosen": m.chosen,
+        "backend": m.backend,
+        "conf": f"{m.conf:g}",
+        "iou": f"{m.iou:g}",
+        "provenance": provenance(m),
+    }
+
+
+def _page(
+    panel: list[ServedModel], limit_mb: float, result: dict | None = None, error: dict | None = None
+) -> str:
+    """The page: the upload form, the served models and, after an upload, its panels or its error."""
+    return TEMPLATES.get_template("index.html").render(
+        models=[_model_view(m) for m in panel],
+        limit_mb=f"{limit_mb:g}",
+        result=result,
+        error=error,
+        synthetic=sum(1 for m in panel if m.trained_on_synthetic),
+    )
+
+
+def _panels(gray: np.ndarray, result: dict, panel: list[ServedModel]) -> dict:
+    """What the panels template shows: per model its drawn image (PNG, base64) and boxes."""
+    panels = [
+        {
+            **_model_view(m),
+            "png": base64.b64encode(draw(gray, r, m.classes)).decode(),
+            "boxes": r["boxes"],
+        }
+        for m, r in zip(panel, result["models"])
+    ]
+    return {
+        "width": result["image"]["width"],
+        "height": result["image"]["height"],
+        "panels": panels,
+    }
 
 
 def create_app(
@@ -250,7 +258,7 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse)
     def index():
-        return _page("", panel, limit_mb)
+        return _page(panel, limit_mb)
 
     @app.get("/health")
     def health():
@@ -278,12 +286,10 @@ def create_app(
         try:
             gray, result = await handle(request)
         except UploadError as exc:
-            body = (
-                f'<div class="error" role="alert">Error {exc.status}: {html.escape(str(exc))}</div>'
-            )
-            return HTMLResponse(_page(body, panel, limit_mb), status_code=exc.status)
-        body = await run_in_threadpool(_panels_html, gray, result, panel)
-        return HTMLResponse(_page(body, panel, limit_mb))
+            error = {"status": exc.status, "message": str(exc)}
+            return HTMLResponse(_page(panel, limit_mb, error=error), status_code=exc.status)
+        shown = await run_in_threadpool(_panels, gray, result, panel)
+        return HTMLResponse(_page(panel, limit_mb, result=shown))
 
     return app
 
