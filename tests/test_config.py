@@ -83,3 +83,35 @@ def test_materialize_run_config_merges_key_by_key_and_rejects_a_non_mapping(tmp_
     bad.write_text("- epochs: 3\n")
     with pytest.raises(SystemExit, match="run.yaml: run config must be a mapping"):
         cli.main(["materialize", "--config", str(bad)])
+
+
+def test_settings_resolve_without_writing_defaults_into_the_environment(monkeypatch, tmp_path):
+    """One table of defaults, read where needed: building the code location binds the variables
+    that are set and leaves the rest to their defaults, writing nothing into os.environ (it used to
+    write every default there, twice)."""
+    import os
+
+    from xray_assets.config import ENV_DEFAULTS, Settings
+    from xray_assets.definitions import build_definitions
+    from xray_assets.defs.resources import XrayResource
+
+    for name in ENV_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XRAY_DATA_DIR", str(tmp_path / "data"))
+    before = dict(os.environ)
+    resource, settings = XrayResource.from_env(), Settings.from_env()
+    build_definitions()
+    assert dict(os.environ) == before, "nothing written into os.environ"
+    assert resource.data_dir.env_var_name == "XRAY_DATA_DIR", (
+        "a set variable is bound (the UI names it)"
+    )
+    assert resource.profile == "" and resource.profile_name == "demo" == settings.profile
+    assert resource.margin == 0.01 == settings.champion_margin
+    assert (
+        resource.data_dir.get_value() == str(tmp_path / "data")
+        and settings.data_dir == (tmp_path / "data").resolve()
+    )
+    assert (
+        resource.root == str(settings.storage_dir)
+        and resource.tracking_uri == settings.mlflow_tracking_uri
+    )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .core.isolation import DecodeLimits
+from .offline import cache_dir
 
 #: DESIGN's NMS grid.
 STUDY_CONF_GRID: tuple[float, ...] = (0.03, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
@@ -231,22 +232,42 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> "Settings":
-        raw = os.environ.get("XRAY_STORAGE_DIR", "storage")
+        raw = env("XRAY_STORAGE_DIR")
         storage = raw.rstrip("/") if "://" in raw else Path(raw).expanduser().resolve()
-        data = Path(os.environ.get("XRAY_DATA_DIR", "data/sample")).expanduser().resolve()
-        profile = os.environ.get("XRAY_PROFILE", "demo")
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(storage)
-        inbox = os.environ.get("XRAY_INBOX_DIR")
+        data = Path(env("XRAY_DATA_DIR")).expanduser().resolve()
+        profile = env("XRAY_PROFILE")
+        uri = env("MLFLOW_TRACKING_URI") or default_mlflow_uri(storage)
+        inbox = env("XRAY_INBOX_DIR")
         return cls(
             data_dir=data,
             storage_dir=storage,
             profile=profile,
             mlflow_tracking_uri=uri,
             inbox_dir=Path(inbox).expanduser().resolve() if inbox else default_inbox(data),
-            champion_margin=float(os.environ.get("XRAY_CHAMPION_MARGIN", "0.01")),
-            retrain_cron=os.environ.get("XRAY_RETRAIN_CRON", "0 3 * * 1"),
+            champion_margin=float(env("XRAY_CHAMPION_MARGIN")),
+            retrain_cron=env("XRAY_RETRAIN_CRON"),
             weights_dir=default_weights_dir(),
         )
+
+
+#: the settings the environment may leave unset and their defaults, written once (DESIGN "Public
+#: surface"); read with `env`, never written back into os.environ
+ENV_DEFAULTS = {
+    "XRAY_DATA_DIR": "data/sample",
+    "XRAY_STORAGE_DIR": "storage",
+    "XRAY_PROFILE": "demo",
+    "MLFLOW_TRACKING_URI": "",
+    "XRAY_MLFLOW_UI": "http://127.0.0.1:5000",
+    "XRAY_INBOX_DIR": "",
+    "XRAY_CHAMPION_MARGIN": "0.01",
+    "XRAY_WEIGHTS_DIR": "",
+    "XRAY_RETRAIN_CRON": "0 3 * * 1",
+}
+
+
+def env(name: str) -> str:
+    """A setting: its environment variable when set (and not empty), else its default."""
+    return os.environ.get(name) or ENV_DEFAULTS[name]
 
 
 def decode_limits() -> DecodeLimits:
@@ -266,11 +287,7 @@ def decode_limits() -> DecodeLimits:
 def default_weights_dir() -> Path:
     """Where pretrained checkpoints are looked for (and downloaded to, where allowed)."""
     raw = os.environ.get("XRAY_WEIGHTS_DIR")
-    return (
-        Path(raw).expanduser().resolve()
-        if raw
-        else Path.home() / ".cache" / "xray-assets" / "weights"
-    )
+    return Path(raw).expanduser().resolve() if raw else cache_dir() / "weights"
 
 
 def default_inbox(data_dir: Path | str) -> Path:
@@ -282,11 +299,11 @@ def default_mlflow_uri(storage_dir: Path | str) -> str:
     """The embedded store under the storage root; with an object-store root (which sqlite cannot
     live on) a local one under ~/.cache: a team sets MLFLOW_TRACKING_URI to its server instead."""
     if "://" in str(storage_dir):
-        return f"sqlite:///{Path.home() / '.cache' / 'xray-assets' / 'mlflow' / 'mlflow.db'}"
+        return f"sqlite:///{cache_dir() / 'mlflow' / 'mlflow.db'}"
     return f"sqlite:///{Path(storage_dir).resolve() / 'mlflow' / 'mlflow.db'}"
 
 
-def configure_ultralytics(storage_dir: Path | None = None) -> None:
+def configure_ultralytics() -> None:
     """Offline ultralytics (see `offline.py`). Call before ultralytics trains, validates or predicts."""
     from . import offline
 

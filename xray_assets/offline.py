@@ -44,7 +44,8 @@ _BAD_AMP_GPUS = re.compile(
 
 
 def cache_dir() -> Path:
-    """The user's cache for xray-assets (ultralytics' config dir, pretrained weights)."""
+    """The user's cache for xray-assets, the one root every cache path derives from: ultralytics'
+    config dir, pretrained weights, an object-store root's mirror and its local MLflow store."""
     return Path.home() / ".cache" / "xray-assets"
 
 

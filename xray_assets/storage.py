@@ -50,9 +50,9 @@ def _upath(url: str):
 
 def mirror_root(url: str) -> Path:
     """Where the local mirror of an object-store root lives (the same path on every machine)."""
-    base = Path(
-        os.environ.get("XRAY_CACHE_DIR") or Path.home() / ".cache" / "xray-assets" / "mirror"
-    )
+    from .offline import cache_dir
+
+    base = Path(os.environ.get("XRAY_CACHE_DIR") or cache_dir() / "mirror")
     scheme, rest = url.split("://", 1)
     return base.expanduser().resolve() / scheme / rest.strip("/")
 

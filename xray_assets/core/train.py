@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import NO_EFFECT_FOR_DETECTION, TrainParams, configure_ultralytics
+from ..config import (
+    NO_EFFECT_FOR_DETECTION,
+    TrainParams,
+    configure_ultralytics,
+    default_weights_dir,
+)
 
 
 class InitError(FileNotFoundError):
@@ -74,7 +79,7 @@ def resolve_init(
             params.model,
             note="from_scratch: true" if from_scratch else "no pretrained file named",
         )
-    folder = Path(weights_dir or Path.home() / ".cache" / "xray-assets" / "weights").expanduser()
+    folder = Path(weights_dir or default_weights_dir()).expanduser()
     local = folder / params.pretrained
     if local.is_file():
         return _pretrained(local.resolve(), f"found in {folder}")

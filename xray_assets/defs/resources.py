@@ -13,6 +13,7 @@ from ..config import (
     default_inbox,
     default_mlflow_uri,
     default_weights_dir,
+    env,
     get_profile,
 )
 from ..core.classes import TASK_NAMES
@@ -54,21 +55,18 @@ CONVERSION_STEP_TAGS = {
     }
 }
 
-#: defaults of the settings the environment may leave unset (DESIGN "Public surface")
-ENV_DEFAULTS = {
-    "XRAY_DATA_DIR": "data/sample",
-    "XRAY_STORAGE_DIR": "storage",
-    "XRAY_PROFILE": "demo",
-    "MLFLOW_TRACKING_URI": "",
-    "XRAY_MLFLOW_UI": "http://127.0.0.1:5000",
-    "XRAY_INBOX_DIR": "",
-    "XRAY_CHAMPION_MARGIN": "0.01",
-    "XRAY_WEIGHTS_DIR": "",
+#: resource field -> the environment variable it is bound to (defaults: config.ENV_DEFAULTS)
+ENV_FIELDS = {
+    "data_dir": "XRAY_DATA_DIR",
+    "storage_dir": "XRAY_STORAGE_DIR",
+    "profile": "XRAY_PROFILE",
+    "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
+    "mlflow_ui_url": "XRAY_MLFLOW_UI",
+    "inbox_dir": "XRAY_INBOX_DIR",
+    "champion_margin": "XRAY_CHAMPION_MARGIN",
+    "weights_dir": "XRAY_WEIGHTS_DIR",
 }
-
-
-def _env(name: str) -> str:
-    return os.environ.get(name) or ENV_DEFAULTS[name]
+_env = env
 
 
 class XrayResource(dg.ConfigurableResource):
@@ -115,19 +113,10 @@ class XrayResource(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> "XrayResource":
-        """The code location's resource: every field bound to its environment variable."""
-        for k, v in ENV_DEFAULTS.items():
-            os.environ.setdefault(k, v)
-        return cls(
-            data_dir=dg.EnvVar("XRAY_DATA_DIR"),
-            storage_dir=dg.EnvVar("XRAY_STORAGE_DIR"),
-            profile=dg.EnvVar("XRAY_PROFILE"),
-            mlflow_tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
-            mlflow_ui_url=dg.EnvVar("XRAY_MLFLOW_UI"),
-            inbox_dir=dg.EnvVar("XRAY_INBOX_DIR"),
-            champion_margin=dg.EnvVar("XRAY_CHAMPION_MARGIN"),
-            weights_dir=dg.EnvVar("XRAY_WEIGHTS_DIR"),
-        )
+        """The code location's resource: each field whose variable is set is bound to it (`dg.EnvVar`:
+        read when a run starts, named in the UI); a field left empty reads its default when used.
+        Nothing is written into os.environ."""
+        return cls(**{f: dg.EnvVar(var) for f, var in ENV_FIELDS.items() if os.environ.get(var)})
 
     @property
     def profile_name(self) -> str:
@@ -165,9 +154,7 @@ class XrayResource(dg.ConfigurableResource):
     @property
     def tracking_uri(self) -> str:
         return (
-            self.mlflow_tracking_uri
-            or os.environ.get("MLFLOW_TRACKING_URI")
-            or default_mlflow_uri(self.root)
+            self.mlflow_tracking_uri or env("MLFLOW_TRACKING_URI") or default_mlflow_uri(self.root)
         )
 
     @property
@@ -176,12 +163,12 @@ class XrayResource(dg.ConfigurableResource):
 
     @property
     def inbox(self) -> Path:
-        raw = self.inbox_dir or os.environ.get("XRAY_INBOX_DIR")
+        raw = self.inbox_dir or env("XRAY_INBOX_DIR")
         return Path(raw).expanduser().resolve() if raw else default_inbox(self.data())
 
     @property
     def weights(self) -> Path:
-        raw = self.weights_dir or os.environ.get("XRAY_WEIGHTS_DIR")
+        raw = self.weights_dir or env("XRAY_WEIGHTS_DIR")
         return Path(raw).expanduser().resolve() if raw else default_weights_dir()
 
     @property
