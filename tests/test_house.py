@@ -69,3 +69,20 @@ def test_tests_use_public_dagster_names_and_say_why_at_each_private_one():
                 silent.append(f"{path.name}:{line}")
     assert not offenders, f"private imports of names with a public equivalent: {offenders}"
     assert not silent, f"private imports without a '# private: why' comment: {silent}"
+
+
+def test_each_artefact_file_name_is_spelled_in_one_module():
+    """The storage layout has one author (`layout.py`, or the one asset that writes a file for people):
+    a file name spelled in two modules is a contract kept by hand."""
+    import re
+
+    where: dict[str, set[str]] = {}
+    pattern = re.compile(r"[\"']([A-Za-z0-9_]+\.(?:parquet|json|md|html|png|pt|txt|yaml))[\"']")
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for name in pattern.findall(path.read_text()):
+            where.setdefault(name, set()).add(str(path.relative_to(PACKAGE)))
+    twice = {n: sorted(m) for n, m in where.items() if len(m) > 1}
+    assert not twice, f"file names spelled in more than one module: {twice}"
+    assert {"model.json", "boxes.parquet", "champion.json"} <= set(where), (
+        "the scan sees the layout"
+    )

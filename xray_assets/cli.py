@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import layout
+
 
 def cmd_sample_data(args) -> int:
     from .core.synthetic import write_sample_data
@@ -52,10 +54,10 @@ def task_table(storage_root, profile: str, tasks) -> list[str]:
         f"operating point: macro P / R, micro P / R at conf   init"
     ]
     for t in tasks:
-        if not st.exists("reports", t, "summary.json"):
+        if not st.exists(*layout.summary(t)):
             rows.append(f"  {t:22s} not evaluated")
             continue
-        s = st.read_json("reports", t, "summary.json")
+        s = st.read_json(*layout.summary(t))
         if s.get("map50") is None:
             rows.append(f"  {t:22s} n/a (the test split has no boxes of this task)")
             continue
@@ -115,7 +117,7 @@ def cmd_materialize(args) -> int:
         "per-task test figures (threshold-free AP with patient-level bootstrap CI; operating point at the tuned conf):"
     )
     print("\n".join(task_table(settings.storage_dir, profile, tasks or TASK_NAMES)))
-    report = Path(str(settings.storage_dir)) / profile / "reports" / "study" / "report.html"
+    report = Path(str(settings.storage_dir)) / profile / Path(*layout.report("study"))
     if "://" in str(settings.storage_dir) or report.exists():
         print(f"study report: {report}")
     print(

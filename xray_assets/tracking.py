@@ -11,6 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from . import layout
+
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
@@ -69,7 +71,7 @@ def fetch_weights(tracking_uri: str, run_id: str, cache: Path) -> Path:
     import mlflow
 
     cache.mkdir(parents=True, exist_ok=True)
-    weights = cache / "best.pt"
+    weights = cache / layout.BEST_WEIGHTS
     if weights.exists():
         return weights
     got = Path(
@@ -80,7 +82,8 @@ def fetch_weights(tracking_uri: str, run_id: str, cache: Path) -> Path:
         )
     )
     try:
-        pick = got / "best.pt" if (got / "best.pt").exists() else got / "last.pt"
+        best = got / layout.BEST_WEIGHTS
+        pick = best if best.exists() else got / layout.LAST_WEIGHTS
         if not pick.exists():
             raise FileNotFoundError(f"run {run_id} has no weights/best.pt artefact")
         tmp = cache / ".best.pt.tmp"

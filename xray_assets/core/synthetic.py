@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .. import layout
 from ..storage import atomic_path
 from .classes import NIH_CLASSES, VINBIGDATA_CLASSES
 
@@ -756,7 +757,7 @@ def toy_yolo_dataset(
         pd.DataFrame(rows),
         pd.DataFrame(boxes, columns=["image_id", "label", "x_min", "y_min", "x_max", "y_max"]),
     )
-    return root / "ds" / "data.yaml"
+    return root / "ds" / layout.DATA_YAML
 
 
 def write_drop(

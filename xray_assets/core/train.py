@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import layout
 from ..config import (
     NO_EFFECT_FOR_DETECTION,
     TrainParams,
@@ -206,7 +207,7 @@ def train(
     from ultralytics import YOLO
     from ultralytics.utils import SETTINGS
 
-    last = out_dir / "train" / "weights" / "last.pt"
+    last = out_dir / "train" / "weights" / layout.LAST_WEIGHTS
     run_file = out_dir / "run.json"
     if resume and not last.exists():
         raise FileNotFoundError(
@@ -315,7 +316,7 @@ def train(
             k.replace("(B)", "").replace("metrics/", "val_"): float(v)
             for k, v in (trainer.metrics or {}).items()
         }
-        weights_out = out_dir / "best.pt"
+        weights_out = out_dir / layout.BEST_WEIGHTS
         tmp = out_dir / ".best.pt.tmp"
         shutil.copyfile(best, tmp)
         os.replace(tmp, weights_out)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from .. import layout
 from .classes import TaskSpec
 from .splits import SPLITS
 
@@ -176,7 +177,7 @@ def build_dataset(
         "test": str(final / "test.txt"),
         "names": {i: c for i, c in enumerate(task.classes)},
     }
-    (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    (out / layout.DATA_YAML).write_text(yaml.safe_dump(data, sort_keys=False))
     return {"manifest": pd.DataFrame(manifest), "boxes": tb}
 
 

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from .. import layout
 from .nih import nih_boxes, nih_labels
 from .resources import XrayResource
 from .vinbigdata import vinbigdata_annotations
@@ -30,11 +31,11 @@ def _quarantine_check(asset, parts: tuple[str, ...], name: str):
 
 
 quarantine_checks = [
-    _quarantine_check(nih_labels, ("nih", "labels_quarantine.parquet"), "nih_labels_quarantine"),
-    _quarantine_check(nih_boxes, ("nih", "boxes_quarantine.parquet"), "nih_boxes_quarantine"),
+    _quarantine_check(nih_labels, layout.NIH_LABELS_QUARANTINE, "nih_labels_quarantine"),
+    _quarantine_check(nih_boxes, layout.NIH_BOXES_QUARANTINE, "nih_boxes_quarantine"),
     _quarantine_check(
         vinbigdata_annotations,
-        ("vinbigdata", "annotations_quarantine.parquet"),
+        layout.VBD_ANNOTATIONS_QUARANTINE,
         "vinbigdata_annotations_quarantine",
     ),
 ]

@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from .. import layout
 from ..core import plots, sampling, splits, yolo_dataset
 from ..core.classes import TASKS
 from ..core.sampling import sample_background
@@ -76,8 +77,8 @@ def background_samples(
     context: dg.AssetExecutionContext, xray: XrayResource
 ) -> dg.MaterializeResult:
     st, cfg = xray.storage, xray.config
-    lab = st.read_parquet("nih", "labels.parquet")
-    boxes = st.read_parquet("nih", "boxes.parquet")
+    lab = st.read_parquet(*layout.NIH_LABELS)
+    boxes = st.read_parquet(*layout.NIH_BOXES)
     index = nih_image_index(xray.data("nih"), xray.shared)
     no_finding = lab[lab["findings"].map(lambda f: list(f) == ["No Finding"])]
     on_disk = no_finding[no_finding["image_id"].isin(index)]
@@ -100,7 +101,7 @@ def background_samples(
             f"asked for {n} background images, only {len(on_disk)} 'No Finding' images on disk"
         )
     if cfg.include_vinbigdata_no_finding:
-        ann = st.read_parquet("vinbigdata", "annotations.parquet")
+        ann = st.read_parquet(*layout.VBD_ANNOTATIONS)
         only_nf = ann.groupby("image_id")["class_id"].apply(lambda s: bool((s == 14).all()))
         vbd = pd.DataFrame(
             {"image_id": only_nf[only_nf].index, "patient_id": -1, "source": "vinbigdata"}
@@ -135,8 +136,8 @@ def background_samples(
 )
 def patient_splits(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
     st, cfg = xray.storage, xray.config
-    lab = st.read_parquet("nih", "labels.parquet")
-    nboxes = st.read_parquet("nih", "boxes.parquet")
+    lab = st.read_parquet(*layout.NIH_LABELS)
+    nboxes = st.read_parquet(*layout.NIH_BOXES)
     bg = st.read_parquet("datasets", "background.parquet")
     man = read_manifests(st)
     man = man[man["status"] == "ok"]
@@ -149,12 +150,12 @@ def patient_splits(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.
         list(bg.loc[bg.source == "nih", "image_id"]),
         dict(zip(lab["image_id"], lab["patient_id"])),
         nih_image_index(xray.data("nih"), xray.shared),
-        st.read_parquet("vinbigdata", "boxes.parquet")["image_id"],
+        st.read_parquet(*layout.VBD_BOXES)["image_id"],
         list(bg.loc[bg.source == "vinbigdata", "image_id"]),
         man,
     )
     table["split"] = assign_splits(table["group"], cfg.split_fractions, seed=cfg.seed).to_numpy()
-    st.write_parquet(table, "datasets", "splits.parquet")
+    st.write_parquet(table, *layout.SPLITS)
     st.write_parquet(
         pd.DataFrame({"image_id": pd.Series(missing, dtype=str)}),
         "datasets",
@@ -187,7 +188,7 @@ def patient_splits(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.
     asset=patient_splits, blocking=True, description="No patient appears in two splits."
 )
 def no_patient_in_two_splits(xray: XrayResource) -> dg.AssetCheckResult:
-    table = xray.storage.read_parquet("datasets", "splits.parquet")
+    table = xray.storage.read_parquet(*layout.SPLITS)
     per_group = table.groupby("group")["split"].nunique()
     leaked = per_group[per_group > 1]
     return dg.AssetCheckResult(
@@ -236,11 +237,11 @@ DATASET_CHECKS = {
 def read_task_inputs(xray: XrayResource, task_name: str):
     st = xray.storage
     return task_inputs(
-        st.read_parquet("datasets", "splits.parquet"),
-        st.read_parquet("nih", "boxes.parquet"),
-        st.read_parquet("vinbigdata", "boxes.parquet"),
+        st.read_parquet(*layout.SPLITS),
+        st.read_parquet(*layout.NIH_BOXES),
+        st.read_parquet(*layout.VBD_BOXES),
         TASKS[task_name],
-        nih_labels=st.read_parquet("nih", "labels.parquet"),
+        nih_labels=st.read_parquet(*layout.NIH_LABELS),
         exclude_unboxed=xray.config.exclude_unboxed_findings,
     )
 
@@ -276,14 +277,14 @@ def yolo_datasets(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.M
     with st.atomic_dir("datasets", task.name) as tmp:
         built = build_dataset(tmp, task, images, boxes, final_dir=final)
         tb = built["boxes"]
-        images.to_parquet(tmp / "images.parquet", index=False)
-        tb.to_parquet(tmp / "boxes.parquet", index=False)
-        excluded.to_parquet(tmp / "excluded.parquet", index=False)
+        images.to_parquet(tmp / layout.DATASET_IMAGES, index=False)
+        tb.to_parquet(tmp / layout.DATASET_BOXES, index=False)
+        excluded.to_parquet(tmp / layout.DATASET_EXCLUDED, index=False)
         inst = instances_table(images, tb, task.classes)
         (tmp / "labels.png").write_bytes(plots.label_distribution(tb, images, task.classes))
         (tmp / "mosaic.png").write_bytes(plots.dataset_mosaic(images, tb, task.classes))
         digest = content_hash(images, tb)
-        (tmp / "dataset_hash.txt").write_text(digest)
+        (tmp / layout.DATASET_HASH).write_text(digest)
     context.log.info(
         f"{task.name}: {len(images)} images, {len(tb)} boxes, hash {digest}; "
         f"{excluded['image_id'].nunique()} NIH image(s) left out for an unboxed finding"
@@ -307,7 +308,9 @@ def yolo_datasets(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.M
     )
     return dg.MaterializeResult(
         metadata={
-            "data_yaml": dg.MetadataValue.path(str(st.root / "datasets" / task.name / "data.yaml")),
+            "data_yaml": dg.MetadataValue.path(
+                str(st.root.joinpath(*layout.dataset(task.name), layout.DATA_YAML))
+            ),
             "dataset_hash": digest,
             "images": len(images),
             "boxes": len(tb),

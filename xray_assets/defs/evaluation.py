@@ -6,7 +6,7 @@ import time
 import dagster as dg
 import pandas as pd
 
-from .. import tracking
+from .. import layout, tracking
 from ..core import champion, detection, metrics, plots, tuning
 from ..core import evaluation as core_eval
 from ..core.classes import SERVED_TASKS, TASK_NAMES, TASKS
@@ -52,13 +52,13 @@ METRICS_SCHEMA = column_schema(
 
 
 def _task_tables(st, task: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return st.read_parquet("datasets", task, "images.parquet"), st.read_parquet(
-        "datasets", task, "boxes.parquet"
+    return st.read_parquet(*layout.dataset_images(task)), st.read_parquet(
+        *layout.dataset_boxes(task)
     )
 
 
 def _model(st, task: str):
-    return detection.load_model(st.local("models", task, "best.pt"))
+    return detection.load_model(st.local(*layout.weights(task)))
 
 
 @dg.asset(
@@ -85,7 +85,7 @@ def nms_thresholds(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.
         context.log.warning(
             f"{task.name}: the val split has no boxes of this task; every grid point scores 0"
         )
-    info = st.read_json("models", task.name, "model.json")
+    info = st.read_json(*layout.model_info(task.name))
     st.localise(images["path"])
     t0 = time.time()
     cands = detection.capture_candidates(
@@ -117,7 +117,7 @@ def nms_thresholds(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.
         "pass_seconds": pass_seconds,
     }
     st.write_parquet(grid, "tuning", task.name, "grid.parquet")
-    st.write_json(record, "tuning", task.name, "best.json")
+    st.write_json(record, *layout.rule(task.name))
     st.write_bytes(plots.grid_heatmap(grid, best), "tuning", task.name, "grid.png")
     context.log.info(f"{task.name}: rule {rule.describe()}; val objective {best['objective']:.3f}")
     return dg.MaterializeResult(
@@ -162,8 +162,8 @@ def evaluation_reports(
     task = TASKS[context.partition_key]
     st, profile = xray.storage, xray.config
     share_cores()
-    rule = DetectionRule.from_dict(st.read_json("tuning", task.name, "best.json"))
-    info = st.read_json("models", task.name, "model.json")
+    rule = DetectionRule.from_dict(st.read_json(*layout.rule(task.name)))
+    info = st.read_json(*layout.model_info(task.name))
     all_images, all_boxes = _task_tables(st, task.name)
     images, gt = core_eval.split(all_images, all_boxes, "test")
     st.localise(images["path"])
@@ -175,7 +175,7 @@ def evaluation_reports(
         task.classes,
         progress=lambda n, m: context.log.info(f"{task.name}: test image {n}/{m}"),
     )
-    labels = st.read_parquet("nih", "labels.parquet")
+    labels = st.read_parquet(*layout.NIH_LABELS)
     nih_meta = labels[labels["image_id"].isin(images.loc[images["source"] == "nih", "image_id"])][
         ["image_id", "sex", "age", "view"]
     ]
@@ -210,8 +210,8 @@ def evaluation_reports(
     )
     base = ("reports", task.name)
     excluded = (
-        st.read_parquet("datasets", task.name, "excluded.parquet")
-        if st.exists("datasets", task.name, "excluded.parquet")
+        st.read_parquet(*layout.dataset_excluded(task.name))
+        if st.exists(*layout.dataset_excluded(task.name))
         else None
     )
     for name, frame in (
@@ -219,11 +219,11 @@ def evaluation_reports(
         ("bootstrap_ci", ev.ci),
         ("froc", ev.froc),
         ("subgroups", ev.subgroups),
-        ("detections", dets),
-        ("ground_truth", gt),
-        ("test_images", images[["image_id", "source", "group"]]),
     ):
         st.write_parquet(frame, *base, f"{name}.parquet")
+    st.write_parquet(dets, *layout.detections(task.name))
+    st.write_parquet(gt, *layout.ground_truth(task.name))
+    st.write_parquet(images[["image_id", "source", "group"]], *layout.test_images(task.name))
     st.write_parquet(ev.confusion.reset_index(names="true"), *base, "confusion_matrix.parquet")
     st.write_bytes(
         plots.confusion_heatmap(ev.confusion, f"{task.name}: test, conf > {rule.conf:g}"),
@@ -247,7 +247,7 @@ def evaluation_reports(
     st.write_bytes(plots.gt_vs_pred(panels, task.classes), *base, "panels.png")
     text = core_eval.report_markdown(task.name, profile.name, ev, rule, info, excluded)
     st.write_text(text, *base, "report.md")
-    st.write_text(markdown_to_html(text, f"Evaluation {task.name}"), *base, "report.html")
+    st.write_text(markdown_to_html(text, f"Evaluation {task.name}"), *layout.report(task.name))
     summary = {
         **core_eval.nan_to_none(s),
         "rule": rule.as_dict(),
@@ -256,7 +256,7 @@ def evaluation_reports(
         "model_version": info.get("model_version"),
         "init": info.get("init"),
     }
-    st.write_json(summary, *base, "summary.json")
+    st.write_json(summary, *layout.summary(task.name))
     logged = {
         "test_map50": s["map50"],
         "test_map_iou40": s["map_iou40"],
@@ -275,11 +275,11 @@ def evaluation_reports(
         xray.tracking_uri,
         info["run_id"],
         logged,
-        [
+        [st.local(*layout.report(task.name))]
+        + [
             st.local(*base, f)
             for f in (
                 "report.md",
-                "report.html",
                 "pr_curves.png",
                 "froc.png",
                 "panels.png",
@@ -306,7 +306,6 @@ def evaluation_reports(
                 "test_boxes": len(gt),
             },
         )
-    root = st.root / "reports" / task.name
     md = {
         "test_images": len(images),
         "test_patients": s["test_patients"],
@@ -342,7 +341,7 @@ def evaluation_reports(
         "per_class": table_value(ev.table),
         "froc": table_value(ev.froc),
         "subgroups": table_value(ev.subgroups),
-        "report": dg.MetadataValue.path(str(root / "report.html")),
+        "report": dg.MetadataValue.path(str(st.root.joinpath(*layout.report(task.name)))),
         "froc_curve": thumbnail(st.local(*base, "froc.png")),
         "labels_vs_predictions": thumbnail(st.local(*base, "panels.png")),
         "dagster/row_count": len(ev.table),
@@ -351,31 +350,23 @@ def evaluation_reports(
 
 
 def _task_result(st, task: str) -> core_eval.TaskResult | None:
-    base = ("reports", task)
-    if not all(
-        st.exists(*base, f)
-        for f in (
-            "summary.json",
-            "detections.parquet",
-            "ground_truth.parquet",
-            "test_images.parquet",
-        )
-    ):
+    parts = (layout.summary, layout.detections, layout.ground_truth, layout.test_images)
+    if not all(st.exists(*part(task)) for part in parts):
         return None
-    s = st.read_json(*base, "summary.json")
+    s = st.read_json(*layout.summary(task))
     excluded = (
-        st.read_parquet("datasets", task, "excluded.parquet")
-        if st.exists("datasets", task, "excluded.parquet")
+        st.read_parquet(*layout.dataset_excluded(task))
+        if st.exists(*layout.dataset_excluded(task))
         else None
     )
     return core_eval.TaskResult(
         name=task,
         summary={k: (float("nan") if v is None else v) for k, v in s.items() if k != "rule"},
-        model=st.read_json("models", task, "model.json"),
+        model=st.read_json(*layout.model_info(task)),
         rule=s["rule"],
-        gt=st.read_parquet(*base, "ground_truth.parquet"),
-        detections=st.read_parquet(*base, "detections.parquet"),
-        images=st.read_parquet(*base, "test_images.parquet"),
+        gt=st.read_parquet(*layout.ground_truth(task)),
+        detections=st.read_parquet(*layout.detections(task)),
+        images=st.read_parquet(*layout.test_images(task)),
         excluded=excluded,
     )
 
@@ -404,23 +395,21 @@ def study_report(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.Ma
     results = {t: r for t in TASK_NAMES if (r := _task_result(st, t)) is not None}
     missing = [t for t in TASK_NAMES if t not in results]
     data = []
-    if st.exists("datasets", "splits.parquet"):
+    if st.exists(*layout.SPLITS):
         data += [
             "Images per source and split (patient-grouped):",
             "",
-            core_eval.md_table(
-                core_eval.split_counts(st.read_parquet("datasets", "splits.parquet"))
-            ),
+            core_eval.md_table(core_eval.split_counts(st.read_parquet(*layout.SPLITS))),
             "",
         ]
-    if st.exists("vinbigdata", "annotations.parquet") and st.exists("vinbigdata", "boxes.parquet"):
+    if st.exists(*layout.VBD_ANNOTATIONS) and st.exists(*layout.VBD_BOXES):
         cons = core_eval.consensus_counts(
-            st.read_parquet("vinbigdata", "annotations.parquet"),
-            st.read_parquet("vinbigdata", "boxes.parquet"),
+            st.read_parquet(*layout.VBD_ANNOTATIONS),
+            st.read_parquet(*layout.VBD_BOXES),
         )
         data += ["VinBigData boxes before and after consensus:", "", core_eval.md_table(cons), ""]
     per_task = core_eval.boxes_per_class_and_split(
-        {t: _task_tables(st, t) for t in TASK_NAMES if st.exists("datasets", t, "images.parquet")}
+        {t: _task_tables(st, t) for t in TASK_NAMES if st.exists(*layout.dataset_images(t))}
     )
     if len(per_task):
         data += [
@@ -465,9 +454,9 @@ def study_report(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.Ma
             st.copy_in(st.local("reports", t, "panels.png"), "reports", "study", f"panels_{t}.png")
     gates = core_eval.gate_table(
         {
-            t: st.read_json("reports", t, "champion.json")
+            t: st.read_json(*layout.gate_record(t))
             for t in results
-            if st.exists("reports", t, "champion.json")
+            if st.exists(*layout.gate_record(t))
         }
     )
     text = core_eval.study_markdown(
@@ -486,9 +475,7 @@ def study_report(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.Ma
         gates,
     )
     md_path = st.write_text(text, "reports", "study", "report.md")
-    html_path = st.write_text(
-        markdown_to_html(text, "Study report"), "reports", "study", "report.html"
-    )
+    html_path = st.write_text(markdown_to_html(text, "Study report"), *layout.report("study"))
     st.write_parquet(table, "reports", "study", "tasks.parquet")
     st.write_parquet(comparisons, "reports", "study", "comparisons.parquet")
     context.log.info(

@@ -10,7 +10,7 @@ alone it decides again from the registry as it stands, so a manual alias change 
 import dagster as dg
 import pandas as pd
 
-from .. import tracking
+from .. import layout, tracking
 from ..core import champion, detection, metrics
 from ..core import evaluation as core_eval
 from ..core.classes import TASKS
@@ -23,8 +23,8 @@ from .resources import GPU_STEP_TAGS, TASK_PARTITIONS, XrayResource
 OWNERS = ["team:ml"]
 #: label tables whose quarantined rows each task's data passed through
 QUARANTINES = {
-    "nih": [("nih", "labels_quarantine.parquet"), ("nih", "boxes_quarantine.parquet")],
-    "vinbigdata": [("vinbigdata", "annotations_quarantine.parquet")],
+    "nih": [layout.NIH_LABELS_QUARANTINE, layout.NIH_BOXES_QUARANTINE],
+    "vinbigdata": [layout.VBD_ANNOTATIONS_QUARANTINE],
 }
 #: the checks that can hold a promotion: name -> description
 GUARDS = {
@@ -124,14 +124,14 @@ def champion_gate(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.M
     task = TASKS[context.partition_key]
     st, profile = xray.storage, xray.config
     base = ("reports", task.name)
-    info = st.read_json("models", task.name, "model.json")
+    info = st.read_json(*layout.model_info(task.name))
     version = info.get("model_version")
     images, _ = core_eval.split(*_task_tables(st, task.name), "test")
     gt, dets = (
-        st.read_parquet(*base, "ground_truth.parquet"),
-        st.read_parquet(*base, "detections.parquet"),
+        st.read_parquet(*layout.ground_truth(task.name)),
+        st.read_parquet(*layout.detections(task.name)),
     )
-    evaluated = st.read_parquet(*base, "test_images.parquet")
+    evaluated = st.read_parquet(*layout.test_images(task.name))
     guards = _guards(xray, task, set(evaluated["image_id"]), set(images["image_id"]))
     checks = [
         dg.AssetCheckResult(check_name=n, passed=ok, metadata=md) for n, (ok, md) in guards.items()
@@ -139,7 +139,7 @@ def champion_gate(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.M
     held = [n for n, (ok, _) in guards.items() if not ok]
     if not version:
         gate = {"decision": "not gated (no registered version)"}
-        st.write_json(gate, *base, "champion.json")
+        st.write_json(gate, *layout.gate_record(task.name))
         return dg.MaterializeResult(
             metadata={"decision": gate["decision"]},
             check_results=checks,
@@ -176,7 +176,7 @@ def champion_gate(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.M
         profile.min_test_boxes,
     )
     if champ_dets is not None:  # what the gate compared, kept beside the new model's detections
-        st.write_parquet(champ_dets, *base, "champion_detections.parquet")
+        st.write_parquet(champ_dets, *layout.champion_detections(task.name))
     if held:
         gate.update(
             decided=gate["decision"],
@@ -224,7 +224,7 @@ def champion_gate(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.M
         ):  # a hand-moved alias goes back to the version the gate keeps
             tracking.set_alias(xray.tracking_uri, model_name, champion.CHAMPION, str(champ.version))
     context.log.info(f"{task.name}: version {version} is {gate['decision']} ({gate['reason']})")
-    st.write_json(gate, *base, "champion.json")
+    st.write_json(gate, *layout.gate_record(task.name))
     text = core_eval.gate_markdown(task.name, gate)
     st.write_text(text, *base, "gate.md")
     st.write_text(markdown_to_html(text, f"Champion gate {task.name}"), *base, "gate.html")

@@ -3,6 +3,7 @@
 import dagster as dg
 import pandas as pd
 
+from .. import layout
 from ..core import labels
 from .automation import code_version, content_version, on_new_drop
 from .drops import annotation_drops, read_drop_tables
@@ -78,13 +79,13 @@ def nih_labels(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.Mate
         xray.config.max_quarantine_rows,
     )
     df = _with_drops(xray, out["table"], src.name, "labels")
-    st.write_parquet(df, "nih", "labels.parquet")
+    st.write_parquet(df, *layout.NIH_LABELS)
     findings = df["findings"].explode().value_counts()
     return dg.MaterializeResult(
         metadata={
             **out["metadata"],
             "dagster/row_count": len(df),
-            "path": dg.MetadataValue.path(str(st.root / "nih" / "labels.parquet")),
+            "path": dg.MetadataValue.path(str(st.root.joinpath(*layout.NIH_LABELS))),
             "patients": int(df["patient_id"].nunique()),
             "rows_from_drops": int((df["source"] != src.name).sum()),
             "no_finding_images": int(df["findings"].map(lambda f: list(f) == ["No Finding"]).sum()),
@@ -118,12 +119,12 @@ def nih_boxes(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.Mater
         xray.config.max_quarantine_rows,
     )
     df = _with_drops(xray, out["table"], src.name, "boxes")
-    st.write_parquet(df, "nih", "boxes.parquet")
+    st.write_parquet(df, *layout.NIH_BOXES)
     return dg.MaterializeResult(
         metadata={
             **out["metadata"],
             "dagster/row_count": len(df),
-            "path": dg.MetadataValue.path(str(st.root / "nih" / "boxes.parquet")),
+            "path": dg.MetadataValue.path(str(st.root.joinpath(*layout.NIH_BOXES))),
             "images": int(df["image_id"].nunique()),
             "rows_from_drops": int((df["source"] != src.name).sum()),
             "boxes_per_class": table_value(

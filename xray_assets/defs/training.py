@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from .. import config as config_module
-from .. import tracking
+from .. import layout, tracking
 from ..core import train as core_train
 from ..core.classes import TASKS
 from ..core.synthetic import is_sample_data
@@ -102,7 +102,7 @@ def trained_models(
     )
     tracking.ensure_store(xray.tracking_uri)
     ds_root = st.local("datasets", task.name)  # (from an object store: with the images it links to)
-    dataset_hash = (ds_root / "dataset_hash.txt").read_text().strip()
+    dataset_hash = (ds_root / layout.DATASET_HASH).read_text().strip()
     synthetic = is_sample_data(xray.data())
     tags = {
         "dagster_run_id": context.run.run_id,
@@ -122,14 +122,14 @@ def trained_models(
         "trained_on_synthetic": synthetic,
     }
     previous = (
-        st.read_json("models", task.name, "model.json")
-        if st.exists("models", task.name, "model.json")
+        st.read_json(*layout.model_info(task.name))
+        if st.exists(*layout.model_info(task.name))
         else {}
     )
     with st.workdir("models", task.name) as out_dir:
         result = core_train.train(
             task=task.name,
-            data_yaml=ds_root / "data.yaml",
+            data_yaml=ds_root / layout.DATA_YAML,
             params=params,
             out_dir=out_dir,
             tracking_uri=xray.tracking_uri,
@@ -159,7 +159,7 @@ def trained_models(
         "trained_on_synthetic": synthetic,
         **init.as_dict(),
     }
-    st.write_json(info, "models", task.name, "model.json")
+    st.write_json(info, *layout.model_info(task.name))
     changed = (
         "first model"
         if not previous
@@ -173,7 +173,7 @@ def trained_models(
         if "mAP" in k or "recall" in k
     }
     md = {
-        "weights": dg.MetadataValue.path(str(st.root / "models" / task.name / "best.pt")),
+        "weights": dg.MetadataValue.path(str(st.root.joinpath(*layout.weights(task.name)))),
         "mlflow_run": dg.MetadataValue.url(xray.run_url(result.experiment_id, result.run_id)),
         "mlflow_run_id": result.run_id,
         "registered_model": profile.model_name(task.name),

@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from .. import layout
 from ..core import consensus, dicom, labels
 from ..core.classes import UNITED_CLASSES
 from ..core.isolation import IsolatedPool, failure_reason
@@ -110,12 +111,12 @@ def vinbigdata_annotations(
     df = pd.concat(
         [out["table"].assign(source=src.name)] + ([drops] if len(drops) else []), ignore_index=True
     )
-    st.write_parquet(df, "vinbigdata", "annotations.parquet")
+    st.write_parquet(df, *layout.VBD_ANNOTATIONS)
     return dg.MaterializeResult(
         metadata={
             **out["metadata"],
             "dagster/row_count": len(df),
-            "path": dg.MetadataValue.path(str(st.root / "vinbigdata" / "annotations.parquet")),
+            "path": dg.MetadataValue.path(str(st.root.joinpath(*layout.VBD_ANNOTATIONS))),
             "images": int(df["image_id"].nunique()),
             "radiologists": int(df["rad_id"].nunique()),
             "rows_from_drops": int((df["source"] != src.name).sum()),
@@ -288,9 +289,7 @@ def vinbigdata_images(
 )
 def vinbigdata_boxes(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
     st = xray.storage
-    ann = st.read_parquet("vinbigdata", "annotations.parquet").drop(
-        columns=["source"], errors="ignore"
-    )
+    ann = st.read_parquet(*layout.VBD_ANNOTATIONS).drop(columns=["source"], errors="ignore")
     method = xray.config.consensus
     if method == "wbf":
         man = read_manifests(st)
@@ -312,7 +311,7 @@ def vinbigdata_boxes(context: dg.AssetExecutionContext, xray: XrayResource) -> d
     kept = kept.assign(united=kept["class_id"].map(consensus.VINBIGDATA_TO_UNITED)).reset_index(
         drop=True
     )
-    st.write_parquet(kept, "vinbigdata", "boxes.parquet")
+    st.write_parquet(kept, *layout.VBD_BOXES)
     counts = pd.DataFrame(
         {
             "class": list(UNITED_CLASSES),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import tracking
+from .. import layout, tracking
 from ..config import Settings, configure_ultralytics, get_profile
 from ..core.classes import SERVED_TASKS, TASKS
 from ..core.detection import DetectionRule, detect
@@ -155,11 +155,7 @@ def resolve(settings: Settings, task: str, backend: str = "openvino") -> ServedM
     st = Storage(f"{root}/{profile.name}" if "://" in root else Path(root) / profile.name)
     spec = TASKS[task]
     found = _registry_weights(settings, profile.model_name(task), st, task)
-    info = (
-        st.read_json("models", task, "model.json")
-        if st.exists("models", task, "model.json")
-        else {}
-    )
+    info = st.read_json(*layout.model_info(task)) if st.exists(*layout.model_info(task)) else {}
     if found is None:
         if not info:
             raise PanelError(
@@ -168,7 +164,7 @@ def resolve(settings: Settings, task: str, backend: str = "openvino") -> ServedM
                 f"{st.root / 'models' / task} holds weights"
             )
         found = (
-            st.local("models", task, "best.pt"),
+            st.local(*layout.weights(task)),
             str(info.get("model_version") or "local"),
             "storage",
             {},
@@ -176,8 +172,8 @@ def resolve(settings: Settings, task: str, backend: str = "openvino") -> ServedM
     weights, version, chosen, tags = found
     if "nms_conf" in tags:
         rule = DetectionRule.from_tags(tags)
-    elif st.exists("tuning", task, "best.json"):
-        rule = DetectionRule.from_dict(st.read_json("tuning", task, "best.json"))
+    elif st.exists(*layout.rule(task)):
+        rule = DetectionRule.from_dict(st.read_json(*layout.rule(task)))
     else:
         raise PanelError(f"no detection rule for {task}: materialise nms_thresholds")
     imgsz = int(tags.get("imgsz") or info.get("imgsz") or 640)

@@ -1,0 +1,113 @@
+"""The storage layout: where each artefact that assets hand each other lives under a profile's
+storage root, each file name spelled here once.
+
+Paths are tuples of parts for `Storage` (`st.read_parquet(*layout.NIH_LABELS)`,
+`st.read_json(*layout.model_info(task))`); what a single asset writes for people (plots, Markdown)
+stays beside that asset.
+"""
+
+from __future__ import annotations
+
+# -- the label tables (and their quarantines) ---------------------------------------------------
+NIH_LABELS = ("nih", "labels.parquet")
+NIH_BOXES = ("nih", "boxes.parquet")
+VBD_ANNOTATIONS = ("vinbigdata", "annotations.parquet")
+VBD_BOXES = ("vinbigdata", "boxes.parquet")
+
+
+def table(folder: str, name: str) -> tuple[str, str]:
+    """A label table written by ingestion (`nih`, `labels` -> nih/labels.parquet)."""
+    return folder, f"{name}.parquet"
+
+
+def quarantine(folder: str, name: str) -> tuple[str, str]:
+    """The rows a label table's reader set aside (nih/labels_quarantine.parquet)."""
+    return folder, f"{name}_quarantine.parquet"
+
+
+NIH_LABELS_QUARANTINE = quarantine("nih", "labels")
+NIH_BOXES_QUARANTINE = quarantine("nih", "boxes")
+VBD_ANNOTATIONS_QUARANTINE = quarantine("vinbigdata", "annotations")
+
+# -- splits and the task datasets ----------------------------------------------------------------
+SPLITS = ("datasets", "splits.parquet")
+
+
+def dataset(task: str) -> tuple[str, str]:
+    return "datasets", task
+
+
+def dataset_images(task: str) -> tuple[str, str, str]:
+    return (*dataset(task), DATASET_IMAGES)
+
+
+def dataset_boxes(task: str) -> tuple[str, str, str]:
+    return (*dataset(task), DATASET_BOXES)
+
+
+def dataset_excluded(task: str) -> tuple[str, str, str]:
+    return (*dataset(task), DATASET_EXCLUDED)
+
+
+#: inside a dataset folder (built in a temporary folder, then moved in whole)
+DATASET_IMAGES, DATASET_BOXES, DATASET_EXCLUDED = (
+    "images.parquet",
+    "boxes.parquet",
+    "excluded.parquet",
+)
+DATASET_HASH, DATA_YAML = "dataset_hash.txt", "data.yaml"
+
+# -- models, their detection rule ----------------------------------------------------------------
+
+
+def model_info(task: str) -> tuple[str, str, str]:
+    """model.json: the trained model's record (run, version, imgsz, init...)."""
+    return "models", task, "model.json"
+
+
+#: ultralytics' checkpoint names (its run folder, MLflow's `weights/` artefacts, our models/<task>/)
+BEST_WEIGHTS, LAST_WEIGHTS = "best.pt", "last.pt"
+
+
+def weights(task: str) -> tuple[str, str, str]:
+    return "models", task, BEST_WEIGHTS
+
+
+def rule(task: str) -> tuple[str, str, str]:
+    """The tuned detection rule (conf, iou, ...)."""
+    return "tuning", task, "best.json"
+
+
+# -- evaluation and the gate ---------------------------------------------------------------------
+
+
+def report(task: str, name: str = "report.html") -> tuple[str, str, str]:
+    """A task's (or "study"'s) report folder file; the HTML report by default."""
+    return "reports", task, name
+
+
+def summary(task: str) -> tuple[str, str, str]:
+    return report(task, "summary.json")
+
+
+def detections(task: str) -> tuple[str, str, str]:
+    """The rule's detections at the AP floor on every test image."""
+    return report(task, "detections.parquet")
+
+
+def ground_truth(task: str) -> tuple[str, str, str]:
+    return report(task, "ground_truth.parquet")
+
+
+def test_images(task: str) -> tuple[str, str, str]:
+    """The evaluated test images (image_id, source, group: the patient)."""
+    return report(task, "test_images.parquet")
+
+
+def gate_record(task: str) -> tuple[str, str, str]:
+    """champion.json: the champion gate's latest decision and its figures."""
+    return report(task, "champion.json")
+
+
+def champion_detections(task: str) -> tuple[str, str, str]:
+    return report(task, "champion_detections.parquet")
