@@ -50,7 +50,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
-# everything that does not train a model (the `slow` marker), in under two minutes
+# everything that does not train a model (the `slow` marker), in about three minutes on 2 cores
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
