@@ -50,23 +50,35 @@ def greedy_match(ious: np.ndarray, iou_thr: float) -> np.ndarray:
     return tp
 
 
+def _image_matches(
+    gt: pd.DataFrame, pred: pd.DataFrame, image_ids, iou_thr: float, max_dets: int = 100
+):
+    """COCO's matching image by image, for one label: per image of `image_ids`, its ground-truth
+    count and the (scores, true-positive flags) of its kept detections (at most `max_dets`, in
+    descending score order)."""
+    gt_at = gt.groupby("image_id", sort=False).indices
+    pred_at = pred.groupby("image_id", sort=False).indices
+    gt_xy, pred_xy = gt[COORDS].to_numpy(float), pred[COORDS].to_numpy(float)
+    pred_score = pred["score"].to_numpy(float)
+    for image_id in image_ids:
+        g, p = gt_at.get(image_id), pred_at.get(image_id)
+        n = 0 if g is None else len(g)
+        if p is None:
+            yield n, np.zeros(0), np.zeros(0, bool)
+            continue
+        p = p[np.argsort(-pred_score[p], kind="mergesort")][:max_dets]
+        boxes = gt_xy[g] if g is not None else np.zeros((0, 4))
+        yield n, pred_score[p], greedy_match(box_iou(pred_xy[p], boxes), iou_thr)
+
+
 def match_label(
     gt: pd.DataFrame, pred: pd.DataFrame, iou_thr: float, max_dets: int = 100
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """For one label: (scores, true-positive flags) of the kept detections, and the GT count."""
-    scores_all, tp_all = [], []
-    gt_groups = {k: g[COORDS].to_numpy(float) for k, g in gt.groupby("image_id", sort=False)}
-    for image_id, p in pred.groupby("image_id", sort=False):
-        p = p.sort_values("score", ascending=False, kind="mergesort").head(max_dets)
-        boxes = p[COORDS].to_numpy(float)
-        g = gt_groups.get(image_id, np.zeros((0, 4)))
-        ious = box_iou(boxes, g)
-        tp = greedy_match(ious, iou_thr)
-        scores_all.append(p["score"].to_numpy(float))
-        tp_all.append(tp)
-    if not scores_all:
-        return np.zeros(0), np.zeros(0, bool), len(gt)
-    return np.concatenate(scores_all), np.concatenate(tp_all), len(gt)
+    images = pred.groupby("image_id", sort=False).indices.keys()
+    matched = list(_image_matches(gt, pred, images, iou_thr, max_dets))
+    scores = _cat([s for _, s, _ in matched], float)
+    return scores, _cat([t for _, _, t in matched], bool), len(gt)
 
 
 def pr_curve(
@@ -296,27 +308,13 @@ class _Matched:
     def __init__(
         self, gt: pd.DataFrame, pred: pd.DataFrame, ids: list, iou_thr: float, max_dets: int = 100
     ):
-        index = {image_id: k for k, image_id in enumerate(ids)}
         self.n_gt = np.zeros(len(ids), np.int64)
-        gt_at, pred_at = (
-            gt.groupby("image_id", sort=False).indices,
-            pred.groupby("image_id", sort=False).indices,
-        )
-        gt_xy, pred_xy = gt[COORDS].to_numpy(float), pred[COORDS].to_numpy(float)
-        pred_score = pred["score"].to_numpy(float)
         img, score, tp = [], [], []
-        for image_id in ids:
-            g, p = gt_at.get(image_id), pred_at.get(image_id)
-            k = index[image_id]
-            if g is not None:
-                self.n_gt[k] = len(g)
-            if p is None:
-                continue
-            p = p[np.argsort(-pred_score[p], kind="mergesort")][:max_dets]
-            boxes = gt_xy[g] if g is not None else np.zeros((0, 4))
-            tp.append(greedy_match(box_iou(pred_xy[p], boxes), iou_thr))
-            score.append(pred_score[p])
-            img.append(np.full(len(p), k))
+        for k, (n, s, t) in enumerate(_image_matches(gt, pred, ids, iou_thr, max_dets)):
+            self.n_gt[k] = n
+            score.append(s)
+            tp.append(t)
+            img.append(np.full(len(s), k))
         score, tp, img = _cat(score, float), _cat(tp, bool), _cat(img, np.int64)
         order = np.argsort(-score, kind="mergesort")
         self.score, self.tp, self.img = score[order], tp[order], img[order]
@@ -401,33 +399,9 @@ def _interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def bootstrap_ci(
-    ground_truth: pd.DataFrame,
-    predictions: pd.DataFrame,
-    labels,
-    image_ids,
-    n_boot: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
-    groups=None,
-    conf: float | None = None,
-    min_boxes: int = MIN_TEST_BOXES,
-    max_dets: int = 100,
-) -> pd.DataFrame:
-    """The interval table of `bootstrap_intervals`."""
-    return bootstrap_intervals(
-        ground_truth,
-        predictions,
-        labels,
-        image_ids,
-        n_boot,
-        seed,
-        alpha,
-        groups,
-        conf,
-        min_boxes,
-        max_dets,
-    )[0]
+def bootstrap_ci(*args, **kwargs) -> pd.DataFrame:
+    """The interval table of `bootstrap_intervals` (same arguments)."""
+    return bootstrap_intervals(*args, **kwargs)[0]
 
 
 def bootstrap_intervals(
