@@ -15,11 +15,6 @@ VBD_ANNOTATIONS = ("vinbigdata", "annotations.parquet")
 VBD_BOXES = ("vinbigdata", "boxes.parquet")
 
 
-def table(folder: str, name: str) -> tuple[str, str]:
-    """A label table written by ingestion (`nih`, `labels` -> nih/labels.parquet)."""
-    return folder, f"{name}.parquet"
-
-
 def quarantine(folder: str, name: str) -> tuple[str, str]:
     """The rows a label table's reader set aside (nih/labels_quarantine.parquet)."""
     return folder, f"{name}_quarantine.parquet"

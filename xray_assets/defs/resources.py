@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from .. import layout
 from ..config import (
     Profile,
     decode_limits,
@@ -275,7 +276,7 @@ def ingest_table(
         context.log.warning(f"{r.source} row {r.row}: {r.reason}")
     if len(quarantine) > 50:
         context.log.warning(f"{src.name}: {len(quarantine) - 50} more quarantined row(s)")
-    st.write_parquet(quarantine, folder, f"{name}_quarantine.parquet")
+    st.write_parquet(quarantine, *layout.quarantine(folder, name))
     return {
         "table": df,
         "quarantine": quarantine,
