@@ -178,13 +178,7 @@ def champion_gate(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.M
     if champ_dets is not None:  # what the gate compared, kept beside the new model's detections
         st.write_parquet(champ_dets, *layout.champion_detections(task.name))
     if held:
-        gate.update(
-            decided=gate["decision"],
-            decision=champion.CHALLENGER if champ is not None else "held",
-            held_by=held,
-            reason=f"held by failing check(s) {', '.join(held)}; the gate's own decision was "
-            f"{gate['decision']} ({gate['reason']})",
-        )
+        gate = champion.hold(gate, held, has_champion=champ is not None)
     tracking.tag_version(
         xray.tracking_uri,
         model_name,
