@@ -115,3 +115,33 @@ def test_settings_resolve_without_writing_defaults_into_the_environment(monkeypa
         resource.root == str(settings.storage_dir)
         and resource.tracking_uri == settings.mlflow_tracking_uri
     )
+
+
+def test_one_resolution_for_resource_cli_and_app(monkeypatch, tmp_path):
+    """The Dagster resource, the CLI and the web app read their settings through one function,
+    `Settings.resolve`: a field set on the resource wins over its variable, a variable over the
+    default, and the limits the web app and the decoders use come from the same object.
+    Catches: the resource resolving a setting its own way (a second copy of the defaults or of the
+    storage-root rule) and disagreeing with the CLI."""
+    from xray_assets.config import ENV_DEFAULTS, Settings
+    from xray_assets.defs.resources import XrayResource
+
+    for name in ENV_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XRAY_STORAGE_DIR", str(tmp_path / "store"))
+    monkeypatch.setenv("XRAY_DECODE_WORKERS", "3")
+    monkeypatch.setenv("XRAY_TORCH_THREADS", "5")
+    monkeypatch.setenv("XRAY_ALLOW_DOWNLOADS", "no")
+    resource = XrayResource(profile="smoke", storage_dir="s3://bucket/prefix/")
+    settings = resource.settings
+    assert settings == Settings.resolve(profile="smoke", storage_dir="s3://bucket/prefix/")
+    assert settings.profile == "smoke" and settings.storage_dir == "s3://bucket/prefix"
+    assert resource.storage.url == "s3://bucket/prefix/smoke"
+    assert settings.decode.workers == 3 and settings.threads() == 5
+    assert settings.downloads_allowed() is False
+    assert Settings.resolve(profile="study").downloads_allowed() is False  # the variable wins
+    monkeypatch.delenv("XRAY_ALLOW_DOWNLOADS")
+    assert Settings.resolve(profile="study").downloads_allowed() is True  # the profile's own
+    plain = Settings.from_env()
+    assert plain.storage_dir == (tmp_path / "store").resolve() and plain.profile == "demo"
+    assert XrayResource().settings == plain

@@ -9,7 +9,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from xray_assets.config import get_profile
+from xray_assets.config import Settings, get_profile
 from xray_assets.core import train as core_train
 from xray_assets.core.dicom import file_sha256
 from xray_assets.core.synthetic import toy_yolo_dataset
@@ -105,7 +105,7 @@ def test_study_profile_offline_without_weights_fails_before_training_naming_the_
         core_train.resolve_init(
             get_profile("study").train,
             weights_dir=weights,
-            allow_downloads=get_profile("study").downloads_allowed(),
+            allow_downloads=Settings.resolve(profile="study").downloads_allowed(),
         )
     assert "from_scratch: true" in str(err.value)
     # the asset stops there, before it reads a dataset or opens an MLflow run

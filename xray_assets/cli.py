@@ -26,10 +26,10 @@ def cmd_sample_data(args) -> int:
 
 
 def cmd_sample_drop(args) -> int:
-    from .config import Settings
+    from .config import current
     from .core.synthetic import write_drop
 
-    inbox = Path(args.inbox) if args.inbox else Settings.from_env().inbox_dir
+    inbox = Path(args.inbox) if args.inbox else current().inbox_dir
     folder = write_drop(
         inbox / args.name,
         args.format,
@@ -46,9 +46,7 @@ def task_table(storage_root, profile: str, tasks) -> list[str]:
     from .config import get_profile
     from .storage import Storage
 
-    st = Storage(
-        f"{storage_root}/{profile}" if "://" in str(storage_root) else Path(storage_root) / profile
-    )
+    st = Storage.for_profile(storage_root, profile)
     rows = [
         f"  {'task':22s} {'mAP50':>6s} {'95% CI':>13s} {'AP@.4':>6s} {'mAP50-95':>8s} {'CPM':>6s} {'CPM-IoU':>7s}   "
         f"operating point: macro P / R, micro P / R at conf   init"
@@ -86,8 +84,9 @@ def task_table(storage_root, profile: str, tasks) -> list[str]:
 
 def cmd_materialize(args) -> int:
     from .backfill import ensure_dagster_home, materialize, summary_lines
-    from .config import Settings, get_profile
+    from .config import current, get_profile
     from .core.classes import TASK_NAMES
+    from .storage import Storage
 
     run_config = None
     if args.config:
@@ -99,7 +98,7 @@ def cmd_materialize(args) -> int:
                 f"{args.config}: run config must be a mapping (ops:/resources:), got {type(run_config).__name__}"
             )
     ensure_dagster_home()
-    settings = Settings.from_env()
+    settings = current()
     profile = get_profile(args.profile).name
     select = [s.strip() for s in args.select.split(",")] if args.select else None
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
@@ -117,9 +116,10 @@ def cmd_materialize(args) -> int:
         "per-task test figures (threshold-free AP with patient-level bootstrap CI; operating point at the tuned conf):"
     )
     print("\n".join(task_table(settings.storage_dir, profile, tasks or TASK_NAMES)))
-    report = Path(str(settings.storage_dir)) / profile / Path(*layout.report("study"))
-    if "://" in str(settings.storage_dir) or report.exists():
-        print(f"study report: {report}")
+    st = Storage.for_profile(settings.storage_dir, profile)
+    parts = layout.report("study")
+    if st.exists(*parts):
+        print(f"study report: {'/'.join((st.url, *parts)) if st.remote else st.local_path(*parts)}")
     print(
         "Dagster UI: make ui, then http://127.0.0.1:3000 (the Backfills page shows this one); "
         f"MLflow UI: http://127.0.0.1:5000 (store {settings.mlflow_tracking_uri})"

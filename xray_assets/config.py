@@ -6,6 +6,7 @@ A profile is data: nothing else in the code branches on a profile's name.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,14 +116,6 @@ class Profile:
     def experiment(self) -> str:
         return f"{self.registry_prefix}-assets"
 
-    def downloads_allowed(self) -> bool:
-        forced = os.environ.get("XRAY_ALLOW_DOWNLOADS", "").strip().lower()
-        if forced in ("1", "true", "yes"):
-            return True
-        if forced in ("0", "false", "no"):
-            return False
-        return self.allow_downloads
-
     def as_params(self) -> dict[str, Any]:
         """A flat dict of every setting, for MLflow params and Dagster metadata."""
         flat: dict[str, Any] = {}
@@ -206,52 +199,15 @@ PROFILES: dict[str, Profile] = {
 
 
 def get_profile(name: str | None = None) -> Profile:
-    name = name or os.environ.get("XRAY_PROFILE", "demo")
+    name = name or env("XRAY_PROFILE")
     try:
         return PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Where things live, read from the environment (DESIGN "Public surface")."""
-
-    data_dir: Path
-    storage_dir: Path | str  # a folder, or an object-store URL (s3://bucket/prefix)
-    profile: str
-    mlflow_tracking_uri: str
-    inbox_dir: Path | None = None  # default: <data_dir>/inbox
-    champion_margin: float = (
-        0.01  # a new model may be this much worse (test mAP50) and still be champion
-    )
-    retrain_cron: str = "0 3 * * 1"  # the retraining schedule (stopped by default)
-    weights_dir: Path | None = (
-        None  # pretrained checkpoints by file name; default: default_weights_dir()
-    )
-
-    @classmethod
-    def from_env(cls) -> "Settings":
-        raw = env("XRAY_STORAGE_DIR")
-        storage = raw.rstrip("/") if "://" in raw else Path(raw).expanduser().resolve()
-        data = Path(env("XRAY_DATA_DIR")).expanduser().resolve()
-        profile = env("XRAY_PROFILE")
-        uri = env("MLFLOW_TRACKING_URI") or default_mlflow_uri(storage)
-        inbox = env("XRAY_INBOX_DIR")
-        return cls(
-            data_dir=data,
-            storage_dir=storage,
-            profile=profile,
-            mlflow_tracking_uri=uri,
-            inbox_dir=Path(inbox).expanduser().resolve() if inbox else default_inbox(data),
-            champion_margin=float(env("XRAY_CHAMPION_MARGIN")),
-            retrain_cron=env("XRAY_RETRAIN_CRON"),
-            weights_dir=default_weights_dir(),
-        )
-
-
-#: the settings the environment may leave unset and their defaults, written once (DESIGN "Public
-#: surface"); read with `env`, never written back into os.environ
+#: every setting the environment may give and its default, written once (DESIGN "Public surface");
+#: `Settings.resolve` reads them, nothing writes them back into os.environ
 ENV_DEFAULTS = {
     "XRAY_DATA_DIR": "data/sample",
     "XRAY_STORAGE_DIR": "storage",
@@ -262,32 +218,152 @@ ENV_DEFAULTS = {
     "XRAY_CHAMPION_MARGIN": "0.01",
     "XRAY_WEIGHTS_DIR": "",
     "XRAY_RETRAIN_CRON": "0 3 * * 1",
+    "XRAY_ALLOW_DOWNLOADS": "",
+    "XRAY_TORCH_THREADS": "",
+    "XRAY_MAX_UPLOAD_MB": "50",
+    "XRAY_MAX_MEGAPIXELS": str(DecodeLimits.max_megapixels),
+    "XRAY_DECODE_WORKERS": str(DecodeLimits.workers),
+    "XRAY_DECODE_TIMEOUT_S": str(DecodeLimits.timeout_s),
+    "XRAY_DECODE_MEMORY_MB": str(DecodeLimits.memory_mb),
+}
+
+#: Settings field -> its environment variable (the Dagster resource's fields use the same names)
+FIELD_ENV = {
+    "data_dir": "XRAY_DATA_DIR",
+    "storage_dir": "XRAY_STORAGE_DIR",
+    "profile": "XRAY_PROFILE",
+    "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
+    "mlflow_ui_url": "XRAY_MLFLOW_UI",
+    "inbox_dir": "XRAY_INBOX_DIR",
+    "champion_margin": "XRAY_CHAMPION_MARGIN",
+    "weights_dir": "XRAY_WEIGHTS_DIR",
+    "retrain_cron": "XRAY_RETRAIN_CRON",
+    "allow_downloads": "XRAY_ALLOW_DOWNLOADS",
+    "torch_threads": "XRAY_TORCH_THREADS",
+    "max_upload_mb": "XRAY_MAX_UPLOAD_MB",
 }
 
 
 def env(name: str) -> str:
-    """A setting: its environment variable when set (and not empty), else its default."""
+    """A setting's raw value: its environment variable when set (and not empty), else its default."""
     return os.environ.get(name) or ENV_DEFAULTS[name]
+
+
+def _flag(raw: str) -> bool | None:
+    raw = raw.strip().lower()
+    return True if raw in ("1", "true", "yes") else False if raw in ("0", "false", "no") else None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The one configuration object: where things live and what a process may do, resolved from
+    the environment (DESIGN "Public surface") in one place, `resolve`. Every entry point (the
+    Dagster resource, the CLI, the web app, the schedule) holds one of these."""
+
+    data_dir: Path
+    storage_dir: Path | str  # a folder, or an object-store URL (s3://bucket/prefix)
+    profile: str
+    mlflow_tracking_uri: str
+    mlflow_ui_url: str = ENV_DEFAULTS["XRAY_MLFLOW_UI"]
+    inbox_dir: Path | None = None  # default: <data_dir>/inbox
+    #: a new model may be this much worse (test mAP50) and still be champion
+    champion_margin: float = 0.01
+    retrain_cron: str = ENV_DEFAULTS[
+        "XRAY_RETRAIN_CRON"
+    ]  # the retraining schedule (stopped by default)
+    #: pretrained checkpoints by file name; default: <cache root>/weights
+    weights_dir: Path | None = None
+    #: may ultralytics download pretrained weights: None leaves it to the profile
+    allow_downloads: bool | None = None
+    #: torch threads per step; None: half the cores (the local instance runs two runs side by side)
+    torch_threads: int | None = None
+    max_upload_mb: float = 50.0
+    decode: DecodeLimits = field(default_factory=DecodeLimits)
+
+    @classmethod
+    def resolve(cls, **given: Any) -> "Settings":
+        """Each field from `given` (a run's resource config) when not empty, else its environment
+        variable, else its default."""
+
+        def raw(name: str) -> str:
+            value = given.get(name)
+            return str(value) if value not in (None, "") else env(FIELD_ENV[name])
+
+        root = raw("storage_dir")
+        storage = root.rstrip("/") if "://" in root else Path(root).expanduser().resolve()
+        data = Path(raw("data_dir")).expanduser().resolve()
+        inbox, weights, threads = raw("inbox_dir"), raw("weights_dir"), raw("torch_threads")
+        return cls(
+            data_dir=data,
+            storage_dir=storage,
+            profile=raw("profile"),
+            mlflow_tracking_uri=raw("mlflow_tracking_uri") or default_mlflow_uri(storage),
+            mlflow_ui_url=raw("mlflow_ui_url"),
+            inbox_dir=Path(inbox).expanduser().resolve() if inbox else default_inbox(data),
+            champion_margin=float(raw("champion_margin")),
+            retrain_cron=raw("retrain_cron"),
+            weights_dir=Path(weights).expanduser().resolve()
+            if weights
+            else cache_dir() / "weights",
+            allow_downloads=_flag(raw("allow_downloads")),
+            torch_threads=int(threads) if threads else None,
+            max_upload_mb=float(raw("max_upload_mb")),
+            decode=DecodeLimits(
+                max_megapixels=float(env("XRAY_MAX_MEGAPIXELS")),
+                workers=int(env("XRAY_DECODE_WORKERS")),
+                timeout_s=float(env("XRAY_DECODE_TIMEOUT_S")),
+                memory_mb=int(env("XRAY_DECODE_MEMORY_MB")),
+            ),
+        )
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        return cls.resolve()
+
+    @property
+    def config(self) -> Profile:
+        """The profile's settings (an unknown name is an error naming the choices)."""
+        return get_profile(self.profile)
+
+    @property
+    def storage(self):
+        """This profile's artefacts: <storage_dir>/<profile>/ (profiles never overwrite each other)."""
+        from .storage import Storage
+
+        return Storage.for_profile(self.storage_dir, self.config.name)
+
+    @property
+    def shared(self):
+        """What all profiles share: accepted annotation drops (data, not results)."""
+        from .storage import Storage
+
+        return Storage(self.storage_dir)
+
+    def downloads_allowed(self) -> bool:
+        """XRAY_ALLOW_DOWNLOADS when set, else the profile's `allow_downloads`."""
+        return self.config.allow_downloads if self.allow_downloads is None else self.allow_downloads
+
+    def threads(self) -> int:
+        return self.torch_threads or max(1, (os.cpu_count() or 2) // 2)
+
+
+@functools.cache
+def current() -> Settings:
+    """This process's settings, resolved once (the CLI, the web app, the schedule)."""
+    return Settings.resolve()
 
 
 def decode_limits() -> DecodeLimits:
     """XRAY_MAX_MEGAPIXELS (what an image may declare), XRAY_DECODE_WORKERS (decodes at once),
     XRAY_DECODE_TIMEOUT_S and XRAY_DECODE_MEMORY_MB (what one decode may take)."""
-    d = DecodeLimits()
-    env = os.environ.get
-    return DecodeLimits(
-        max_megapixels=float(env("XRAY_MAX_MEGAPIXELS", d.max_megapixels)),
-        workers=int(env("XRAY_DECODE_WORKERS", d.workers)),
-        timeout_s=float(env("XRAY_DECODE_TIMEOUT_S", d.timeout_s)),
-        memory_mb=int(env("XRAY_DECODE_MEMORY_MB", d.memory_mb)),
-        max_tasks=d.max_tasks,
-    )
+    return Settings.resolve().decode
 
 
 def default_weights_dir() -> Path:
     """Where pretrained checkpoints are looked for (and downloaded to, where allowed)."""
-    raw = os.environ.get("XRAY_WEIGHTS_DIR")
-    return Path(raw).expanduser().resolve() if raw else cache_dir() / "weights"
+    weights = Settings.resolve().weights_dir
+    assert weights is not None
+    return weights
 
 
 def default_inbox(data_dir: Path | str) -> Path:
@@ -297,7 +373,7 @@ def default_inbox(data_dir: Path | str) -> Path:
 
 def default_mlflow_uri(storage_dir: Path | str) -> str:
     """The embedded store under the storage root; with an object-store root (which sqlite cannot
-    live on) a local one under ~/.cache: a team sets MLFLOW_TRACKING_URI to its server instead."""
+    live on) a local one under the cache root: a team sets MLFLOW_TRACKING_URI to its server instead."""
     if "://" in str(storage_dir):
         return f"sqlite:///{cache_dir() / 'mlflow' / 'mlflow.db'}"
     return f"sqlite:///{Path(storage_dir).resolve() / 'mlflow' / 'mlflow.db'}"

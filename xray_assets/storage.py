@@ -108,6 +108,11 @@ class Storage:
             self.url = str(self.root)
             self.mirror = self.root
 
+    @classmethod
+    def for_profile(cls, root: str | os.PathLike, profile: str) -> "Storage":
+        """A profile's artefacts under a storage root: <root>/<profile>/."""
+        return cls(f"{str(root).rstrip('/')}/{profile}" if is_url(root) else Path(root) / profile)
+
     # -- where things are ----------------------------------------------------------------------
     def local_path(self, *parts: str) -> Path:
         """Where `parts` is (or will be) on this machine: under the root, or under the mirror."""

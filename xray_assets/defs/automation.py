@@ -17,7 +17,7 @@ import hashlib
 import dagster as dg
 
 from ..codeversion import code_version as _code_version
-from ..config import Settings
+from ..config import current
 
 #: The three label readers: a new drop (or the weekly schedule) re-materialises these.
 LABEL_ASSETS = ["nih_labels", "nih_boxes", "vinbigdata_annotations"]
@@ -122,7 +122,7 @@ def retrain_schedule(cron: str | None = None) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(
         name="weekly_retrain",
         job=ingest_labels_job,
-        cron_schedule=cron or Settings.from_env().retrain_cron,
+        cron_schedule=cron or current().retrain_cron,
         default_status=dg.DefaultScheduleStatus.STOPPED,
         description="Re-ingest the labels on a cron (XRAY_RETRAIN_CRON, weekly by default): whatever changed in "
         "the raw files since retrains downstream; unchanged files retrain nothing. Stopped until "

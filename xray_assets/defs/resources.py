@@ -8,15 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from .. import layout
-from ..config import (
-    Profile,
-    decode_limits,
-    default_inbox,
-    default_mlflow_uri,
-    default_weights_dir,
-    env,
-    get_profile,
-)
+from ..config import FIELD_ENV, Profile, Settings, current
 from ..core.classes import TASK_NAMES
 from ..core.isolation import DecodeLimits
 from ..storage import Storage
@@ -58,16 +50,18 @@ CONVERSION_STEP_TAGS = {
 
 #: resource field -> the environment variable it is bound to (defaults: config.ENV_DEFAULTS)
 ENV_FIELDS = {
-    "data_dir": "XRAY_DATA_DIR",
-    "storage_dir": "XRAY_STORAGE_DIR",
-    "profile": "XRAY_PROFILE",
-    "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
-    "mlflow_ui_url": "XRAY_MLFLOW_UI",
-    "inbox_dir": "XRAY_INBOX_DIR",
-    "champion_margin": "XRAY_CHAMPION_MARGIN",
-    "weights_dir": "XRAY_WEIGHTS_DIR",
+    f: FIELD_ENV[f]
+    for f in (
+        "data_dir",
+        "storage_dir",
+        "profile",
+        "mlflow_tracking_uri",
+        "mlflow_ui_url",
+        "inbox_dir",
+        "champion_margin",
+        "weights_dir",
+    )
 }
-_env = env
 
 
 class XrayResource(dg.ConfigurableResource):
@@ -120,13 +114,22 @@ class XrayResource(dg.ConfigurableResource):
         return cls(**{f: dg.EnvVar(var) for f, var in ENV_FIELDS.items() if os.environ.get(var)})
 
     @property
+    def settings(self) -> Settings:
+        """This run's settings: the fields set here, else their variables, else the defaults (one
+        resolution, `config.Settings.resolve`, shared with the CLI and the web app)."""
+        given = {f: getattr(self, f) for f in ENV_FIELDS}
+        # outside a run (tests, the CLI) a bound field is still its `dg.EnvVar`
+        return Settings.resolve(
+            **{f: v.get_value() if isinstance(v, dg.EnvVar) else v for f, v in given.items()}
+        )
+
+    @property
     def profile_name(self) -> str:
-        return self.profile or _env("XRAY_PROFILE")
+        return self.settings.profile
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        name = get_profile(
-            self.profile_name
-        ).name  # an unknown profile fails the run here, with the choices
+        # an unknown profile fails the run here, with the choices
+        name = self.config.name
         run = context.run
         if run is not None and context.instance is not None and run.tags.get(PROFILE_TAG) != name:
             context.instance.add_run_tags(run.run_id, {PROFILE_TAG: name})
@@ -134,57 +137,54 @@ class XrayResource(dg.ConfigurableResource):
     # -- where things are ----------------------------------------------------------------------
     @property
     def root(self) -> str:
-        raw = str(self.storage_dir or _env("XRAY_STORAGE_DIR"))
-        return raw.rstrip("/") if "://" in raw else str(Path(raw).expanduser().resolve())
+        return str(self.settings.storage_dir)
 
     @property
     def storage(self) -> Storage:
         """This profile's artefacts: <storage_dir>/<profile>/ (profiles never overwrite each other)."""
-        name = self.profile_name
-        return Storage(f"{self.root}/{name}" if "://" in self.root else Path(self.root) / name)
+        return self.settings.storage
 
     @property
     def shared(self) -> Storage:
         """What all profiles share: accepted annotation drops (data, not results)."""
-        return Storage(self.root)
+        return self.settings.shared
 
     @property
     def config(self) -> Profile:
-        return get_profile(self.profile_name)
+        return self.settings.config
 
     @property
     def tracking_uri(self) -> str:
-        return (
-            self.mlflow_tracking_uri or env("MLFLOW_TRACKING_URI") or default_mlflow_uri(self.root)
-        )
+        return self.settings.mlflow_tracking_uri
 
     @property
     def margin(self) -> float:
-        return float(self.champion_margin or _env("XRAY_CHAMPION_MARGIN"))
+        return self.settings.champion_margin
 
     @property
     def inbox(self) -> Path:
-        raw = self.inbox_dir or env("XRAY_INBOX_DIR")
-        return Path(raw).expanduser().resolve() if raw else default_inbox(self.data())
+        inbox = self.settings.inbox_dir
+        assert inbox is not None
+        return inbox
 
     @property
     def weights(self) -> Path:
-        raw = self.weights_dir or env("XRAY_WEIGHTS_DIR")
-        return Path(raw).expanduser().resolve() if raw else default_weights_dir()
+        weights = self.settings.weights_dir
+        assert weights is not None
+        return weights
 
     @property
     def decode(self) -> DecodeLimits:
         """The pixel budget and the isolated decoders' limits (XRAY_MAX_MEGAPIXELS, XRAY_DECODE_*)."""
-        return decode_limits()
+        return self.settings.decode
 
     def data(self, *parts: str) -> Path:
-        return Path(self.data_dir or _env("XRAY_DATA_DIR")).expanduser().resolve().joinpath(*parts)
+        return self.settings.data_dir.joinpath(*parts)
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
+        s = self.settings
         base = (
-            self.tracking_uri
-            if self.tracking_uri.startswith("http")
-            else (self.mlflow_ui_url or _env("XRAY_MLFLOW_UI"))
+            s.mlflow_tracking_uri if s.mlflow_tracking_uri.startswith("http") else s.mlflow_ui_url
         )
         return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
@@ -194,7 +194,7 @@ def share_cores() -> int:
     of them, since the local instance runs two runs side by side. Returns the thread count."""
     import torch
 
-    n = int(os.environ.get("XRAY_TORCH_THREADS") or max(1, (os.cpu_count() or 2) // 2))
+    n = current().threads()
     torch.set_num_threads(n)
     return n
 

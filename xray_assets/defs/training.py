@@ -97,7 +97,7 @@ def trained_models(
         weights=config.weights,
         from_scratch=config.from_scratch,
         weights_dir=xray.weights,
-        allow_downloads=profile.downloads_allowed(),
+        allow_downloads=xray.settings.downloads_allowed(),
         log=context.log.info,
     )
     tracking.ensure_store(xray.tracking_uri)

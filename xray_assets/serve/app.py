@@ -15,7 +15,6 @@ Nothing from a DICOM header is returned or logged, nor is the uploaded file's na
 import asyncio
 import base64
 import logging
-import os
 import threading
 import time
 import uuid
@@ -25,13 +24,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..config import decode_limits
+from ..config import current
 from ..core.isolation import DecodeLimits, IsolatedPool, failure_reason
 from .decode import UploadError, check_upload, decode
 from .models import ServedModel
 
 log = logging.getLogger("xray_assets.serve")
-DEFAULT_LIMIT_MB = float(os.environ.get("XRAY_MAX_UPLOAD_MB", "50"))
 PALETTE = [
     (66, 135, 245),
     (245, 130, 48),
@@ -172,14 +170,17 @@ def _panels(gray: np.ndarray, result: dict, panel: list[ServedModel]) -> dict:
 
 
 def create_app(
-    panel: list[ServedModel], limit_mb: float = DEFAULT_LIMIT_MB, limits: DecodeLimits | None = None
+    panel: list[ServedModel],
+    limit_mb: float | None = None,
+    limits: DecodeLimits | None = None,
 ):
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.concurrency import run_in_threadpool
 
+    limit_mb = current().max_upload_mb if limit_mb is None else limit_mb
     limit = int(limit_mb * 1024 * 1024)
-    limits = limits or decode_limits()
+    limits = limits or current().decode
     pools: list[IsolatedPool] = []
     lock = threading.Lock()
 

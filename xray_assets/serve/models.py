@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import layout, tracking
-from ..config import Settings, configure_ultralytics, get_profile
+from ..config import Settings, configure_ultralytics, current
 from ..core.classes import SERVED_TASKS, TASKS
 from ..core.detection import DetectionRule, detect
 from ..storage import Storage
@@ -150,9 +150,7 @@ def _registry_weights(
 
 
 def resolve(settings: Settings, task: str, backend: str = "openvino") -> ServedModel:
-    profile = get_profile(settings.profile)
-    root = str(settings.storage_dir)
-    st = Storage(f"{root}/{profile.name}" if "://" in root else Path(root) / profile.name)
+    profile, st = settings.config, settings.storage
     spec = TASKS[task]
     found = _registry_weights(settings, profile.model_name(task), st, task)
     info = st.read_json(*layout.model_info(task)) if st.exists(*layout.model_info(task)) else {}
@@ -196,7 +194,7 @@ def resolve(settings: Settings, task: str, backend: str = "openvino") -> ServedM
 def load_panel(
     settings: Settings | None = None, backend: str = "openvino", tasks=SERVED_TASKS
 ) -> list[ServedModel]:
-    settings = settings or Settings.from_env()
+    settings = settings or current()
     panel = []
     for task in tasks:
         t0 = time.time()
