@@ -86,3 +86,51 @@ def test_each_artefact_file_name_is_spelled_in_one_module():
     assert {"model.json", "boxes.parquet", "champion.json"} <= set(where), (
         "the scan sees the layout"
     )
+
+
+def test_the_records_assets_hand_each_other_are_read_and_written_in_one_module():
+    """The model's record, the detection rule and the evaluation summary go through `records.py`:
+    no other module opens their files (a second reader is a dict contract kept by hand).
+    Catches: an asset reading model.json with `st.read_json(*layout.model_info(...))` again."""
+    import re
+
+    opened = re.compile(r"layout\.(model_info|rule|summary)\(")
+    readers = sorted(
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if p.name not in ("records.py", "layout.py") and opened.search(p.read_text())
+    )
+    assert not readers, f"modules opening a record's file themselves: {readers}"
+
+
+def test_records_round_trip_and_read_what_an_older_release_wrote(tmp_path):
+    """Catches: a record losing a field on its way through the file (NaN figures, the rule, the
+    version as a string), or refusing a file with a key it does not know."""
+    import math
+
+    from xray_assets import layout
+    from xray_assets.core.detection import DetectionRule
+    from xray_assets.records import EvaluationSummary, ModelRecord, find_rule, write_rule
+    from xray_assets.storage import Storage
+
+    st = Storage(tmp_path)
+    model = ModelRecord(task="nih_binary", model_version="3", imgsz=160, classes=("Finding",))
+    model.write(st)
+    assert ModelRecord.read(st, "nih_binary") == model
+    st.write_json(
+        {**model.as_dict(), "model_version": 4, "written_by": "0.1"}, *layout.model_info("x")
+    )
+    older = ModelRecord.read(st, "x")
+    assert older.model_version == "4" and older.classes == ("Finding",)
+    assert ModelRecord.find(st, "absent") is None and find_rule(st, "absent") is None
+    rule = DetectionRule(conf=0.2, iou=0.5, agnostic=True)
+    write_rule(st, "nih_binary", rule, {"objective": 0.5})
+    assert find_rule(st, "nih_binary") == rule
+    summary = EvaluationSummary("nih_binary", {"map50": 0.5, "cpm_iou": float("nan")}, rule, "3")
+    summary.write(st)
+    again = EvaluationSummary.read(st, "nih_binary")
+    assert again.rule == rule and again.model_version == "3" and again.figures["map50"] == 0.5
+    assert (
+        math.isnan(again.figures["cpm_iou"])
+        and st.read_json(*layout.summary("nih_binary"))["cpm_iou"] is None
+    ), "NaN is null in the file, NaN again when read"

@@ -44,35 +44,19 @@ def cmd_sample_drop(args) -> int:
 def task_table(storage_root, profile: str, tasks) -> list[str]:
     """The per-task lines `make demo` prints: threshold-free test AP and the operating point."""
     from .config import get_profile
+    from .core import evaluation as core_eval
+    from .records import EvaluationSummary
     from .storage import Storage
 
     st = Storage.for_profile(storage_root, profile)
-    rows = [
-        f"  {'task':22s} {'mAP50':>6s} {'95% CI':>13s} {'AP@.4':>6s} {'mAP50-95':>8s} {'CPM':>6s} {'CPM-IoU':>7s}   "
-        f"operating point: macro P / R, micro P / R at conf   init"
-    ]
+    rows = [core_eval.TABLE_HEADER]
     for t in tasks:
-        if not st.exists(*layout.summary(t)):
+        found = EvaluationSummary.find(st, t)
+        if found is None:
             rows.append(f"  {t:22s} not evaluated")
             continue
-        s = st.read_json(*layout.summary(t))
-        if s.get("map50") is None:
-            rows.append(f"  {t:22s} n/a (the test split has no boxes of this task)")
-            continue
-        ci = (
-            f"{s['map50_ci_low']:6.3f}-{s['map50_ci_high']:.3f}"
-            if s.get("map50_ci_low") is not None
-            else f"{'too few (' + str(s['test_boxes']) + ')':>13s}"
-            if "too few" in (s.get("map50_ci_note") or "")
-            else f"{'n/a':>13s}"
-        )
         rows.append(
-            f"  {t:22s} {s['map50']:6.3f} {ci} {s['map_iou40']:6.3f} {s['map50_95']:8.3f} "
-            f"{s['cpm_luna16']:6.3f} {s['cpm_iou']:7.3f}   "
-            f"{s['precision_macro']:.3f} / {s['recall_macro']:.3f}, {s['precision_micro']:.3f} / "
-            f"{s['recall_micro']:.3f} at conf > {s['conf']:g} (iou {s['iou']:g})   "
-            f"{s.get('init')}  [{s['test_images']} images, {s['test_patients']} patients, "
-            f"{s['test_boxes']} boxes]"
+            core_eval.table_row(t, found.figures, found.rule.conf, found.rule.iou, found.init)
         )
     rows.append(
         f"  (CI: patient-level bootstrap; too few: under {get_profile(profile).min_test_boxes} test boxes per "

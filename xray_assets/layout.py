@@ -24,6 +24,12 @@ NIH_LABELS_QUARANTINE = quarantine("nih", "labels")
 NIH_BOXES_QUARANTINE = quarantine("nih", "boxes")
 VBD_ANNOTATIONS_QUARANTINE = quarantine("vinbigdata", "annotations")
 
+
+def conversion_manifest(shard: str) -> tuple[str, str, str]:
+    """One conversion shard's manifest: id, path, sizes, source hash, status of each DICOM."""
+    return "vinbigdata", "images", f"manifest-{shard}.parquet"
+
+
 # -- splits and the task datasets ----------------------------------------------------------------
 SPLITS = ("datasets", "splits.parquet")
 

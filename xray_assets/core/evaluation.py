@@ -15,6 +15,7 @@ and the same finding, with a paired patient-level bootstrap interval of the diff
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,9 @@ from .metrics import (
     too_few,
 )
 from .report import md_table
+
+if TYPE_CHECKING:  # the record's module reads and writes files; core only reads its fields
+    from ..records import ModelRecord
 
 INTERPOLATION = "COCO 101-point interpolated precision, greedy matching by score, at most 100 detections per image"
 
@@ -196,6 +200,100 @@ def evaluate_task(
     )
 
 
+#: the operating point's figures, both averages
+OPERATING_KEYS = tuple(f"{m}_{a}" for a in AVERAGES for m in ("precision", "recall", "f1"))
+
+
+def _r4(x) -> float | None:
+    return None if x is None or x != x else round(float(x), 4)
+
+
+def progress_line(task: str, s: dict, conf: float, n_images: int, n_boxes: int) -> str:
+    """The evaluation's one log line."""
+    return (
+        f"{task}: test mAP50 {s['map50']:.3f} (threshold-free), operating point conf > {conf:g}: "
+        f"macro P {s['precision_macro']:.3f} R {s['recall_macro']:.3f}, micro P "
+        f"{s['precision_micro']:.3f} R {s['recall_micro']:.3f}; CPM {s['cpm_luna16']:.3f} "
+        f"(LUNA16 rule), {s['cpm_iou']:.3f} (IoU rule) ({n_images} images, "
+        f"{s['test_patients']} patients, {n_boxes} boxes)"
+    )
+
+
+def logged_figures(s: dict, n_boot: int, seed: int) -> dict[str, float]:
+    """The summary as the model's MLflow metrics."""
+    return {
+        "test_map50": s["map50"],
+        "test_map_iou40": s["map_iou40"],
+        "test_map50_95": s["map50_95"],
+        "test_cpm_luna16": s["cpm_luna16"],
+        "test_cpm_iou": s["cpm_iou"],
+        **{f"test_op_{k}": s[k] for k in OPERATING_KEYS},
+        "test_map50_ci_low": s["map50_ci_low"],
+        "test_map50_ci_high": s["map50_ci_high"],
+        "test_bootstrap_resamples": n_boot,
+        "test_bootstrap_seed": seed,
+        "test_patients": s["test_patients"],
+        "gate_resolvable_margin": s["gate_resolvable_margin"],
+    }
+
+
+def version_figures(s: dict, n_images: int, n_boxes: int) -> dict[str, str]:
+    """What a registered version is tagged with besides its rule (the web app and the gate read it)."""
+    return {
+        "test_map50": f"{s['map50']:.6f}",
+        "test_images": str(n_images),
+        "test_patients": str(s["test_patients"]),
+        "test_boxes": str(n_boxes),
+    }
+
+
+def figure_metadata(s: dict, conf: float, n_boot: int, seed: int) -> dict:
+    """The summary's scalar figures as the evaluation's catalog entries."""
+    return {
+        "test_patients": s["test_patients"],
+        "test_map50 (threshold-free)": _r4(s["map50"]),
+        "test_map50_ci95": interval_text(s["map50_ci_low"], s["map50_ci_high"], s["map50_ci_note"]),
+        "intervals": intervals_sentence(n_boot, f"the {s['test_patients']} test patients", seed),
+        "test_map_iou40 (threshold-free)": _r4(s["map_iou40"]),
+        "test_map50_95 (threshold-free)": _r4(s["map50_95"]),
+        "operating_point_macro": f"conf > {conf:g}: precision {s['precision_macro']:.3f}, recall "
+        f"{s['recall_macro']:.3f}, F1 {s['f1_macro']:.3f} (mean over classes)",
+        "operating_point_micro": f"conf > {conf:g}: precision {s['precision_micro']:.3f}, recall "
+        f"{s['recall_micro']:.3f}, F1 {s['f1_micro']:.3f} (pooled over boxes)",
+        "froc_cpm_luna16 (comparable)": _r4(s["cpm_luna16"]),
+        "froc_cpm_iou": _r4(s["cpm_iou"]),
+        "gate_resolvable_margin": _r4(s["gate_resolvable_margin"]),
+    }
+
+
+TABLE_HEADER = (
+    f"  {'task':22s} {'mAP50':>6s} {'95% CI':>13s} {'AP@.4':>6s} {'mAP50-95':>8s} {'CPM':>6s} "
+    f"{'CPM-IoU':>7s}   operating point: macro P / R, micro P / R at conf   init"
+)
+
+
+def table_row(task: str, s: dict, conf: float, iou: float, init: str | None) -> str:
+    """A task's line in `make demo`'s per-task table."""
+    if s.get("map50") is None or s["map50"] != s["map50"]:
+        return f"  {task:22s} n/a (the test split has no boxes of this task)"
+    low = s.get("map50_ci_low")
+    ci = (
+        f"{low:6.3f}-{s['map50_ci_high']:.3f}"
+        if low is not None and low == low
+        else f"{'too few (' + str(s['test_boxes']) + ')':>13s}"
+        if "too few" in (s.get("map50_ci_note") or "")
+        else f"{'n/a':>13s}"
+    )
+    return (
+        f"  {task:22s} {s['map50']:6.3f} {ci} {s['map_iou40']:6.3f} {s['map50_95']:8.3f} "
+        f"{s['cpm_luna16']:6.3f} {s['cpm_iou']:7.3f}   "
+        f"{s['precision_macro']:.3f} / {s['recall_macro']:.3f}, {s['precision_micro']:.3f} / "
+        f"{s['recall_micro']:.3f} at conf > {conf:g} (iou {iou:g})   "
+        f"{init}  [{s['test_images']} images, {s['test_patients']} patients, "
+        f"{s['test_boxes']} boxes]"
+    )
+
+
 def interval_text(low: float, high: float, note: str = "") -> str:
     """ "0.512-0.733", or the note ("too few test boxes (n)") where no interval is given."""
     if low == low and high == high:
@@ -265,24 +363,24 @@ def report_markdown(
     profile: str,
     ev: TaskEvaluation,
     rule: DetectionRule,
-    model: dict,
+    model: ModelRecord,
     excluded: pd.DataFrame | None = None,
     n_boot: int | None = None,
 ) -> str:
-    """The per-task evaluation report. `model`: model.json (init, version...)."""
+    """The per-task evaluation report. `model`: the trained model's record (init, version...)."""
     s = ev.summary
     n_boot = s.get("resamples", n_boot)
-    init = model.get("init", "unknown")
+    init = model.init
     ap_ci = interval_clause(s["map50_ci_low"], s["map50_ci_high"], s.get("map50_ci_note", ""))
     who = f"the {s['test_patients']} test patients"
     froc_rules = "; ".join(f"`{k}`: {v}" for k, v in HIT_RULES.items())
     lines = [
         f"# Evaluation: {task}",
         "",
-        f"Profile `{profile}`; model version {model.get('model_version')} (init `{init}`"
-        + (f", sha256 {model['init_sha256'][:12]}" if model.get("init_sha256") else "")
+        f"Profile `{profile}`; model version {model.model_version} (init `{init}`"
+        + (f", sha256 {model.init_sha256[:12]}" if model.init_sha256 else "")
         + ")"
-        + ("; trained on the synthetic sample data" if model.get("trained_on_synthetic") else "")
+        + ("; trained on the synthetic sample data" if model.trained_on_synthetic else "")
         + ".",
         f"Test split: {s['test_images']} images of {s['test_patients']} patients, {s['test_boxes']} boxes. Detection "
         f"rule (tuned on val, served as is): {rule.describe()}.",
@@ -373,8 +471,8 @@ class TaskResult:
 
     name: str
     summary: dict
-    model: dict
-    rule: dict
+    model: ModelRecord
+    rule: DetectionRule
     gt: pd.DataFrame  # test boxes (task labels)
     detections: pd.DataFrame  # the rule at the AP floor on every test image
     images: pd.DataFrame  # test images: image_id, source
@@ -544,8 +642,8 @@ def tasks_table(results: dict[str, TaskResult]) -> pd.DataFrame:
                 "map50_95": s.get("map50_95"),
                 "cpm_luna16": s.get("cpm_luna16"),
                 "cpm_iou": s.get("cpm_iou"),
-                "op_conf": r.rule.get("conf"),
-                "op_iou": r.rule.get("iou"),
+                "op_conf": r.rule.conf,
+                "op_iou": r.rule.iou,
                 **{
                     f"op_{k}": s.get(k)
                     for k in (
@@ -557,8 +655,8 @@ def tasks_table(results: dict[str, TaskResult]) -> pd.DataFrame:
                         "f1_micro",
                     )
                 },
-                "version": r.model.get("model_version"),
-                "init": r.model.get("init"),
+                "version": r.model.model_version,
+                "init": r.model.init,
                 "excluded_images": 0
                 if r.excluded is None
                 else int(r.excluded["image_id"].nunique()),
@@ -663,7 +761,7 @@ def study_markdown(
         f"Regenerated {when} from this materialisation's data.",
         "",
     ]
-    if any(r.model.get("trained_on_synthetic") for r in results.values()):
+    if any(r.model.trained_on_synthetic for r in results.values()):
         md += [
             "> These models learned from the synthetic sample data: the figures show the pipeline works, not how "
             "a model reads real radiographs.",
@@ -744,10 +842,6 @@ def study_markdown(
     if missing:
         md += [f"Not evaluated yet (left out above): {', '.join(missing)}.", ""]
     return "\n".join(md)
-
-
-def nan_to_none(d: dict) -> dict:
-    return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in d.items()}
 
 
 def split_counts(splits: pd.DataFrame) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from ..core import evaluation as core_eval
 from ..core.classes import SERVED_TASKS, TASK_NAMES, TASKS
 from ..core.detection import AP_FLOOR, DetectionRule
 from ..core.report import markdown_to_html
+from ..records import EvaluationSummary, ModelRecord, read_rule, write_rule
 from .automation import code_version, content_version, on_new_data
 from .datasets import patient_splits, yolo_datasets
 from .nih import nih_labels
@@ -29,7 +30,6 @@ from .vinbigdata import vinbigdata_annotations, vinbigdata_boxes
 
 OWNERS = ["team:ml"]
 #: the operating point's figures, both averages (metrics.AVERAGES), as logged to MLflow (test_op_<key>)
-OPERATING_KEYS = tuple(f"{m}_{a}" for a in metrics.AVERAGES for m in ("precision", "recall", "f1"))
 METRICS_SCHEMA = column_schema(
     {
         "label": ("string", "the class"),
@@ -85,13 +85,13 @@ def nms_thresholds(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.
         context.log.warning(
             f"{task.name}: the val split has no boxes of this task; every grid point scores 0"
         )
-    info = st.read_json(*layout.model_info(task.name))
+    info = ModelRecord.read(st, task.name)
     st.localise(images["path"])
     t0 = time.time()
     cands = detection.capture_candidates(
         _model(st, task.name),
         images,
-        int(info["imgsz"]),
+        info.imgsz,
         min(profile.conf_grid),
         progress=lambda n, m: context.log.info(f"{task.name}: val forward pass {n}/{m}"),
     )
@@ -110,14 +110,9 @@ def nms_thresholds(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.
     )
     best = tuning.best_pair(grid)
     rule = base.at(best["conf"], best["iou"])
-    record = {
-        **rule.as_dict(),
-        **{k: best[k] for k in ("objective", "map50", "recall", "precision", "map50_95")},
-        **timing,
-        "pass_seconds": pass_seconds,
-    }
+    scores = {k: best[k] for k in ("objective", "map50", "recall", "precision", "map50_95")}
     st.write_parquet(grid, "tuning", task.name, "grid.parquet")
-    st.write_json(record, *layout.rule(task.name))
+    write_rule(st, task.name, rule, {**scores, **timing, "pass_seconds": pass_seconds})
     st.write_bytes(plots.grid_heatmap(grid, best), "tuning", task.name, "grid.png")
     context.log.info(f"{task.name}: rule {rule.describe()}; val objective {best['objective']:.3f}")
     return dg.MaterializeResult(
@@ -135,7 +130,7 @@ def nms_thresholds(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.
             "forward_pass_seconds": round(pass_seconds, 2),
             "grid_scoring_seconds": round(timing["score_seconds"], 2),
         },
-        data_version=content_version(str(sorted(rule.as_dict().items())), info["run_id"]),
+        data_version=content_version(str(sorted(rule.as_dict().items())), info.run_id),
     )
 
 
@@ -162,8 +157,7 @@ def evaluation_reports(
     task = TASKS[context.partition_key]
     st, profile = xray.storage, xray.config
     share_cores()
-    rule = DetectionRule.from_dict(st.read_json(*layout.rule(task.name)))
-    info = st.read_json(*layout.model_info(task.name))
+    rule, info = read_rule(st, task.name), ModelRecord.read(st, task.name)
     all_images, all_boxes = _task_tables(st, task.name)
     images, gt = core_eval.split(all_images, all_boxes, "test")
     st.localise(images["path"])
@@ -171,7 +165,7 @@ def evaluation_reports(
         _model(st, task.name),
         images,
         rule.at(conf=AP_FLOOR),
-        int(info["imgsz"]),
+        info.imgsz,
         task.classes,
         progress=lambda n, m: context.log.info(f"{task.name}: test image {n}/{m}"),
     )
@@ -202,12 +196,7 @@ def evaluation_reports(
         gate_resolvable_margin=power["resolvable_margin"],
         gate_margin=xray.margin,
     )
-    context.log.info(
-        f"{task.name}: test mAP50 {s['map50']:.3f} (threshold-free), operating point conf > {rule.conf:g}: "
-        f"macro P {s['precision_macro']:.3f} R {s['recall_macro']:.3f}, micro P {s['precision_micro']:.3f} "
-        f"R {s['recall_micro']:.3f}; CPM {s['cpm_luna16']:.3f} (LUNA16 rule), {s['cpm_iou']:.3f} (IoU rule) "
-        f"({len(images)} images, {s['test_patients']} patients, {len(gt)} boxes)"
-    )
+    context.log.info(core_eval.progress_line(task.name, s, rule.conf, len(images), len(gt)))
     base = ("reports", task.name)
     excluded = (
         st.read_parquet(*layout.dataset_excluded(task.name))
@@ -248,32 +237,11 @@ def evaluation_reports(
     text = core_eval.report_markdown(task.name, profile.name, ev, rule, info, excluded)
     st.write_text(text, *base, "report.md")
     st.write_text(markdown_to_html(text, f"Evaluation {task.name}"), *layout.report(task.name))
-    summary = {
-        **core_eval.nan_to_none(s),
-        "rule": rule.as_dict(),
-        "conf": rule.conf,
-        "iou": rule.iou,
-        "model_version": info.get("model_version"),
-        "init": info.get("init"),
-    }
-    st.write_json(summary, *layout.summary(task.name))
-    logged = {
-        "test_map50": s["map50"],
-        "test_map_iou40": s["map_iou40"],
-        "test_map50_95": s["map50_95"],
-        "test_cpm_luna16": s["cpm_luna16"],
-        "test_cpm_iou": s["cpm_iou"],
-        **{f"test_op_{k}": s[k] for k in OPERATING_KEYS},
-        "test_map50_ci_low": s["map50_ci_low"],
-        "test_map50_ci_high": s["map50_ci_high"],
-        "test_bootstrap_resamples": profile.bootstrap_resamples,
-        "test_bootstrap_seed": profile.seed,
-        "test_patients": s["test_patients"],
-        "gate_resolvable_margin": s["gate_resolvable_margin"],
-    }
+    EvaluationSummary(task.name, s, rule, info.model_version, info.init).write(st)
+    logged = core_eval.logged_figures(s, profile.bootstrap_resamples, profile.seed)
     tracking.log_evaluation(
         xray.tracking_uri,
-        info["run_id"],
+        info.run_id,
         logged,
         [st.local(*layout.report(task.name))]
         + [
@@ -288,7 +256,7 @@ def evaluation_reports(
             )
         ],
     )
-    version = info.get("model_version")
+    version = info.model_version
     if (
         version
     ):  # what the web app and the gate read back: the rule and the figures it was evaluated with
@@ -298,46 +266,17 @@ def evaluation_reports(
             version,
             {
                 **rule.tags(),
-                "imgsz": info["imgsz"],
+                "imgsz": info.imgsz,
                 "classes": ",".join(task.classes),
-                "test_map50": f"{s['map50']:.6f}",
-                "test_images": len(images),
-                "test_patients": s["test_patients"],
-                "test_boxes": len(gt),
+                **core_eval.version_figures(s, len(images), len(gt)),
             },
         )
     md = {
         "test_images": len(images),
-        "test_patients": s["test_patients"],
         "test_boxes": len(gt),
-        "test_map50 (threshold-free)": round(s["map50"], 4) if s["map50"] == s["map50"] else None,
-        "test_map50_ci95": core_eval.interval_text(
-            s["map50_ci_low"], s["map50_ci_high"], s["map50_ci_note"]
-        ),
-        "intervals": core_eval.intervals_sentence(
-            profile.bootstrap_resamples, f"the {s['test_patients']} test patients", profile.seed
-        ),
-        "test_map_iou40 (threshold-free)": round(s["map_iou40"], 4)
-        if s["map_iou40"] == s["map_iou40"]
-        else None,
-        "test_map50_95 (threshold-free)": round(s["map50_95"], 4)
-        if s["map50_95"] == s["map50_95"]
-        else None,
-        "operating_point_macro": f"conf > {rule.conf:g}: precision {s['precision_macro']:.3f}, recall "
-        f"{s['recall_macro']:.3f}, F1 {s['f1_macro']:.3f} (mean over classes)",
-        "operating_point_micro": f"conf > {rule.conf:g}: precision {s['precision_micro']:.3f}, recall "
-        f"{s['recall_micro']:.3f}, F1 {s['f1_micro']:.3f} (pooled over boxes)",
-        "froc_cpm_luna16 (comparable)": round(s["cpm_luna16"], 4)
-        if s["cpm_luna16"] == s["cpm_luna16"]
-        else None,
-        "froc_cpm_iou": round(s["cpm_iou"], 4) if s["cpm_iou"] == s["cpm_iou"] else None,
-        "gate_resolvable_margin": (
-            round(s["gate_resolvable_margin"], 4)
-            if s["gate_resolvable_margin"] == s["gate_resolvable_margin"]
-            else None
-        ),
+        **core_eval.figure_metadata(s, rule.conf, profile.bootstrap_resamples, profile.seed),
         "rule": rule.describe(),
-        "init": info.get("init"),
+        "init": info.init,
         "per_class": table_value(ev.table),
         "froc": table_value(ev.froc),
         "subgroups": table_value(ev.subgroups),
@@ -353,7 +292,7 @@ def _task_result(st, task: str) -> core_eval.TaskResult | None:
     parts = (layout.summary, layout.detections, layout.ground_truth, layout.test_images)
     if not all(st.exists(*part(task)) for part in parts):
         return None
-    s = st.read_json(*layout.summary(task))
+    s = EvaluationSummary.read(st, task)
     excluded = (
         st.read_parquet(*layout.dataset_excluded(task))
         if st.exists(*layout.dataset_excluded(task))
@@ -361,9 +300,9 @@ def _task_result(st, task: str) -> core_eval.TaskResult | None:
     )
     return core_eval.TaskResult(
         name=task,
-        summary={k: (float("nan") if v is None else v) for k, v in s.items() if k != "rule"},
-        model=st.read_json(*layout.model_info(task)),
-        rule=s["rule"],
+        summary=s.figures,
+        model=ModelRecord.read(st, task),
+        rule=s.rule,
         gt=st.read_parquet(*layout.ground_truth(task)),
         detections=st.read_parquet(*layout.detections(task)),
         images=st.read_parquet(*layout.test_images(task)),

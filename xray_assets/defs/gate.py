@@ -16,6 +16,7 @@ from ..core import evaluation as core_eval
 from ..core.classes import TASKS
 from ..core.detection import AP_FLOOR, DetectionRule
 from ..core.report import markdown_to_html
+from ..records import ModelRecord
 from .automation import code_version, content_version, on_new_data
 from .evaluation import _task_tables, evaluation_reports
 from .resources import GPU_STEP_TAGS, TASK_PARTITIONS, XrayResource
@@ -124,8 +125,7 @@ def champion_gate(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.M
     task = TASKS[context.partition_key]
     st, profile = xray.storage, xray.config
     base = ("reports", task.name)
-    info = st.read_json(*layout.model_info(task.name))
-    version = info.get("model_version")
+    version = ModelRecord.read(st, task.name).model_version
     images, _ = core_eval.split(*_task_tables(st, task.name), "test")
     gt, dets = (
         st.read_parquet(*layout.ground_truth(task.name)),

@@ -12,6 +12,7 @@ from .. import layout, tracking
 from ..core import train as core_train
 from ..core.classes import TASKS
 from ..core.synthetic import is_sample_data
+from ..records import DatasetManifest, ModelRecord
 from .automation import code_version, on_new_data
 from .datasets import yolo_datasets
 from .resources import GPU_STEP_TAGS, TASK_PARTITIONS, XrayResource, share_cores, thumbnail
@@ -101,8 +102,8 @@ def trained_models(
         log=context.log.info,
     )
     tracking.ensure_store(xray.tracking_uri)
-    ds_root = st.local("datasets", task.name)  # (from an object store: with the images it links to)
-    dataset_hash = (ds_root / layout.DATASET_HASH).read_text().strip()
+    dataset = DatasetManifest.read(st, task.name)
+    dataset_hash = dataset.dataset_hash
     synthetic = is_sample_data(xray.data())
     tags = {
         "dagster_run_id": context.run.run_id,
@@ -121,15 +122,11 @@ def trained_models(
         "dataset_hash": dataset_hash,
         "trained_on_synthetic": synthetic,
     }
-    previous = (
-        st.read_json(*layout.model_info(task.name))
-        if st.exists(*layout.model_info(task.name))
-        else {}
-    )
+    previous = ModelRecord.find(st, task.name)
     with st.workdir("models", task.name) as out_dir:
         result = core_train.train(
             task=task.name,
-            data_yaml=ds_root / layout.DATA_YAML,
+            data_yaml=Path(dataset.data_yaml),
             params=params,
             out_dir=out_dir,
             tracking_uri=xray.tracking_uri,
@@ -143,28 +140,30 @@ def trained_models(
             resume=config.resume,
             log=context.log.info,
         )
-    info = {
-        "task": task.name,
-        "weights": str(result.weights),
-        "run_id": result.run_id,
-        "experiment_id": result.experiment_id,
-        "model_version": result.model_version,
-        "registered_model": profile.model_name(task.name),
-        "dataset_hash": dataset_hash,
-        "metrics": result.metrics,
-        "profile": profile.name,
-        "imgsz": params.imgsz,
-        "classes": list(task.classes),
-        "seconds": round(result.seconds, 1),
-        "trained_on_synthetic": synthetic,
-        **init.as_dict(),
-    }
-    st.write_json(info, *layout.model_info(task.name))
+    ModelRecord(
+        task=task.name,
+        weights=str(result.weights),
+        run_id=result.run_id,
+        experiment_id=result.experiment_id,
+        model_version=None if result.model_version is None else str(result.model_version),
+        registered_model=profile.model_name(task.name),
+        dataset_hash=dataset_hash,
+        metrics=result.metrics,
+        profile=profile.name,
+        imgsz=params.imgsz,
+        classes=tuple(task.classes),
+        seconds=round(result.seconds, 1),
+        trained_on_synthetic=synthetic,
+        init=init.label,
+        init_source=init.source,
+        init_sha256=init.sha256 or "",
+        init_bytes=init.size or 0,
+    ).write(st)
     changed = (
         "first model"
-        if not previous
-        else f"no: same dataset as version {previous.get('model_version')}"
-        if previous.get("dataset_hash") == dataset_hash
+        if previous is None
+        else f"no: same dataset as version {previous.model_version}"
+        if previous.dataset_hash == dataset_hash
         else "yes"
     )
     val = {

@@ -155,9 +155,9 @@ def dicom_sources(xray: XrayResource) -> list[Path]:
 
 def read_manifests(st) -> pd.DataFrame:
     parts = [
-        st.read_parquet("vinbigdata", "images", f"manifest-{k}.parquet")
+        st.read_parquet(*layout.conversion_manifest(k))
         for k in SHARD_PARTITIONS.get_partition_keys()
-        if st.exists("vinbigdata", "images", f"manifest-{k}.parquet")
+        if st.exists(*layout.conversion_manifest(k))
     ]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=MANIFEST_COLUMNS)
 
@@ -192,7 +192,7 @@ def vinbigdata_images(
     max_size = xray.config.dicom_max_size
     st = xray.storage
     sources = [p for p in dicom_sources(xray) if shard_of(p.stem) == shard]
-    manifest_parts = ("vinbigdata", "images", f"manifest-{context.partition_key}.parquet")
+    manifest_parts = layout.conversion_manifest(context.partition_key)
     old = (
         st.read_parquet(*manifest_parts)
         if st.exists(*manifest_parts)

@@ -25,6 +25,7 @@ from .. import layout, tracking
 from ..config import Settings, configure_ultralytics, current
 from ..core.classes import SERVED_TASKS, TASKS
 from ..core.detection import DetectionRule, detect
+from ..records import ModelRecord, find_rule
 from ..storage import Storage
 
 log = logging.getLogger("xray_assets.serve")
@@ -153,9 +154,9 @@ def resolve(settings: Settings, task: str, backend: str = "openvino") -> ServedM
     profile, st = settings.config, settings.storage
     spec = TASKS[task]
     found = _registry_weights(settings, profile.model_name(task), st, task)
-    info = st.read_json(*layout.model_info(task)) if st.exists(*layout.model_info(task)) else {}
+    info = ModelRecord.find(st, task)
     if found is None:
-        if not info:
+        if info is None:
             raise PanelError(
                 f"no model for {task} ({profile.name} profile): materialise the graph first (make demo, "
                 f"or xray-assets materialize --profile {profile.name}) so that "
@@ -163,19 +164,16 @@ def resolve(settings: Settings, task: str, backend: str = "openvino") -> ServedM
             )
         found = (
             st.local(*layout.weights(task)),
-            str(info.get("model_version") or "local"),
+            info.model_version or "local",
             "storage",
             {},
         )
     weights, version, chosen, tags = found
-    if "nms_conf" in tags:
-        rule = DetectionRule.from_tags(tags)
-    elif st.exists(*layout.rule(task)):
-        rule = DetectionRule.from_dict(st.read_json(*layout.rule(task)))
-    else:
+    rule = DetectionRule.from_tags(tags) if "nms_conf" in tags else find_rule(st, task)
+    if rule is None:
         raise PanelError(f"no detection rule for {task}: materialise nms_thresholds")
-    imgsz = int(tags.get("imgsz") or info.get("imgsz") or 640)
-    synthetic = tags.get("trained_on_synthetic", info.get("trained_on_synthetic"))
+    imgsz = int(tags.get("imgsz") or (info.imgsz if info else 640))
+    synthetic = tags.get("trained_on_synthetic", info.trained_on_synthetic if info else None)
     return ServedModel(
         task=task,
         version=version,
@@ -185,8 +183,8 @@ def resolve(settings: Settings, task: str, backend: str = "openvino") -> ServedM
         classes=list(spec.classes),
         weights=weights,
         backend=backend,
-        profile=tags.get("profile", info.get("profile", profile.name)),
-        init=tags.get("init", info.get("init", "unknown")),
+        profile=tags.get("profile", info.profile if info else profile.name),
+        init=tags.get("init", info.init if info else "unknown"),
         trained_on_synthetic=None if synthetic is None else str(synthetic).lower() == "true",
     )
 
