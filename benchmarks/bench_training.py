@@ -11,6 +11,7 @@ from pathlib import Path
 
 
 def main() -> list[dict]:
+    from xray_assets import tracking
     from xray_assets.config import configure_ultralytics, get_profile
     from xray_assets.core import train as core_train
     from xray_assets.core.synthetic import toy_yolo_dataset
@@ -25,7 +26,7 @@ def main() -> list[dict]:
             tmp, "united_cardiomegaly", 64, 256, [[], ["Cardiomegaly"]], (0.8, 1.0)
         )
         # the store's one-time creation (schema migrations) is not a per-training cost
-        core_train.mlflow_experiment(f"sqlite:///{tmp / 'mlflow.db'}", "bench", tmp / "artifacts")
+        tracking.experiment(f"sqlite:///{tmp / 'mlflow.db'}", "bench", tmp / "artifacts")
         from ultralytics import YOLO
         from ultralytics.utils import SETTINGS
 
@@ -49,16 +50,20 @@ def main() -> list[dict]:
         def pipeline(i: int) -> float:
             t = time.perf_counter()
             core_train.train(
-                task="united_cardiomegaly",
-                data_yaml=data,
-                params=params,
-                out_dir=tmp / f"pipeline{i}",
-                tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}",
-                experiment="bench",
-                artifact_root=tmp / "artifacts",
-                run_params={"task": "bench"},
-                tags={"task": "bench"},
-                init=core_train.Init("scratch", params.model),
+                core_train.TrainRequest(
+                    task="united_cardiomegaly",
+                    data_yaml=data,
+                    params=params,
+                    out_dir=tmp / f"pipeline{i}",
+                    init=core_train.Init("scratch", params.model),
+                ),
+                tracking.TrainingRun(
+                    f"sqlite:///{tmp / 'mlflow.db'}",
+                    "bench",
+                    tmp / "artifacts",
+                    params={"task": "bench"},
+                    tags={"task": "bench"},
+                ),
                 log=lambda m: None,
             )
             return time.perf_counter() - t

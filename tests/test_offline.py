@@ -69,6 +69,7 @@ def test_training_and_a_web_request_make_no_network_attempt(tmp_path):
     from xray_assets.core.synthetic import render, toy_yolo_dataset
     from xray_assets.serve.app import create_app
     from xray_assets.serve.models import ServedModel
+    from xray_assets.tracking import TrainingRun
 
     position = netguard.mark()
     data = toy_yolo_dataset(
@@ -76,16 +77,14 @@ def test_training_and_a_web_request_make_no_network_attempt(tmp_path):
     )
     params = replace(get_profile("smoke").train, epochs=1, plots=True)
     result = core_train.train(
-        task="united_cardiomegaly",
-        data_yaml=data,
-        params=params,
-        out_dir=tmp_path / "models",
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        experiment="offline",
-        artifact_root=tmp_path / "art",
-        run_params={},
-        tags={},
-        init=core_train.Init("scratch", params.model),
+        core_train.TrainRequest(
+            task="united_cardiomegaly",
+            data_yaml=data,
+            params=params,
+            out_dir=tmp_path / "models",
+            init=core_train.Init("scratch", params.model),
+        ),
+        TrainingRun(f"sqlite:///{tmp_path / 'mlflow.db'}", "offline", tmp_path / "art"),
         log=lambda m: None,
     )
     model = ServedModel(

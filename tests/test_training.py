@@ -9,6 +9,7 @@ import mlflow
 import pandas as pd
 import pytest
 
+from xray_assets import tracking
 from xray_assets.config import Settings, get_profile
 from xray_assets.core import train as core_train
 from xray_assets.core.dicom import file_sha256
@@ -25,20 +26,22 @@ def tiny_dataset(tmp_path) -> Path:
 def _train(tmp_path, data_yaml, epochs=3, init=None, out="models", **kw):
     params = replace(get_profile("smoke").train, epochs=epochs)
     init = init or core_train.Init("scratch", params.model)
-    return core_train.train(
+    request = core_train.TrainRequest(
         task="united_cardiomegaly",
         data_yaml=data_yaml,
         params=params,
         out_dir=tmp_path / out,
+        init=init,
+        **kw,
+    )
+    run = tracking.TrainingRun(
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         experiment="xray-assets",
         artifact_root=tmp_path / "artifacts",
-        run_params={"task": "united_cardiomegaly"},
+        params={"task": "united_cardiomegaly"},
         tags={"task": "united_cardiomegaly"},
-        init=init,
-        log=lambda m: None,
-        **kw,
     )
+    return core_train.train(request, run, log=lambda m: None)
 
 
 def _state(model) -> dict:

@@ -119,20 +119,6 @@ def local_amp_check(model) -> bool:
     )
 
 
-def silence_openvino_telemetry() -> None:
-    """Decline OpenVINO's telemetry in this process (and the children it would start to send it)."""
-    try:
-        from openvino_telemetry.backend import backend_ga, backend_ga4
-        from openvino_telemetry.utils import opt_in_checker
-    except ImportError:
-        return
-    opt_in_checker.OptInChecker.check = lambda self, *a, **k: (
-        opt_in_checker.ConsentCheckResult.DECLINED
-    )
-    for backend in (backend_ga.GABackend, backend_ga4.GA4Backend):
-        backend.send = lambda self, *a, **k: None
-
-
 def prepare() -> None:
     """Call before ultralytics trains, validates or predicts (imports it)."""
     apply_env()
@@ -147,13 +133,12 @@ def prepare() -> None:
         )
     else:
         place_fonts()
-    silence_openvino_telemetry()
-    import ultralytics.engine.trainer as trainer_mod
-    import ultralytics.utils.checks as checks_mod
     from ultralytics.utils import SETTINGS
 
-    trainer_mod.check_amp = local_amp_check
-    checks_mod.check_amp = local_amp_check
+    from . import compat
+
+    compat.decline_openvino_telemetry()
+    compat.use_local_amp_check(local_amp_check)
     runs = Path(os.environ["YOLO_CONFIG_DIR"]).expanduser() / "runs"
     wanted = {"sync": False, "runs_dir": str(runs)}
     if any(SETTINGS.get(k) != v for k, v in wanted.items()):

@@ -6,10 +6,15 @@ Used by the Dagster shell (`defs/`) and by the web app (`serve/`).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
 from . import layout
 
@@ -118,3 +123,155 @@ def log_evaluation(
             c.log_metric(run_id, k, float(v))
     for f in files:
         c.log_artifact(run_id, str(f), artifact_path=artifact_path)
+
+
+# -- a training's run ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """Where a training is recorded: the store, the experiment, artefacts (a folder or a URI such as
+    s3://...; a server decides for itself), and the run's params and tags."""
+
+    tracking_uri: str
+    experiment: str
+    artifact_root: Path | str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ActiveRun:
+    run_id: str
+    experiment_id: str
+    artifact_uri: str
+    #: a resumed training's run, opened again
+    reopened: bool
+
+
+def experiment(tracking_uri: str, name: str, artifact_root: Path | str | None) -> str:
+    """Set the tracking URI and make sure `name` exists, with artefacts under `artifact_root` for a
+    local store; returns its id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if artifact_root is not None and not tracking_uri.startswith(("http://", "https://")):
+        location = (
+            str(artifact_root)
+            if "://" in str(artifact_root)
+            else Path(artifact_root).resolve().as_uri()
+        )
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+@contextmanager
+def _env(**values: str) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
+def training_run(spec: TrainingRun, task: str, out_dir: Path, resume: bool) -> Iterator[ActiveRun]:
+    """The MLflow run of one training, active (for ultralytics' callback) inside the block and ended
+    FINISHED, or FAILED when the block raises. A resumed training reopens the run recorded in
+    `out_dir/run.json`. `mlflow.set_tracking_uri` also writes MLFLOW_TRACKING_URI into this process's
+    environment, which ultralytics' callback needs while training and nothing after: it is put back."""
+    import mlflow
+
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    run_file = out_dir / "run.json"
+    try:
+        exp_id = experiment(spec.tracking_uri, spec.experiment, spec.artifact_root)
+        previous = json.loads(run_file.read_text()) if resume and run_file.exists() else None
+        if previous:
+            run = mlflow.start_run(run_id=previous["run_id"])
+            mlflow.set_tags({**spec.tags, "resumed": "true"})
+        else:
+            run = mlflow.start_run(
+                experiment_id=exp_id,
+                run_name=f"{task}-{time.strftime('%Y%m%d-%H%M%S')}",
+                tags=spec.tags,
+            )
+            run_file.write_text(json.dumps({"run_id": run.info.run_id, "experiment_id": exp_id}))
+        try:
+            with _env(MLFLOW_EXPERIMENT_NAME=spec.experiment):
+                yield ActiveRun(run.info.run_id, exp_id, run.info.artifact_uri, bool(previous))
+            mlflow.end_run(status="FINISHED")
+        except BaseException:
+            mlflow.end_run(status="FAILED")
+            raise
+    finally:
+        if env_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
+
+
+def log_training_params(
+    params: dict[str, Any], not_passed: dict, no_effect: dict, tags: dict[str, str]
+) -> None:
+    """The study's settings, namespaced `xray.` (ultralytics' callback logs its own args beside
+    them), what this ultralytics does not take and what acts on nothing for box detection."""
+    import mlflow
+
+    mlflow.log_params({f"xray.{k}": str(v)[:500] for k, v in params.items()})
+    if not_passed:
+        mlflow.log_params({f"xray.not_passed.{k}": v for k, v in not_passed.items()})
+    mlflow.log_params({f"xray.no_effect.{k}": v for k, v in no_effect.items()})
+    mlflow.set_tags(tags)
+
+
+def log_epoch(trainer) -> None:
+    """An epoch's losses and metrics into the active run (a resumed training: ultralytics' callback
+    refuses a reopened run)."""
+    import mlflow
+
+    clean = {
+        k.replace("(", "").replace(")", ""): float(v)
+        for k, v in {
+            **trainer.label_loss_items(trainer.tloss, prefix="train"),
+            **(trainer.metrics or {}),
+        }.items()
+    }
+    mlflow.log_metrics(clean, step=trainer.epoch)
+
+
+def log_training_outputs(run_id: str, weights_dir: Path, save_dir: Path, final: dict) -> None:
+    """ultralytics logs weights and plots at the end of training; make sure they are there even if
+    its callback was switched off in the user's ultralytics settings; and the final metrics."""
+    import mlflow
+
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
+    if "weights" not in logged:
+        mlflow.log_artifact(str(weights_dir), artifact_path=None)
+    for f in save_dir.glob("*"):
+        if f.suffix in {".png", ".jpg", ".csv", ".yaml"} and f.name not in logged:
+            mlflow.log_artifact(str(f))
+    mlflow.log_metrics({f"final_{k}": v for k, v in final.items()})
+
+
+def register_training(run: ActiveRun, name: str, task: str, tags: dict[str, str]) -> str:
+    """A new version of registered model `name` from the run's weights; returns its number."""
+    import mlflow
+
+    c = mlflow.MlflowClient()
+    try:
+        c.get_registered_model(name)
+    except Exception:
+        c.create_registered_model(name, description=f"YOLO detector for task {task}")
+    mv = c.create_model_version(
+        name=name, source=f"{run.artifact_uri}/weights", run_id=run.run_id, tags=tags
+    )
+    return mv.version

@@ -20,9 +20,9 @@ if os.environ.get("XRAY_TEST_FAIL_TASK"):
 
     _real_train = _train.train
 
-    def _failing_train(**kwargs):
-        if kwargs.get("task") == os.environ.get("XRAY_TEST_FAIL_TASK"):
-            raise RuntimeError(f"failure injected by the tests for {kwargs['task']}")
-        return _real_train(**kwargs)
+    def _failing_train(request, *args, **kwargs):
+        if request.task == os.environ.get("XRAY_TEST_FAIL_TASK"):
+            raise RuntimeError(f"failure injected by the tests for {request.task}")
+        return _real_train(request, *args, **kwargs)
 
     _train.train = _failing_train

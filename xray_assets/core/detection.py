@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..compat import capturing_predictor
+
 BOX_COLUMNS = ["image_id", "label", "score", "x_min", "y_min", "x_max", "y_max"]
 #: the confidence floor for threshold-free AP (COCO and ultralytics' val use the same)
 AP_FLOOR = 0.001
@@ -185,41 +187,14 @@ class Candidates:
     orig_hw: tuple[int, int]
 
 
-def _capturing_predictor(sink: list, floor: float):
-    from ultralytics.models.yolo.detect import DetectionPredictor
-
-    class CapturingPredictor(DetectionPredictor):
-        """ultralytics' predictor that also keeps every candidate above `floor` (the first step of
-        NMS at any conf >= floor), before its own NMS runs as usual."""
-
-        def postprocess(self, preds, img, orig_imgs, **kwargs):
-            p = preds[0] if isinstance(preds, (list, tuple)) else preds
-            above = p[:, 4:].amax(1) > floor
-            for b in range(p.shape[0]):
-                orig = (
-                    orig_imgs[b] if isinstance(orig_imgs, list) else orig_imgs[b].permute(1, 2, 0)
-                )
-                sink.append(
-                    (
-                        p[b][:, above[b]].detach().float().cpu(),
-                        tuple(img.shape[2:]),
-                        tuple(orig.shape[:2]),
-                    )
-                )
-            return super().postprocess(preds, img, orig_imgs, **kwargs)
-
-    return CapturingPredictor
-
-
 def capture_candidates(
     model, images: pd.DataFrame, imgsz: int, floor: float, progress=None
 ) -> list[Candidates]:
     """One forward pass over `images` (image_id, path), the web app's way; the raw candidates above
     `floor` of each image."""
     sink: list = []
-    predictor = _capturing_predictor(
-        sink, floor
-    )  # one class: ultralytics keeps one predictor for the pass
+    # one class: ultralytics keeps one predictor for the pass
+    predictor = capturing_predictor(sink, floor)
     out = []
     try:
         for n, (image_id, path) in enumerate(zip(images["image_id"], images["path"]), start=1):

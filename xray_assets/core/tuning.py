@@ -14,12 +14,12 @@ threshold-free (COCO AP over detections above 0.001) on the test split.
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from ..compat import IOU_THRESHOLDS, ValidatorMetrics, match_predictions
 from .detection import Candidates, DetectionRule, replay
 
 COORDS = ["x_min", "y_min", "x_max", "y_max"]
@@ -32,12 +32,10 @@ def ultralytics_scores(
     """precision, recall, map50, map50_95 of `detections` as ultralytics' DetectionValidator reports
     them (frames: image_id, label, [score,] x_min..y_max in one pixel space)."""
     import torch
-    from ultralytics.models.yolo.detect import DetectionValidator
-    from ultralytics.utils.metrics import DetMetrics, box_iou
+    from ultralytics.utils.metrics import box_iou
 
     index = {c: i for i, c in enumerate(classes)}
-    matcher = SimpleNamespace(iouv=torch.linspace(0.5, 0.95, 10))
-    metrics = DetMetrics(names=dict(enumerate(classes)))
+    metrics = ValidatorMetrics(classes)
     preds = {
         k: g.sort_values("score", ascending=False, kind="mergesort")
         for k, g in detections.groupby("image_id")
@@ -56,29 +54,12 @@ def ultralytics_scores(
                 torch.tensor(t[COORDS].to_numpy(np.float32)),
                 torch.tensor(p[COORDS].to_numpy(np.float32)),
             )
-            tp = DetectionValidator.match_predictions(
-                matcher, torch.as_tensor(p_cls), torch.as_tensor(t_cls), iou
-            ).numpy()
+            tp = match_predictions(p_cls, t_cls, iou)
         else:
-            tp = np.zeros((len(p_cls), 10), bool)
-        metrics.update_stats(
-            {
-                "tp": tp,
-                "conf": p["score"].to_numpy(float) if p is not None else np.zeros(0),
-                "pred_cls": p_cls,
-                "target_cls": t_cls,
-                "target_img": np.unique(t_cls),
-                "im_name": str(image_id),
-            }
-        )
-    metrics.process(plot=False)
-    r = metrics.results_dict
-    return {
-        "precision": float(r["metrics/precision(B)"]),
-        "recall": float(r["metrics/recall(B)"]),
-        "map50": float(r["metrics/mAP50(B)"]),
-        "map50_95": float(r["metrics/mAP50-95(B)"]),
-    }
+            tp = np.zeros((len(p_cls), IOU_THRESHOLDS), bool)
+        conf = p["score"].to_numpy(float) if p is not None else np.zeros(0)
+        metrics.add(tp, conf, p_cls, t_cls, str(image_id))
+    return metrics.results()
 
 
 def tune_grid(

@@ -124,22 +124,24 @@ def trained_models(
     }
     previous = ModelRecord.find(st, task.name)
     with st.workdir("models", task.name) as out_dir:
-        result = core_train.train(
+        request = core_train.TrainRequest(
             task=task.name,
             data_yaml=Path(dataset.data_yaml),
             params=params,
             out_dir=out_dir,
-            tracking_uri=xray.tracking_uri,
-            experiment=profile.experiment,
-            artifact_root=xray.shared.uri("mlflow", "artifacts"),
-            run_params=run_params,
-            tags=tags,
             init=init,
             model_name=profile.model_name(task.name),
             device=config.device,
             resume=config.resume,
-            log=context.log.info,
         )
+        run = tracking.TrainingRun(
+            tracking_uri=xray.tracking_uri,
+            experiment=profile.experiment,
+            artifact_root=xray.shared.uri("mlflow", "artifacts"),
+            params=run_params,
+            tags=tags,
+        )
+        result = core_train.train(request, run, log=context.log.info)
     ModelRecord(
         task=task.name,
         weights=str(result.weights),
