@@ -18,6 +18,7 @@ from xray_assets.core.metrics import (
     paired_bootstrap,
     summarise,
 )
+from xray_assets.records import ModelRecord
 
 COLS = ["image_id", "label", "x_min", "y_min", "x_max", "y_max"]
 
@@ -204,7 +205,7 @@ def test_a_class_with_one_test_box_gets_too_few_test_boxes_and_no_interval():
         gt, pred, images, ["A", "B"], DetectionRule(conf=0.5, iou=0.6), n_boot=50
     )
     text = core_eval.report_markdown(
-        "t", "smoke", ev, DetectionRule(conf=0.5, iou=0.6), {"model_version": "1"}
+        "t", "smoke", ev, DetectionRule(conf=0.5, iou=0.6), ModelRecord("t", model_version="1")
     )
     assert (
         "too few test boxes (1)" in text

@@ -292,7 +292,7 @@ class Settings:
         root = raw("storage_dir")
         storage = root.rstrip("/") if "://" in root else Path(root).expanduser().resolve()
         data = Path(raw("data_dir")).expanduser().resolve()
-        inbox, weights, threads = raw("inbox_dir"), raw("weights_dir"), raw("torch_threads")
+        inbox, threads = raw("inbox_dir"), raw("torch_threads")
         return cls(
             data_dir=data,
             storage_dir=storage,
@@ -302,9 +302,7 @@ class Settings:
             inbox_dir=Path(inbox).expanduser().resolve() if inbox else default_inbox(data),
             champion_margin=float(raw("champion_margin")),
             retrain_cron=raw("retrain_cron"),
-            weights_dir=Path(weights).expanduser().resolve()
-            if weights
-            else cache_dir() / "weights",
+            weights_dir=default_weights_dir(raw("weights_dir")),
             allow_downloads=_flag(raw("allow_downloads")),
             torch_threads=int(threads) if threads else None,
             max_upload_mb=float(raw("max_upload_mb")),
@@ -359,11 +357,12 @@ def decode_limits() -> DecodeLimits:
     return Settings.resolve().decode
 
 
-def default_weights_dir() -> Path:
-    """Where pretrained checkpoints are looked for (and downloaded to, where allowed)."""
-    weights = Settings.resolve().weights_dir
-    assert weights is not None
-    return weights
+def default_weights_dir(raw: str | None = None) -> Path:
+    """Where pretrained checkpoints are looked for (and downloaded to, where allowed): `raw`, else
+    XRAY_WEIGHTS_DIR, else <cache root>/weights. (Not through `Settings`: training's code version
+    follows what this reads, and the profiles' table is not among it.)"""
+    raw = raw or env("XRAY_WEIGHTS_DIR")
+    return Path(raw).expanduser().resolve() if raw else cache_dir() / "weights"
 
 
 def default_inbox(data_dir: Path | str) -> Path:

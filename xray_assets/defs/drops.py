@@ -148,7 +148,7 @@ def annotation_drops(
         "digest": digest,
         **drop.summary,
         "accepted_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "dagster_run_id": context.run.run_id,
+        "dagster_run_id": context.run_id,
     }
     st.write_json(record, "drops", key, COMMIT)
     kept_at = inbox.archive(folder, xray.inbox, key)

@@ -106,7 +106,7 @@ def trained_models(
     dataset_hash = dataset.dataset_hash
     synthetic = is_sample_data(xray.data())
     tags = {
-        "dagster_run_id": context.run.run_id,
+        "dagster_run_id": context.run_id,
         "task": task.name,
         "profile": profile.name,
         "dataset_hash": dataset_hash,

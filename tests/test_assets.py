@@ -1,0 +1,196 @@
+"""Fast asset tests: every asset of the graph called directly, as Dagster's own projects test theirs
+(`dg.build_asset_context`, the partition key where partitioned, the resource on `tmp_path`), with
+its result and its metadata checked. The assets run in graph order on the session's small sample
+data and the smoke profile (one task, one epoch at 64 px); the end-to-end tests beside these run
+the same assets through the instance.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from xray_assets import layout
+from xray_assets.core.classes import TASKS
+from xray_assets.defs import datasets, drops, evaluation, gate, nih, training, vinbigdata
+from xray_assets.defs.resources import SHARD_PARTITIONS, XrayResource
+from xray_assets.records import EvaluationSummary, ModelRecord, find_rule
+
+TASK = "nih_binary"
+
+
+@pytest.fixture(scope="module")
+def xray(sample_dir, tmp_path_factory) -> XrayResource:
+    tmp = tmp_path_factory.mktemp("assets")
+    data = shutil.copytree(sample_dir, tmp / "data")
+    return XrayResource(
+        data_dir=str(data),
+        storage_dir=str(tmp / "storage"),
+        profile="smoke",
+        mlflow_tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}",
+        weights_dir=str(tmp / "weights"),
+    )
+
+
+@pytest.fixture(scope="module")
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def _run(asset, xray, instance=None, partition_key=None, **kwargs) -> dg.MaterializeResult:
+    context = dg.build_asset_context(
+        resources={"xray": xray}, partition_key=partition_key, instance=instance
+    )
+    return asset(context, **kwargs)
+
+
+def _md(result) -> dict:
+    return {k: getattr(v, "value", v) for k, v in (result.metadata or {}).items()}
+
+
+# The tests below share the module's storage and run in file order, each asset after its inputs.
+
+
+def test_nih_labels(xray):
+    md = _md(_run(nih.nih_labels, xray))
+    labels = xray.storage.read_parquet(*layout.NIH_LABELS)
+    assert md["dagster/row_count"] == len(labels) > 0 and md["quarantined_rows"] == 0
+    assert {"image_id", "patient_id", "findings"} <= set(labels.columns)
+
+
+def test_nih_boxes(xray):
+    md = _md(_run(nih.nih_boxes, xray))
+    boxes = xray.storage.read_parquet(*layout.NIH_BOXES)
+    assert md["dagster/row_count"] == len(boxes) > 0
+    assert (boxes["x_max"] > boxes["x_min"]).all() and (boxes["y_max"] > boxes["y_min"]).all()
+
+
+def test_vinbigdata_annotations(xray):
+    md = _md(_run(vinbigdata.vinbigdata_annotations, xray))
+    ann = xray.storage.read_parquet(*layout.VBD_ANNOTATIONS)
+    assert md["dagster/row_count"] == len(ann) > 0 and ann["rad_id"].nunique() > 1
+
+
+def test_vinbigdata_images_every_shard(xray):
+    converted = 0
+    for shard in SHARD_PARTITIONS.get_partition_keys():
+        md = _md(_run(vinbigdata.vinbigdata_images, xray, partition_key=shard))
+        manifest = xray.storage.read_parquet(*layout.conversion_manifest(shard))
+        assert (
+            md["dagster/row_count"] == len(manifest)
+            and md["images"] == (manifest["status"] == "ok").sum()
+        )
+        converted += md["images"]
+    assert converted > 0
+
+
+def test_vinbigdata_boxes(xray):
+    md = _md(_run(vinbigdata.vinbigdata_boxes, xray))
+    boxes = xray.storage.read_parquet(*layout.VBD_BOXES)
+    assert md["dagster/row_count"] == len(boxes) > 0
+    assert set(boxes["image_id"]) <= set(vinbigdata.read_manifests(xray.storage)["image_id"])
+
+
+def test_background_samples(xray):
+    md = _md(_run(datasets.background_samples, xray))
+    assert md["dagster/row_count"] > 0
+
+
+def test_patient_splits(xray):
+    md = _md(_run(datasets.patient_splits, xray))
+    splits = xray.storage.read_parquet(*layout.SPLITS)
+    assert md["dagster/row_count"] == len(splits)
+    assert splits.groupby("group")["split"].nunique().max() == 1, "no patient in two splits"
+    assert set(splits["split"]) == {"train", "val", "test"}
+
+
+def test_yolo_datasets(xray):
+    md = _md(_run(datasets.yolo_datasets, xray, partition_key=TASK))
+    images = xray.storage.read_parquet(*layout.dataset_images(TASK))
+    assert md["dagster/row_count"] == len(images) > 0
+    assert xray.storage.exists(*layout.dataset(TASK), layout.DATA_YAML)
+
+
+def test_trained_models(xray, monkeypatch):
+    monkeypatch.setenv("XRAY_TORCH_THREADS", "1")
+    md = _md(
+        _run(
+            training.trained_models,
+            xray,
+            partition_key=TASK,
+            config=training.TrainConfig(epochs=1),
+        )
+    )
+    model = ModelRecord.read(xray.storage, TASK)
+    assert md["registered_version"] == model.model_version == "1"
+    assert md["init"] == model.init and model.imgsz == 64 and model.classes == TASKS[TASK].classes
+    assert xray.storage.exists(*layout.weights(TASK))
+
+
+def test_nms_thresholds(xray):
+    md = _md(_run(evaluation.nms_thresholds, xray, partition_key=TASK))
+    rule = find_rule(xray.storage, TASK)
+    assert rule is not None and (md["conf"], md["iou"]) == (rule.conf, rule.iou)
+    assert md["grid"].records and len(md["grid"].records) == 4  # the smoke grid: 2 x 2
+
+
+def test_evaluation_reports(xray):
+    md = _md(_run(evaluation.evaluation_reports, xray, partition_key=TASK))
+    summary = EvaluationSummary.read(xray.storage, TASK)
+    assert summary.model_version == "1" and summary.rule == find_rule(xray.storage, TASK)
+    assert md["test_patients"] == summary.figures["test_patients"]
+    assert md["test_map50 (threshold-free)"] == pytest.approx(summary.figures["map50"], abs=1e-4)
+    assert "decision" not in md, "evaluation only evaluates: the gate decides"
+
+
+def test_champion_gate(xray):
+    result = _run(gate.champion_gate, xray, partition_key=TASK)
+    md = _md(result)
+    assert md["decision"] == "champion" and md["version"] == "1" and md["held_by"] == "none"
+    assert {c.check_name: c.passed for c in result.check_results} == {
+        "inputs_within_quarantine_limit": True,
+        "evaluated_on_current_test_split": True,
+    }
+    assert xray.storage.read_json(*layout.gate_record(TASK))["decision"] == "champion"
+
+
+def test_study_report(xray):
+    md = _md(_run(evaluation.study_report, xray))
+    assert xray.storage.exists(*layout.report("study"))
+    tasks = pd.DataFrame([r.data for r in md["tasks"].records])
+    assert TASK in set(tasks["task"])
+
+
+def test_annotation_drops(xray, instance):
+    from xray_assets.core import inbox
+    from xray_assets.core.synthetic import write_drop
+
+    folder = write_drop(xray.inbox / "fast-drop", "nih", n_annotated=3, seed=21)
+    key = inbox.partition_key(folder.name, inbox.drop_digest(folder))
+    instance.add_dynamic_partitions("annotation_drops", [key])
+    md = _md(
+        _run(
+            drops.annotation_drops,
+            xray,
+            instance=instance,
+            partition_key=key,
+            config=drops.DropConfig(),
+        )
+    )
+    assert md["format"] == "nih" and md["images"] == 3 and md["rows"] > 0
+    assert key in drops.committed(xray.shared), "the drop is committed: the label assets read it"
+    assert (xray.inbox / "accepted" / key).is_dir() and not folder.exists()
+
+
+def test_every_asset_of_the_graph_has_a_fast_test_here():
+    """Catches: a new asset added to the graph without a direct-invocation test in this module."""
+    from xray_assets.definitions import defs
+
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    tested = {name for name in globals() if name.startswith("test_")}
+    missing = sorted(k for k in keys if not any(t.startswith(f"test_{k}") for t in tested))
+    assert len(keys) == 14 and not missing, f"assets without a fast test: {missing}"
