@@ -50,9 +50,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
-# everything that does not train a model (the `slow` marker), in about three minutes on 2 cores
+# everything but the end-to-end tests that train through the instance (the `slow` marker), on two
+# workers, one test file per worker (tests/test_assets.py runs its assets in order): about 105 s on 2 cores
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(XRAY_STORAGE_DIR)/mlflow/mlflow.db \
