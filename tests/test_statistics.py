@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xray_assets.core import champion
+from xray_assets.core import champion, study
 from xray_assets.core import evaluation as core_eval
 from xray_assets.core.detection import DetectionRule
 from xray_assets.core.metrics import (
@@ -212,7 +212,7 @@ def test_a_class_with_one_test_box_gets_too_few_test_boxes_and_no_interval():
         and ev.table.set_index("label").loc["B", "ci_note"] == "too few test boxes (1)"
     )
     # a comparison resting on that one box reads "cannot tell", not "does not show a difference"
-    result = core_eval.TaskResult(
+    result = study.TaskResult(
         name="united_cardiomegaly",
         summary={},
         model={},
@@ -221,7 +221,7 @@ def test_a_class_with_one_test_box_gets_too_few_test_boxes_and_no_interval():
         detections=pred.assign(label="Cardiomegaly"),
         images=images.assign(source="nih"),
     )
-    multi = core_eval.TaskResult(
+    multi = study.TaskResult(
         name="united_multi",
         summary={},
         model={},
@@ -230,7 +230,7 @@ def test_a_class_with_one_test_box_gets_too_few_test_boxes_and_no_interval():
         detections=result.detections,
         images=result.images,
     )
-    rows, _ = core_eval.fair_comparisons(
+    rows, _ = study.fair_comparisons(
         {"united_cardiomegaly": result, "united_multi": multi}, n_boot=50
     )
     row = rows.iloc[0]

@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from .. import layout, tracking
-from ..core import champion, detection, metrics, plots, tuning
+from ..core import champion, detection, metrics, plots, study, tuning
 from ..core import evaluation as core_eval
 from ..core.classes import SERVED_TASKS, TASK_NAMES, TASKS
 from ..core.detection import AP_FLOOR, DetectionRule
@@ -288,7 +288,7 @@ def evaluation_reports(
     return dg.MaterializeResult(metadata=md, data_version=content_version(ev.table, version))
 
 
-def _task_result(st, task: str) -> core_eval.TaskResult | None:
+def _task_result(st, task: str) -> study.TaskResult | None:
     parts = (layout.summary, layout.detections, layout.ground_truth, layout.test_images)
     if not all(st.exists(*part(task)) for part in parts):
         return None
@@ -298,7 +298,7 @@ def _task_result(st, task: str) -> core_eval.TaskResult | None:
         if st.exists(*layout.dataset_excluded(task))
         else None
     )
-    return core_eval.TaskResult(
+    return study.TaskResult(
         name=task,
         summary=s.figures,
         model=ModelRecord.read(st, task),
@@ -324,7 +324,7 @@ def _task_result(st, task: str) -> core_eval.TaskResult | None:
         vinbigdata_boxes,
     ],
     automation_condition=on_new_data(only=["champion_gate"], allow_missing=True),
-    code_version=code_version(core_eval),
+    code_version=code_version(study),
     description="All tasks side by side: the study's write-up regenerated from data, comparisons only on the "
     "same test images and findings (paired bootstrap), unboxed-finding exclusions, subgroups. "
     "Runs on the tasks that exist and lists the missing ones.",
@@ -338,16 +338,16 @@ def study_report(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.Ma
         data += [
             "Images per source and split (patient-grouped):",
             "",
-            core_eval.md_table(core_eval.split_counts(st.read_parquet(*layout.SPLITS))),
+            core_eval.md_table(study.split_counts(st.read_parquet(*layout.SPLITS))),
             "",
         ]
     if st.exists(*layout.VBD_ANNOTATIONS) and st.exists(*layout.VBD_BOXES):
-        cons = core_eval.consensus_counts(
+        cons = study.consensus_counts(
             st.read_parquet(*layout.VBD_ANNOTATIONS),
             st.read_parquet(*layout.VBD_BOXES),
         )
         data += ["VinBigData boxes before and after consensus:", "", core_eval.md_table(cons), ""]
-    per_task = core_eval.boxes_per_class_and_split(
+    per_task = study.boxes_per_class_and_split(
         {t: _task_tables(st, t) for t in TASK_NAMES if st.exists(*layout.dataset_images(t))}
     )
     if len(per_task):
@@ -358,10 +358,10 @@ def study_report(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.Ma
             "",
         ]
     n_boot = profile.bootstrap_resamples
-    comparisons, unfair = core_eval.fair_comparisons(
+    comparisons, unfair = study.fair_comparisons(
         results, n_boot=n_boot, seed=profile.seed, min_boxes=profile.min_test_boxes
     )
-    groups = core_eval.subgroup_table(
+    groups = study.subgroup_table(
         results,
         {
             t: st.read_parquet("reports", t, "subgroups.parquet")
@@ -369,7 +369,7 @@ def study_report(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.Ma
             if st.exists("reports", t, "subgroups.parquet")
         },
     )
-    table = core_eval.tasks_table(results)
+    table = study.tasks_table(results)
     if len(table):
         st.write_bytes(
             plots.bar_compare(
@@ -391,14 +391,14 @@ def study_report(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.Ma
     for t in SERVED_TASKS:
         if t in results and st.exists("reports", t, "panels.png"):
             st.copy_in(st.local("reports", t, "panels.png"), "reports", "study", f"panels_{t}.png")
-    gates = core_eval.gate_table(
+    gates = study.gate_table(
         {
             t: st.read_json(*layout.gate_record(t))
             for t in results
             if st.exists(*layout.gate_record(t))
         }
     )
-    text = core_eval.study_markdown(
+    text = study.study_markdown(
         profile.name,
         results,
         missing,
