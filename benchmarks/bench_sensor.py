@@ -45,7 +45,7 @@ def main() -> list[dict]:
             later_s = time.perf_counter() - t
             assert not later.run_requests
         t = time.perf_counter()
-        drop = inbox.validate(folder, set(), set())
+        drop = inbox.validate(folder, inbox.Known())
         out = tmp / "copied"
         out.mkdir()
         for name, src in drop.images.items():

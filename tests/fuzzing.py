@@ -225,7 +225,7 @@ class Harness:
         victim = files[target % len(files)]
         victim.write_bytes(mutate(victim.read_bytes(), ops))
         try:
-            inbox.validate(folder, set(), set())
+            inbox.validate(folder, inbox.Known())
             self.tally.add("drop_validation", "accepted")
         except inbox.DropError as exc:
             assert str(exc).strip(), "an empty rejection reason"

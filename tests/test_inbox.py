@@ -212,7 +212,7 @@ def _existing_image(folder):
     for f in ("Data_Entry_2017.csv", "BBox_List_2017.csv"):
         (folder / f).write_text((folder / f).read_text().replace(old, new))
     png.rename(png.with_name(new))
-    return f"image id(s) already in the data: {new}"
+    return f"Data_Entry row(s) for image(s) already in the data: {new}"
 
 
 def _bomb_image(folder):
@@ -351,4 +351,4 @@ def test_vinbigdata_drop_with_a_dicom_over_the_pixel_budget_is_rejected_naming_i
         inbox.DropError,
         match=rf"{dcm.name} declares 60000 x 60000 pixels .* limit is 50 megapixels",
     ):
-        inbox.validate(folder, set(), set())
+        inbox.validate(folder, inbox.Known())

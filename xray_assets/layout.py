@@ -30,6 +30,10 @@ def conversion_manifest(shard: str) -> tuple[str, str, str]:
     return "vinbigdata", "images", f"manifest-{shard}.parquet"
 
 
+#: the key annotators' pseudonyms are hashed with (under the shared root; made once, never logged)
+PSEUDONYM_KEY = ("drops", ".pseudonym-key")
+
+
 # -- splits and the task datasets ----------------------------------------------------------------
 SPLITS = ("datasets", "splits.parquet")
 

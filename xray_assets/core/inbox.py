@@ -2,11 +2,16 @@
 
 A drop is a folder under the inbox holding either
 - NIH format: a box list (`BBox_List_2017.csv` header) and a Data_Entry table (`Data_Entry_2017.csv`
-  header, which gives each new image its patient) plus the PNGs they name, or
+  header, which gives each new image its patient) plus the PNGs they name,
+- an annotation tool's export of NIH images (`core/tool_formats.py`): COCO JSON, YOLO (labels and
+  class names), CVAT for images 1.1 XML or Label Studio's JSON, with a Data_Entry table and the PNG
+  for any image new to the data, or
 - VinBigData format: a `train.csv`-format table plus the `<image_id>.dicom` files it names,
 and it is complete when it holds a `READY` file. Validation reads the files with the same checked
-readers as ingestion: any quarantined row, unknown label, missing image or image id already in the
-data rejects the whole drop. Nothing here writes the raw data: an accepted drop's rows and images are
+readers as ingestion: any quarantined row, unknown label, missing image or bad record rejects the
+whole drop. An NIH drop may box an image already in the data for a finding that has no box there
+yet; a box for an (image, finding) that already has boxes from another source is kept out (the
+original boxes stand) and reported in the drop's `kept_out` table. Nothing here writes the raw data: an accepted drop's rows and images are
 stored beside it under the storage root (see `defs/drops.py`), and the folder is archived under
 `accepted/` (or `rejected/` with an `ERROR.txt`).
 """
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import tool_formats
 from .bounds import DEFAULT_MAX_MEGAPIXELS
 from .labels import (
     InputFormatError,
@@ -44,10 +50,22 @@ class DropError(ValueError):
     """A drop that cannot be accepted; the message says why, naming the file and row."""
 
 
+@dataclass(frozen=True)
+class Known:
+    """What the data holds already, for validating a drop against it."""
+
+    nih: set[str] = field(default_factory=set)  # NIH image ids
+    vinbigdata: set[str] = field(default_factory=set)  # VinBigData image ids
+    #: (image id, finding) pairs that have NIH boxes (the original box list and other drops)
+    boxed: set[tuple[str, str]] = field(default_factory=set)
+    #: an NIH image's stored (width, height), from its file's header; None: not in the data
+    nih_size: "tool_formats.SizeOf" = lambda image_id: None
+
+
 @dataclass
 class Drop:
     path: Path
-    fmt: str = ""  # "nih" or "vinbigdata"
+    fmt: str = ""  # "nih", "vinbigdata" or a tool's ("coco", "yolo", "cvat", "label-studio")
     digest: str = ""  # sha256 over every file's name and bytes
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # parsed rows, by table name
     images: dict[str, Path] = field(default_factory=dict)  # image id (file name for NIH) -> file
@@ -146,20 +164,17 @@ def _check_image_headers(files: dict[str, Path], max_megapixels: float) -> None:
 
 def validate(
     folder: Path,
-    known_nih: set[str],
-    known_vinbigdata: set[str],
+    known: Known,
     digest: str | None = None,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    pseudonym_key: bytes = b"",
 ) -> Drop:
-    """Check a complete drop against the ids already in the data; raises DropError with a readable reason.
-    `known_*`: image ids of the original files and of every other accepted drop. Every image's
-    header is read (not its pixels) and must fit `max_megapixels`."""
+    """Check a complete drop against what the data holds (`known`, the original files and every
+    other accepted drop); raises DropError with a readable reason. Every image's header is read
+    (not its pixels) and must fit `max_megapixels`. `pseudonym_key`: keys annotators' pseudonyms."""
     drop = Drop(folder, digest=digest or drop_digest(folder))
-    csvs = sorted(folder.rglob("*.csv"))
-    if not csvs:
-        raise DropError(f"{folder.name}: no annotation CSV in the drop")
     kinds: dict[str, Path] = {}
-    for c in csvs:
+    for c in sorted(folder.rglob("*.csv")):
         k = _kind(c)
         if k is None:
             raise DropError(
@@ -168,53 +183,181 @@ def validate(
         if k in kinds:
             raise DropError(f"{c.name}: a second {k} table in one drop (also {kinds[k].name})")
         kinds[k] = c
+    tool = _tool_export(folder)
+    if not kinds and tool is None:
+        raise DropError(
+            f"{folder.name}: no annotations in the drop (NIH or VinBigData CSV, COCO or Label "
+            "Studio JSON, CVAT XML, or YOLO labels with their class names)"
+        )
     try:
         if "vinbigdata" in kinds:
-            if len(kinds) > 1:
+            if len(kinds) > 1 or tool is not None:
+                raise DropError("a drop holds one dataset's annotations: found VinBigData and NIH")
+            drop = _validate_vinbigdata(drop, kinds["vinbigdata"], known.vinbigdata)
+        elif tool is not None:
+            if "nih_boxes" in kinds:
                 raise DropError(
-                    "a drop holds one dataset's annotations: found VinBigData and NIH tables"
+                    f"{kinds['nih_boxes'].name}: a box list beside a {tool[0]} export: one format "
+                    "per drop"
                 )
-            drop = _validate_vinbigdata(drop, kinds["vinbigdata"], known_vinbigdata)
+            drop = _validate_tool(drop, tool, kinds.get("nih_labels"), known, pseudonym_key)
         else:
-            drop = _validate_nih(drop, kinds, known_nih)
+            drop = _validate_nih(drop, kinds, known)
         _check_image_headers(drop.images, max_megapixels)
         return drop
-    except InputFormatError as exc:
+    except (InputFormatError, tool_formats.ToolFormatError) as exc:
         raise DropError(str(exc)) from exc
 
 
-def _validate_nih(drop: Drop, kinds: dict[str, Path], known: set[str]) -> Drop:
-    if "nih_boxes" not in kinds or "nih_labels" not in kinds:
-        raise DropError(
-            "an NIH drop needs a box list (BBox_List_2017.csv header) and a Data_Entry table "
-            "(Data_Entry_2017.csv header) giving each new image its patient"
+def _tool_export(folder: Path) -> tuple[str, list[Path]] | None:
+    """(format, files) of an annotation tool's export in the drop, or None."""
+    import json
+
+    found: list[tuple[str, Path]] = []
+    for p in sorted(folder.rglob("*.json")):
+        try:
+            head = json.loads(p.read_text(encoding="utf-8-sig"))
+        except (UnicodeDecodeError, ValueError):
+            raise DropError(f"{p.name}: not readable JSON") from None
+        if isinstance(head, list):
+            found.append(("label-studio", p))
+        elif isinstance(head, dict) and "annotations" in head and "images" in head:
+            found.append(("coco", p))
+        else:
+            raise DropError(f"{p.name}: neither COCO JSON nor Label Studio's JSON export")
+    found += [("cvat", p) for p in sorted(folder.rglob("*.xml"))]
+    labels = [
+        p for p in sorted(folder.rglob("*.txt")) if p.name not in ("classes.txt", "obj.names")
+    ]
+    labels = [p for p in labels if p.name not in (READY, ERROR_FILE)]
+    if labels:
+        found.append(("yolo", labels[0].parent))
+    kinds = sorted({k for k, _ in found})
+    if len(kinds) > 1:
+        raise DropError(f"{folder.name}: exports of more than one format ({', '.join(kinds)})")
+    return (kinds[0], [p for _, p in found]) if found else None
+
+
+def _validate_tool(
+    drop: Drop, tool: tuple[str, list[Path]], entry: Path | None, known: Known, key: bytes
+) -> Drop:
+    fmt, files = tool
+    labels = pd.DataFrame()
+    if entry is not None:
+        labels, ql = read_nih_labels_checked(entry)
+        _reject_quarantine(ql)
+        dup = sorted(set(labels["image_id"]) & known.nih)
+        if dup:
+            raise DropError(
+                f"{entry.name}: Data_Entry row(s) for image(s) already in the data: "
+                f"{', '.join(dup[:5])} (their patient is known; give rows for new images only)"
+            )
+    pngs = {p.name: p for p in drop.path.rglob("*.png")}
+    new_ids = set(labels["image_id"]) if len(labels) else set()
+
+    def size_of(image_id: str):
+        if image_id in new_ids:
+            from .bounds import png_dimensions
+
+            if image_id not in pngs:
+                return None
+            with open(pngs[image_id], "rb") as fh:
+                d = png_dimensions(fh.read(64))
+            return d.width, d.height
+        return known.nih_size(image_id) if image_id in known.nih else None
+
+    if fmt == "coco":
+        boxes = pd.concat([tool_formats.read_coco(p, size_of) for p in files], ignore_index=True)
+    elif fmt == "cvat":
+        boxes = pd.concat([tool_formats.read_cvat(p, size_of) for p in files], ignore_index=True)
+    elif fmt == "label-studio":
+        boxes = pd.concat(
+            [tool_formats.read_label_studio(p, size_of, key) for p in files], ignore_index=True
         )
+    else:
+        names = tool_formats.yolo_class_names(drop.path)
+        if not names:
+            raise DropError(
+                f"{drop.path.name}: YOLO labels without class names (classes.txt, obj.names or "
+                "data.yaml names)"
+            )
+        boxes = tool_formats.read_yolo(files[0], names, sorted(new_ids | known.nih), size_of)
+    missing = sorted(new_ids - set(pngs))
+    if missing:
+        raise DropError(f"missing image file(s) named by {entry.name}: {', '.join(missing[:5])}")
+    deleted = boxes[boxes["origin"] == "deleted"].reset_index(drop=True)
+    boxes, kept_out = _keep_new_findings(boxes[boxes["origin"] != "deleted"], known)
+    drop.fmt = fmt
+    drop.tables = {"boxes": boxes, "deleted": deleted, "kept_out": kept_out}
+    if len(labels):
+        drop.tables["labels"] = labels
+    drop.images = {i: pngs[i] for i in sorted(new_ids)}
+    drop.summary = {
+        "format": fmt,
+        "images": int(boxes["image_id"].nunique()),
+        "new_images": len(new_ids),
+        "boxes": len(boxes),
+        "kept_out": len(kept_out),
+        **{
+            f"pre_annotations_{o}" if o != "added" else "added": n
+            for o, n in tool_formats.origin_counts(pd.concat([boxes, deleted])).items()
+        },
+    }
+    return drop
+
+
+def _keep_new_findings(boxes: pd.DataFrame, known: Known) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(boxes kept, boxes kept out): a box for an (image, finding) that already has boxes from
+    another source is kept out, so the original boxes stand."""
+    pairs = list(zip(boxes["image_id"], boxes["label"]))
+    out = pd.Series([p in known.boxed for p in pairs], index=boxes.index, dtype=bool)
+    kept_out = boxes[out].assign(reason="this image already has boxes of this finding")
+    return boxes[~out].reset_index(drop=True), kept_out.reset_index(drop=True)
+
+
+def _validate_nih(drop: Drop, kinds: dict[str, Path], known: Known) -> Drop:
+    if "nih_boxes" not in kinds:
+        raise DropError("an NIH drop needs a box list (BBox_List_2017.csv header)")
     boxes, qb = read_nih_boxes_checked(kinds["nih_boxes"])
-    labels, ql = read_nih_labels_checked(kinds["nih_labels"])
+    if "nih_labels" in kinds:
+        labels, ql = read_nih_labels_checked(kinds["nih_labels"])
+    else:
+        labels, ql = pd.DataFrame(columns=["image_id", "patient_id"]), pd.DataFrame()
     _reject_quarantine(pd.concat([qb, ql], ignore_index=True))
     pngs = {p.name: p for p in drop.path.rglob("*.png")}
-    no_patient = sorted(set(boxes["image_id"]) - set(labels["image_id"]))
+    no_patient = sorted(set(boxes["image_id"]) - set(labels["image_id"]) - known.nih)
     if no_patient:
         raise DropError(
-            f"{kinds['nih_boxes'].name}: no Data_Entry row (patient) for {', '.join(no_patient[:5])}"
+            f"{kinds['nih_boxes'].name}: image(s) neither in the data nor given a Data_Entry row "
+            f"(patient): {', '.join(no_patient[:5])}"
         )
     missing = sorted(set(labels["image_id"]) - set(pngs))
     if missing:
         raise DropError(
             f"missing image file(s) named by {kinds['nih_labels'].name}: {', '.join(missing[:5])}"
         )
-    dup = sorted(set(labels["image_id"]) & known)
+    dup = sorted(set(labels["image_id"]) & known.nih)
     if dup:
         raise DropError(
-            f"image id(s) already in the data: {', '.join(dup[:5])} (drops add new images)"
+            f"{kinds['nih_labels'].name}: Data_Entry row(s) for image(s) already in the data: "
+            f"{', '.join(dup[:5])} (their patient is known; give rows for new images only)"
         )
-    drop.fmt, drop.tables = "nih", {"labels": labels, "boxes": boxes}
+    boxes, kept_out = _keep_new_findings(boxes, known)
+    drop.fmt, drop.tables = "nih", {"boxes": boxes}
+    if len(labels):
+        drop.tables["labels"] = labels
+    if len(kept_out):
+        drop.tables["kept_out"] = kept_out
     drop.images = {i: pngs[i] for i in labels["image_id"]}
     drop.summary = {
         "format": "nih",
         "images": len(labels),
         "boxes": len(boxes),
         "patients": int(labels["patient_id"].nunique()),
+        "existing_images_boxed": int(
+            boxes.loc[boxes["image_id"].isin(known.nih), "image_id"].nunique()
+        ),
+        "kept_out": len(kept_out),
     }
     return drop
 

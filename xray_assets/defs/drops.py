@@ -21,6 +21,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from .. import layout
 from ..core import inbox
 from ..core.labels import read_nih_labels, read_vinbigdata_annotations
 from ..storage import Storage
@@ -67,22 +68,55 @@ class DropConfig(dg.Config):
     )
 
 
-def _known_ids(xray: XrayResource, key: str) -> tuple[set[str], set[str]]:
-    """Image ids in the data other than this drop's own (a re-run of an accepted drop is no duplicate)."""
-    nih_ids, vbd_ids = set(), set()
+def _known(xray: XrayResource, key: str) -> inbox.Known:
+    """What the data holds besides this drop (a re-run of an accepted drop is no duplicate)."""
+    from ..core.bounds import png_dimensions
+    from ..core.labels import read_nih_boxes
+    from .datasets import nih_image_index
+
+    nih_ids, vbd_ids, boxed = set(), set(), set()
     entry = xray.data("nih", "Data_Entry_2017.csv")
     if entry.exists():
         nih_ids |= set(read_nih_labels(entry)["image_id"])
+    box_list = xray.data("nih", "BBox_List_2017.csv")
+    if box_list.exists():
+        b = read_nih_boxes(box_list)
+        boxed |= set(zip(b["image_id"], b["label"]))
     train = xray.data("vinbigdata", "train.csv")
     if train.exists():
         vbd_ids |= set(read_vinbigdata_annotations(train)["image_id"])
     labels = read_drop_tables(xray.shared, "labels", exclude=key)
     if len(labels):
         nih_ids |= set(labels["image_id"])
+    boxes = read_drop_tables(xray.shared, "boxes", exclude=key)
+    if len(boxes):
+        boxed |= set(zip(boxes["image_id"], boxes["label"]))
     ann = read_drop_tables(xray.shared, "annotations", exclude=key)
     if len(ann):
         vbd_ids |= set(ann["image_id"])
-    return nih_ids, vbd_ids
+    index: dict[str, Path] | None = None
+
+    def nih_size(image_id: str):
+        nonlocal index
+        if index is None:
+            index = nih_image_index(xray.data("nih"), xray.shared)
+        path = index.get(image_id)
+        if path is None:
+            return None
+        with open(path, "rb") as fh:
+            d = png_dimensions(fh.read(64))
+        return d.width, d.height
+
+    return inbox.Known(nih_ids, vbd_ids, boxed, nih_size)
+
+
+def pseudonym_key(shared: Storage) -> bytes:
+    """The team's key for annotators' pseudonyms, made once under the shared root."""
+    import secrets
+
+    if not shared.exists(*layout.PSEUDONYM_KEY):
+        shared.write_bytes(secrets.token_bytes(32), *layout.PSEUDONYM_KEY)
+    return shared.local(*layout.PSEUDONYM_KEY).read_bytes()
 
 
 @dg.asset(
@@ -109,10 +143,13 @@ def annotation_drops(
             description=f"drop {key}: no folder in {xray.inbox} or its accepted/ (moved or deleted?)"
         )
     digest = inbox.drop_digest(folder)
-    known_nih, known_vbd = _known_ids(xray, key)
     try:
         drop = inbox.validate(
-            folder, known_nih, known_vbd, digest=digest, max_megapixels=xray.decode.max_megapixels
+            folder,
+            _known(xray, key),
+            digest=digest,
+            max_megapixels=xray.decode.max_megapixels,
+            pseudonym_key=pseudonym_key(xray.shared),
         )
     except Exception as exc:  # DropError, or a file no reader can take: rejected, never lost
         reason = (
