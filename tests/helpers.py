@@ -20,6 +20,7 @@ STAGES: list[tuple[str, list[str], str | None]] = [
             "nms_thresholds",
             "evaluation_reports",
             "champion_gate",
+            "annotation_queue",
         ],
         "tasks",
     ),

@@ -158,6 +158,33 @@ def test_champion_gate(xray):
     assert xray.storage.read_json(*layout.gate_record(TASK))["decision"] == "champion"
 
 
+def test_annotation_queue(xray):
+    from xray_assets.core.splits import assign_splits
+    from xray_assets.defs import annotation
+
+    result = _run(
+        annotation.annotation_queue, xray, partition_key=TASK, config=annotation.QueueConfig()
+    )
+    md = _md(result)
+    queue = xray.storage.read_parquet(*layout.queue(TASK))
+    assert md["model_version"] == "1" and md["dagster/row_count"] == len(queue) > 0
+    assert md["candidates"] == len(queue) == md["partially_boxed"] + md["label_only"]
+    boxed = set(xray.storage.read_parquet(*layout.NIH_BOXES)["image_id"])
+    assert set(queue.loc[queue["kind"] == "label_only", "image_id"]).isdisjoint(boxed)
+    test = queue["split"] == "test"
+    assert queue.loc[test, "score"].isna().all(), "test patients are drawn, never ranked"
+    assert (queue.loc[test, "selection"] == "random (test)").all()
+    assert queue.loc[~test, "score"].notna().all() and list(queue["rank"]) == list(
+        range(1, len(queue) + 1)
+    )
+    split = assign_splits([f"nih:{p}" for p in queue["patient_id"]], (0.8, 0.1, 0.1), 0)
+    assert list(split) == list(queue["split"]), "the study's own split rule"
+    again = _md(
+        _run(annotation.annotation_queue, xray, partition_key=TASK, config=annotation.QueueConfig())
+    )
+    assert again["scored_this_run"] == 0, "scores are cached per (image, model version)"
+
+
 def test_study_report(xray):
     md = _md(_run(evaluation.study_report, xray))
     assert xray.storage.exists(*layout.report("study"))
@@ -193,4 +220,4 @@ def test_every_asset_of_the_graph_has_a_fast_test_here():
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     tested = {name for name in globals() if name.startswith("test_")}
     missing = sorted(k for k in keys if not any(t.startswith(f"test_{k}") for t in tested))
-    assert len(keys) == 14 and not missing, f"assets without a fast test: {missing}"
+    assert len(keys) == 15 and not missing, f"assets without a fast test: {missing}"

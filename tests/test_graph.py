@@ -25,6 +25,7 @@ DESIGN_ASSETS = {
     "nms_thresholds": ("models", "tasks"),
     "evaluation_reports": ("reports", "tasks"),
     "champion_gate": ("reports", "tasks"),
+    "annotation_queue": ("datasets", "tasks"),
     "study_report": ("reports", None),
 }
 TASKS = [
@@ -59,6 +60,13 @@ READS = {
     "nms_thresholds": {"trained_models", "yolo_datasets"},
     "evaluation_reports": {"nms_thresholds", "trained_models", "yolo_datasets", "nih_labels"},
     "champion_gate": {"evaluation_reports"},
+    "annotation_queue": {
+        "champion_gate",
+        "trained_models",
+        "nms_thresholds",
+        "nih_labels",
+        "nih_boxes",
+    },
     "study_report": {
         "evaluation_reports",
         "champion_gate",

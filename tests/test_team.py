@@ -135,6 +135,7 @@ def test_whole_graph_materialises_into_s3(sample_dir, tmp_path, monkeypatch, req
             "nms_thresholds",
             "evaluation_reports",
             "champion_gate",
+            "annotation_queue",
             "study_report",
         }
         checks = [c for r in results for c in r.get_asset_check_evaluations()]
@@ -278,8 +279,14 @@ def test_kubernetes_executor_config_and_gpu_tags(monkeypatch):
 
     graph = defs.resolve_asset_graph()
     op_tags = {a.key.to_user_string(): a.op.tags for a in defs.assets}
-    assert len(op_tags) == 14
-    gpu = {"trained_models", "nms_thresholds", "evaluation_reports", "champion_gate"}
+    assert len(op_tags) == 15
+    gpu = {
+        "trained_models",
+        "nms_thresholds",
+        "evaluation_reports",
+        "champion_gate",
+        "annotation_queue",
+    }
     for name, tags in op_tags.items():
         node = graph.get(dg.AssetKey(name))
         cfg = get_user_defined_k8s_config(tags)

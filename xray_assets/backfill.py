@@ -48,6 +48,7 @@ DEFAULT_SELECTION = [
     "nms_thresholds",
     "evaluation_reports",
     "champion_gate",
+    "annotation_queue",
     "study_report",
 ]
 

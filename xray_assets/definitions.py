@@ -13,10 +13,21 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 # the filters above must run before the asset modules define anything
-from .defs import automation, checks, datasets, drops, evaluation, gate, nih, training, vinbigdata  # noqa: E402
+from .defs import (  # noqa: E402
+    annotation,
+    automation,
+    checks,
+    datasets,
+    drops,
+    evaluation,
+    gate,
+    nih,
+    training,
+    vinbigdata,
+)
 from .defs.resources import XrayResource  # noqa: E402
 
-MODULES = (drops, nih, vinbigdata, datasets, training, evaluation, gate, checks)
+MODULES = (drops, nih, vinbigdata, datasets, training, evaluation, gate, annotation, checks)
 
 
 def executor_from_env() -> dg.ExecutorDefinition:

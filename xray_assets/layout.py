@@ -116,3 +116,26 @@ def gate_record(task: str) -> tuple[str, str, str]:
 
 def champion_detections(task: str) -> tuple[str, str, str]:
     return report(task, "champion_detections.parquet")
+
+
+# -- the annotation loop -------------------------------------------------------------------------
+
+
+def queue(task: str) -> tuple[str, str, str]:
+    """The task's ranked annotation queue."""
+    return "annotation", task, "queue.parquet"
+
+
+def queue_scores(task: str) -> tuple[str, str, str]:
+    """The acquisition scores, cached per (image, model version)."""
+    return "annotation", task, "scores.parquet"
+
+
+def batches_table(task: str) -> tuple[str, str, str]:
+    """Every exported batch's images and their status (pending until their drop is committed)."""
+    return "annotation", task, "batches.parquet"
+
+
+def batch(key: str, name: str = "") -> tuple[str, ...]:
+    """An exported batch's folder (its COCO and CVAT files, the Label Studio tasks sent)."""
+    return ("annotation", "batches", key, name) if name else ("annotation", "batches", key)
