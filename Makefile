@@ -21,7 +21,7 @@ export DO_NOT_TRACK := true
 # pandas, torch and ultralytics from source again: seconds per run, about 90 s over `make demo`.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: demo test test-fast lint ui serve bench fuzz install sample-data lock clean
+.PHONY: demo test test-fast lint ui serve annotate bench fuzz install sample-data lock clean
 
 # The lock pins every package, so the pip a new venv ships (23.2 on Python 3.11) installs it
 # without backtracking; no pip upgrade, no download of pip itself. --no-compile: Python compiles a
@@ -33,6 +33,20 @@ $(STAMP): pyproject.toml $(LOCK)
 
 install: $(STAMP)
 
+# Label Studio in its own environment and lock (its pins conflict with ours: pyarrow<25, pytz<2023,
+# numpy<2.3 through its SDK); the tests start it as a real service like PostgreSQL
+LS_VENV  := .venv-label-studio
+LS_LOCK  := annotate/constraints.txt
+LS_STAMP := $(LS_VENV)/.installed
+$(LS_STAMP): $(LS_LOCK)
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --progress-bar off --no-compile -c $(LS_LOCK) label-studio==1.23.2
+	touch $(LS_STAMP)
+
+# Label Studio on 127.0.0.1:8090, offline; XRAY_LABEL_STUDIO_USER, _PASSWORD and _TOKEN from the environment
+annotate: $(STAMP) $(LS_STAMP)
+	$(BIN)/xray-assets annotate --venv $(LS_VENV)
+
 $(SAMPLE)/.complete: | $(STAMP)
 	$(BIN)/xray-assets sample-data $(SAMPLE) --size $(SIZE)
 	touch $@
@@ -42,7 +56,7 @@ sample-data: $(SAMPLE)/.complete
 demo: $(STAMP) $(SAMPLE)/.complete
 	$(BIN)/xray-assets materialize --profile $(PROFILE)
 
-test: $(STAMP) lint
+test: $(STAMP) $(LS_STAMP) lint
 	$(BIN)/python -m pytest
 
 # ruff (settings in pyproject.toml): the formatting and the lint set; `make test` fails on a violation

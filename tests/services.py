@@ -123,3 +123,57 @@ def s3_server(tmp: Path):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class LabelStudio:
+    def __init__(self, url: str, token: str, user: str, password: str):
+        self.url, self.token, self.user, self.password = url, token, user, password
+
+
+@contextmanager
+def label_studio(tmp: Path, document_root: Path):
+    """Label Studio 1.23 from its own environment (`make annotate`'s, or XRAY_LABEL_STUDIO_VENV) on
+    127.0.0.1, offline, sqlite under `tmp`, local files from `document_root`; a fresh admin and API
+    token per start. The tests' network guard runs inside it (PYTHONPATH's sitecustomize)."""
+    import secrets
+
+    from xray_assets import label_studio as ls
+
+    venv = Path(os.environ.get("XRAY_LABEL_STUDIO_VENV") or ROOT / ".venv-label-studio")
+    if not (venv / "bin" / "label-studio").exists():
+        missing_service(
+            f"Label Studio is not installed in {venv} (make .venv-label-studio/.installed)"
+        )
+    port, token = free_port(), secrets.token_hex(20)
+    user, password = "radiologist@example.org", secrets.token_urlsafe(16)
+    data = tmp / "label-studio"
+    data.mkdir(parents=True, exist_ok=True)
+    log = tmp / "label-studio.log"
+    env = {**os.environ, **ls.service_env(data, document_root, token)}
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            ls.start_command(venv, data, port, user, password, token),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", proc, log, timeout=600)
+        yield LabelStudio(url, token, user, password)
+    finally:
+        import signal
+
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

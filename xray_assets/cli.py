@@ -127,6 +127,57 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_annotate(args) -> int:
+    """Label Studio on 127.0.0.1, offline, its data under .label-studio/, local files from the
+    storage root; the admin and the API token from the environment (never printed)."""
+    import os
+    import subprocess
+
+    from . import label_studio
+    from .config import current
+
+    settings = current()
+    need = ("XRAY_LABEL_STUDIO_USER", "XRAY_LABEL_STUDIO_PASSWORD", "XRAY_LABEL_STUDIO_TOKEN")
+    missing = [v for v in need if not os.environ.get(v)]
+    if missing:
+        print(
+            f"xray-assets annotate: set {', '.join(missing)} (the admin's e-mail and password and "
+            "an API token of 40 hex digits; keep them out of the repository)",
+            file=sys.stderr,
+        )
+        return 2
+    venv = Path(args.venv).resolve()
+    if not (venv / "bin" / "label-studio").exists():
+        print(
+            f"xray-assets annotate: no Label Studio in {venv} (make annotate installs it)",
+            file=sys.stderr,
+        )
+        return 2
+    data = Path(args.data_dir).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        **label_studio.service_env(
+            data, settings.storage_dir, os.environ["XRAY_LABEL_STUDIO_TOKEN"]
+        ),
+    }
+    cmd = label_studio.start_command(
+        venv,
+        data,
+        args.port,
+        os.environ["XRAY_LABEL_STUDIO_USER"],
+        os.environ["XRAY_LABEL_STUDIO_PASSWORD"],
+        os.environ["XRAY_LABEL_STUDIO_TOKEN"],
+    )
+    print(
+        f"Label Studio on http://127.0.0.1:{args.port} (data {data}, images from "
+        f"{settings.storage_dir}); set XRAY_LABEL_STUDIO_URL=http://127.0.0.1:{args.port} for the "
+        "pipeline. The first start migrates its database (about 2 minutes).",
+        flush=True,
+    )
+    return subprocess.call(cmd, env=env)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="xray-assets", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -181,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         help="openvino (default) or onnx: an export cached per model version; pytorch: the .pt weights",
     )
     v.set_defaults(fn=cmd_serve)
+    a = sub.add_parser("annotate", help="Label Studio for the annotation loop (offline, 127.0.0.1)")
+    a.add_argument("--port", type=int, default=8090)
+    a.add_argument("--venv", default=".venv-label-studio", help="Label Studio's own environment")
+    a.add_argument("--data-dir", default=".label-studio", help="its database and uploads")
+    a.set_defaults(fn=cmd_annotate)
     args = p.parse_args(argv)
     return args.fn(args)
 

@@ -225,6 +225,8 @@ ENV_DEFAULTS = {
     "XRAY_DECODE_WORKERS": str(DecodeLimits.workers),
     "XRAY_DECODE_TIMEOUT_S": str(DecodeLimits.timeout_s),
     "XRAY_DECODE_MEMORY_MB": str(DecodeLimits.memory_mb),
+    "XRAY_LABEL_STUDIO_URL": "",
+    "XRAY_LABEL_STUDIO_TOKEN": "",
 }
 
 #: Settings field -> its environment variable (the Dagster resource's fields use the same names)
@@ -241,6 +243,8 @@ FIELD_ENV = {
     "allow_downloads": "XRAY_ALLOW_DOWNLOADS",
     "torch_threads": "XRAY_TORCH_THREADS",
     "max_upload_mb": "XRAY_MAX_UPLOAD_MB",
+    "label_studio_url": "XRAY_LABEL_STUDIO_URL",
+    "label_studio_token": "XRAY_LABEL_STUDIO_TOKEN",
 }
 
 
@@ -279,6 +283,10 @@ class Settings:
     torch_threads: int | None = None
     max_upload_mb: float = 50.0
     decode: DecodeLimits = field(default_factory=DecodeLimits)
+    #: the annotation tool's API (empty: batches are written as files only)
+    label_studio_url: str = ""
+    #: its API token: never logged (not in the repr)
+    label_studio_token: str = field(default="", repr=False)
 
     @classmethod
     def resolve(cls, **given: Any) -> "Settings":
@@ -306,6 +314,8 @@ class Settings:
             allow_downloads=_flag(raw("allow_downloads")),
             torch_threads=int(threads) if threads else None,
             max_upload_mb=float(raw("max_upload_mb")),
+            label_studio_url=raw("label_studio_url"),
+            label_studio_token=raw("label_studio_token"),
             decode=DecodeLimits(
                 max_megapixels=float(env("XRAY_MAX_MEGAPIXELS")),
                 workers=int(env("XRAY_DECODE_WORKERS")),

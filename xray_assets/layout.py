@@ -136,6 +136,10 @@ def batches_table(task: str) -> tuple[str, str, str]:
     return "annotation", task, "batches.parquet"
 
 
+#: the exported batches, a folder each
+BATCHES = ("annotation", "batches")
+
+
 def batch(key: str, name: str = "") -> tuple[str, ...]:
-    """An exported batch's folder (its COCO and CVAT files, the Label Studio tasks sent)."""
-    return ("annotation", "batches", key, name) if name else ("annotation", "batches", key)
+    """An exported batch's folder (its images, COCO and CVAT files, the Label Studio project)."""
+    return (*BATCHES, key, name) if name else (*BATCHES, key)

@@ -291,6 +291,10 @@ def _validate_tool(
     drop.tables = {"boxes": boxes, "deleted": deleted, "kept_out": kept_out}
     if len(labels):
         drop.tables["labels"] = labels
+    if fmt == "label-studio":
+        drop.tables["tasks"] = pd.concat(
+            [tool_formats.label_studio_annotated(p) for p in files], ignore_index=True
+        ).drop_duplicates()
     drop.images = {i: pngs[i] for i in sorted(new_ids)}
     drop.summary = {
         "format": fmt,

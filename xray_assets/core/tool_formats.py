@@ -398,6 +398,23 @@ def read_label_studio(path: Path, size_of: SizeOf, key: bytes) -> pd.DataFrame:
     return b.frame()
 
 
+def label_studio_annotated(path: Path) -> pd.DataFrame:
+    """(project, task, image_id) of every task in a Label Studio export with a submitted
+    annotation, boxes or none (an image the radiologist found normal is an answer too)."""
+    doc = _load_json(path)
+    rows = [
+        (
+            str(t.get("project", "")),
+            str(t.get("id", "")),
+            image_id_from(next(iter((t.get("data") or {}).values()), "")),
+        )
+        for t in doc
+        if isinstance(t, dict)
+        and any(not a.get("was_cancelled") for a in t.get("annotations") or [])
+    ]
+    return pd.DataFrame(rows, columns=["project", "task", "image_id"])
+
+
 def origin_counts(boxes: pd.DataFrame) -> dict[str, int]:
     """How many boxes of each origin (every origin named, zeros included)."""
     counts = boxes["origin"].value_counts() if len(boxes) else pd.Series(dtype=int)

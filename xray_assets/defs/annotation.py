@@ -1,6 +1,8 @@
 """The annotation loop's proposals: `annotation_queue` ranks label-only NIH images per task for a
 radiologist's time (see `core/acquisition.py` for the score and the test split's share)."""
 
+import json
+import shutil
 import time
 
 import dagster as dg
@@ -8,7 +10,7 @@ import pandas as pd
 from pydantic import Field
 
 from .. import layout, tracking
-from ..core import acquisition, detection
+from ..core import acquisition, batch_export, detection
 from ..core.classes import TASKS
 from ..core.detection import AP_FLOOR, DetectionRule
 from ..core.splits import assign_splits
@@ -53,12 +55,15 @@ def champion_model(xray: XrayResource, task: str):
 
 
 def pending_images(xray: XrayResource, task: str) -> set[str]:
-    """Images of this task's exported batches whose annotations have not come back as a drop."""
+    """Images of this task's exported batches whose annotations have not come back in a drop."""
+    from .drops import read_drop_tables
+
     st = xray.storage
     if not st.exists(*layout.batches_table(task)):
         return set()
-    batches = st.read_parquet(*layout.batches_table(task))
-    return set(batches.loc[batches["status"] == "pending", "image_id"])
+    sent = set(st.read_parquet(*layout.batches_table(task))["image_id"])
+    back = read_drop_tables(xray.shared, "tasks")
+    return sent - (set(back["image_id"]) if len(back) else set())
 
 
 @dg.asset(
@@ -160,4 +165,263 @@ def hash_shard(image_id: str, shards: int) -> int:
     return int(hashlib.sha256(image_id.encode()).hexdigest()[:8], 16) % shards
 
 
-defs = dg.Definitions(assets=[annotation_queue])
+# -- batches: the top of the queue, exported ------------------------------------------------------
+
+BATCH_PARTITIONS = dg.DynamicPartitionsDefinition(name="annotation_batches")
+
+
+def batch_key(task: str, n: int) -> str:
+    return f"{task}-{n:03d}"
+
+
+def task_of(key: str) -> str:
+    return key.rsplit("-", 1)[0]
+
+
+class BatchConfig(dg.Config):
+    size: int = Field(default=20, description="images in the batch (K)")
+    quota: dict[str, int] = Field(
+        default_factory=dict,
+        description="at most this many images listing a finding (task class -> count)",
+    )
+    test_share: float = Field(
+        default=acquisition.TEST_SHARE,
+        description="share of the batch drawn at random from test patients' candidates",
+    )
+    min_score: float = Field(
+        default=0.0,
+        description="pre-annotations from this confidence (0: the task's tuned rule's conf)",
+    )
+    max_per_image: int = Field(
+        default=10, description="at most this many pre-annotations per image"
+    )
+
+
+def label_studio_client(xray: XrayResource):
+    """The configured Label Studio (XRAY_LABEL_STUDIO_URL and its token), or None."""
+    from .. import label_studio
+
+    s = xray.settings
+    if not (s.label_studio_url and s.label_studio_token):
+        return None
+    return label_studio.Client(s.label_studio_url, s.label_studio_token)
+
+
+@dg.asset(
+    group_name="datasets",
+    partitions_def=BATCH_PARTITIONS,
+    kinds={"json", "xml"},
+    owners=OWNERS,
+    tags={"stage": "annotate"},
+    deps=[annotation_queue],
+    code_version=code_version(batch_export),
+    description="One exported annotation batch (partition `<task>-<n>`): the top K of the task's queue, one "
+    "image per patient, quotas per finding, the test split's random share; the champion's boxes as "
+    "pre-annotations to Label Studio (a project per task) and as COCO and CVAT XML files.",
+)
+def annotation_batches(
+    context: dg.AssetExecutionContext, config: BatchConfig, xray: XrayResource
+) -> dg.MaterializeResult:
+    from .. import label_studio
+    from ..core.bounds import png_dimensions
+
+    key = context.partition_key
+    task = TASKS[task_of(key)]
+    st = xray.storage
+    if st.remote:
+        raise dg.Failure("annotation batches need a local storage root (Label Studio serves files)")
+    queue = st.read_parquet(*layout.queue(task.name))
+    queue = queue[~queue["image_id"].isin(pending_images(xray, task.name))]
+    picked = acquisition.batch(queue, config.size, config.quota or None, config.test_share)
+    if picked.empty:
+        raise dg.Failure(f"{task.name}: the queue has no image to propose")
+    index = nih_image_index(xray.data("nih"), xray.shared)
+    labels = st.read_parquet(*layout.NIH_LABELS).set_index("image_id")["findings"]
+    with st.workdir(*layout.batch(key, "images")) as out:
+        for image_id in picked["image_id"]:
+            target = out / image_id
+            if not target.exists():
+                shutil.copyfile(index[image_id], target)
+    folder = st.local_path(*layout.batch(key, "images"))
+    sizes = [png_dimensions((folder / i).read_bytes()[:64]) for i in picked["image_id"]]
+    batch = picked.assign(
+        width=[d.width for d in sizes],
+        height=[d.height for d in sizes],
+        listed=[
+            [f for f in labels[i] if f in batch_export.nih_labels_of(task)]
+            for i in picked["image_id"]
+        ],
+    )
+    weights, version, rule, imgsz = champion_model(xray, task.name)
+    images = pd.DataFrame(
+        {"image_id": batch["image_id"], "path": [str(folder / i) for i in batch["image_id"]]}
+    )
+    shown = rule.at(conf=config.min_score) if config.min_score else rule
+    dets = detection.detect_images(
+        detection.load_model(weights), images, shown, imgsz, task.classes
+    )
+    dets = (
+        dets.sort_values(["image_id", "score"], ascending=[True, False])
+        .groupby("image_id")
+        .head(config.max_per_image)
+        .reset_index(drop=True)
+    )
+    listed = dict(zip(batch["image_id"], batch["listed"]))
+    dets["label"] = [
+        batch_export.nih_label_for(task, c, listed[i])
+        for i, c in zip(dets["image_id"], dets["label"])
+    ]
+    model_version = f"{xray.config.model_name(task.name)} v{version}"
+    st.write_text(batch_export.coco(batch, dets, task), *layout.batch(key, "coco.json"))
+    st.write_text(batch_export.cvat(batch, dets, task), *layout.batch(key, "cvat.xml"))
+    st.write_parquet(
+        batch.drop(columns=["listed"]).assign(listed=batch["listed"].map(", ".join)),
+        *layout.batch(key, "images.parquet"),
+    )
+    record = batch[["image_id", "patient_id", "split", "selection", "rank"]].assign(
+        batch=key, model_version=str(version)
+    )
+    earlier = (
+        st.read_parquet(*layout.batches_table(task.name))
+        if st.exists(*layout.batches_table(task.name))
+        else record.iloc[0:0]
+    )
+    st.write_parquet(
+        pd.concat([earlier[earlier["batch"] != key], record], ignore_index=True),
+        *layout.batches_table(task.name),
+    )
+    client = label_studio_client(xray)
+    sent = "not sent: Label Studio is not configured (XRAY_LABEL_STUDIO_URL and its token)"
+    project = None
+    if client is not None:
+        project = client.project(
+            f"xray-assets {xray.config.name} {task.name}",
+            batch_export.label_config(task),
+            description=f"Boxes for {task.name}: correct the model's boxes, draw what it missed.",
+        )
+        client.local_storage(project, folder, f"batch {key}")
+        tasks = batch_export.label_studio_tasks(
+            batch, dets, model_version, lambda i: label_studio.document_url(folder / i, st.root)
+        )
+        client.import_tasks(project, tasks)
+        st.write_json(
+            {"project": project, "url": client.url, "tasks": len(tasks)},
+            *layout.batch(key, "label_studio.json"),
+        )
+        sent = f"{len(tasks)} task(s) in Label Studio project {project}"
+    context.log.info(f"batch {key}: {len(batch)} image(s), {len(dets)} pre-annotation(s); {sent}")
+    return dg.MaterializeResult(
+        metadata={
+            "images": len(batch),
+            "pre_annotations": len(dets),
+            "test_images_random": int((batch["selection"] != "acquisition").sum()),
+            "model_version": model_version,
+            "label_studio": sent,
+            "label_studio_project": project or 0,
+            "coco": dg.MetadataValue.path(str(st.root.joinpath(*layout.batch(key, "coco.json")))),
+            "cvat": dg.MetadataValue.path(str(st.root.joinpath(*layout.batch(key, "cvat.xml")))),
+            "batch": table_value(
+                batch[["rank", "image_id", "selection", "kind"]].assign(
+                    listed=batch["listed"].map(", ".join)
+                )
+            ),
+        },
+    )
+
+
+# -- annotations back: a sensor that only looks, a run that pulls --------------------------------
+
+
+class PullConfig(dg.Config):
+    project: int = Field(description="the Label Studio project")
+    task: str = Field(description="the task partition the project annotates")
+
+
+@dg.op(
+    description="Export the project's annotated tasks not yet in a drop into the inbox as a "
+    "Label Studio JSON drop (the inbox sensor commits it as an annotation_drops partition)."
+)
+def pull_annotations(
+    context: dg.OpExecutionContext, config: PullConfig, xray: XrayResource
+) -> None:
+    from ..core import inbox
+    from .drops import read_drop_tables
+
+    client = label_studio_client(xray)
+    if client is None:
+        raise dg.Failure("Label Studio is not configured (XRAY_LABEL_STUDIO_URL and its token)")
+    export = client.export(config.project)
+    seen = read_drop_tables(xray.shared, "tasks")
+    done = set(seen.loc[seen["project"] == str(config.project), "task"]) if len(seen) else set()
+    fresh = [t for t in export if str(t.get("id")) not in done]
+    if not fresh:
+        context.log.info(f"project {config.project}: nothing new to pull")
+        return
+    ids = sorted(int(t["id"]) for t in fresh)
+    name = f"label-studio-{config.task}-p{config.project}-t{ids[0]}-{ids[-1]}-{len(ids)}"
+    folder = xray.inbox / name
+    tmp = xray.inbox / f".{name}.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "export.json").write_text(json.dumps(fresh))
+    (tmp / inbox.READY).write_text("")
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    context.log.info(f"project {config.project}: {len(fresh)} annotated task(s) -> {folder.name}")
+
+
+@dg.job(description="Pull a Label Studio project's new annotations into the inbox.")
+def pull_annotations_job():
+    pull_annotations()
+
+
+def batch_projects(xray: XrayResource) -> dict[int, str]:
+    """Label Studio project -> task, from the exported batches' records."""
+    st, out = xray.storage, {}
+    for key in st.subfolders(*layout.BATCHES):
+        if st.exists(*layout.batch(key, "label_studio.json")):
+            out[int(st.read_json(*layout.batch(key, "label_studio.json"))["project"])] = task_of(
+                key
+            )
+    return out
+
+
+@dg.sensor(
+    job=pull_annotations_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Counts each batch project's annotated tasks in Label Studio; past its cursor, requests "
+    "a pull. It never copies or writes anything.",
+)
+def label_studio_annotations(
+    context: dg.SensorEvaluationContext, xray: XrayResource
+) -> dg.SensorResult | dg.SkipReason:
+    client = label_studio_client(xray)
+    if client is None:
+        return dg.SkipReason("Label Studio is not configured (XRAY_LABEL_STUDIO_URL and its token)")
+    projects = batch_projects(xray)
+    if not projects:
+        return dg.SkipReason("no batch has been sent to Label Studio")
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    requests = []
+    for project, task in sorted(projects.items()):
+        n = len(client.completed(project))
+        if n > int(cursor.get(str(project), 0)):
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"label-studio-{project}-{n}",
+                    run_config={
+                        "ops": {"pull_annotations": {"config": {"project": project, "task": task}}}
+                    },
+                    tags={"xray/label_studio_project": str(project)},
+                )
+            )
+            cursor[str(project)] = n
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor))
+
+
+defs = dg.Definitions(
+    assets=[annotation_queue, annotation_batches],
+    jobs=[pull_annotations_job],
+    sensors=[label_studio_annotations],
+)

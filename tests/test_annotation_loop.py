@@ -1,0 +1,179 @@
+"""The annotation loop end to end with a real Label Studio started by the test: queue, batch, tasks
+with pre-annotations in Label Studio, a radiologist's submitted annotation (one pre-annotation
+accepted, one moved, one deleted, one drawn), the sensor's request, the pull, the drop committed with
+the four provenance kinds counted, and the label table and the task's dataset changed, the raw CSVs
+untouched. The annotation is submitted through Label Studio's own REST API (the call its editor
+makes on Submit); a browser is not driven here."""
+
+from __future__ import annotations
+
+import copy
+
+import dagster as dg
+import httpx
+import pytest
+import services
+
+from xray_assets import layout
+from xray_assets.defs import (
+    annotation,
+    datasets,
+    drops,
+    evaluation,
+    gate,
+    nih,
+    training,
+    vinbigdata,
+)
+from xray_assets.defs.resources import SHARD_PARTITIONS, XrayResource
+
+TASK = "nih_multi"
+
+
+def _v(x):
+    return getattr(x, "value", x)
+
+
+def _run(asset, xray, instance=None, partition_key=None, **kw):
+    ctx = dg.build_asset_context(
+        resources={"xray": xray}, partition_key=partition_key, instance=instance
+    )
+    return asset(ctx, **kw)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_batch_goes_to_label_studio_and_comes_back_as_a_drop(tmp_path, monkeypatch):
+    from xray_assets.core.synthetic import write_sample_data
+
+    data = tmp_path / "data"
+    write_sample_data(data, size=40, seed=3, vinbigdata_max_side=700)
+    raw = {p: p.read_bytes() for p in sorted(data.rglob("*.csv"))}
+    xray = XrayResource(
+        data_dir=str(data),
+        storage_dir=str(tmp_path / "storage"),
+        profile="smoke",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        weights_dir=str(tmp_path / "weights"),
+    )
+    monkeypatch.setenv("XRAY_TORCH_THREADS", "1")
+    # the study for one task, each asset called as its run would
+    for asset in (nih.nih_labels, nih.nih_boxes, vinbigdata.vinbigdata_annotations):
+        _run(asset, xray)
+    for shard in SHARD_PARTITIONS.get_partition_keys():
+        _run(vinbigdata.vinbigdata_images, xray, partition_key=shard)
+    for asset in (
+        vinbigdata.vinbigdata_boxes,
+        datasets.background_samples,
+        datasets.patient_splits,
+    ):
+        _run(asset, xray)
+    before = _v(_run(datasets.yolo_datasets, xray, partition_key=TASK).metadata["dataset_hash"])
+    _run(training.trained_models, xray, partition_key=TASK, config=training.TrainConfig(epochs=1))
+    for asset in (evaluation.nms_thresholds, evaluation.evaluation_reports, gate.champion_gate):
+        _run(asset, xray, partition_key=TASK)
+    _run(annotation.annotation_queue, xray, partition_key=TASK, config=annotation.QueueConfig())
+    queue = xray.storage.read_parquet(*layout.queue(TASK))
+    label_only = set(queue.loc[queue["kind"] == "label_only", "image_id"])
+
+    with (
+        services.label_studio(tmp_path, xray.storage.root) as ls,
+        dg.instance_for_test() as instance,
+    ):
+        monkeypatch.setenv("XRAY_LABEL_STUDIO_URL", ls.url)
+        monkeypatch.setenv("XRAY_LABEL_STUDIO_TOKEN", ls.token)
+        key = annotation.batch_key(TASK, 1)
+        instance.add_dynamic_partitions("annotation_batches", [key])
+        md = _run(
+            annotation.annotation_batches,
+            xray,
+            instance=instance,
+            partition_key=key,
+            config=annotation.BatchConfig(size=8, test_share=0, min_score=0.001, max_per_image=1),
+        ).metadata
+        project = _v(md["label_studio_project"])
+        assert _v(md["images"]) >= 1 and project > 0
+        assert xray.storage.exists(*layout.batch(key, "coco.json"))
+        api = httpx.Client(base_url=ls.url, headers={"Authorization": f"Token {ls.token}"})
+        tasks = api.get("/api/tasks", params={"project": project}).json()["tasks"]
+        assert [t["data"]["rank"] for t in tasks] == sorted(t["data"]["rank"] for t in tasks)
+        mine = [t for t in tasks if t["data"]["image_id"] in label_only]
+        # the image the radiologist boxes: one listed finding (its box brings it into training)
+        one = next(t for t in mine if "," not in t["data"]["findings"])
+        chosen = [one] + [t for t in mine if t is not one][:2]
+        preds = [api.get("/api/predictions", params={"task": t["id"]}).json() for t in chosen]
+        assert len(chosen) == 3 and all(len(p) == 1 and p[0]["result"] for p in preds)
+        assert preds[0][0]["model_version"].startswith("xray-smoke-nih_multi v")
+        first = [p[0]["result"][0] for p in preds]
+        # the radiologist: keeps a box (and draws one beside it), moves one, deletes one
+        kept, moved = copy.deepcopy(first[0]), copy.deepcopy(first[1])
+        x, w = moved["value"]["x"], moved["value"]["width"]
+        moved["value"].update(x=x + 0.2 * w, width=0.6 * w)  # dragged in from both sides
+        drawn = copy.deepcopy(kept) | {"id": "drawn-1"}
+        drawn["value"] = {
+            "x": 5.0,
+            "y": 5.0,
+            "width": 10.0,
+            "height": 10.0,
+            "rotation": 0,
+            "rectanglelabels": [one["data"]["findings"]],
+        }
+        drawn.pop("score", None)
+        for task, result in zip(chosen, ([kept, drawn], [moved], [])):
+            r = api.post(
+                f"/api/tasks/{task['id']}/annotations",
+                json={"result": result, "lead_time": 42.0, "was_cancelled": False},
+            )
+            assert r.status_code == 201, r.text
+
+        # the sensor only looks: it counts the project's annotated tasks and requests one pull
+        ctx = dg.build_sensor_context(instance=instance, resources={"xray": xray})
+        result = annotation.label_studio_annotations(ctx)
+        (request,) = result.run_requests
+        assert annotation.pull_annotations_job.execute_in_process(
+            run_config=request.run_config, resources={"xray": xray}, instance=instance
+        ).success
+        again = annotation.label_studio_annotations(
+            dg.build_sensor_context(
+                instance=instance, resources={"xray": xray}, cursor=result.cursor
+            )
+        )
+        assert not again.run_requests, "nothing new past the cursor"
+
+        # the inbox sensor commits it as a drop, with the provenance counted
+        tick = drops.new_annotations(
+            dg.build_sensor_context(instance=instance, resources={"xray": xray})
+        )
+        (drop_request,) = tick.run_requests
+        instance.add_dynamic_partitions("annotation_drops", [drop_request.partition_key])
+        committed = _run(
+            drops.annotation_drops,
+            xray,
+            instance=instance,
+            partition_key=drop_request.partition_key,
+            config=drops.DropConfig(**drop_request.run_config["ops"]["annotation_drops"]["config"]),
+        ).metadata
+        summary = _v(committed["summary"]).records[0].data
+        assert _v(committed["format"]) == "label-studio"
+        assert (
+            summary["pre_annotations_accepted"],
+            summary["pre_annotations_edited"],
+            summary["added"],
+            summary["pre_annotations_deleted"],
+        ) == (1, 1, 1, 1)
+        shared = xray.shared
+        stored = shared.read_parquet("drops", drop_request.partition_key, "boxes.parquet")
+        assert ls.user not in stored.to_csv(), "the annotator's e-mail never reaches a table"
+
+    # the label assets re-read (and, as the automation would, what is below them): the task's
+    # dataset changes, the raw files do not
+    _run(nih.nih_boxes, xray)
+    _run(datasets.patient_splits, xray)
+    boxes = xray.storage.read_parquet(*layout.NIH_BOXES)
+    mine = boxes[boxes["source"] == drop_request.partition_key]
+    assert len(mine) == 3 and set(mine["image_id"]) == {
+        t["data"]["image_id"] for t in chosen[:2]
+    }, "the kept, the drawn and the moved box; the deleted one is evidence, not a box"
+    after = _v(_run(datasets.yolo_datasets, xray, partition_key=TASK).metadata["dataset_hash"])
+    assert after != before
+    assert raw == {p: p.read_bytes() for p in raw}, "the study's raw CSVs are byte-identical"
