@@ -185,6 +185,45 @@ def test_annotation_queue(xray):
     assert again["scored_this_run"] == 0, "scores are cached per (image, model version)"
 
 
+def test_annotation_batches(xray, instance, monkeypatch):
+    """Without Label Studio configured the batch is written as files only (and says so)."""
+    import json
+    import xml.etree.ElementTree as ET
+
+    from xray_assets.core import tool_formats
+    from xray_assets.defs import annotation
+
+    monkeypatch.delenv("XRAY_LABEL_STUDIO_URL", raising=False)
+    key = annotation.batch_key(TASK, 1)
+    instance.add_dynamic_partitions("annotation_batches", [key])
+    md = _md(
+        _run(
+            annotation.annotation_batches,
+            xray,
+            instance=instance,
+            partition_key=key,
+            config=annotation.BatchConfig(size=3, min_score=0.001, max_per_image=2),
+        )
+    )
+    st = xray.storage
+    coco = json.loads(st.local(*layout.batch(key, "coco.json")).read_text())
+    assert md["images"] == len(coco["images"]) > 0 and md["pre_annotations"] == len(
+        coco["annotations"]
+    )
+    assert "not configured" in md["label_studio"] and md["label_studio_project"] == 0
+    assert ET.parse(st.local(*layout.batch(key, "cvat.xml"))).getroot().tag == "annotations"
+    sent = st.read_parquet(*layout.batches_table(TASK))
+    assert set(sent["image_id"]) == {im["file_name"] for im in coco["images"]}
+    assert sent["patient_id"].is_unique, "one image per patient"
+    # our COCO export read back as a drop gives the batch's boxes (in the images' own pixels)
+    folder = st.local_path(*layout.batch(key, "images"))
+    sizes = {im["file_name"]: (im["width"], im["height"]) for im in coco["images"]}
+    back = tool_formats.read_coco(st.local(*layout.batch(key, "coco.json")), sizes.get)
+    assert len(back) == len(coco["annotations"]) and folder.is_dir()
+    for a, b in zip(coco["annotations"], back.itertuples()):
+        assert [b.x_min, b.y_min, b.x_max - b.x_min, b.y_max - b.y_min] == pytest.approx(a["bbox"])
+
+
 def test_study_report(xray):
     md = _md(_run(evaluation.study_report, xray))
     assert xray.storage.exists(*layout.report("study"))
@@ -220,4 +259,4 @@ def test_every_asset_of_the_graph_has_a_fast_test_here():
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     tested = {name for name in globals() if name.startswith("test_")}
     missing = sorted(k for k in keys if not any(t.startswith(f"test_{k}") for t in tested))
-    assert len(keys) == 15 and not missing, f"assets without a fast test: {missing}"
+    assert len(keys) == 16 and not missing, f"assets without a fast test: {missing}"

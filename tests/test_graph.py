@@ -26,6 +26,7 @@ DESIGN_ASSETS = {
     "evaluation_reports": ("reports", "tasks"),
     "champion_gate": ("reports", "tasks"),
     "annotation_queue": ("datasets", "tasks"),
+    "annotation_batches": ("datasets", "batches"),
     "study_report": ("reports", None),
 }
 TASKS = [
@@ -92,9 +93,10 @@ def test_catalog_specs_a_team_can_read():
             assert pdef is None, key
         elif parts == "tasks":
             assert pdef.get_partition_keys() == TASKS, key
-        elif parts == "drops":
+        elif parts in ("drops", "batches"):
             assert (
-                isinstance(pdef, dg.DynamicPartitionsDefinition) and pdef.name == "annotation_drops"
+                isinstance(pdef, dg.DynamicPartitionsDefinition)
+                and pdef.name == f"annotation_{parts}"
             )
         else:
             assert len(pdef.get_partition_keys()) >= 2, key

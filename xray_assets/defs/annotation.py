@@ -213,8 +213,12 @@ def label_studio_client(xray: XrayResource):
     kinds={"json", "xml"},
     owners=OWNERS,
     tags={"stage": "annotate"},
-    deps=[annotation_queue],
+    # a batch `<task>-<n>` reads its task's queue; Dagster has no public mapping from a dynamic key
+    # to a static one, so the edge spans every task's queue
+    deps=[dg.AssetDep(annotation_queue, partition_mapping=dg.AllPartitionMapping())],
     code_version=code_version(batch_export),
+    # a batch partition added (in the UI, or by a script) is exported by the automation sensor
+    automation_condition=dg.AutomationCondition.on_missing(),
     description="One exported annotation batch (partition `<task>-<n>`): the top K of the task's queue, one "
     "image per patient, quotas per finding, the test split's random share; the champion's boxes as "
     "pre-annotations to Label Studio (a project per task) and as COCO and CVAT XML files.",
