@@ -155,19 +155,7 @@ def evaluate_task(
             min_boxes=min_boxes,
         )
     else:
-        groups_table = pd.DataFrame(
-            columns=[
-                "attribute",
-                "group",
-                "images",
-                "patients",
-                "boxes",
-                "map50",
-                "ci_low",
-                "ci_high",
-                "note",
-            ]
-        )
+        groups_table = pd.DataFrame(columns=SUBGROUP_COLUMNS)
     pr = {}
     for label in classes:
         s, tp, n = match_label(gt[gt.label == label], detections[detections.label == label], 0.5)
@@ -196,6 +184,18 @@ def evaluate_task(
     )
 
 
+#: a subgroup table's columns (`metrics.subgroups`'s, an empty one when the split has no NIH image)
+SUBGROUP_COLUMNS = [
+    "attribute",
+    "group",
+    "images",
+    "patients",
+    "boxes",
+    "map50",
+    "ci_low",
+    "ci_high",
+    "note",
+]
 #: the operating point's figures, both averages
 OPERATING_KEYS = tuple(f"{m}_{a}" for a in AVERAGES for m in ("precision", "recall", "f1"))
 

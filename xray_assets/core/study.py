@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from .detection import DetectionRule
-from .evaluation import INTERPOLATION, interval_text, intervals_sentence, patients
+from .evaluation import (
+    INTERPOLATION,
+    SUBGROUP_COLUMNS,
+    interval_text,
+    intervals_sentence,
+    patients,
+)
 from .metrics import AVERAGES, MIN_TEST_BOXES, enough_boxes, paired_bootstrap, too_few
 from .report import md_table
 
@@ -281,18 +287,7 @@ def subgroup_table(
     results: dict[str, TaskResult], per_task: dict[str, pd.DataFrame]
 ) -> pd.DataFrame:
     parts = [df.assign(task=name) for name, df in per_task.items() if name in results and len(df)]
-    cols = [
-        "task",
-        "attribute",
-        "group",
-        "images",
-        "patients",
-        "boxes",
-        "map50",
-        "ci_low",
-        "ci_high",
-        "note",
-    ]
+    cols = ["task", *SUBGROUP_COLUMNS]
     return pd.concat(parts, ignore_index=True).reindex(columns=cols) if parts else pd.DataFrame()
 
 
