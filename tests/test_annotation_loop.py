@@ -8,13 +8,17 @@ makes on Submit); a browser is not driven here."""
 from __future__ import annotations
 
 import copy
+import io
+import zipfile
 
 import dagster as dg
 import httpx
+import pandas as pd
 import pytest
 import services
 
 from xray_assets import layout
+from xray_assets.core import inbox
 from xray_assets.defs import (
     annotation,
     datasets,
@@ -126,6 +130,20 @@ def test_a_batch_goes_to_label_studio_and_comes_back_as_a_drop(tmp_path, monkeyp
             )
             assert r.status_code == 201, r.text
 
+        # Label Studio's own COCO and YOLO exports of the same annotations read as drops give the
+        # same boxes as its JSON (pulled below)
+        known = drops._known(xray, "")
+        tool_boxes = {}
+        for kind in ("COCO", "YOLO"):
+            got = api.get(
+                f"/api/projects/{project}/export", params={"exportType": kind}, timeout=120
+            )
+            assert got.status_code == 200, got.text[:300]
+            folder = tmp_path / f"export-{kind}"
+            zipfile.ZipFile(io.BytesIO(got.content)).extractall(folder)
+            (folder / "READY").write_text("")
+            tool_boxes[kind] = inbox.validate(folder, known).tables["boxes"]
+
         # the sensor only looks: it counts the project's annotated tasks and requests one pull
         ctx = dg.build_sensor_context(instance=instance, resources={"xray": xray})
         result = annotation.label_studio_annotations(ctx)
@@ -163,6 +181,16 @@ def test_a_batch_goes_to_label_studio_and_comes_back_as_a_drop(tmp_path, monkeyp
         ) == (1, 1, 1, 1)
         shared = xray.shared
         stored = shared.read_parquet("drops", drop_request.partition_key, "boxes.parquet")
+        cols = ["image_id", "label", "x_min", "y_min", "x_max", "y_max"]
+
+        def ordered(df):
+            return df[cols].sort_values(cols).reset_index(drop=True)
+
+        for kind, got in tool_boxes.items():
+            assert len(got) == len(stored) == 3, kind
+            pd.testing.assert_frame_equal(
+                ordered(got), ordered(stored), atol=0.6, check_dtype=False, obj=kind
+            )
         assert ls.user not in stored.to_csv(), "the annotator's e-mail never reaches a table"
 
     # the label assets re-read (and, as the automation would, what is below them): the task's

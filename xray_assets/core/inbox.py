@@ -223,6 +223,8 @@ def _tool_export(folder: Path) -> tuple[str, list[Path]] | None:
             found.append(("label-studio", p))
         elif isinstance(head, dict) and "annotations" in head and "images" in head:
             found.append(("coco", p))
+        elif isinstance(head, dict) and set(head) <= {"categories", "info"}:
+            continue  # a YOLO export's notes.json (its class list, as classes.txt gives it)
         else:
             raise DropError(f"{p.name}: neither COCO JSON nor Label Studio's JSON export")
     found += [("cvat", p) for p in sorted(folder.rglob("*.xml"))]
