@@ -2,12 +2,10 @@
 with pre-annotations in Label Studio, a radiologist's submitted annotation (one pre-annotation
 accepted, one moved, one deleted, one drawn), the sensor's request, the pull, the drop committed with
 the four provenance kinds counted, and the label table and the task's dataset changed, the raw CSVs
-untouched. The annotation is submitted through Label Studio's own REST API (the call its editor
-makes on Submit); a browser is not driven here."""
+untouched. The radiologist works in Label Studio's own pages, driven in chromium."""
 
 from __future__ import annotations
 
-import copy
 import io
 import zipfile
 
@@ -16,9 +14,11 @@ import httpx
 import pandas as pd
 import pytest
 import services
+from browser import browser
 
 from xray_assets import layout
-from xray_assets.core import inbox
+from xray_assets.core import batch_export, inbox
+from xray_assets.core.classes import TASKS
 from xray_assets.defs import (
     annotation,
     datasets,
@@ -32,6 +32,86 @@ from xray_assets.defs import (
 from xray_assets.defs.resources import SHARD_PARTITIONS, XrayResource
 
 TASK = "nih_multi"
+
+
+def radiologist(b, ls, project: int, plan: dict[int, str], hotkey: str) -> None:
+    """In chromium, through Label Studio's own pages: log in, open the labelling stream (tasks in
+    id order, each starting from its pre-annotation) and, task by task, `redo` (delete the
+    pre-annotation, draw the listed finding), `edit` (drag the box's right edge inwards), `accept`
+    (submit as proposed); any other task is skipped. Every request to anything but 127.0.0.1 is
+    recorded and refused (its page refers to a Sentry CDN script)."""
+    headers = {"Authorization": f"Token {ls.token}"}
+    tasks = httpx.get(f"{ls.url}/api/tasks", params={"project": project}, headers=headers).json()
+    order = sorted(t["id"] for t in tasks["tasks"])
+    last = max(plan, key=order.index)
+    outside: list[str] = []
+    page = b.new_page(viewport={"width": 1400, "height": 900})
+
+    def route(r):
+        if r.request.url.startswith(("http://127.0.0.1", "data:", "blob:")):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    page.goto(f"{ls.url}/user/login")
+    page.fill("input[name=email]", ls.user)
+    page.fill("input[name=password]", ls.password)
+    page.click("button[type=submit]")
+    page.wait_for_load_state("networkidle")
+    page.goto(f"{ls.url}/projects/{project}/data?labeling=1")
+    submit = page.get_by_test_id("bottombar-submit-button")
+    for task in order[: order.index(last) + 1]:
+        submit.wait_for(timeout=120_000)
+        page.locator("div.lsf-image").first.wait_for(timeout=120_000)
+        page.wait_for_load_state("networkidle")
+        page.wait_for_timeout(1500)
+        action = plan.get(task)
+        if action is None:
+            page.get_by_role("button", name="Skip").click()
+            page.wait_for_timeout(1500)
+            continue
+        image = page.locator("div.lsf-image").first.bounding_box()
+
+        def at(px: float, py: float) -> tuple[float, float]:
+            return image["x"] + image["width"] * px / 100, image["y"] + image["height"] * py / 100
+
+        (pred,) = httpx.get(
+            f"{ls.url}/api/predictions", params={"task": task}, headers=headers
+        ).json()
+        v = pred["result"][0]["value"]
+        region = page.locator(f"text={v['rectanglelabels'][0]}").last  # its row in the outliner
+        if action == "redo":
+            region.click()
+            page.keyboard.press("Backspace")
+            page.keyboard.press("Escape")
+            page.keyboard.press(hotkey)
+            x0, y0 = at(20, 55)
+            x1, y1 = at(35, 70)
+            page.mouse.move(x0, y0)
+            page.mouse.down()
+            page.mouse.move(x1, y1, steps=10)
+            page.mouse.up()
+        elif action == "edit":
+            region.click()
+            hx, hy = at(v["x"] + v["width"], v["y"] + v["height"] / 2)
+            page.mouse.move(hx, hy)
+            page.mouse.down()
+            page.mouse.move(hx - image["width"] * v["width"] / 400, hy, steps=10)
+            page.mouse.up()
+        page.wait_for_timeout(500)
+        submit.click()
+        page.wait_for_timeout(1500)
+    page.close()
+    for task, action in plan.items():
+        (a,) = [
+            x
+            for x in httpx.get(f"{ls.url}/api/tasks/{task}/annotations", headers=headers).json()
+            if not x["was_cancelled"]
+        ]
+        assert len(a["result"]) == 1, f"task {task} ({action}): {a['result']}"
+    assert not outside, f"the browser asked for something outside 127.0.0.1: {outside[:5]}"
 
 
 def _v(x):
@@ -101,34 +181,21 @@ def test_a_batch_goes_to_label_studio_and_comes_back_as_a_drop(tmp_path, monkeyp
         api = httpx.Client(base_url=ls.url, headers={"Authorization": f"Token {ls.token}"})
         tasks = api.get("/api/tasks", params={"project": project}).json()["tasks"]
         assert [t["data"]["rank"] for t in tasks] == sorted(t["data"]["rank"] for t in tasks)
-        mine = [t for t in tasks if t["data"]["image_id"] in label_only]
+        mine = [t for t in tasks if t["data"]["image_id"] in label_only and t["total_predictions"]]
         # the image the radiologist boxes: one listed finding (its box brings it into training)
         one = next(t for t in mine if "," not in t["data"]["findings"])
         chosen = [one] + [t for t in mine if t is not one][:2]
-        preds = [api.get("/api/predictions", params={"task": t["id"]}).json() for t in chosen]
-        assert len(chosen) == 3 and all(len(p) == 1 and p[0]["result"] for p in preds)
-        assert preds[0][0]["model_version"].startswith("xray-smoke-nih_multi v")
-        first = [p[0]["result"][0] for p in preds]
-        # the radiologist: keeps a box (and draws one beside it), moves one, deletes one
-        kept, moved = copy.deepcopy(first[0]), copy.deepcopy(first[1])
-        x, w = moved["value"]["x"], moved["value"]["width"]
-        moved["value"].update(x=x + 0.2 * w, width=0.6 * w)  # dragged in from both sides
-        drawn = copy.deepcopy(kept) | {"id": "drawn-1"}
-        drawn["value"] = {
-            "x": 5.0,
-            "y": 5.0,
-            "width": 10.0,
-            "height": 10.0,
-            "rotation": 0,
-            "rectanglelabels": [one["data"]["findings"]],
-        }
-        drawn.pop("score", None)
-        for task, result in zip(chosen, ([kept, drawn], [moved], [])):
-            r = api.post(
-                f"/api/tasks/{task['id']}/annotations",
-                json={"result": result, "lead_time": 42.0, "was_cancelled": False},
+        assert len(chosen) == 3
+        finding = one["data"]["findings"]
+        hotkey = str(batch_export.nih_labels_of(TASKS[TASK]).index(finding) + 1)
+        with browser() as b:
+            radiologist(
+                b,
+                ls,
+                project,
+                {t["id"]: a for t, a in zip(chosen, ("redo", "edit", "accept"))},
+                hotkey,
             )
-            assert r.status_code == 201, r.text
 
         # Label Studio's own COCO and YOLO exports of the same annotations read as drops give the
         # same boxes as its JSON (pulled below)
@@ -199,9 +266,9 @@ def test_a_batch_goes_to_label_studio_and_comes_back_as_a_drop(tmp_path, monkeyp
     _run(datasets.patient_splits, xray)
     boxes = xray.storage.read_parquet(*layout.NIH_BOXES)
     mine = boxes[boxes["source"] == drop_request.partition_key]
-    assert len(mine) == 3 and set(mine["image_id"]) == {
-        t["data"]["image_id"] for t in chosen[:2]
-    }, "the kept, the drawn and the moved box; the deleted one is evidence, not a box"
+    assert len(mine) == 3 and set(mine["image_id"]) == {t["data"]["image_id"] for t in chosen}, (
+        "the drawn, the edited and the accepted box; the deleted one is evidence, not a box"
+    )
     after = _v(_run(datasets.yolo_datasets, xray, partition_key=TASK).metadata["dataset_hash"])
     assert after != before
     assert raw == {p: p.read_bytes() for p in raw}, "the study's raw CSVs are byte-identical"

@@ -15,6 +15,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+#: a closed local port: whatever Label Studio still fetches from outside fails at once, with no
+#: DNS look-up (its login page asks the server for "tips" from raw.githubusercontent.com, and no
+#: setting turns that off; found by the tests' network guard inside the service)
+DEAD_PROXY = "http://127.0.0.1:9"
 #: without these Label Studio contacts its telemetry host on every API request, Sentry, and the
 #: package index (measured for 1.23.2)
 OFFLINE_ENV = {
@@ -23,6 +27,8 @@ OFFLINE_ENV = {
     "COLLECT_ANALYTICS": "false",
     "LATEST_VERSION_CHECK": "false",
     "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+    **{k: DEAD_PROXY for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")},
+    **{k: "127.0.0.1,localhost" for k in ("NO_PROXY", "no_proxy")},
 }
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
 
@@ -130,6 +136,15 @@ class Client:
             },
         )
         return int(made["id"])
+
+    def prelabel_with(self, project: int, model_version: str) -> None:
+        """Show this model version's predictions as each new annotation's starting boxes (the
+        project setting "use predictions to pre-label"; without it the editor starts empty)."""
+        self._call(
+            "PATCH",
+            f"/api/projects/{project}",
+            json={"model_version": model_version, "show_collab_predictions": True},
+        )
 
     def import_tasks(self, project: int, tasks: list[dict]) -> list[int]:
         """Tasks with their predictions, in order; returns the new tasks' ids."""

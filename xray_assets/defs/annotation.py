@@ -308,6 +308,7 @@ def annotation_batches(
             batch, dets, model_version, lambda i: label_studio.document_url(folder / i, st.root)
         )
         client.import_tasks(project, tasks)
+        client.prelabel_with(project, model_version)
         st.write_json(
             {"project": project, "url": client.url, "tasks": len(tasks)},
             *layout.batch(key, "label_studio.json"),
