@@ -49,9 +49,10 @@ def main(mode: str, cursor_file: str) -> None:
             cursor = dg.deserialize_value(fh.read())
         res = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
         requested = {}
-        for r in res.results:
-            if r.true_subset.size:
-                requested[r.key.to_user_string()] = r.true_subset.size
+        for r in res.results:  # (the public count: a dynamic partition set needs its store)
+            n = res.get_num_requested(r.key)
+            if n:
+                requested[r.key.to_user_string()] = n
         print(json.dumps(requested))
         return
     with open(cursor_file, "w") as fh:

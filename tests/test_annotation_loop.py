@@ -177,7 +177,7 @@ def test_a_batch_goes_to_label_studio_and_comes_back_as_a_drop(tmp_path, monkeyp
         ).metadata
         project = _v(md["label_studio_project"])
         assert _v(md["images"]) >= 1 and project > 0
-        assert xray.storage.exists(*layout.batch(key, "coco.json"))
+        assert xray.storage.exists(*layout.batch(key, layout.BATCH_COCO))
         api = httpx.Client(base_url=ls.url, headers={"Authorization": f"Token {ls.token}"})
         tasks = api.get("/api/tasks", params={"project": project}).json()["tasks"]
         assert [t["data"]["rank"] for t in tasks] == sorted(t["data"]["rank"] for t in tasks)

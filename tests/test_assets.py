@@ -206,19 +206,19 @@ def test_annotation_batches(xray, instance, monkeypatch):
         )
     )
     st = xray.storage
-    coco = json.loads(st.local(*layout.batch(key, "coco.json")).read_text())
+    coco = json.loads(st.local(*layout.batch(key, layout.BATCH_COCO)).read_text())
     assert md["images"] == len(coco["images"]) > 0 and md["pre_annotations"] == len(
         coco["annotations"]
     )
     assert "not configured" in md["label_studio"] and md["label_studio_project"] == 0
-    assert ET.parse(st.local(*layout.batch(key, "cvat.xml"))).getroot().tag == "annotations"
+    assert ET.parse(st.local(*layout.batch(key, layout.BATCH_CVAT))).getroot().tag == "annotations"
     sent = st.read_parquet(*layout.batches_table(TASK))
     assert set(sent["image_id"]) == {im["file_name"] for im in coco["images"]}
     assert sent["patient_id"].is_unique, "one image per patient"
     # our COCO export read back as a drop gives the batch's boxes (in the images' own pixels)
     folder = st.local_path(*layout.batch(key, "images"))
     sizes = {im["file_name"]: (im["width"], im["height"]) for im in coco["images"]}
-    back = tool_formats.read_coco(st.local(*layout.batch(key, "coco.json")), sizes.get)
+    back = tool_formats.read_coco(st.local(*layout.batch(key, layout.BATCH_COCO)), sizes.get)
     assert len(back) == len(coco["annotations"]) and folder.is_dir()
     for a, b in zip(coco["annotations"], back.itertuples()):
         assert [b.x_min, b.y_min, b.x_max - b.x_min, b.y_max - b.y_min] == pytest.approx(a["bbox"])

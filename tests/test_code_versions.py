@@ -90,8 +90,9 @@ def test_a_class_map_change_reaches_the_steps_that_read_it(original, tmp_path):
     changed = edited(
         original, tmp_path, {"core/classes.py": ('"Nodule": "Mass/Nodule",', '"Nodule": "Nodule",')}
     )
-    # NIH_TO_UNITED is read (through a function-level import) by the dataset builder only
-    assert changed == {"yolo_datasets"}
+    # NIH_TO_UNITED is read (through a function-level import) by the dataset builder, and by the
+    # annotation queue and batches (which findings are candidates of a task, and their labels)
+    assert changed == {"yolo_datasets", "annotation_queue", "annotation_batches"}
     # VinBigData's Lung Opacity (7) joins the united Infiltrate: the consensus step re-runs
     changed = edited(
         original,
@@ -187,7 +188,7 @@ def test_automation_after_an_edit_requests_exactly_what_the_edit_affects(origina
         ),
         "class map": (
             {"core/classes.py": ('"Nodule": "Mass/Nodule",', '"Nodule": "Nodule",')},
-            {"yolo_datasets": 6},
+            {"yolo_datasets": 6, "annotation_queue": 6},
         ),
         "epochs": ({"config.py": ("epochs=12,", "epochs=13,")}, {"trained_models": 6}),
     }

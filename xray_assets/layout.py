@@ -136,8 +136,14 @@ def batches_table(task: str) -> tuple[str, str, str]:
     return "annotation", task, "batches.parquet"
 
 
-#: the exported batches, a folder each
+#: the exported batches, a folder each: its images, the images' table, COCO, CVAT, the project
 BATCHES = ("annotation", "batches")
+BATCH_IMAGES, BATCH_COCO, BATCH_CVAT, BATCH_PROJECT = (
+    "images.parquet",
+    "coco.json",
+    "cvat.xml",
+    "label_studio.json",
+)
 
 
 def batch(key: str, name: str = "") -> tuple[str, ...]:

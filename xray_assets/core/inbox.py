@@ -229,7 +229,7 @@ def _tool_export(folder: Path) -> tuple[str, list[Path]] | None:
             raise DropError(f"{p.name}: neither COCO JSON nor Label Studio's JSON export")
     found += [("cvat", p) for p in sorted(folder.rglob("*.xml"))]
     labels = [
-        p for p in sorted(folder.rglob("*.txt")) if p.name not in ("classes.txt", "obj.names")
+        p for p in sorted(folder.rglob("*.txt")) if p.name not in tool_formats.YOLO_NAME_FILES
     ]
     labels = [p for p in labels if p.name not in (READY, ERROR_FILE)]
     if labels:

@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import pandas as pd
 
+from .. import layout
 from .classes import NIH_CLASSES
 
 COLUMNS = [
@@ -48,6 +49,8 @@ COLUMNS = [
     "model_version",
 ]
 ORIGINS = ("accepted", "edited", "added", "deleted")
+#: where a YOLO export names its classes, a name per line (else its data.yaml's `names`)
+YOLO_NAME_FILES = ("classes.txt", "obj.names")
 #: a box may overhang its image by this many pixels (tools round); beyond it the record is rejected
 EDGE_TOLERANCE_PX = 1.0
 
@@ -222,7 +225,7 @@ def read_yolo(labels_dir: Path, class_names: list[str], images: list[str], size_
     by_stem = {Path(i).stem: i for i in images}
     frames = []
     for txt in sorted(labels_dir.glob("*.txt")):
-        if txt.name in ("classes.txt", "obj.names"):
+        if txt.name in YOLO_NAME_FILES:
             continue
         b = _Builder(txt, "yolo", size_of)
         image_id = by_stem.get(txt.stem)
@@ -256,7 +259,7 @@ def read_yolo(labels_dir: Path, class_names: list[str], images: list[str], size_
 
 def yolo_class_names(folder: Path) -> list[str] | None:
     """The class names of a YOLO export: classes.txt / obj.names (a name per line) or data.yaml."""
-    for name in ("classes.txt", "obj.names"):
+    for name in YOLO_NAME_FILES:
         found = sorted(folder.rglob(name))
         if found:
             return [
@@ -264,7 +267,7 @@ def yolo_class_names(folder: Path) -> list[str] | None:
                 for n in found[0].read_text(encoding="utf-8-sig").splitlines()
                 if n.strip()
             ]
-    for found in sorted(folder.rglob("data.yaml")):
+    for found in sorted(folder.rglob(layout.DATA_YAML)):
         import yaml
 
         names = (yaml.safe_load(found.read_text()) or {}).get("names")

@@ -276,11 +276,11 @@ def annotation_batches(
         for i, c in zip(dets["image_id"], dets["label"])
     ]
     model_version = f"{xray.config.model_name(task.name)} v{version}"
-    st.write_text(batch_export.coco(batch, dets, task), *layout.batch(key, "coco.json"))
-    st.write_text(batch_export.cvat(batch, dets, task), *layout.batch(key, "cvat.xml"))
+    st.write_text(batch_export.coco(batch, dets, task), *layout.batch(key, layout.BATCH_COCO))
+    st.write_text(batch_export.cvat(batch, dets, task), *layout.batch(key, layout.BATCH_CVAT))
     st.write_parquet(
         batch.drop(columns=["listed"]).assign(listed=batch["listed"].map(", ".join)),
-        *layout.batch(key, "images.parquet"),
+        *layout.batch(key, layout.BATCH_IMAGES),
     )
     record = batch[["image_id", "patient_id", "split", "selection", "rank"]].assign(
         batch=key, model_version=str(version)
@@ -311,7 +311,7 @@ def annotation_batches(
         client.prelabel_with(project, model_version)
         st.write_json(
             {"project": project, "url": client.url, "tasks": len(tasks)},
-            *layout.batch(key, "label_studio.json"),
+            *layout.batch(key, layout.BATCH_PROJECT),
         )
         sent = f"{len(tasks)} task(s) in Label Studio project {project}"
     context.log.info(f"batch {key}: {len(batch)} image(s), {len(dets)} pre-annotation(s); {sent}")
@@ -323,8 +323,12 @@ def annotation_batches(
             "model_version": model_version,
             "label_studio": sent,
             "label_studio_project": project or 0,
-            "coco": dg.MetadataValue.path(str(st.root.joinpath(*layout.batch(key, "coco.json")))),
-            "cvat": dg.MetadataValue.path(str(st.root.joinpath(*layout.batch(key, "cvat.xml")))),
+            "coco": dg.MetadataValue.path(
+                str(st.root.joinpath(*layout.batch(key, layout.BATCH_COCO)))
+            ),
+            "cvat": dg.MetadataValue.path(
+                str(st.root.joinpath(*layout.batch(key, layout.BATCH_CVAT)))
+            ),
             "batch": table_value(
                 batch[["rank", "image_id", "selection", "kind"]].assign(
                     listed=batch["listed"].map(", ".join)
@@ -384,8 +388,8 @@ def batch_projects(xray: XrayResource) -> dict[int, str]:
     """Label Studio project -> task, from the exported batches' records."""
     st, out = xray.storage, {}
     for key in st.subfolders(*layout.BATCHES):
-        if st.exists(*layout.batch(key, "label_studio.json")):
-            out[int(st.read_json(*layout.batch(key, "label_studio.json"))["project"])] = task_of(
+        if st.exists(*layout.batch(key, layout.BATCH_PROJECT)):
+            out[int(st.read_json(*layout.batch(key, layout.BATCH_PROJECT))["project"])] = task_of(
                 key
             )
     return out
