@@ -65,7 +65,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 # everything but the end-to-end tests that train through the instance (the `slow` marker), on two
-# workers, one test file per worker (tests/test_assets.py runs its assets in order): about 105 s on 2 cores
+# workers, one test file per worker (tests/test_assets.py runs its assets in order): under two minutes on 2 cores
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile
 

@@ -165,6 +165,7 @@ def probe(pkg_parent: Path, home: Path, mode: str, cursor: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # edited copies of the package, Dagster evaluated in subprocesses
 def test_automation_after_an_edit_requests_exactly_what_the_edit_affects(original, tmp_path):
     """Dagster's own evaluation of the assets' automation conditions, on a study whose every asset
     and check is recorded as done: a comment-only edit requests nothing, a class-map edit the

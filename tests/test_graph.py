@@ -335,6 +335,7 @@ def small_instance(sample_dir, tmp_path, monkeypatch):
         yield instance
 
 
+@pytest.mark.slow  # the CLI driving a real instance while a daemon stops
 @pytest.mark.timeout(300)
 def test_materialize_takes_over_when_the_daemon_stops(small_instance, monkeypatch):
     """`make ui` closed a moment before: the daemon's last heartbeat is still fresh when the backfill is

@@ -98,6 +98,7 @@ def test_same_export_twice_is_requested_once_and_incomplete_drops_wait(xray, tmp
         assert [r.partition_key.startswith("later-") for r in third.run_requests] == [True]
 
 
+@pytest.mark.slow  # a real instance on disk, opened twice
 @pytest.mark.timeout(300)
 def test_cursor_survives_a_restart_of_a_real_instance(xray, tmp_path, monkeypatch):
     """The sensor ticks through the daemon's own code on a sqlite instance; the instance is closed and
@@ -283,6 +284,7 @@ KILL = {
 }
 
 
+@pytest.mark.slow  # runs killed in subprocesses, then run again
 @pytest.mark.parametrize("point", list(KILL))
 def test_drop_killed_at_any_point_then_run_again_has_each_row_once(
     xray, data_copy, tmp_path, point
