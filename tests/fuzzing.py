@@ -121,13 +121,13 @@ class Harness:
     """One fuzz round over every reader. `real` is XRAY_REAL_DATA; `work` a scratch folder (removed by close)."""
 
     def __init__(self, real: Path, work: Path, seed: int = 0):
-        from xray_assets.config import decode_limits
+        from xray_assets.config import Settings
         from xray_assets.core.isolation import DecodeLimits
 
         self.real, self.work, self.seed = Path(real), Path(work), seed
         self.tally = Tally()
         self.work.mkdir(parents=True, exist_ok=True)
-        d = decode_limits()
+        d = Settings.resolve().decode
         self.limits = DecodeLimits(
             max_megapixels=d.max_megapixels, workers=2, timeout_s=30, memory_mb=d.memory_mb
         )

@@ -282,6 +282,8 @@ class Settings:
     #: torch threads per step; None: half the cores (the local instance runs two runs side by side)
     torch_threads: int | None = None
     max_upload_mb: float = 50.0
+    #: XRAY_MAX_MEGAPIXELS (what an image may declare), XRAY_DECODE_WORKERS (decodes at once),
+    #: XRAY_DECODE_TIMEOUT_S and XRAY_DECODE_MEMORY_MB (what one decode may take)
     decode: DecodeLimits = field(default_factory=DecodeLimits)
     #: the annotation tool's API (empty: batches are written as files only)
     label_studio_url: str = ""
@@ -359,12 +361,6 @@ class Settings:
 def current() -> Settings:
     """This process's settings, resolved once (the CLI, the web app, the schedule)."""
     return Settings.resolve()
-
-
-def decode_limits() -> DecodeLimits:
-    """XRAY_MAX_MEGAPIXELS (what an image may declare), XRAY_DECODE_WORKERS (decodes at once),
-    XRAY_DECODE_TIMEOUT_S and XRAY_DECODE_MEMORY_MB (what one decode may take)."""
-    return Settings.resolve().decode
 
 
 def default_weights_dir(raw: str | None = None) -> Path:

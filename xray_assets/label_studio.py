@@ -11,7 +11,6 @@ ignored) and serves images as local files from the storage root.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,14 +89,6 @@ class Client:
         if r.status_code >= 400:
             raise LabelStudioError(f"{method} {path}: {r.status_code} {r.text[:300]}")
         return r.json() if r.content else None
-
-    def healthy(self) -> bool:
-        import httpx
-
-        try:
-            return httpx.get(f"{self.url.rstrip('/')}/health", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def project(self, title: str, label_config: str, description: str = "") -> int:
         """The project's id, created when no project has this title."""
@@ -207,7 +198,3 @@ def document_url(path: Path | str, document_root: Path | str) -> str:
     """An image's local-files URL, relative to the service's document root."""
     rel = Path(path).resolve().relative_to(Path(document_root).resolve())
     return LOCAL_FILES_PREFIX + rel.as_posix()
-
-
-def token_from_env() -> str:
-    return os.environ.get("XRAY_LABEL_STUDIO_TOKEN", "")

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .classes import TaskSpec
-from .splits import stable_uniform
+from .splits import assign_splits, nih_group, stable_uniform
 from .yolo_dataset import unboxed_findings
 
 LAMBDA = 0.5
@@ -70,6 +70,13 @@ def candidates(
     has_box = set(boxes["image_id"])
     out["kind"] = np.where(out["image_id"].isin(has_box), "partial", "label_only")
     return out[["image_id", "patient_id", "findings", "kind"]]
+
+
+def patient_splits(patient_ids, fractions, seed: int) -> dict:
+    """patient_id -> split by the study's own rule (`splits.assign_splits` of the patient's group),
+    for candidates that are not in the study's split table yet."""
+    ids = list(patient_ids)
+    return dict(zip(ids, assign_splits([nih_group(p) for p in ids], fractions, seed)))
 
 
 def _entropy(p: np.ndarray) -> float:

@@ -40,6 +40,14 @@ def nih_label_for(task: TaskSpec, task_class: str, listed: list[str]) -> str:
     return options[0]
 
 
+def as_nih_labels(boxes: pd.DataFrame, task: TaskSpec, listed: dict[str, list[str]]):
+    """`boxes` (in the task's classes) relabelled in NIH's vocabulary: each box takes its image's
+    listed finding of that class (`nih_label_for`)."""
+    return boxes.assign(
+        label=[nih_label_for(task, c, listed[i]) for i, c in zip(boxes["image_id"], boxes["label"])]
+    )
+
+
 def label_config(task: TaskSpec) -> str:
     """Label Studio's labelling interface: the image, its listed findings as a hint, one
     rectangle label per NIH finding of the task."""

@@ -20,6 +20,16 @@ def stable_uniform(keys: Iterable, seed: int = 0, salt: str = "split") -> np.nda
     return np.asarray(out, dtype=float)
 
 
+def nih_group(patient_id) -> str:
+    """An NIH patient's group key (what a split is assigned to)."""
+    return f"nih:{patient_id}"
+
+
+def shard_of(key: str, shards: int) -> int:
+    """A stable shard (0 .. shards - 1) for a key: work split across runs or pods by id."""
+    return int(hashlib.md5(key.encode()).hexdigest(), 16) % shards
+
+
 def assign_splits(patient_ids, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> pd.Series:
     """Split per patient id, as a pure function of (patient id, seed).
 
@@ -69,7 +79,7 @@ def study_images(
                 "image_id": image_id,
                 "source": "nih",
                 "kind": kind,
-                "group": f"nih:{pid}",
+                "group": nih_group(pid),
                 "path": str(nih_paths[image_id]),
                 "width": NIH_PNG_SIZE,
                 "height": NIH_PNG_SIZE,

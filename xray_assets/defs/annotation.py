@@ -13,7 +13,7 @@ from .. import layout, tracking
 from ..core import acquisition, batch_export, detection
 from ..core.classes import TASKS
 from ..core.detection import AP_FLOOR, DetectionRule
-from ..core.splits import assign_splits
+from ..core.splits import shard_of
 from ..records import ModelRecord, find_rule
 from .automation import code_version, content_version, on_new_data
 from .datasets import nih_image_index
@@ -95,19 +95,11 @@ def annotation_queue(
         if st.exists(*layout.queue_scores(task.name))
         else pd.DataFrame(columns=acquisition.SCORE_COLUMNS)
     )
-    splits = dict(
-        zip(
-            cands["patient_id"],
-            assign_splits(
-                [f"nih:{p}" for p in cands["patient_id"]], profile.split_fractions, profile.seed
-            ),
-        )
-    )
+    splits = acquisition.patient_splits(cands["patient_id"], profile.split_fractions, profile.seed)
     trainval = cands[cands["patient_id"].map(splits) != "test"]
     todo = acquisition.to_score(trainval, cache, version)
     if config.shards > 1:
-        shard = todo["image_id"].map(lambda i: hash_shard(i, config.shards))
-        todo = todo[shard == config.shard]
+        todo = todo[todo["image_id"].map(lambda i: shard_of(i, config.shards)) == config.shard]
     if config.limit:
         todo = todo.head(config.limit)
     seconds, per_minute = 0.0, None
@@ -157,12 +149,6 @@ def annotation_queue(
         },
         data_version=content_version(queue[["image_id", "rank"]], version),
     )
-
-
-def hash_shard(image_id: str, shards: int) -> int:
-    import hashlib
-
-    return int(hashlib.sha256(image_id.encode()).hexdigest()[:8], 16) % shards
 
 
 # -- batches: the top of the queue, exported ------------------------------------------------------
@@ -241,6 +227,7 @@ def annotation_batches(
         raise dg.Failure(f"{task.name}: the queue has no image to propose")
     index = nih_image_index(xray.data("nih"), xray.shared)
     labels = st.read_parquet(*layout.NIH_LABELS).set_index("image_id")["findings"]
+    offered = set(batch_export.nih_labels_of(task))
     with st.workdir(*layout.batch(key, "images")) as out:
         for image_id in picked["image_id"]:
             target = out / image_id
@@ -251,10 +238,7 @@ def annotation_batches(
     batch = picked.assign(
         width=[d.width for d in sizes],
         height=[d.height for d in sizes],
-        listed=[
-            [f for f in labels[i] if f in batch_export.nih_labels_of(task)]
-            for i in picked["image_id"]
-        ],
+        listed=[[f for f in labels[i] if f in offered] for i in picked["image_id"]],
     )
     weights, version, rule, imgsz = champion_model(xray, task.name)
     images = pd.DataFrame(
@@ -270,11 +254,7 @@ def annotation_batches(
         .head(config.max_per_image)
         .reset_index(drop=True)
     )
-    listed = dict(zip(batch["image_id"], batch["listed"]))
-    dets["label"] = [
-        batch_export.nih_label_for(task, c, listed[i])
-        for i, c in zip(dets["image_id"], dets["label"])
-    ]
+    dets = batch_export.as_nih_labels(dets, task, dict(zip(batch["image_id"], batch["listed"])))
     model_version = f"{xray.config.model_name(task.name)} v{version}"
     st.write_text(batch_export.coco(batch, dets, task), *layout.batch(key, layout.BATCH_COCO))
     st.write_text(batch_export.cvat(batch, dets, task), *layout.batch(key, layout.BATCH_CVAT))

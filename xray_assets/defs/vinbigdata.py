@@ -1,6 +1,5 @@
 """VinBigData ingestion: every radiologist's annotation, DICOM conversion, consensus boxes."""
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from .. import layout
 from ..core import consensus, dicom, labels
 from ..core.classes import UNITED_CLASSES
 from ..core.isolation import IsolatedPool, failure_reason
+from ..core.splits import shard_of
 from .automation import code_version, content_version, on_new_data, on_new_drop
 from .drops import annotation_drops, drop_image_paths, read_drop_tables
 from .resources import (
@@ -139,10 +139,6 @@ DICOM_DECODERS = (
 )
 
 
-def shard_of(image_id: str) -> int:
-    return int(hashlib.md5(image_id.encode()).hexdigest(), 16) % CONVERSION_SHARDS
-
-
 def dicom_sources(xray: XrayResource) -> list[Path]:
     """Every DICOM of the study: `vinbigdata/train/` and the accepted drops' (first one of an id wins)."""
     found: dict[str, Path] = {
@@ -191,7 +187,7 @@ def vinbigdata_images(
     shard = int(context.partition_key.split("-")[1])
     max_size = xray.config.dicom_max_size
     st = xray.storage
-    sources = [p for p in dicom_sources(xray) if shard_of(p.stem) == shard]
+    sources = [p for p in dicom_sources(xray) if shard_of(p.stem, CONVERSION_SHARDS) == shard]
     manifest_parts = layout.conversion_manifest(context.partition_key)
     old = (
         st.read_parquet(*manifest_parts)
