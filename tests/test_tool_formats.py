@@ -316,3 +316,41 @@ def test_a_coco_drop_boxes_a_label_only_image_of_the_data_through_the_assets(dat
         [image, "Atelectasis", 10.0, 50.0]
     ]
     assert raw == {p: p.read_bytes() for p in raw}, "the raw CSVs are never written"
+
+
+def test_batch_exports_read_back_as_the_boxes_they_were_given(tmp_path):
+    """Our COCO and CVAT exports of a batch, read as drops, give the batch's boxes in the image's
+    pixels. Catches: COCO's bbox written as corners, or CVAT's corners written as sizes."""
+    from xray_assets.core import batch_export
+    from xray_assets.core.classes import TASKS
+
+    batch = pd.DataFrame(
+        {
+            "image_id": [OTHER],
+            "width": [2048],
+            "height": [2048],
+            "listed": [["Effusion"]],
+            "rank": [1],
+            "score": [0.7],
+        }
+    )
+    boxes = pd.DataFrame(
+        {
+            "image_id": [OTHER, OTHER],
+            "label": ["Effusion", "Mass"],
+            "score": [0.9, 0.4],
+            "x_min": [100.0, 1500.0],
+            "y_min": [200.0, 50.0],
+            "x_max": [300.0, 1900.0],
+            "y_max": [400.0, 650.0],
+        }
+    )
+    task = TASKS["nih_multi"]
+    (tmp_path / "coco.json").write_text(batch_export.coco(batch, boxes, task))
+    (tmp_path / "cvat.xml").write_text(batch_export.cvat(batch, boxes, task))
+    cols = ["image_id", "label", "x_min", "y_min", "x_max", "y_max"]
+    for back in (
+        tool_formats.read_coco(tmp_path / "coco.json", KNOWN.nih_size),
+        tool_formats.read_cvat(tmp_path / "cvat.xml", KNOWN.nih_size),
+    ):
+        assert back[cols].values.tolist() == boxes[cols].values.tolist()
