@@ -187,7 +187,9 @@ def sample_dir(tmp_path_factory) -> Path:
     from xray_assets.core.synthetic import write_sample_data
 
     out = tmp_path_factory.mktemp("sample")
-    write_sample_data(out, size=16, seed=3, vinbigdata_max_side=700)
+    # seed 16: the NIH test split has two box images without an unboxed finding (65% of box images
+    # list one, as in NIH; those always leave the test split)
+    write_sample_data(out, size=16, seed=16, vinbigdata_max_side=700)
     return out
 
 

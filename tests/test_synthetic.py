@@ -97,3 +97,39 @@ def test_each_class_has_its_own_look():
             inside,
             outside,
         )  # pneumothorax also clears markings beside its box
+
+
+def test_label_only_and_partially_boxed_images_at_nih_rates_with_their_truth_in_an_oracle(
+    sample_dir,
+):
+    """As in NIH: several label-only images per box image, about 65% of box images list another
+    box-class finding without a box; the oracle (outside nih/ and vinbigdata/) holds the true box of
+    exactly those unboxed findings, and none of them is in the box list."""
+    import json
+
+    from xray_assets.core.labels import read_nih_boxes, read_nih_labels
+    from xray_assets.core.synthetic import LABEL_ONLY_RATIO, ORACLE
+
+    labels = read_nih_labels(sample_dir / "nih" / "Data_Entry_2017.csv")
+    boxes = read_nih_boxes(sample_dir / "nih" / "BBox_List_2017.csv")
+    oracle_path = sample_dir.joinpath(*ORACLE)
+    assert oracle_path.parent.name not in ("nih", "vinbigdata")
+    oracle = read_nih_boxes(oracle_path)
+    listed = {
+        (i, f)
+        for i, fs in zip(labels["image_id"], labels["findings"])
+        for f in fs
+        if f in NIH_CLASSES
+    }
+    boxed = set(zip(boxes["image_id"], boxes["label"]))
+    assert set(zip(oracle["image_id"], oracle["label"])) == listed - boxed
+    assert not set(zip(oracle["image_id"], oracle["label"])) & boxed
+    box_images = set(boxes["image_id"])
+    partial = {i for i, _ in listed - boxed if i in box_images}
+    label_only = {i for i, _ in listed - boxed if i not in box_images}
+    size = json.loads((sample_dir / "SAMPLE_DATA.json").read_text())["size"]
+    assert len(label_only) == round(LABEL_ONLY_RATIO * size)
+    assert 0.4 <= len(partial) / len(box_images) <= 0.9, len(partial) / len(box_images)
+    inside = oracle[["x_min", "y_min", "x_max", "y_max"]]
+    assert (inside >= 0).all().all() and (inside <= 1024).all().all()
+    assert (oracle["x_max"] > oracle["x_min"]).all() and (oracle["y_max"] > oracle["y_min"]).all()

@@ -357,8 +357,17 @@ def _pool_map(fn, jobs: list, workers: int | None):
         return list(pool.map(fn, jobs, chunksize=4))
 
 
-def _nih_image(job: tuple) -> tuple[str, list[str]]:
-    """Render and write one NIH PNG. Returns (finding text, box lines)."""
+def _box_line(image_id: str, label: str, box) -> str:
+    """One BBox_List row (NIH's layout) of a lesion's normalised box, in the 1024 px PNG's pixels."""
+    x0, y0, x1, y1 = (v * NIH_SIZE for v in box)
+    x0, y0 = max(x0, 0.0), max(y0, 0.0)
+    x1, y1 = min(x1, NIH_SIZE), min(y1, NIH_SIZE)
+    return ",".join([image_id, label, *(repr(float(v)) for v in (x0, y0, x1 - x0, y1 - y0))])
+
+
+def _nih_image(job: tuple) -> tuple[str, list[str], list[str]]:
+    """Render and write one NIH PNG. Returns (finding text, box lines, oracle lines): the oracle
+    has the true box of every drawn box-class finding the box list leaves out."""
     seed, idx, path, image_id, kind, labels, unboxed = job
     rng = np.random.default_rng([seed, 11, idx])
     # `unboxed`: a finding drawn and listed in Data_Entry but left without a box, as in the real list.
@@ -370,19 +379,15 @@ def _nih_image(job: tuple) -> tuple[str, list[str]]:
     )
     if kind != "background" and rng.random() < 0.2:
         findings = sorted(set(findings) | {str(rng.choice(NIH_UNBOXED_FINDINGS))})
-    boxes = []
-    if kind == "annotated":
-        for les in lesions:
-            if les.label in unboxed:
-                continue
-            x0, y0, x1, y1 = (v * NIH_SIZE for v in les.box)
-            x0, y0 = max(x0, 0.0), max(y0, 0.0)
-            x1, y1 = min(x1, NIH_SIZE), min(y1, NIH_SIZE)
-            boxes.append(
-                ",".join(
-                    [image_id, les.label, *(repr(float(v)) for v in (x0, y0, x1 - x0, y1 - y0))]
-                )
-            )
+    boxes, oracle = [], []
+    for les in lesions:
+        if les.label not in NIH_CLASSES:
+            continue
+        line = _box_line(image_id, les.label, les.box)
+        if kind == "annotated" and les.label not in unboxed:
+            boxes.append(line)
+        elif kind != "background":
+            oracle.append(line)
     u8 = (img * 255).round().astype(np.uint8)
     if idx % 25 == 7:  # a few RGBA files (every 25th), like the real set
         u8 = cv2.cvtColor(u8, cv2.COLOR_GRAY2BGRA)
@@ -390,7 +395,18 @@ def _nih_image(job: tuple) -> tuple[str, list[str]]:
     with atomic_path(path) as tmp:
         _, buf = cv2.imencode(".png", u8, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         tmp.write_bytes(buf.tobytes())
-    return ("|".join(findings) if findings else "No Finding"), boxes
+    return ("|".join(findings) if findings else "No Finding"), boxes, oracle
+
+
+#: NIH's rates, measured on the real files in `../shared/data/real` (PROVENANCE.md): 494 of the 765
+#: box images with a Data_Entry row list another box-class finding without a box (65%); tens of
+#: thousands of images list a box-class finding and have no box at all (39,930 rows of the 59,824 of
+#: the Data_Entry subset, against 880 box images): the sample data keeps "several" per box image
+PARTIAL_RATE = 0.65
+LABEL_ONLY_RATIO = 3.0
+#: the true boxes of the findings the sample data leaves unboxed, in BBox_List's layout, beside (not
+#: in) the native layout: the active-learning simulation's oracle; the pipeline never reads it
+ORACLE = ("simulation", "oracle_nih_boxes.csv")
 
 
 def write_nih(
@@ -401,14 +417,17 @@ def write_nih(
     n_unboxed: int | None = None,
     workers: int | None = None,
     first_patient: int = 1,
-    unboxed_extra: float = 0.1,
+    unboxed_extra: float = PARTIAL_RATE,
+    oracle: Path | None = None,
 ) -> dict[str, int]:
-    """NIH's layout under `out`. `n_unboxed`: images listing a finding with no box at all;
-    `unboxed_extra`: the share of box images that list one more finding without a box."""
+    """NIH's layout under `out`. `n_unboxed`: label-only images, listing (and showing) one or two
+    box-class findings with no box at all (default `LABEL_ONLY_RATIO` per box image);
+    `unboxed_extra`: the share of box images that list one more finding without a box (partially
+    boxed). `oracle`: where to write the true boxes of every unboxed finding (BBox_List's layout)."""
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 1])
     n_background = int(round(n_annotated * background_ratio))
-    n_unboxed = max(2, n_annotated // 10) if n_unboxed is None else n_unboxed
+    n_unboxed = int(round(n_annotated * LABEL_ONLY_RATIO)) if n_unboxed is None else n_unboxed
     kinds = ["annotated"] * n_annotated + ["background"] * n_background + ["unboxed"] * n_unboxed
     kinds = [kinds[i] for i in rng.permutation(len(kinds))]
     label_plan = iter(_nih_label_plan(rng, n_annotated))
@@ -430,7 +449,7 @@ def write_nih(
                 if rng.random() < unboxed_extra:  # a second finding the box annotator left out
                     unboxed = [str(rng.choice([c for c in NIH_CLASSES if c not in labels]))]
             elif kind == "unboxed":
-                labels = [NIH_CLASSES[rng.integers(len(NIH_CLASSES))]]
+                labels = [str(c) for c in rng.choice(NIH_CLASSES, 1 + (rng.random() < 0.12), False)]
             else:
                 labels = []
             ow, oh = int(rng.integers(2000, 3056)), int(rng.integers(2000, 3056))
@@ -449,16 +468,20 @@ def write_nih(
             jobs.append((seed, idx, str(folder / image_id), image_id, kind, labels, unboxed))
             idx += 1
     results = _pool_map(_nih_image, jobs, workers)
-    entries, boxes = [], []
-    for (image_id, follow, pid, age, sex, view, ow, oh), (finding_text, box_lines) in zip(
+    entries, boxes, truth = [], [], []
+    for (image_id, follow, pid, age, sex, view, ow, oh), (finding_text, box_lines, hidden) in zip(
         meta, results
     ):
         entries.append(
             f"{image_id},{finding_text},{follow},{pid},{age},{sex},{view},{ow},{oh},0.143,0.143,"
         )
         boxes += box_lines
+        truth += hidden
     _write_lines(out / "Data_Entry_2017.csv", [NIH_DATA_ENTRY_HEADER, *entries])
     _write_lines(out / "BBox_List_2017.csv", [NIH_BBOX_HEADER, *boxes])
+    if oracle is not None:
+        Path(oracle).parent.mkdir(parents=True, exist_ok=True)
+        _write_lines(Path(oracle), [NIH_BBOX_HEADER, *truth])
     ids = [m[0] for m in meta]
     test = {i for i in ids if int(i[:8]) % 5 == 0}
     _write_lines(out / "train_val_list.txt", [i for i in ids if i not in test], final_newline=False)
@@ -467,6 +490,9 @@ def write_nih(
         "nih_images": len(entries),
         "nih_boxes": len(boxes),
         "nih_patients": patient - first_patient + 1,
+        "nih_label_only_images": n_unboxed,
+        "nih_partially_boxed_images": sum(1 for j in jobs if j[4] == "annotated" and j[6]),
+        "oracle_boxes": len(truth),
     }
 
 
@@ -686,7 +712,9 @@ def write_sample_data(
     out = Path(out_dir)
     say = progress or (lambda m: None)
     say(f"NIH: {size} annotated images, their backgrounds and follow-ups, 1024 px PNGs ...")
-    stats = write_nih(out / "nih", size, seed, background_ratio, workers=workers)
+    stats = write_nih(
+        out / "nih", size, seed, background_ratio, workers=workers, oracle=out.joinpath(*ORACLE)
+    )
     say(f"NIH: {stats['nih_images']} images, {stats['nih_boxes']} boxes written")
     say(f"VinBigData: {size} annotated DICOMs read by three radiologists each ...")
     stats |= write_vinbigdata(
