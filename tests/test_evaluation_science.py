@@ -213,29 +213,43 @@ def _splits(ids):
     )
 
 
-def test_image_listing_cardiomegaly_without_a_box_leaves_the_cardiomegaly_task():
+def test_image_listing_cardiomegaly_without_a_box_leaves_the_test_split_always_and_training_by_config():
     boxes = _gt([("a.png", "Mass", 1, 1, 50, 50), ("b.png", "Cardiomegaly", 1, 1, 50, 50)])
     labels = pd.DataFrame(
         {
-            "image_id": ["a.png", "b.png", "c.png"],
-            "findings": [["Mass", "Cardiomegaly"], ["Cardiomegaly"], ["No Finding"]],
+            "image_id": ["a.png", "b.png", "c.png", "t.png"],
+            "findings": [
+                ["Mass", "Cardiomegaly"],
+                ["Cardiomegaly"],
+                ["No Finding"],
+                ["Cardiomegaly"],
+            ],
         }
     )
-    splits = _splits(["a.png", "b.png", "c.png"])
+    splits = _splits(["a.png", "b.png", "c.png", "t.png"])
+    splits.loc[splits["image_id"] == "t.png", "split"] = "test"
     empty = pd.DataFrame(columns=["image_id", "united", "x_min", "y_min", "x_max", "y_max"])
+    cardio = TASKS["united_cardiomegaly"]
+    # the default keeps a for training (a negative for its unboxed Cardiomegaly); t, a test image
+    # listing Cardiomegaly without a box, leaves the test split whatever the profile says
+    kept, _, excluded = task_inputs(splits, boxes, empty, cardio, nih_labels=labels)
+    assert {"a.png", "b.png", "c.png"} <= set(kept["image_id"]) and "t.png" not in set(
+        kept["image_id"]
+    )
+    assert excluded[["image_id", "finding", "split"]].values.tolist() == [
+        ["t.png", "Cardiomegaly", "test"]
+    ]
+    # leaving them out of training too, by config
     images, _, excluded = task_inputs(
-        splits, boxes, empty, TASKS["united_cardiomegaly"], nih_labels=labels
+        splits, boxes, empty, cardio, nih_labels=labels, exclude_unboxed=True
     )
-    assert "a.png" not in set(images["image_id"]) and {"b.png", "c.png"} <= set(images["image_id"])
-    assert excluded[["image_id", "finding"]].values.tolist() == [["a.png", "Cardiomegaly"]]
-    # a's Mass is boxed: the Mass/Nodule task keeps it
-    mass, _, _ = task_inputs(splits, boxes, empty, TASKS["united_mass_nodule"], nih_labels=labels)
+    assert set(images["image_id"]) == {"b.png", "c.png"}
+    assert sorted(excluded["image_id"]) == ["a.png", "t.png"]
+    # a's Mass is boxed: the Mass/Nodule task keeps it either way
+    mass, _, _ = task_inputs(
+        splits, boxes, empty, TASKS["united_mass_nodule"], nih_labels=labels, exclude_unboxed=True
+    )
     assert "a.png" in set(mass["image_id"])
-    # the study's behaviour, by config: every image stays (a is a negative for Cardiomegaly)
-    kept, _, none = task_inputs(
-        splits, boxes, empty, TASKS["united_cardiomegaly"], nih_labels=labels, exclude_unboxed=False
-    )
-    assert "a.png" in set(kept["image_id"]) and none.empty
 
 
 def test_findings_compare_in_the_tasks_own_vocabulary():

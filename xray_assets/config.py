@@ -83,9 +83,11 @@ class Profile:
     registry_prefix: str = "xray"
     #: may ultralytics download the pretrained weights (XRAY_ALLOW_DOWNLOADS=1/0 overrides)
     allow_downloads: bool = False
-    #: leave out of a task the NIH images whose Data_Entry lists a finding of the task's classes that
-    #: has no box (they would be negatives for a visible finding); False: the study's behaviour
-    exclude_unboxed_findings: bool = True
+    #: leave out of a task's train and val splits the NIH images whose Data_Entry lists a finding of
+    #: the task's classes that has no box (True), or keep them for training (False: the default, as
+    #: the active-learning simulation measured: benchmarks/bench_active_learning.py, docs/science.md).
+    #: The test split always leaves them out: a correct detection there has no box to match
+    exclude_unboxed_findings: bool = False
     #: background ("No Finding") images per annotated image
     background_ratio: float = 2.0
     include_vinbigdata_no_finding: bool = False

@@ -440,8 +440,9 @@ def report_markdown(
         lines += [
             "## Left out: unboxed findings",
             "",
-            "NIH images whose Data_Entry lists a finding of this task with no box for it (they would be "
-            "negatives for a visible finding), by finding and split:",
+            "NIH images whose Data_Entry lists a finding of this task with no box for it, left out of "
+            "the test split (a correct detection there has no box to match; out of train and val too "
+            "only where the profile sets `exclude_unboxed_findings`), by finding and split:",
             "",
             md_table(counts),
             "",

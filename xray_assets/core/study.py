@@ -323,8 +323,9 @@ def study_markdown(
     ex = excluded_counts(results)
     if not ex.empty:
         md += [
-            "NIH images left out per task because Data_Entry lists a finding of the task without a box "
-            "(they would teach the model that a visible finding is nothing):",
+            "NIH images left out per task because Data_Entry lists a finding of the task without a box: "
+            "from the test split always (a correct detection there has no box to match), from train "
+            "and val only where the profile sets `exclude_unboxed_findings`:",
             "",
             md_table(ex),
             "",

@@ -1,9 +1,12 @@
 """One YOLO-format dataset per task: linked images, normalised labels, data.yaml.
 
 Layout (what ultralytics expects): `images/<split>/<name>.png` links and `labels/<split>/<name>.txt`.
-A one-class task uses every image of its source; an image without that class is a negative for it,
-except (by default) an NIH image whose Data_Entry lists one of the task's findings without a box for
-it: that finding is visible but unlabelled, so the image is left out of the task (`unboxed_findings`).
+A one-class task uses every image of its source; an image without that class is a negative for it.
+An NIH image whose Data_Entry lists one of the task's findings without a box for it
+(`unboxed_findings`) is left out of the test split always (the finding is visible but unlabelled, so
+a correct detection would count as a false positive), and out of train and val only when the profile
+says `exclude_unboxed_findings` (not the default: the active-learning simulation measured that keeping
+them trains better, `benchmarks/bench_active_learning.py`).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def task_inputs(
     vbd_boxes: pd.DataFrame,
     task: TaskSpec,
     nih_labels: pd.DataFrame | None = None,
-    exclude_unboxed: bool = True,
+    exclude_unboxed: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(images, boxes, excluded) of a task, every box in the pixels of its own (converted) image.
 
@@ -72,16 +75,19 @@ def task_inputs(
     NIH boxes already live in the 1024 px PNG space; VinBigData boxes are in the DICOM's original
     pixels and are scaled to the converted image. Labels: NIH names for `nih` tasks, united names else.
     `excluded`: (image_id, finding, split) of the NIH images left out because `nih_labels` lists a
-    finding of the task without a box (only when `exclude_unboxed`; empty otherwise).
+    finding of the task without a box: always from the test split (a correct detection there would
+    have no box to match), from train and val only when `exclude_unboxed`.
     """
     from .classes import NIH_TO_UNITED
 
     excluded = pd.DataFrame(columns=["image_id", "finding", "split"])
-    if exclude_unboxed and nih_labels is not None:
+    if nih_labels is not None:
         nih_ids = splits.loc[splits["source"] == "nih", "image_id"]
         found = unboxed_findings(nih_labels, nih_boxes, task, nih_ids)
         excluded = found.merge(splits[["image_id", "split"]], on="image_id", how="left")
-        splits = splits[~splits["image_id"].isin(set(found["image_id"]))]
+        if not exclude_unboxed:
+            excluded = excluded[excluded["split"] == "test"].reset_index(drop=True)
+        splits = splits[~splits["image_id"].isin(set(excluded["image_id"]))]
     nb = nih_boxes[["image_id", "label", *COORDS]]
     if task.source == "nih":
         images = splits[splits["source"] == "nih"].reset_index(drop=True)

@@ -262,7 +262,8 @@ def read_task_inputs(xray: XrayResource, task_name: str):
     ],
     description="One YOLO-format dataset per task: data.yaml, labels, linked images, split lists "
     "(images.parquet has the columns shown). NIH images that list a finding of the task "
-    "without a box are left out (excluded.parquet).",
+    "without a box are left out of the test split, and of training only where the profile says so "
+    "(excluded.parquet).",
 )
 def yolo_datasets(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
     task = TASKS[context.partition_key]
