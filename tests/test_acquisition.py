@@ -56,9 +56,10 @@ def test_a_missed_listed_finding_scores_above_one_found_confidently():
     assert acquisition.score(["Effusion"], found.iloc[0:0]) == (1.0, 1.0, 0.0)
 
 
-def test_ranking_puts_partially_boxed_first_and_never_ranks_test_patients():
-    """Catches: test candidates ordered by the model (a biased test split), or a partially boxed
-    image behind label-only ones."""
+def test_ranking_by_score_partially_boxed_first_only_by_rule_and_never_ranks_test_patients():
+    """Catches: test candidates ordered by the model (a biased test split), a partially boxed
+    image behind label-only ones where the rule leaves them out of training, or put first where it
+    keeps them."""
     cands = acquisition.candidates(LABELS, BOXES, TASKS["nih_multi"])
     scores = pd.DataFrame(
         {
@@ -69,8 +70,11 @@ def test_ranking_puts_partially_boxed_first_and_never_ranks_test_patients():
         }
     )
     splits = pd.Series({1: "train", 2: "val", 3: "test", 4: "train"})
-    q = acquisition.rank(cands, scores, splits, seed=0)
+    assert set(cands.loc[cands["kind"] == "partial", "image_id"]) == {"a.png"}
+    q = acquisition.rank(cands, scores, splits, seed=0, partial_first=True)
     assert list(q["image_id"][:2]) == ["a.png", "b.png"], "partial first, then by score"
+    by_score = acquisition.rank(cands, scores, splits, seed=0)
+    assert list(by_score["image_id"][:2]) == ["b.png", "a.png"], "by score alone"
     test = q[q["split"] == "test"]
     assert set(test["image_id"]) == {"c.png", "d.png"} and test["score"].isna().all()
     assert (test["selection"] == "random (test)").all() and not math.isnan(q["score"].iloc[0])

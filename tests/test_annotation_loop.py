@@ -159,6 +159,9 @@ def test_a_batch_goes_to_label_studio_and_comes_back_as_a_drop(tmp_path, monkeyp
     _run(annotation.annotation_queue, xray, partition_key=TASK, config=annotation.QueueConfig())
     queue = xray.storage.read_parquet(*layout.queue(TASK))
     label_only = set(queue.loc[queue["kind"] == "label_only", "image_id"])
+    # partially boxed images come first: a batch past them reaches the label-only ones, whose
+    # pre-annotations can never be kept out for a finding boxed already
+    size = int((queue["kind"] == "partial").sum()) + 6
 
     with (
         services.label_studio(tmp_path, xray.storage.root) as ls,
@@ -173,7 +176,9 @@ def test_a_batch_goes_to_label_studio_and_comes_back_as_a_drop(tmp_path, monkeyp
             xray,
             instance=instance,
             partition_key=key,
-            config=annotation.BatchConfig(size=8, test_share=0, min_score=0.001, max_per_image=1),
+            config=annotation.BatchConfig(
+                size=size, test_share=0, min_score=0.001, max_per_image=1
+            ),
         ).metadata
         project = _v(md["label_studio_project"])
         assert _v(md["images"]) >= 1 and project > 0

@@ -1,9 +1,13 @@
 """Which label-only NIH image a radiologist should box next, per task.
 
 Candidates: NIH images whose Data_Entry lists a finding of the task with no box of that finding on
-the image (`yolo_dataset.unboxed_findings`, in the task's vocabulary). Among them the **partially
-boxed** images (a box for one finding, another listed finding unboxed) come first: the unboxed-finding
-rule leaves them out of training today, so each one annotated gives its boxes back.
+the image (`yolo_dataset.unboxed_findings`, in the task's vocabulary): label-only images (no box at
+all) and **partially boxed** ones (a box for one finding, another listed finding unboxed). Partially
+boxed images come first only where the profile leaves them out of training
+(`exclude_unboxed_findings`), so that annotating one returns a whole image; by default they train with
+the unboxed finding taught as background, and the active-learning simulation measured that putting
+them first then does worse than random (`benchmarks/bench_active_learning.py`, docs/science.md), so
+they are ranked by the score like any other candidate.
 
 Acquisition score of an image, from the champion's detections at the AP floor (one detection path,
 `core/detection`) and the known label:
@@ -16,8 +20,8 @@ Acquisition score of an image, from the champion's detections at the AP floor (o
 - `H`: the model's own uncertainty, the mean binary entropy (bits, 0..1) of its detections' scores
   above `FLOOR_FOR_ENTROPY`; 0 when it has none.
 
-The score is in 0..1 + LAMBDA. Ranking: partially boxed first, then score, highest first, ties by
-image id. **The test split stays representative:** train/val patients are ranked by acquisition;
+The score is in 0..1 + LAMBDA. Ranking: (partially boxed first, where the rule says so), then
+score, highest first, ties by image id. **The test split stays representative:** train/val patients are ranked by acquisition;
 test patients are never ranked, only drawn at random (seeded) at a fixed share of a batch, so the
 evaluation is not biased towards hard cases.
 """
@@ -115,11 +119,17 @@ def to_score(cands: pd.DataFrame, cache: pd.DataFrame, model_version: str) -> pd
 
 
 def rank(
-    cands: pd.DataFrame, scores: pd.DataFrame, splits: pd.Series, seed: int = 0
+    cands: pd.DataFrame,
+    scores: pd.DataFrame,
+    splits: pd.Series,
+    seed: int = 0,
+    partial_first: bool = False,
 ) -> pd.DataFrame:
-    """The queue (QUEUE_COLUMNS): train/val candidates with a score, partially boxed first then by
-    score; test candidates with a random key instead (selection `random (test)`), never ranked by
-    the model. `splits`: patient_id -> split (the study's rule for every patient)."""
+    """The queue (QUEUE_COLUMNS): train/val candidates with a score, by score (partially boxed
+    first when `partial_first`: where the profile leaves them out of training, so that annotating
+    one returns a whole image); test candidates with a random key instead (selection `random
+    (test)`), never ranked by the model. `splits`: patient_id -> split (the study's rule for every
+    patient)."""
     q = cands.merge(
         scores[["image_id", "score", "missed", "uncertainty"]], on="image_id", how="left"
     )
@@ -128,7 +138,7 @@ def rank(
     q["selection"] = np.where(test, "random (test)", "acquisition")
     key = stable_uniform(q["image_id"], seed, salt="queue")
     q.loc[test, ["score", "missed", "uncertainty"]] = math.nan
-    q["_tier"] = np.where(q["kind"] == "partial", 0, 1)
+    q["_tier"] = np.where((q["kind"] == "partial") & partial_first, 0, 1)
     q["_key"] = np.where(test, key, -q["score"].fillna(-math.inf))
     ranked = q[~test & q["score"].notna()].sort_values(["_tier", "_key", "image_id"])
     drawn = q[test].sort_values(["_key", "image_id"])

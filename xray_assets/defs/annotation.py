@@ -78,7 +78,8 @@ def pending_images(xray: XrayResource, task: str) -> set[str]:
     automation_condition=on_new_data(only=["champion_gate", "nih_boxes"]),
     code_version=code_version(acquisition),
     description="Label-only NIH images ranked for annotation by the champion's uncertainty and the known "
-    "label (partially boxed images first); train/val patients by acquisition, test patients only at "
+    "label (partially boxed images first where the profile leaves them out of training); train/val "
+    "patients by acquisition, test patients only at "
     "random, at a fixed share. Scores are cached per (image, model version).",
 )
 def annotation_queue(
@@ -127,7 +128,13 @@ def annotation_queue(
         cache = cache.drop_duplicates(["image_id", "model_version"], keep="last")
         st.write_parquet(cache.reset_index(drop=True), *layout.queue_scores(task.name))
     current = cache[cache["model_version"] == str(version)]
-    queue = acquisition.rank(cands, current, pd.Series(splits), profile.seed)
+    queue = acquisition.rank(
+        cands,
+        current,
+        pd.Series(splits),
+        profile.seed,
+        partial_first=profile.exclude_unboxed_findings,
+    )
     st.write_parquet(queue, *layout.queue(task.name))
     unscored = len(trainval) - int(trainval["image_id"].isin(set(current["image_id"])).sum())
     shown = queue.head(20).assign(findings=queue.head(20)["findings"].map(", ".join))
