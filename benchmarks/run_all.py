@@ -16,6 +16,7 @@ BENCHMARKS = [
     "bench_serve",
     "bench_object_store",
     "bench_sensor",
+    "bench_active_learning",  # the slowest (about 45 minutes on 2 cores): last
 ]
 
 
@@ -31,8 +32,9 @@ def main() -> int:
         if "error" in r:
             print(f"{r['benchmark']:28s} ERROR {r['error']}")
             continue
+        unit = f" [{r['unit']}]" if "unit" in r else ""  # seconds unless a row says otherwise
         print(
-            f"{r['benchmark']:28s} {r['ours_s']:10.3f} {r['baseline_s']:13.3f} {r['speedup']:7.2f}x  {r['baseline']}"
+            f"{r['benchmark']:28s} {r['ours_s']:10.3f} {r['baseline_s']:13.3f} {r['speedup']:7.2f}x  {r['baseline']}{unit}"
         )
     return 1 if any("error" in r for r in rows) else 0
 
