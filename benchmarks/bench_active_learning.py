@@ -334,6 +334,7 @@ def plot(table: pd.DataFrame, out: Path, task: str) -> None:
             mean, lo, hi = t[metric].mean(), t[metric].min(), t[metric].max()
             ax.plot(mean.index, mean.values, marker="o", label=strategy)
             ax.fill_between(mean.index, lo.values, hi.values, alpha=0.2)
+        ax.set_xticks(sorted(set(table["round"])))
         ax.set_xlabel("round (one batch of K images each)")
         ax.set_ylabel({"ap50": "test AP50 (threshold-free)", "cpm": "test CPM (IoU rule)"}[metric])
         ax.grid(alpha=0.3)
