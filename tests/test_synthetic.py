@@ -133,3 +133,21 @@ def test_label_only_and_partially_boxed_images_at_nih_rates_with_their_truth_in_
     inside = oracle[["x_min", "y_min", "x_max", "y_max"]]
     assert (inside >= 0).all().all() and (inside <= 1024).all().all()
     assert (oracle["x_max"] > oracle["x_min"]).all() and (oracle["y_max"] > oracle["y_min"]).all()
+
+
+def test_the_pipeline_never_reads_the_oracle():
+    """Catches: a module of the package (not the generator that writes it) naming the oracle file,
+    which would let the simulation's answers leak into the study."""
+    from pathlib import Path
+
+    import xray_assets
+    from xray_assets.core.synthetic import ORACLE
+
+    package = Path(xray_assets.__file__).parent
+    readers = [
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if p.name != "synthetic.py"
+        and any(s in p.read_text() for s in ("ORACLE", ORACLE[-1], "oracle_nih"))
+    ]
+    assert readers == []
