@@ -115,15 +115,14 @@ def test_automation_retrains_what_changed_and_never_past_a_failing_check(
         def leaky(groups, *a, **k):
             out = real(groups, *a, **k)
             nih = [i for i, g in enumerate(groups) if str(g).startswith("nih:")]
-            first_group = groups.iloc[nih[0]]
-            twin = [i for i in nih if groups.iloc[i] == first_group][:2]
-            if len(twin) < 2:  # a patient with one image: move it and a neighbour into one group
-                twin = nih[:2]
+            counts = groups.iloc[nih].value_counts()
+            patient = counts[counts > 1].index[0]  # a patient with two images in the study
+            twin = [i for i in nih if groups.iloc[i] == patient][:2]
             out.iloc[twin[0]] = "test" if out.iloc[twin[1]] != "test" else "train"
             return out
 
-        multi = splits_before.groupby("group").size()
-        assert (multi > 1).any(), "the sample data has patients with follow-ups"
+        multi = splits_before[splits_before["source"] == "nih"].groupby("group").size()
+        assert (multi > 1).any(), "the sample data has NIH patients with two images in the study"
         monkeypatch.setattr(datasets_mod, "assign_splits", leaky)
         res = dg.materialize(
             everything,
