@@ -23,7 +23,7 @@ training) and `partial-first` (the same score behind a partially-boxed-first tie
 the first design, kept to show why it is no longer the default). Every strategy takes at most one
 image per patient (`acquisition.batch`).
 
-Settings (environment): XRAY_BENCH_AL_STRATEGIES (all four, comma-separated), XRAY_BENCH_AL_SEEDS (3), XRAY_BENCH_AL_ROUNDS (3), XRAY_BENCH_AL_BATCH (16),
+Settings (environment): XRAY_BENCH_AL_STRATEGIES (all four, comma-separated), XRAY_BENCH_AL_SEEDS (3, from XRAY_BENCH_AL_FIRST_SEED, 0), XRAY_BENCH_AL_ROUNDS (3), XRAY_BENCH_AL_BATCH (16),
 XRAY_BENCH_AL_SIZE (box images, 100), XRAY_BENCH_AL_TASK (nih_binary), XRAY_BENCH_AL_RULE_TASKS
 (nih_multi,nih_binary; empty skips the rule's measurement), XRAY_BENCH_OUT (bench-results).
 Prints both tables and writes `active_learning.png`, `active_learning.csv` and
@@ -387,7 +387,8 @@ def main() -> list[dict]:
 
     configure_ultralytics()
     torch.set_num_threads(os.cpu_count() or 1)
-    seeds = list(range(_env("XRAY_BENCH_AL_SEEDS", 3)))
+    first = _env("XRAY_BENCH_AL_FIRST_SEED", 0)
+    seeds = list(range(first, first + _env("XRAY_BENCH_AL_SEEDS", 3)))
     rounds, k = _env("XRAY_BENCH_AL_ROUNDS", 3), _env("XRAY_BENCH_AL_BATCH", 16)
     size, task = _env("XRAY_BENCH_AL_SIZE", 100), TASKS[_env("XRAY_BENCH_AL_TASK", "nih_binary")]
     # set and empty: the rule's measurement is skipped
