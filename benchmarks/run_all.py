@@ -16,7 +16,7 @@ BENCHMARKS = [
     "bench_serve",
     "bench_object_store",
     "bench_sensor",
-    "bench_active_learning",  # the slowest (about 45 minutes on 2 cores): last
+    "bench_active_learning",  # the slowest (about an hour on 2 cores): last
 ]
 
 
