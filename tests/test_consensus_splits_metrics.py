@@ -169,3 +169,56 @@ def test_bootstrap_interval_and_confusion_matrix():
     cm = confusion_matrix(gt, pred, ["A", "B"])
     assert cm.loc["A", "A"] == 5 and cm.loc["B", "B"] == 5 and cm.loc["A", "B"] == 1
     assert cm.loc["A", "background"] == 4 and cm.loc["B", "background"] == 5
+
+
+def _agreement_per_group(annotations: pd.DataFrame) -> pd.DataFrame:
+    """The reference: greedy best-IoU matching one (image, class) group and one reader pair at a
+    time, on the IoU matrix (the implementation before it was vectorised)."""
+    from itertools import combinations
+
+    from xray_assets.core.classes import UNITED_CLASSES
+    from xray_assets.core.consensus import COORDS, to_united
+    from xray_assets.core.metrics import box_iou
+
+    ious = {c: [] for c in UNITED_CLASSES}
+    for (_, united), g in to_united(annotations).groupby(["image_id", "united"], sort=False):
+        readers = {r: b[COORDS].to_numpy(float) for r, b in g.groupby("rad_id")}
+        for a, b in combinations(sorted(readers), 2):
+            m = box_iou(readers[a], readers[b])
+            while m.size and m.max() > 0:
+                i, j = np.unravel_index(m.argmax(), m.shape)
+                ious[united].append(float(m[i, j]))
+                m[i, :] = 0
+                m[:, j] = 0
+    return pd.DataFrame(
+        {
+            "class": list(UNITED_CLASSES),
+            "mean_pairwise_iou": [float(np.mean(v)) if v else np.nan for v in ious.values()],
+            "matched_pairs": [len(v) for v in ious.values()],
+        }
+    )
+
+
+def test_reader_agreement_equals_the_per_group_greedy_matching(real_data):
+    """Catches: the vectorised matching taking a box twice, breaking a tie another way than the
+    matrix's argmax, pairing a reader with itself or across images or classes."""
+    from xray_assets.core.consensus import reader_agreement
+    from xray_assets.core.labels import read_vinbigdata_annotations
+
+    ties = _ann(
+        [  # R1's two boxes equally overlap R2's one box; R3 matches nothing; another image
+            ("a", "Nodule/Mass", 8, "R1", 0, 0, 10, 10),
+            ("a", "Nodule/Mass", 8, "R1", 10, 0, 20, 10),
+            ("a", "Nodule/Mass", 8, "R2", 5, 0, 15, 10),
+            ("a", "Nodule/Mass", 8, "R2", 0, 0, 10, 10),
+            ("a", "Nodule/Mass", 8, "R3", 50, 50, 60, 60),
+            ("b", "Nodule/Mass", 8, "R1", 0, 0, 10, 10),
+            ("b", "Cardiomegaly", 3, "R2", 0, 0, 10, 10),
+        ]
+    )
+    got = reader_agreement(ties)
+    pd.testing.assert_frame_equal(got, _agreement_per_group(ties))
+    assert got.set_index("class").loc["Mass/Nodule", "matched_pairs"] == 2
+    ann = read_vinbigdata_annotations(real_data / "vinbigdata" / "train_reconstructed.csv")
+    some = ann[ann["image_id"].isin(ann["image_id"].drop_duplicates().iloc[:1500])]
+    pd.testing.assert_frame_equal(reader_agreement(some), _agreement_per_group(some), rtol=1e-12)

@@ -87,22 +87,41 @@ def weighted_boxes_fusion(
 
 def reader_agreement(annotations: pd.DataFrame) -> pd.DataFrame:
     """Per united class: mean IoU of matched boxes between each pair of radiologists on an image
-    (greedy best-IoU matching; unmatched boxes are left out), and how many pairs were compared."""
-    from itertools import combinations
+    (greedy best-IoU matching; unmatched boxes are left out), and how many pairs were compared.
 
-    from .metrics import box_iou
-
-    rows = to_united(annotations)
+    Every (box of reader a, box of reader b) pair on the same image and class, a < b, has its IoU
+    computed at once; the greedy matching (the highest IoU first, ties to the earlier box of a, then
+    of b; a box matched once is done) is one pass over the pairs with a positive IoU, sorted."""
+    rows = to_united(annotations)[["image_id", "united", "rad_id", *COORDS]].reset_index(drop=True)
+    rows["rad_id"] = rows["rad_id"].astype(str)
+    rows["k"] = rows.groupby(["image_id", "united", "rad_id"], sort=False).cumcount()
+    pairs = rows.merge(rows, on=["image_id", "united"], suffixes=("_a", "_b"))
+    pairs = pairs[pairs["rad_id_a"] < pairs["rad_id_b"]]
+    a = pairs[[f"{c}_a" for c in COORDS]].to_numpy(float)
+    b = pairs[[f"{c}_b" for c in COORDS]].to_numpy(float)
+    inter = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None) * np.clip(
+        np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None
+    )
+    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = union - inter
+    iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    pairs = pairs.assign(iou=iou)[iou > 0]
+    group = ["image_id", "united", "rad_id_a", "rad_id_b"]
+    pairs = pairs.assign(neg=-pairs["iou"]).sort_values(
+        [*group, "neg", "k_a", "k_b"], kind="stable"
+    )
     ious: dict[str, list[float]] = {c: [] for c in UNITED_CLASSES}
-    for (image_id, united), g in rows.groupby(["image_id", "united"], sort=False):
-        readers = {r: b[COORDS].to_numpy(float) for r, b in g.groupby("rad_id")}
-        for a, b in combinations(sorted(readers), 2):
-            m = box_iou(readers[a], readers[b])
-            while m.size and m.max() > 0:
-                i, j = np.unravel_index(m.argmax(), m.shape)
-                ious[united].append(float(m[i, j]))
-                m[i, :] = 0
-                m[:, j] = 0
+    used_a: set = set()
+    used_b: set = set()
+    for image_id, united, ra, rb, ka, kb, v in zip(
+        *(pairs[c].to_numpy() for c in (*group, "k_a", "k_b", "iou"))
+    ):
+        key_a, key_b = (image_id, united, ra, rb, ka), (image_id, united, ra, rb, kb)
+        if key_a in used_a or key_b in used_b:
+            continue
+        used_a.add(key_a)
+        used_b.add(key_b)
+        ious[united].append(float(v))
     return pd.DataFrame(
         {
             "class": list(UNITED_CLASSES),
