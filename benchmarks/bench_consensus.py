@@ -38,6 +38,13 @@ def loop_baseline(ann: pd.DataFrame) -> pd.DataFrame:
     return ann.loc[sorted(keep)]
 
 
+def _timed(fn, *args):
+    """(fn(*args), its wall seconds)."""
+    t = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t
+
+
 def main() -> list[dict]:
     real = os.environ.get("XRAY_REAL_DATA")
     src = (
@@ -46,24 +53,16 @@ def main() -> list[dict]:
         else Path(os.environ.get("XRAY_DATA_DIR", "data/sample")) / "vinbigdata" / "train.csv"
     )
     ann = read_vinbigdata_annotations(src)
-    t = time.perf_counter()
-    fast = majority_radiologist(ann)
-    t_fast = time.perf_counter() - t
-    t = time.perf_counter()
-    slow = loop_baseline(ann)
-    t_slow = time.perf_counter() - t
+    fast, t_fast = _timed(majority_radiologist, ann)
+    slow, t_slow = _timed(loop_baseline, ann)
     assert sorted(map(tuple, fast.astype(str).to_numpy().tolist())) == sorted(
         map(tuple, slow.astype(str).to_numpy().tolist())
     ), "vectorised and loop disagree"
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from test_consensus_splits_metrics import _agreement_per_group
 
-    t = time.perf_counter()
-    agreement = reader_agreement(ann)
-    t_agree = time.perf_counter() - t
-    t = time.perf_counter()
-    reference = _agreement_per_group(ann)
-    t_ref = time.perf_counter() - t
+    agreement, t_agree = _timed(reader_agreement, ann)
+    reference, t_ref = _timed(_agreement_per_group, ann)
     pd.testing.assert_frame_equal(agreement, reference, rtol=1e-12)
     return [
         {
