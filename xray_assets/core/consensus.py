@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .classes import UNITED_CLASSES, VINBIGDATA_TO_UNITED
+from .metrics import pair_iou
 
 COORDS = ["x_min", "y_min", "x_max", "y_max"]
 
@@ -97,14 +98,10 @@ def reader_agreement(annotations: pd.DataFrame) -> pd.DataFrame:
     rows["k"] = rows.groupby(["image_id", "united", "rad_id"], sort=False).cumcount()
     pairs = rows.merge(rows, on=["image_id", "united"], suffixes=("_a", "_b"))
     pairs = pairs[pairs["rad_id_a"] < pairs["rad_id_b"]]
-    a = pairs[[f"{c}_a" for c in COORDS]].to_numpy(float)
-    b = pairs[[f"{c}_b" for c in COORDS]].to_numpy(float)
-    inter = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None) * np.clip(
-        np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None
+    iou = pair_iou(
+        pairs[[f"{c}_a" for c in COORDS]].to_numpy(float),
+        pairs[[f"{c}_b" for c in COORDS]].to_numpy(float),
     )
-    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = union - inter
-    iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
     pairs = pairs.assign(iou=iou)[iou > 0]
     group = ["image_id", "united", "rad_id_a", "rad_id_b"]
     pairs = pairs.assign(neg=-pairs["iou"]).sort_values(

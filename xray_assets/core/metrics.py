@@ -15,19 +15,25 @@ COORDS = ["x_min", "y_min", "x_max", "y_max"]
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 
 
+def pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of corner boxes (..., 4) taken pair by pair (the shapes broadcast); 0 where the union is
+    empty."""
+    ix0 = np.maximum(a[..., 0], b[..., 0])
+    iy0 = np.maximum(a[..., 1], b[..., 1])
+    ix1 = np.minimum(a[..., 2], b[..., 2])
+    iy1 = np.minimum(a[..., 3], b[..., 3])
+    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix of (N,4) and (M,4) corner boxes."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    ix0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    iy0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    ix1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    iy1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    return pair_iou(a[:, None, :], b[None, :, :])
 
 
 def greedy_match(ious: np.ndarray, iou_thr: float) -> np.ndarray:
