@@ -129,7 +129,7 @@ def oracle_drop(world: World, boxes: pd.DataFrame, image_ids, folder: Path) -> p
     rows = world.oracle[world.oracle["image_id"].isin(set(image_ids))]
     folder.mkdir(parents=True)
     lines = [synthetic.NIH_BBOX_HEADER] + [
-        f"{r.image_id},{r.label},{r.x_min!r},{r.y_min!r},{r.x_max - r.x_min!r},{r.y_max - r.y_min!r}"
+        synthetic.nih_box_line(r.image_id, r.label, r.x_min, r.y_min, r.x_max, r.y_max)
         for r in rows.itertuples()
     ]
     (folder / "BBox_List_2017.csv").write_text("\n".join(lines) + "\n")
@@ -153,10 +153,11 @@ def train_and_score(
     test: tuple[pd.DataFrame, pd.DataFrame],
 ):
     """Build the task's dataset, train it demo-sized, score the fixed test split. Returns
-    (figures, model, imgsz)."""
+    (figures, model, the rule it was scored by, imgsz)."""
     from ultralytics import YOLO
     from ultralytics.utils import SETTINGS
 
+    from xray_assets import layout
     from xray_assets.config import get_profile
     from xray_assets.core import detection, metrics
     from xray_assets.core import train as core_train
@@ -176,7 +177,7 @@ def train_and_score(
     SETTINGS.update({"mlflow": False})  # the simulation's trainings are not the registry's
     t0 = time.perf_counter()
     YOLO(params.model).train(
-        data=str(work / "ds" / "data.yaml"),
+        data=str(work / "ds" / layout.DATA_YAML),
         project=str(work),
         name="train",
         exist_ok=True,
@@ -184,7 +185,7 @@ def train_and_score(
         **args,
     )
     seconds = time.perf_counter() - t0
-    model = detection.load_model(work / "train" / "weights" / "last.pt")
+    model = detection.load_model(work / "train" / "weights" / layout.LAST_WEIGHTS)
     test_images, truth = test
     rule = detection.DetectionRule(conf=detection.AP_FLOOR, iou=NMS_IOU, agnostic=task.agnostic_nms)
     dets = detection.detect_images(model, test_images, rule, params.imgsz, task.classes)
@@ -199,7 +200,7 @@ def train_and_score(
         ),
         "left_out": int(excluded["image_id"].nunique()),
         "train_s": round(seconds, 1),
-        "dataset_boxes": int(built["boxes"].shape[0]) if "boxes" in built else len(tboxes),
+        "dataset_boxes": len(built["boxes"]),
     }
     return figures, model, rule, params.imgsz
 
@@ -304,10 +305,11 @@ def active_learning(
 
 
 def unboxed_rule(world, tasks, seeds, work: Path) -> pd.DataFrame:
+    """Each task trained with the rule's two settings per seed, on the same fixed test split."""
+    from xray_assets.core.classes import TASKS
+
     rows = []
     for name in tasks:
-        from xray_assets.core.classes import TASKS
-
         task = TASKS[name]
         test = fixed_test(world, task)
         for seed in seeds:

@@ -159,8 +159,8 @@ def test_a_batch_goes_to_label_studio_and_comes_back_as_a_drop(tmp_path, monkeyp
     _run(annotation.annotation_queue, xray, partition_key=TASK, config=annotation.QueueConfig())
     queue = xray.storage.read_parquet(*layout.queue(TASK))
     label_only = set(queue.loc[queue["kind"] == "label_only", "image_id"])
-    # partially boxed images come first: a batch past them reaches the label-only ones, whose
-    # pre-annotations can never be kept out for a finding boxed already
+    # partially boxed images may fill the top of the queue: a batch past all of them reaches
+    # label-only ones, whose pre-annotations can never be kept out for a finding boxed already
     size = int((queue["kind"] == "partial").sum()) + 6
 
     with (

@@ -21,9 +21,9 @@ Acquisition score of an image, from the champion's detections at the AP floor (o
   above `FLOOR_FOR_ENTROPY`; 0 when it has none.
 
 The score is in 0..1 + LAMBDA. Ranking: (partially boxed first, where the rule says so), then
-score, highest first, ties by image id. **The test split stays representative:** train/val patients are ranked by acquisition;
-test patients are never ranked, only drawn at random (seeded) at a fixed share of a batch, so the
-evaluation is not biased towards hard cases.
+score, highest first, ties by image id. **The test split stays representative:** train/val patients
+are ranked by acquisition; test patients are never ranked, only drawn at random (seeded) at a fixed
+share of a batch, so the evaluation is not biased towards hard cases.
 """
 
 from __future__ import annotations

@@ -357,12 +357,17 @@ def _pool_map(fn, jobs: list, workers: int | None):
         return list(pool.map(fn, jobs, chunksize=4))
 
 
-def _box_line(image_id: str, label: str, box) -> str:
-    """One BBox_List row (NIH's layout) of a lesion's normalised box, in the 1024 px PNG's pixels."""
-    x0, y0, x1, y1 = (v * NIH_SIZE for v in box)
-    x0, y0 = max(x0, 0.0), max(y0, 0.0)
-    x1, y1 = min(x1, NIH_SIZE), min(y1, NIH_SIZE)
+def nih_box_line(image_id: str, label: str, x0, y0, x1, y1) -> str:
+    """One BBox_List row (NIH's layout: x, y, w, h) of a box given by its corners in pixels."""
     return ",".join([image_id, label, *(repr(float(v)) for v in (x0, y0, x1 - x0, y1 - y0))])
+
+
+def _box_line(image_id: str, label: str, box) -> str:
+    """The BBox_List row of a lesion's normalised box, in the 1024 px PNG's pixels."""
+    x0, y0, x1, y1 = (v * NIH_SIZE for v in box)
+    return nih_box_line(
+        image_id, label, max(x0, 0.0), max(y0, 0.0), min(x1, NIH_SIZE), min(y1, NIH_SIZE)
+    )
 
 
 def _nih_image(job: tuple) -> tuple[str, list[str], list[str]]:
@@ -431,7 +436,7 @@ def write_nih(
     kinds = ["annotated"] * n_annotated + ["background"] * n_background + ["unboxed"] * n_unboxed
     kinds = [kinds[i] for i in rng.permutation(len(kinds))]
     label_plan = iter(_nih_label_plan(rng, n_annotated))
-    meta, jobs = [], []
+    meta, jobs, n_partial = [], [], 0
     idx, patient = 0, first_patient - 1
     while idx < len(kinds):
         patient += 1
@@ -448,6 +453,7 @@ def write_nih(
                 labels = next(label_plan)
                 if rng.random() < unboxed_extra:  # a second finding the box annotator left out
                     unboxed = [str(rng.choice([c for c in NIH_CLASSES if c not in labels]))]
+                    n_partial += 1
             elif kind == "unboxed":
                 labels = [str(c) for c in rng.choice(NIH_CLASSES, 1 + (rng.random() < 0.12), False)]
             else:
@@ -491,7 +497,7 @@ def write_nih(
         "nih_boxes": len(boxes),
         "nih_patients": patient - first_patient + 1,
         "nih_label_only_images": n_unboxed,
-        "nih_partially_boxed_images": sum(1 for j in jobs if j[4] == "annotated" and j[6]),
+        "nih_partially_boxed_images": n_partial,
         "oracle_boxes": len(truth),
     }
 
