@@ -14,6 +14,7 @@ BENCHMARKS = [
     "bench_training",
     "bench_tuning",
     "bench_serve",
+    "bench_queue",
     "bench_object_store",
     "bench_sensor",
     "bench_active_learning",  # the slowest (about an hour on 2 cores): last

@@ -20,6 +20,7 @@ STAGES: list[tuple[str, list[str], str | None]] = [
             "nms_thresholds",
             "evaluation_reports",
             "champion_gate",
+            "served_int8",
             "annotation_queue",
         ],
         "tasks",

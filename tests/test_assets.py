@@ -158,6 +158,25 @@ def test_champion_gate(xray):
     assert xray.storage.read_json(*layout.gate_record(TASK))["decision"] == "champion"
 
 
+def test_served_int8(xray):
+    """The served version's INT8 export and its check: the verdict decides what serves, is tagged on
+    the registry version and cached beside the weights (a second run reuses it)."""
+    from xray_assets import tracking
+    from xray_assets.defs import serving
+
+    md = _md(_run(serving.served_int8, xray, partition_key=TASK))
+    assert md["version"] == "1" and md["chosen"] == "champion"
+    assert md["int8_check"] in ("passed", "failed") and md["test_images"] >= 1
+    assert (md["serves"] == "openvino int8") == (md["int8_check"] == "passed"), md["serves"]
+    assert md["calibration_images"] >= 1 and "test AP50" in md["reason"]
+    tags = tracking.version_info(xray.tracking_uri, xray.config.model_name(TASK), "1")["tags"]
+    assert tags["int8_check"] == md["int8_check"]
+    folder = xray.storage.local_path("serve", TASK, "v1")
+    assert list(folder.glob("*_int8_check.json")) and list(folder.glob("*_int8_openvino_model"))
+    again = _md(_run(serving.served_int8, xray, partition_key=TASK))
+    assert again["check_seconds"] == md["check_seconds"], "the cached verdict, not a new check"
+
+
 def test_annotation_queue(xray):
     from xray_assets.core.splits import assign_splits
     from xray_assets.defs import annotation
@@ -183,6 +202,8 @@ def test_annotation_queue(xray):
         _run(annotation.annotation_queue, xray, partition_key=TASK, config=annotation.QueueConfig())
     )
     assert again["scored_this_run"] == 0, "scores are cached per (image, model version)"
+    assert md["scoring_runtime"].startswith("openvino "), "the served runtime scores the queue"
+    assert md["images_per_minute"] > 0
 
 
 def test_annotation_batches(xray, instance, monkeypatch):
@@ -266,4 +287,4 @@ def test_every_asset_of_the_graph_has_a_fast_test_here():
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     tested = {name for name in globals() if name.startswith("test_")}
     missing = sorted(k for k in keys if not any(t.startswith(f"test_{k}") for t in tested))
-    assert len(keys) == 16 and not missing, f"assets without a fast test: {missing}"
+    assert len(keys) == 17 and not missing, f"assets without a fast test: {missing}"

@@ -25,6 +25,7 @@ DESIGN_ASSETS = {
     "nms_thresholds": ("models", "tasks"),
     "evaluation_reports": ("reports", "tasks"),
     "champion_gate": ("reports", "tasks"),
+    "served_int8": ("reports", "tasks"),
     "annotation_queue": ("datasets", "tasks"),
     "annotation_batches": ("datasets", "batches"),
     "study_report": ("reports", None),
@@ -61,6 +62,7 @@ READS = {
     "nms_thresholds": {"trained_models", "yolo_datasets"},
     "evaluation_reports": {"nms_thresholds", "trained_models", "yolo_datasets", "nih_labels"},
     "champion_gate": {"evaluation_reports"},
+    "served_int8": {"champion_gate", "trained_models", "nms_thresholds", "yolo_datasets"},
     "annotation_queue": {
         "champion_gate",
         "trained_models",

@@ -367,3 +367,146 @@ def test_the_page_is_a_template_that_escapes_what_it_shows():
         and "<script>" not in page
     )
     assert 'name="file"' in page and "limit 5 MB" in page and "Research use only" in page
+
+
+def test_int8_serves_only_where_its_check_passes_and_health_says_why(panel, client, served):
+    """The default panel: each model's INT8 check ran (val calibration, test AP50 against the float
+    weights), its verdict decides the precision, the version carries it as tags and /health shows
+    it. Then the check forced to fail (no INT8 model may lose less than -1 AP50: it would have to
+    gain a whole point): the float export serves and /health says why."""
+    from fastapi.testclient import TestClient
+
+    from xray_assets import tracking
+    from xray_assets.serve.app import create_app
+    from xray_assets.serve.models import load_panel
+
+    settings, _ = served
+    health = {m["task"]: m for m in client.get("/health").json()["models"]}
+    for m in panel:
+        c = m.check
+        assert c.verdict in ("passed", "failed") and c.test_images >= 1, (m.task, c)
+        assert c.calibration_images >= 1 and c.float_test_map50 is not None
+        assert (m.precision == "int8") == c.passed == m.runner.quantized, (m.task, c)
+        if c.passed:
+            assert c.int8_test_map50 >= c.float_test_map50 - settings.int8_max_drop
+        shown = health[m.task]
+        assert shown["precision"] == m.precision and shown["int8"]["verdict"] == c.verdict
+        assert shown["int8"]["reason"] == c.reason and "test AP50" in c.reason
+        info = tracking.version_info(
+            settings.mlflow_tracking_uri, settings.config.model_name(m.task), m.version
+        )
+        assert info["tags"]["int8_check"] == c.verdict, "the verdict is on the registry version"
+    from dataclasses import replace
+
+    strict = replace(settings, int8_max_drop=-1.0)
+    fallback = load_panel(strict, tasks=[panel[0].task])
+    (m,) = fallback
+    assert m.check.verdict == "failed" and m.precision != "int8" and not m.runner.quantized
+    shown = TestClient(create_app(fallback)).get("/health").json()["models"][0]
+    assert (
+        shown["int8"]["verdict"] == "failed"
+        and "more than the -1 allowed" in shown["int8"]["reason"]
+    )
+    assert shown["precision"] in ("bf16", "f32", "f16")
+    load_panel(settings, tasks=[panel[0].task])  # the registry's tag back to the default's verdict
+
+
+def test_panel_one_letterbox_many_models_equals_each_model_alone(panel, sample_dir):
+    """The panel's shared letterbox and concurrent requests give each model its own boxes."""
+    from xray_assets.serve.app import panel_boxes
+
+    for i in (0, 3):
+        gray = cv2.imread(
+            str(sorted((sample_dir / "nih").glob("images_*/images/*.png"))[i]),
+            cv2.IMREAD_GRAYSCALE,
+        )
+        gray = np.ascontiguousarray(gray[: 900 - 50 * i, :])  # not square: padding matters
+        together = panel_boxes(panel, gray)
+        assert together == [m.detect(gray) for m in panel]
+
+
+def test_fast_path_boxes_equal_ultralytics_predict_on_the_same_export(toy_model, tmp_path):
+    """OpenVinoRunner's own letterbox, inference and NMS give ultralytics' `predict` boxes on the
+    same OpenVINO export (not square images included)."""
+    import shutil
+
+    from conftest import TOY_SIZE
+
+    from xray_assets.core.classes import TASKS
+    from xray_assets.core.detection import DetectionRule, detect, load_model
+    from xray_assets.serve.models import export_model
+    from xray_assets.serve.runtime import OpenVinoRunner, boxes_of, letterbox
+
+    weights = tmp_path / "best.pt"
+    shutil.copyfile(toy_model[0], weights)
+    export = export_model(weights, TOY_SIZE, "openvino")
+    runner, reference = OpenVinoRunner(export, TOY_SIZE), load_model(export)
+    classes = list(TASKS["nih_multi"].classes)
+    rule = DetectionRule(0.01, 0.5)
+    compared = 0
+    for p in sorted((toy_model[1].parent.parent / "img").glob("*.png"))[28:36]:
+        gray = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+        for img in (gray, np.ascontiguousarray(gray[:, 10:100])):
+            want = detect(reference, img, rule, TOY_SIZE, classes)
+            x, hw = letterbox(img, TOY_SIZE)
+            got = boxes_of(runner.infer(x), hw, img.shape[:2], rule, classes)
+            assert list(got["label"]) == list(want["label"]), p.name
+            cols = ["score", "x_min", "y_min", "x_max", "y_max"]
+            assert np.allclose(got[cols].to_numpy(), want[cols].to_numpy(), atol=1e-3), p.name
+            compared += len(got)
+    assert compared >= 10
+
+
+def test_queue_scores_on_the_int8_path_rank_like_the_pytorch_path(toy_model, tmp_path):
+    """The annotation queue's scores of 60 label-only images drawn like the sample data's (each
+    lists its findings, none boxed), from the INT8 fast path (calibrated on the toy model's val
+    images) and from PyTorch's predict: their top 20 share at least 90% of their images."""
+    import shutil
+
+    import pandas as pd
+    from conftest import TOY_SIZE
+
+    from xray_assets.core import acquisition
+    from xray_assets.core.classes import TASKS
+    from xray_assets.core.detection import AP_FLOOR, DetectionRule, detect_images, load_model
+    from xray_assets.core.synthetic import render
+    from xray_assets.serve.quantize import export_int8
+    from xray_assets.serve.runtime import THROUGHPUT, OpenVinoRunner, detect_paths
+
+    task = TASKS["nih_multi"]
+    weights = tmp_path / "best.pt"
+    shutil.copyfile(toy_model[0], weights)
+    runner = OpenVinoRunner(export_int8(weights, TOY_SIZE, toy_model[1]), TOY_SIZE, THROUGHPUT)
+    assert runner.quantized and runner.precision == "int8"
+    sets = [
+        ["Cardiomegaly"],
+        ["Mass"],
+        ["Effusion"],
+        ["Cardiomegaly", "Effusion"],
+        ["Mass", "Effusion"],
+    ]
+    rows = []
+    for i in range(60):
+        img, _ = render(
+            np.random.default_rng(500 + i), sets[i % len(sets)], 2 * TOY_SIZE, 2 * TOY_SIZE
+        )
+        path = tmp_path / f"cand{i:03d}.png"
+        cv2.imwrite(str(path), (img * 255).astype(np.uint8))
+        findings = sorted({task.label_map[f] for f in sets[i % len(sets)]})
+        rows.append((path.name, str(path), findings))
+    cands = pd.DataFrame(rows, columns=["image_id", "path", "findings"])
+    floor = DetectionRule(AP_FLOOR, 0.5)
+    scores = {
+        name: acquisition.score_images(cands, dets, "v")
+        for name, dets in (
+            ("pytorch", detect_images(load_model(weights), cands, floor, TOY_SIZE, task.classes)),
+            ("int8", detect_paths(runner, cands, floor, task.classes)),
+        )
+    }
+    assert scores["pytorch"]["missed"].std() > 0.1, "the model must find some listed findings"
+    k = 20
+    top = {
+        n: set(s.sort_values(["score", "image_id"]).tail(k)["image_id"]) for n, s in scores.items()
+    }
+    overlap = len(top["pytorch"] & top["int8"]) / k
+    assert overlap >= 0.9, f"top-{k} overlap {overlap:.2f}"

@@ -279,7 +279,7 @@ def test_kubernetes_executor_config_and_gpu_tags(monkeypatch):
 
     graph = defs.resolve_asset_graph()
     op_tags = {a.key.to_user_string(): a.op.tags for a in defs.assets}
-    assert len(op_tags) == 16
+    assert len(op_tags) == 17
     gpu = {
         "trained_models",
         "nms_thresholds",

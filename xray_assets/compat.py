@@ -36,7 +36,8 @@ def use_local_amp_check(check: Callable) -> None:
 
 
 def decline_openvino_telemetry() -> None:
-    """Decline OpenVINO's telemetry in this process (and the children it would start to send it)."""
+    """Decline OpenVINO's telemetry in this process (and the children it would start to send it).
+    Call before `import openvino`: the import itself sends an event (openvino.tools.ovc)."""
     try:
         from openvino_telemetry.backend import backend_ga, backend_ga4
         from openvino_telemetry.utils import opt_in_checker

@@ -229,6 +229,8 @@ ENV_DEFAULTS = {
     "XRAY_DECODE_MEMORY_MB": str(DecodeLimits.memory_mb),
     "XRAY_LABEL_STUDIO_URL": "",
     "XRAY_LABEL_STUDIO_TOKEN": "",
+    "XRAY_INT8": "auto",
+    "XRAY_INT8_MAX_DROP": "0.01",
 }
 
 #: Settings field -> its environment variable (the Dagster resource's fields use the same names)
@@ -247,6 +249,8 @@ FIELD_ENV = {
     "max_upload_mb": "XRAY_MAX_UPLOAD_MB",
     "label_studio_url": "XRAY_LABEL_STUDIO_URL",
     "label_studio_token": "XRAY_LABEL_STUDIO_TOKEN",
+    "int8": "XRAY_INT8",
+    "int8_max_drop": "XRAY_INT8_MAX_DROP",
 }
 
 
@@ -258,6 +262,13 @@ def env(name: str) -> str:
 def _flag(raw: str) -> bool | None:
     raw = raw.strip().lower()
     return True if raw in ("1", "true", "yes") else False if raw in ("0", "false", "no") else None
+
+
+def _int8_mode(raw: str) -> str:
+    mode = raw.strip().lower()
+    if mode not in ("auto", "off"):
+        raise ValueError(f"XRAY_INT8 must be auto or off, got {raw!r}")
+    return mode
 
 
 @dataclass(frozen=True)
@@ -291,6 +302,10 @@ class Settings:
     label_studio_url: str = ""
     #: its API token: never logged (not in the repr)
     label_studio_token: str = field(default="", repr=False)
+    #: the fast path's INT8 models: "auto" (used where the accuracy check passes) or "off"
+    int8: str = "auto"
+    #: the most test AP50 an INT8 model may lose against its float weights and still serve
+    int8_max_drop: float = 0.01
 
     @classmethod
     def resolve(cls, **given: Any) -> "Settings":
@@ -320,6 +335,8 @@ class Settings:
             max_upload_mb=float(raw("max_upload_mb")),
             label_studio_url=raw("label_studio_url"),
             label_studio_token=raw("label_studio_token"),
+            int8=_int8_mode(raw("int8")),
+            int8_max_drop=float(raw("int8_max_drop")),
             decode=DecodeLimits(
                 max_megapixels=float(env("XRAY_MAX_MEGAPIXELS")),
                 workers=int(env("XRAY_DECODE_WORKERS")),

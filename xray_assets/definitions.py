@@ -22,12 +22,24 @@ from .defs import (  # noqa: E402
     evaluation,
     gate,
     nih,
+    serving,
     training,
     vinbigdata,
 )
 from .defs.resources import XrayResource  # noqa: E402
 
-MODULES = (drops, nih, vinbigdata, datasets, training, evaluation, gate, annotation, checks)
+MODULES = (
+    drops,
+    nih,
+    vinbigdata,
+    datasets,
+    training,
+    evaluation,
+    gate,
+    serving,
+    annotation,
+    checks,
+)
 
 
 def executor_from_env() -> dg.ExecutorDefinition:

@@ -215,33 +215,44 @@ def capture_candidates(
     return out
 
 
-def replay(candidates: list[Candidates], rule: DetectionRule, classes) -> pd.DataFrame:
-    """ultralytics' NMS at the rule over kept candidates, boxes mapped back to the original pixels:
-    the boxes `detect` returns for those images at that rule."""
+def raw_boxes(
+    raw, input_hw, orig_hw, rule: DetectionRule, classes, image_id: str = ""
+) -> list[tuple]:
+    """ultralytics' NMS at the rule over one image's raw outputs ((4 + nc, n), centre-size boxes in
+    the letterboxed input's pixels), boxes mapped back to the original pixels: what its predictor's
+    postprocessing returns. Rows as `BOX_COLUMNS`."""
     import torch
     from ultralytics.utils import nms, ops
 
-    rows: list[tuple] = []
+    raw = torch.as_tensor(raw)
+    if raw.shape[1] == 6:
+        # ultralytics reads a last dimension of 6 as an end-to-end model's (boxes, 6) output: one
+        # all-zero candidate more (dropped by the conf filter, which is strict) keeps the layout
+        raw = torch.cat([raw, torch.zeros(raw.shape[0], 1, dtype=raw.dtype)], 1)
+    out = nms.non_max_suppression(
+        raw[None],
+        rule.conf,
+        rule.iou,
+        agnostic=rule.agnostic,
+        multi_label=rule.multi_label,
+        max_det=rule.max_det,
+        nc=len(classes),
+    )[0]
+    if not len(out):
+        return []
+    out = out.clone()
+    out[:, :4] = ops.scale_boxes(tuple(input_hw), out[:, :4], tuple(orig_hw))
+    return [
+        (image_id, classes[int(k)], float(s), x0, y0, x1, y1)
+        for x0, y0, x1, y1, s, k in out[:, :6].tolist()
+    ]
+
+
+def replay(candidates: list[Candidates], rule: DetectionRule, classes) -> pd.DataFrame:
+    """ultralytics' NMS at the rule over kept candidates, boxes mapped back to the original pixels:
+    the boxes `detect` returns for those images at that rule."""
     classes = list(classes)
+    rows: list[tuple] = []
     for c in candidates:
-        raw = c.raw
-        if raw.shape[1] == 6:
-            # ultralytics reads a last dimension of 6 as an end-to-end model's (boxes, 6) output: one
-            # all-zero candidate more (dropped by the conf filter, which is strict) keeps the layout
-            raw = torch.cat([raw, torch.zeros(raw.shape[0], 1)], 1)
-        out = nms.non_max_suppression(
-            raw[None],
-            rule.conf,
-            rule.iou,
-            agnostic=rule.agnostic,
-            multi_label=rule.multi_label,
-            max_det=rule.max_det,
-            nc=len(classes),
-        )[0]
-        if not len(out):
-            continue
-        out = out.clone()
-        out[:, :4] = ops.scale_boxes(c.input_hw, out[:, :4], c.orig_hw)
-        for x0, y0, x1, y1, s, k in out[:, :6].tolist():
-            rows.append((c.image_id, classes[int(k)], float(s), x0, y0, x1, y1))
+        rows += raw_boxes(c.raw, c.input_hw, c.orig_hw, rule, classes, c.image_id)
     return pd.DataFrame(rows, columns=BOX_COLUMNS)

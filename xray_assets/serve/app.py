@@ -55,6 +55,21 @@ def provenance(m: ServedModel) -> str:
     return f"profile {m.profile or '?'}, init {m.init}, {data}"
 
 
+def panel_boxes(panel: list[ServedModel], gray: np.ndarray) -> list[list[dict]]:
+    """Each model's boxes. Models on the fast path that share an input size get one letterbox and
+    run at once (asynchronous requests); any other model runs its own `detect`."""
+    from .runtime import infer_together, letterbox
+
+    fast = [m for m in panel if m.runner is not None]
+    out: dict[int, list[dict]] = {}
+    for imgsz in sorted({m.imgsz for m in fast}):
+        group = [m for m in fast if m.imgsz == imgsz]
+        x, input_hw = letterbox(gray, imgsz)
+        for m, raw in zip(group, infer_together([m.runner for m in group], x)):
+            out[id(m)] = m.boxes(raw, input_hw, gray.shape[:2])
+    return [out[id(m)] if id(m) in out else m.detect(gray) for m in panel]
+
+
 def run_panel(panel: list[ServedModel], gray: np.ndarray) -> dict:
     h, w = gray.shape[:2]
     return {
@@ -65,6 +80,7 @@ def run_panel(panel: list[ServedModel], gray: np.ndarray) -> dict:
                 "task": m.task,
                 "version": m.version,
                 "chosen": m.chosen,
+                "precision": m.precision,
                 "conf": m.conf,
                 "iou": m.iou,
                 "agnostic_nms": m.rule.agnostic,
@@ -72,9 +88,9 @@ def run_panel(panel: list[ServedModel], gray: np.ndarray) -> dict:
                 "profile": m.profile,
                 "init": m.init,
                 "trained_on_synthetic": m.trained_on_synthetic,
-                "boxes": m.detect(gray),
+                "boxes": boxes,
             }
-            for m in panel
+            for m, boxes in zip(panel, panel_boxes(panel, gray))
         ],
     }
 
@@ -132,7 +148,7 @@ def _model_view(m: ServedModel) -> dict:
         "task": m.task,
         "version": m.version,
         "chosen": m.chosen,
-        "backend": m.backend,
+        "backend": f"{m.backend} {m.precision}".strip(),
         "conf": f"{m.conf:g}",
         "iou": f"{m.iou:g}",
         "provenance": provenance(m),

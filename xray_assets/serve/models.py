@@ -27,6 +27,7 @@ from ..core.classes import SERVED_TASKS, TASKS
 from ..core.detection import DetectionRule, detect
 from ..records import ModelRecord, find_rule
 from ..storage import Storage
+from .quantize import FAILED, OFF, Int8Check, check_int8
 
 log = logging.getLogger("xray_assets.serve")
 
@@ -50,6 +51,17 @@ class ServedModel:
     trained_on_synthetic: bool | None = None
     model: object = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: the OpenVINO backend: INT8 where its check passes ("auto"), or never ("off")
+    int8: str = "off"
+    int8_max_drop: float = 0.01
+    #: where the task's dataset lies (calibration and the INT8 check); None: no INT8
+    storage: Storage | None = None
+    #: the OpenVINO backend's compiled model, what it runs in, and the INT8 check's verdict
+    runner: object = None
+    precision: str = ""
+    check: Int8Check | None = None
+    #: OpenVINO's performance hint: LATENCY (one request at a time) or THROUGHPUT (many images)
+    hint: str = "LATENCY"
 
     @property
     def conf(self) -> float:
@@ -59,7 +71,10 @@ class ServedModel:
     def iou(self) -> float:
         return self.rule.iou
 
-    def load(self) -> "ServedModel":
+    def load(self, log_line=None) -> "ServedModel":
+        """The model ready to detect; `log_line` hears the INT8 calibration and check."""
+        if self.backend == "openvino":
+            return self._load_openvino(log_line or log.info)
         configure_ultralytics()
         from ultralytics import YOLO
 
@@ -69,26 +84,60 @@ class ServedModel:
             else self.weights
         )
         self.model = YOLO(str(path), task="detect")
+        self.precision = "f32"
         self.detect(
             np.zeros((self.imgsz, self.imgsz), np.uint8)
         )  # warm-up: first call builds sessions
         return self
 
+    def _load_openvino(self, log_line) -> "ServedModel":
+        """The float export, or the INT8 one where its accuracy check passes; run directly."""
+        from .runtime import OpenVinoRunner
+
+        float_export = export_model(self.weights, self.imgsz, "openvino")
+        export = None
+        if self.int8 == "off":
+            self.check = Int8Check(OFF, "INT8 is off (XRAY_INT8=off)")
+        elif self.storage is None:
+            self.check = Int8Check(OFF, "no storage root to calibrate and check on")
+        else:
+            try:
+                export, self.check = check_int8(
+                    self.weights,
+                    self.imgsz,
+                    self.rule,
+                    self.classes,
+                    self.storage,
+                    self.task,
+                    self.int8_max_drop,
+                    log_line,
+                )
+            except Exception as exc:  # a failed quantisation leaves the float export serving
+                log.warning(f"{self.task}: INT8 export failed: {exc.__class__.__name__}: {exc}")
+                self.check = Int8Check(
+                    FAILED, f"the INT8 export failed ({exc.__class__.__name__}: {exc})"[:300]
+                )
+        self.runner = OpenVinoRunner(export or float_export, self.imgsz, self.hint)
+        self.precision = self.runner.precision
+        self.detect(np.zeros((self.imgsz, self.imgsz), np.uint8))  # warm-up
+        return self
+
     def detect(self, gray: np.ndarray) -> list[dict]:
         """Boxes in the pixels of `gray`, by the task's detection rule."""
+        if self.runner is not None:
+            from .runtime import letterbox
+
+            x, input_hw = letterbox(gray, self.imgsz)
+            return self.boxes(self.runner.infer(x), input_hw, gray.shape[:2])
         with self.lock:  # one ultralytics predictor per model is not thread-safe
             boxes = detect(self.model, gray, self.rule, self.imgsz, self.classes)
-        return [
-            {
-                "label": b.label,
-                "score": round(float(b.score), 4),
-                "x_min": round(float(b.x_min), 1),
-                "y_min": round(float(b.y_min), 1),
-                "x_max": round(float(b.x_max), 1),
-                "y_max": round(float(b.y_max), 1),
-            }
-            for b in boxes.itertuples(index=False)
-        ]
+        return box_dicts(boxes)
+
+    def boxes(self, raw: np.ndarray, input_hw, orig_hw) -> list[dict]:
+        """The fast path's raw outputs of one image as the rule's boxes (original pixels)."""
+        from .runtime import boxes_of
+
+        return box_dicts(boxes_of(raw, input_hw, orig_hw, self.rule, self.classes))
 
     def describe(self) -> dict:
         return {
@@ -96,6 +145,8 @@ class ServedModel:
             "version": self.version,
             "chosen": self.chosen,
             "backend": self.backend,
+            "precision": self.precision,
+            "int8": self.check.as_dict() if self.check else None,
             "conf": self.conf,
             "iou": self.iou,
             "agnostic_nms": self.rule.agnostic,
@@ -105,6 +156,21 @@ class ServedModel:
             "init": self.init,
             "trained_on_synthetic": self.trained_on_synthetic,
         }
+
+
+def box_dicts(boxes) -> list[dict]:
+    """A boxes table (`BOX_COLUMNS`) as the API's JSON rows, rounded."""
+    return [
+        {
+            "label": b.label,
+            "score": round(float(b.score), 4),
+            "x_min": round(float(b.x_min), 1),
+            "y_min": round(float(b.y_min), 1),
+            "x_max": round(float(b.x_max), 1),
+            "y_max": round(float(b.y_max), 1),
+        }
+        for b in boxes.itertuples(index=False)
+    ]
 
 
 #: what `ultralytics` exports for each fast backend, and the suffix of the cached export
@@ -186,6 +252,9 @@ def resolve(settings: Settings, task: str, backend: str = "openvino") -> ServedM
         profile=tags.get("profile", info.profile if info else profile.name),
         init=tags.get("init", info.init if info else "unknown"),
         trained_on_synthetic=None if synthetic is None else str(synthetic).lower() == "true",
+        int8=settings.int8,
+        int8_max_drop=settings.int8_max_drop,
+        storage=st,
     )
 
 
@@ -197,9 +266,26 @@ def load_panel(
     for task in tasks:
         t0 = time.time()
         m = resolve(settings, task, backend).load()
+        record_check(settings, m)
         log.info(
-            f"{task}: v{m.version} ({m.chosen}), {backend}, {m.rule.describe()}, imgsz {m.imgsz}, "
-            f"init {m.init}, loaded in {time.time() - t0:.1f}s"
+            f"{task}: v{m.version} ({m.chosen}), {backend} {m.precision}, {m.rule.describe()}, "
+            f"imgsz {m.imgsz}, init {m.init}, loaded in {time.time() - t0:.1f}s"
+            + (f"; INT8 {m.check.verdict}: {m.check.reason}" if m.check else "")
         )
         panel.append(m)
     return panel
+
+
+def record_check(settings: Settings, m: ServedModel) -> None:
+    """The INT8 check's verdict and figures as tags on the served registry version."""
+    if m.check is None or m.check.verdict == OFF or m.chosen not in ("champion", "latest"):
+        return
+    try:
+        tracking.tag_version(
+            settings.mlflow_tracking_uri,
+            settings.config.model_name(m.task),
+            m.version,
+            m.check.tags(),
+        )
+    except Exception as exc:  # the panel serves whether or not the registry takes the tags
+        log.warning(f"{m.task}: INT8 check not tagged on v{m.version} ({exc.__class__.__name__})")

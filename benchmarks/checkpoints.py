@@ -1,0 +1,58 @@
+"""Real checkpoints for the inference benchmarks: one per served task, the study's model (YOLOv8s)
+at the study's input size (800) unless XRAY_BENCH_SERVE_MODEL / XRAY_BENCH_SERVE_IMGSZ say
+otherwise, each trained for one epoch on a small dataset of 1024 px renders (latency does not depend
+on skill; the INT8 calibration reads the dataset's val images)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: the toy images' side: the size of a real NIH image, so decoding and letterboxing cost what they do
+SIDE = 1024
+
+
+def study_size() -> tuple[str, int]:
+    """(model yaml, imgsz): the study profile's, or the environment's."""
+    from xray_assets.config import get_profile
+
+    study = get_profile("study").train
+    model = os.environ.get("XRAY_BENCH_SERVE_MODEL") or study.model
+    imgsz = int(os.environ.get("XRAY_BENCH_SERVE_IMGSZ") or study.imgsz)
+    return model, imgsz
+
+
+def train(tmp: Path, task: str, model: str, imgsz: int, n: int = 12) -> tuple[Path, Path]:
+    """(weights, data.yaml) of `model` trained for one epoch on `n` renders for `task`."""
+    from xray_assets.config import configure_ultralytics
+    from xray_assets.core.synthetic import toy_yolo_dataset
+
+    configure_ultralytics()
+    from ultralytics import YOLO
+    from ultralytics.utils import SETTINGS
+
+    SETTINGS.update({"mlflow": False})
+    data = toy_yolo_dataset(tmp / task, task, n, SIDE, [["Cardiomegaly"], ["Mass"]], (0.5, 0.75))
+    YOLO(model).train(
+        data=str(data),
+        epochs=1,
+        imgsz=imgsz,
+        batch=2,
+        workers=0,
+        plots=False,
+        val=False,
+        device="cpu",
+        project=str(tmp / "runs"),
+        name=task,
+        exist_ok=True,
+        verbose=False,
+    )
+    return tmp / "runs" / task / "weights" / "last.pt", data
+
+
+def gflops(weights: Path, imgsz: int) -> float:
+    """GFLOPs of one forward pass at `imgsz` (ultralytics' own count)."""
+    from ultralytics import YOLO
+    from ultralytics.utils.torch_utils import get_flops
+
+    return float(get_flops(YOLO(str(weights)).model, imgsz))
