@@ -26,14 +26,29 @@ OPS_PER_CYCLE = {
 }
 
 
+#: the flags oneDNN may use when ONEDNN_MAX_CPU_ISA holds it at AVX2 (what an AVX2-only CPU has)
+AVX2_ONLY = {"sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c"}
+
+
 @cache
-def flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The CPU's own flags (/proc/cpuinfo)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return set()
     m = re.search(r"^flags\s*:\s*(.*)$", text, re.MULTILINE)
     return set(m.group(1).split()) if m else set()
+
+
+def capped() -> bool:
+    """oneDNN (OpenVINO's CPU kernels, PyTorch's convolutions) held at AVX2 by ONEDNN_MAX_CPU_ISA."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2"
+
+
+def flags() -> set[str]:
+    """The flags the inference kernels may use: the CPU's, or AVX2's where oneDNN is capped."""
+    return cpu_flags() & AVX2_ONLY if capped() else cpu_flags()
 
 
 @cache
@@ -60,7 +75,10 @@ def isa() -> str:
         ("VNNI", "avx512_vnni" in f or "avx_vnni" in f),
         ("AMX", "amx_tile" in f),
     ]
-    return " ".join(n for n, present in names if present) or "none of AVX2/AVX-512/VNNI/AMX"
+    out = " ".join(n for n, present in names if present) or "none of AVX2/AVX-512/VNNI/AMX"
+    return (
+        f"{out} (emulated: ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2)" if capped() else out
+    )
 
 
 def best_unit(precision: str) -> str | None:
@@ -100,3 +118,47 @@ def describe(precision: str, gflop: float, seconds: float) -> str:
     peak, how = peak_gflops(precision)
     share = f" = {100 * achieved / peak:.1f}% of the nominal {peak:,.0f} ({how})" if peak else ""
     return f"{achieved:,.0f} GFLOP/s {precision}{share}"
+
+
+def avx2_rows(script: str, env: dict[str, str]) -> list[dict]:
+    """`script`'s measurement again in a child process whose kernels are held at AVX2 (oneDNN, which
+    OpenVINO's CPU plugin and PyTorch's convolutions use, and ATen's own vector code): what an
+    AVX2-only CPU runs, measured on this one. Its rows come back named `[AVX2]`; none where this
+    CPU has nothing beyond AVX2 (the plain run measured it) or this is already the child."""
+    import json
+    import subprocess
+    import sys
+
+    beyond = any(f.startswith(("avx512", "amx", "avx_vnni")) for f in cpu_flags())
+    if capped() or not beyond:
+        return []
+    child = {
+        **os.environ,
+        **env,
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "ATEN_CPU_CAPABILITY": "avx2",
+    }
+    out = subprocess.run(
+        [sys.executable, script, "--json"],
+        env=child,
+        cwd=Path(script).parent,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{Path(script).name} at AVX2 failed: {out.stderr[-2000:]}")
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    return [{**r, "benchmark": f"{r['benchmark']} [AVX2]"} for r in rows]
+
+
+def print_rows(rows: list[dict]) -> None:
+    """A benchmark run as a script: its rows, one JSON line with --json (the AVX2 child's answer)."""
+    import json
+    import sys
+
+    if "--json" in sys.argv:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(r)

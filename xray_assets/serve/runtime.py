@@ -18,6 +18,7 @@ export (tested). What this adds is what `predict` cannot do:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
 import queue
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -43,6 +44,17 @@ def letterbox(gray: np.ndarray, imgsz: int) -> tuple[np.ndarray, tuple[int, int]
     return x, (int(img.shape[0]), int(img.shape[1]))
 
 
+def compile_config(hint: str) -> dict:
+    """OpenVINO's CPU settings: the performance hint, and f32 where oneDNN is held below the
+    instruction sets that run bf16 (ONEDNN_MAX_CPU_ISA, e.g. AVX2 to measure an AVX2-only CPU on
+    a newer one): OpenVINO picks bf16 from the CPU's flags and would find no kernel for it."""
+    config = {"PERFORMANCE_HINT": hint}
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if cap and cap != "ALL" and "AMX" not in cap and "BF16" not in cap:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    return config
+
+
 def model_xml(export: Path) -> Path:
     """The .xml inside an ultralytics OpenVINO export folder."""
     found = sorted(Path(export).glob("*.xml"))
@@ -66,7 +78,7 @@ class OpenVinoRunner:
         model = core.read_model(model_xml(self.export))
         #: NNCF's quantised IR holds FakeQuantize layers, which the CPU plugin runs as integer kernels
         self.quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())
-        self.compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": hint})
+        self.compiled = core.compile_model(model, "CPU", compile_config(hint))
         self.precision = "int8" if self.quantized else self._float_precision()
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
 
