@@ -119,3 +119,61 @@ def test_j2k_fast_path_matches_full_decode(real_data, sample_dir):
         assert fast.shape == full.shape
         assert _psnr(fast, full) >= 40, (f.name, _psnr(fast, full))
         assert _psnr(fast, _pydicom_reference(f, 400)) >= 40
+
+
+def test_conversion_reads_each_new_file_once_in_its_worker_and_an_unchanged_one_not_at_all(
+    sample_dir, tmp_path
+):
+    """A first plan hashes nothing (the worker hashes the bytes it converts, and says so in its
+    row); a re-run over an unchanged manifest reads nothing; a touched file is hashed (and kept when
+    its bytes are the same); a changed one is converted again."""
+    import hashlib
+    import os
+    import shutil
+
+    import pandas as pd
+
+    from xray_assets.core.dicom import convert_one, file_sha256, plan_conversion
+
+    sources = []
+    for f in sorted((sample_dir / "vinbigdata" / "train").glob("*.dicom"))[:3]:
+        sources.append(tmp_path / f.name)
+        shutil.copyfile(f, sources[-1])
+    hashed: list[str] = []
+
+    def digest(p):
+        hashed.append(p.name)
+        return file_sha256(p)
+
+    empty = pd.DataFrame(
+        columns=["image_id", "max_size", "status", "path", "stat_key", "source_hash"]
+    )
+    keep, todo = plan_conversion(sources, empty, set(), 64, digest)
+    assert not keep and [t[1] for t in todo] == [None] * 3 and hashed == [], (
+        "no read before the workers"
+    )
+    rows = []
+    for p, _, key in todo:
+        r = convert_one(str(p), str(tmp_path / "png" / f"{p.stem}.png"), 64)
+        assert (
+            r["status"] == "ok" and r["source_hash"] == hashlib.sha256(p.read_bytes()).hexdigest()
+        )
+        rows.append({"image_id": p.stem, "max_size": 64, "stat_key": key, **r})
+    manifest = pd.DataFrame(rows)
+    pngs = {f"{p.stem}.png" for p in sources}
+    keep, todo = plan_conversion(sources, manifest, pngs, 64, digest)
+    assert len(keep) == 3 and not todo and hashed == [], "an unchanged re-run reads no file"
+    touched, changed = sources[0], sources[1]
+    os.utime(touched, (1e9, 1e9))
+    changed.write_bytes(changed.read_bytes() + b"\0\0")
+    keep, todo = plan_conversion(sources, manifest, pngs, 64, digest)
+    assert sorted(hashed) == sorted([touched.name, changed.name])
+    assert [t[0] for t in todo] == [changed] and todo[0][1] == file_sha256(changed)
+    assert {k["image_id"] for k in keep} == {touched.stem, sources[2].stem}
+    bad = tmp_path / "bad.dicom"
+    bad.write_bytes(b"not a dicom at all")
+    r = convert_one(str(bad), str(tmp_path / "png" / "bad.png"), 64)
+    assert (
+        r["status"] == "quarantined"
+        and r["source_hash"] == hashlib.sha256(b"not a dicom at all").hexdigest()
+    )

@@ -41,17 +41,23 @@ class ConvertedImage:
     orig_width: int
 
 
-def _read_dataset(path: str | Path):
+def _read_dataset(path: str | Path, data: bytes | None = None):
+    """The dataset of `path`, parsed from `data` (its bytes, already read) when given."""
+    import io
+
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.uid import ImplicitVRLittleEndian
 
+    def source():
+        return io.BytesIO(data) if data is not None else path
+
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(source())
     except InvalidDicomError:
         # No preamble / no file meta (old ACR-NEMA style streams): read anyway.
         try:
-            ds = pydicom.dcmread(path, force=True)
+            ds = pydicom.dcmread(source(), force=True)
         except Exception as exc:
             raise DicomError(
                 f"{Path(path).name}: not a DICOM file ({exc.__class__.__name__})"
@@ -234,10 +240,12 @@ def read_dicom(
     max_size: int | None = None,
     fast: bool = True,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    data: bytes | None = None,
 ) -> ConvertedImage:
     """Display-ready uint8. `fast`: decode JPEG 2000 at reduced resolution when `max_size` allows.
-    Raises ImageTooLarge (before decoding) when the header declares more than `max_megapixels`."""
-    ds = _read_dataset(path)
+    Raises ImageTooLarge (before decoding) when the header declares more than `max_megapixels`.
+    `data`: the file's bytes when the caller has read them already (the path then only names it)."""
+    ds = _read_dataset(path, data)
     check_dimensions(ds, path, max_megapixels)
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise DicomError(
@@ -313,7 +321,8 @@ def convert_one(
     src: str, dst: str, max_size: int | None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
 ) -> dict:
     """Convert one DICOM to a PNG at `dst` (atomically). Never raises: failures come back as rows.
-    (A decoder that crashes the process is caught one level up, by the isolated pool.)"""
+    The file is read once: its bytes give the row's `source_hash` (sha256) and are decoded from
+    memory. (A decoder that crashes the process is caught one level up, by the isolated pool.)"""
     import os
     import tempfile
 
@@ -327,7 +336,13 @@ def convert_one(
         "reason": "",
     }
     try:
-        img = read_dicom(src, max_size, max_megapixels=max_megapixels)
+        data = Path(src).read_bytes()
+    except OSError as exc:
+        return quarantined(f"{Path(src).name}: unreadable ({exc.__class__.__name__}: {exc})")
+    source_hash = hashlib.sha256(data).hexdigest()
+    try:
+        img = read_dicom(src, max_size, max_megapixels=max_megapixels, data=data)
+        del data  # the dataset holds what it needs
         ok, buf = cv2.imencode(".png", img.pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         if not ok:
             raise DicomError(f"{Path(src).name}: PNG encoding failed")
@@ -343,12 +358,14 @@ def convert_one(
             orig_width=img.orig_width,
         )
     except (DicomError, ImageTooLarge) as exc:
-        return quarantined(str(exc))
+        return {**quarantined(str(exc)), "source_hash": source_hash}
     except MemoryError:
-        return quarantined(f"{Path(src).name}: decoding needs more memory than a worker may use")
+        reason = f"{Path(src).name}: decoding needs more memory than a worker may use"
+        return {**quarantined(reason), "source_hash": source_hash}
     except Exception as exc:  # a corrupt file must not stop the run
-        return quarantined(f"{Path(src).name}: {exc.__class__.__name__}: {exc}")
-    return row
+        reason = f"{Path(src).name}: {exc.__class__.__name__}: {exc}"
+        return {**quarantined(reason), "source_hash": source_hash}
+    return {**row, "source_hash": source_hash}
 
 
 def stat_key(path: Path) -> str:
@@ -360,12 +377,15 @@ def stat_key(path: Path) -> str:
 def plan_conversion(
     sources: list[Path], old: "pd.DataFrame", converted: set[str], max_size: int, digest=file_sha256
 ) -> tuple[list[dict], list[tuple[Path, str, str]]]:
-    """Which DICOMs need converting: (manifest rows kept as they are, [(source, sha256, stat key)]).
+    """Which DICOMs need converting: (manifest rows kept as they are, [(source, sha256 or None,
+    stat key)]).
 
     A source is unchanged when its stat key matches the manifest's (no read at all), or else when its
-    content hash does (a touched but identical file); it also needs the same target size and, when it
-    converted fine, its PNG among `converted` (the names the storage root holds). Anything else is
-    converted again: a new file, new bytes, another size, a lost PNG.
+    content hash does (a touched but identical file: the only case hashed here); it also needs the
+    same target size and, when it converted fine, its PNG among `converted` (the names the storage
+    root holds). Anything else is converted again: a new file, new bytes, another size, a lost PNG.
+    A source without a usable manifest row is not read here at all (sha256 None): the worker that
+    converts it hashes the bytes it reads, so a first run reads each file once, in parallel.
     """
     prev_by_id = old.set_index("image_id", drop=False) if len(old) else None
     keep, todo = [], []
@@ -384,8 +404,11 @@ def plan_conversion(
         if usable and prev["stat_key"] == key:
             keep.append(prev.to_dict())
             continue
+        if not usable:
+            todo.append((p, None, key))
+            continue
         sha = digest(p)
-        if usable and prev["source_hash"] == sha:
+        if prev["source_hash"] == sha:
             keep.append({**prev.to_dict(), "stat_key": key})
             continue
         todo.append((p, sha, key))

@@ -81,6 +81,13 @@ BOXES_SCHEMA = column_schema(
 )
 
 
+def _hash_or_empty(path: Path) -> str:
+    try:
+        return dicom.file_sha256(path)
+    except OSError:
+        return ""
+
+
 @dg.asset(
     group_name="vinbigdata",
     kinds={"pandas", "parquet", "csv"},
@@ -226,6 +233,9 @@ def vinbigdata_images(
                     r = fut.result()
                 except Exception as exc:  # the worker died, hung or ran out of memory
                     r = dicom.quarantined(f"{p.name}: {failure_reason(exc, limits)}")
+                # the worker hashed the bytes it read; a worker that died before saying is the rare
+                # case hashed here
+                digest = r.pop("source_hash", None) or digest or _hash_or_empty(p)
                 rows.append(
                     {
                         "image_id": p.stem,
