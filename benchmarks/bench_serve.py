@@ -44,35 +44,18 @@ def timed(fn, n: int = REQUESTS) -> list[float]:
 def ap50_change(tmp: Path) -> dict:
     """Float against INT8 test AP50 of a toy model that finds things (the tests' recipe)."""
     import pandas as pd
+    from checkpoints import train
 
-    from xray_assets.config import configure_ultralytics
     from xray_assets.core.classes import TASKS
     from xray_assets.core.detection import AP_FLOOR, DetectionRule, detect_images, load_model
-    from xray_assets.core.synthetic import toy_yolo_dataset
     from xray_assets.serve.quantize import export_int8, test_map50
     from xray_assets.serve.runtime import THROUGHPUT, OpenVinoRunner, detect_paths
 
-    configure_ultralytics()
-    from ultralytics import YOLO
-
     size, task = 128, TASKS["nih_multi"]
     sets = [["Cardiomegaly"], ["Mass"], ["Effusion"], ["Cardiomegaly", "Effusion"], []]
-    data = toy_yolo_dataset(tmp / "toy", "nih_multi", 60, size, sets, (0.6, 0.75))
-    YOLO("yolov8n.yaml").train(
-        data=str(data),
-        epochs=30,
-        imgsz=size,
-        batch=8,
-        workers=0,
-        plots=False,
-        val=False,
-        device="cpu",
-        project=str(tmp / "toy_runs"),
-        name="t",
-        exist_ok=True,
-        verbose=False,
+    weights, data = train(
+        tmp / "toy", task.name, "yolov8n.yaml", size, 60, 30, size, sets, (0.6, 0.75), batch=8
     )
-    weights = tmp / "toy_runs" / "t" / "weights" / "last.pt"
     paths = [Path(p) for p in (data.parent / "test.txt").read_text().split()]
     test = pd.DataFrame({"image_id": [p.name for p in paths], "path": [str(p) for p in paths]})
     gt_rows = []

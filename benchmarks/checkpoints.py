@@ -22,8 +22,20 @@ def study_size() -> tuple[str, int]:
     return model, imgsz
 
 
-def train(tmp: Path, task: str, model: str, imgsz: int, n: int = 12) -> tuple[Path, Path]:
-    """(weights, data.yaml) of `model` trained for one epoch on `n` renders for `task`."""
+def train(
+    tmp: Path,
+    task: str,
+    model: str,
+    imgsz: int,
+    n: int = 12,
+    epochs: int = 1,
+    side: int = SIDE,
+    sets: list[list[str]] | None = None,
+    fractions: tuple[float, float] = (0.5, 0.75),
+    batch: int = 2,
+) -> tuple[Path, Path]:
+    """(weights, data.yaml) of `model` trained for `epochs` on `n` renders of `side` px for `task`
+    (`sets`: the findings drawn, image by image in turn; `fractions`: where train and val end)."""
     from xray_assets.config import configure_ultralytics
     from xray_assets.core.synthetic import toy_yolo_dataset
 
@@ -35,12 +47,13 @@ def train(tmp: Path, task: str, model: str, imgsz: int, n: int = 12) -> tuple[Pa
     weights = tmp / "runs" / task / "weights" / "last.pt"
     if weights.exists():  # trained by an earlier measurement in this run
         return weights, tmp / task / "ds" / "data.yaml"
-    data = toy_yolo_dataset(tmp / task, task, n, SIDE, [["Cardiomegaly"], ["Mass"]], (0.5, 0.75))
+    sets = sets or [["Cardiomegaly"], ["Mass"]]
+    data = toy_yolo_dataset(tmp / task, task, n, side, sets, fractions)
     YOLO(model).train(
         data=str(data),
-        epochs=1,
+        epochs=epochs,
         imgsz=imgsz,
-        batch=2,
+        batch=batch,
         workers=0,
         plots=False,
         val=False,

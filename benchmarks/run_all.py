@@ -17,6 +17,7 @@ BENCHMARKS = [
     "bench_queue",
     "bench_object_store",
     "bench_sensor",
+    "bench_graph",  # the real tables at 1/8, 1/2 and full size: about half an hour on 2 cores
     "bench_active_learning",  # the slowest (about an hour on 2 cores): last
 ]
 

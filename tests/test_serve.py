@@ -435,7 +435,13 @@ def test_fast_path_boxes_equal_ultralytics_predict_on_the_same_export(toy_model,
     from xray_assets.core.classes import TASKS
     from xray_assets.core.detection import DetectionRule, detect, load_model
     from xray_assets.serve.models import export_model
-    from xray_assets.serve.runtime import OpenVinoRunner, boxes_of, letterbox
+    from xray_assets.serve.runtime import (
+        THROUGHPUT,
+        OpenVinoRunner,
+        boxes_of,
+        detect_paths,
+        letterbox,
+    )
 
     weights = tmp_path / "best.pt"
     shutil.copyfile(toy_model[0], weights)
@@ -455,6 +461,21 @@ def test_fast_path_boxes_equal_ultralytics_predict_on_the_same_export(toy_model,
             assert np.allclose(got[cols].to_numpy(), want[cols].to_numpy(), atol=1e-3), p.name
             compared += len(got)
     assert compared >= 10
+    # many images at once (decoding threads, requests in flight): the same rows, in order
+    import pandas as pd
+
+    paths = sorted((toy_model[1].parent.parent / "img").glob("*.png"))[20:36]
+    frame = pd.DataFrame({"image_id": [p.name for p in paths], "path": [str(p) for p in paths]})
+    one_by_one = []
+    for p in paths:
+        img = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+        x, hw = letterbox(img, TOY_SIZE)
+        one_by_one.append(boxes_of(runner.infer(x), hw, img.shape[:2], rule, classes, p.name))
+    pd.testing.assert_frame_equal(
+        detect_paths(OpenVinoRunner(export, TOY_SIZE, THROUGHPUT), frame, rule, classes),
+        pd.concat(one_by_one, ignore_index=True),
+        atol=1e-4,
+    )
 
 
 def test_queue_scores_on_the_int8_path_rank_like_the_pytorch_path(toy_model, tmp_path):

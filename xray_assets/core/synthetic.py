@@ -592,6 +592,8 @@ def write_dicom(path: Path, img: np.ndarray, variant: dict, serial: int) -> None
         ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
     elif variant["syntax"] == "j2k_lossy":
         ds.compress(JPEG2000, encoding_plugin="pylibjpeg", j2k_cr=[10])
+    elif variant["syntax"] == "deflated":  # the whole dataset zlib-deflated (pydicom writes it so)
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
     with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
 

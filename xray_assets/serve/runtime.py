@@ -157,14 +157,18 @@ def detect_paths(
     classes = list(classes)
     ids, paths = list(images["image_id"]), list(images["path"])
     results: dict[int, list[tuple]] = {}
-    queue = ov.AsyncInferQueue(runner.compiled, max(1, runner.optimal_requests()))
+    failed: list[BaseException] = []
+    inflight = ov.AsyncInferQueue(runner.compiled, max(1, runner.optimal_requests()))
 
     def done(req, info):
         i, input_hw, orig_hw = info
-        raw = np.array(req.get_output_tensor(0).data, copy=True)
-        results[i] = raw_boxes(raw[0], input_hw, orig_hw, rule, classes, ids[i])
+        try:
+            raw = np.array(req.get_output_tensor(0).data, copy=True)
+            results[i] = raw_boxes(raw[0], input_hw, orig_hw, rule, classes, ids[i])
+        except BaseException as exc:  # raised again below: OpenVINO's callback thread would drop it
+            failed.append(exc)
 
-    queue.set_callback(done)
+    inflight.set_callback(done)
 
     def prepare(i: int):
         gray = read_gray(paths[i])
@@ -179,9 +183,13 @@ def detect_paths(
             if nxt < len(ids):
                 pending.append(pool.submit(prepare, nxt))
                 nxt += 1
-            queue.start_async({0: x}, (i, input_hw, orig_hw))
+            inflight.start_async({0: x}, (i, input_hw, orig_hw))
             if progress and (n % 50 == 0 or n == len(ids)):
                 progress(n, len(ids))
-        queue.wait_all()
-    rows = [r for i in range(len(ids)) for r in results.get(i, [])]
+        inflight.wait_all()
+    if failed:
+        raise failed[0]
+    if len(results) != len(ids):
+        raise RuntimeError(f"the fast path returned {len(results)} of {len(ids)} images")
+    rows = [r for i in range(len(ids)) for r in results[i]]
     return pd.DataFrame(rows, columns=BOX_COLUMNS)
