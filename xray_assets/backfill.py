@@ -48,6 +48,7 @@ DEFAULT_SELECTION = [
     "nms_thresholds",
     "evaluation_reports",
     "champion_gate",
+    "served_int8",
     "annotation_queue",
     "study_report",
 ]
