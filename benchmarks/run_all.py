@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,13 @@ BENCHMARKS = [
 
 def main() -> int:
     rows = []
-    for name in BENCHMARKS:
+    # XRAY_BENCH_ONLY=bench_serve,bench_queue runs those alone (names as in BENCHMARKS)
+    only = [n for n in os.environ.get("XRAY_BENCH_ONLY", "").split(",") if n]
+    unknown = sorted(set(only) - set(BENCHMARKS))
+    if unknown:
+        print(f"unknown benchmark(s) {', '.join(unknown)}: choose from {', '.join(BENCHMARKS)}")
+        return 2
+    for name in only or BENCHMARKS:
         try:
             rows += importlib.import_module(name).main()
         except Exception as exc:  # one failing benchmark must not hide the others
