@@ -88,7 +88,7 @@ def test_materialize_all_from_the_ui_runs_one_backfill_and_the_catalog_reads(tmp
         )  # "annotation_drops was never materialised"
         confirm.first.wait_for(timeout=30_000)
         confirm.first.click()
-        page.get_by_text("Launch runs to materialize 14 assets").wait_for(timeout=30_000)
+        page.get_by_text("Launch runs to materialize 15 assets").wait_for(timeout=30_000)
         page.get_by_role("button", name="Launch backfill").click()
 
         os.environ["DAGSTER_HOME"] = str(home)

@@ -135,6 +135,7 @@ def test_whole_graph_materialises_into_s3(sample_dir, tmp_path, monkeypatch, req
             "nms_thresholds",
             "evaluation_reports",
             "champion_gate",
+            "served_int8",
             "annotation_queue",
             "study_report",
         }
