@@ -11,9 +11,6 @@ per version to OpenVINO (default) or ONNX, cached under `<storage>/<profile>/ser
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +24,7 @@ from ..core.classes import SERVED_TASKS, TASKS
 from ..core.detection import DetectionRule, detect
 from ..records import ModelRecord, find_rule
 from ..storage import Storage
+from .exports import EXPORTS, export_model
 from .quantize import FAILED, OFF, Int8Check, check_int8
 
 log = logging.getLogger("xray_assets.serve")
@@ -94,7 +92,6 @@ class ServedModel:
         """The float export, or the INT8 one where its accuracy check passes; run directly."""
         from .runtime import OpenVinoRunner
 
-        float_export = export_model(self.weights, self.imgsz, "openvino")
         export = None
         if self.int8 == "off":
             self.check = Int8Check(OFF, "INT8 is off (XRAY_INT8=off)")
@@ -117,7 +114,9 @@ class ServedModel:
                 self.check = Int8Check(
                     FAILED, f"the INT8 export failed ({exc.__class__.__name__}: {exc})"[:300]
                 )
-        self.runner = OpenVinoRunner(export or float_export, self.imgsz, self.hint)
+        # the float export only where INT8 does not serve
+        export = export or export_model(self.weights, self.imgsz, "openvino")
+        self.runner = OpenVinoRunner(export, self.imgsz, self.hint)
         self.precision = self.runner.precision
         self.detect(np.zeros((self.imgsz, self.imgsz), np.uint8))  # warm-up
         return self
@@ -171,29 +170,6 @@ def box_dicts(boxes) -> list[dict]:
         }
         for b in boxes.itertuples(index=False)
     ]
-
-
-#: what `ultralytics` exports for each fast backend, and the suffix of the cached export
-EXPORTS = {"openvino": "_openvino_model", "onnx": ".onnx"}
-
-
-def export_model(weights: Path, imgsz: int, backend: str) -> Path:
-    """The weights exported for `backend` beside them, once (moved into place atomically), then reused."""
-    final = weights.with_name(f"{weights.stem}-{imgsz}{EXPORTS[backend]}")
-    if final.exists():
-        return final
-    configure_ultralytics()
-    from ultralytics import YOLO
-
-    with tempfile.TemporaryDirectory(dir=weights.parent, prefix=".export-") as tmp:
-        src = Path(tmp) / weights.name
-        shutil.copyfile(weights, src)
-        kwargs = {"simplify": False} if backend == "onnx" else {}
-        out = YOLO(str(src)).export(
-            format=backend, imgsz=imgsz, dynamic=False, verbose=False, **kwargs
-        )
-        os.replace(out, final)
-    return final
 
 
 def _registry_weights(

@@ -20,8 +20,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from ..core.detection import AP_FLOOR, DetectionRule, detect_images, load_model
 from ..core.dicom import file_sha256
 from ..core.evaluation import split
 from ..core.metrics import evaluate, summarise
+from .exports import export_model, export_path
 
 log = logging.getLogger("xray_assets.serve")
 
@@ -78,40 +77,10 @@ class Int8Check:
         return {**asdict(self), "ap50_change": self.change}
 
 
-def _paths(weights: Path, imgsz: int) -> tuple[Path, Path]:
-    stem = weights.with_name(f"{weights.stem}-{imgsz}_int8")
-    return stem.with_name(stem.name + "_openvino_model"), stem.with_name(stem.name + "_check.json")
-
-
 def export_int8(weights: Path, imgsz: int, data_yaml: Path) -> Path:
     """NNCF INT8 OpenVINO export of `weights`, calibrated on `data_yaml`'s val split, beside the
-    weights (built in a temporary folder, moved into place whole), once."""
-    from ..config import configure_ultralytics
-
-    final, _ = _paths(weights, imgsz)
-    if final.exists():
-        return final
-    configure_ultralytics()  # offline, and OpenVINO's telemetry declined before it is imported
-    import nncf
-    from ultralytics import YOLO
-
-    nncf.set_log_level(logging.WARNING)  # a line per layer otherwise
-
-    with tempfile.TemporaryDirectory(dir=weights.parent, prefix=".export-") as tmp:
-        src = Path(tmp) / weights.name
-        shutil.copyfile(weights, src)
-        out = YOLO(str(src)).export(
-            format="openvino",
-            int8=True,
-            data=str(data_yaml),
-            split="val",
-            imgsz=imgsz,
-            batch=1,
-            dynamic=False,
-            verbose=False,
-        )
-        os.replace(out, final)
-    return final
+    weights, once."""
+    return export_model(weights, imgsz, "openvino", calibration=data_yaml)
 
 
 def _val_count(data_yaml: Path) -> int:
@@ -157,7 +126,8 @@ def check_int8(
     from .runtime import THROUGHPUT, OpenVinoRunner, detect_paths
 
     weights = Path(weights)
-    export, record = _paths(weights, imgsz)
+    export = export_path(weights, imgsz, "openvino", int8=True)
+    record = export.with_name(f"{weights.stem}-{imgsz}_int8_check.json")
     sha = file_sha256(weights)
     if record.exists():
         try:
