@@ -156,11 +156,14 @@ def test_fast_backend_matches_pytorch_on_sample_images(toy_model, sample_dir, tm
 
     weights = tmp_path / "best.pt"
     shutil.copyfile(toy_model[0], weights)
+    # every image the toy model was drawn with: how many boxes it finds above the floor depends on
+    # the CPU it was trained on (8 images gave 18 boxes on an AMD Zen 4), so the test walks all of
+    # them until it has compared enough, and asserts on what it compared
     images = [
         cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
-        for p in sorted((toy_model[1].parent.parent / "img").glob("*.png"))[28:36]
+        for p in sorted((toy_model[1].parent.parent / "img").glob("*.png"))
     ]
-    images.append(read_dicom_image(_dicom(sample_dir)))  # not square: letterbox padding differs
+    images.insert(0, read_dicom_image(_dicom(sample_dir)))  # not square: letterbox padding differs
 
     from xray_assets.core.detection import DetectionRule
 
@@ -177,13 +180,20 @@ def test_fast_backend_matches_pytorch_on_sample_images(toy_model, sample_dir, tm
         ).load()
 
     # the reference keeps boxes from 0.01, the export from 0.001: a box right at the threshold may
-    # fall either side of it. OpenVINO runs bf16 where the CPU has it (AMX, AVX-512 BF16): there a box
-    # under 0.05 can lose an NMS decision to a neighbour (seen: 0.040 -> IoU 0.73 with the nearest
-    # box), so boxes are compared from 0.05, where bf16 moves scores by far less than the tolerance
+    # fall either side of it. The export is compared at f32: this is the conversion's parity. The
+    # precision OpenVINO picks (bf16 where the CPU has AMX or AVX-512 BF16) moves low scores enough
+    # to change NMS decisions (seen on a Zen 4: 0.058 -> 0.022, IoU 0.74 with the nearest box); whether
+    # that precision may serve is the serving check's question, answered per CPU (serve/quantize.py)
     ref, fast = model("pytorch", 0.01), model(backend, 0.001)
-    compared = 0
+    if backend == "openvino":
+        from xray_assets.serve.runtime import OpenVinoRunner
+
+        fast.runner = OpenVinoRunner(fast.runner.export, TOY_SIZE, f32=True)
+        assert fast.runner.precision == "f32"
+    compared, top = 0, 0.0
     for img in images:
         a, b = ref.detect(img), fast.detect(img)
+        top = max([top] + [x["score"] for x in a])
         for box in [x for x in a if x["score"] >= PARITY_FLOOR][:20]:
             same = [o for o in b if o["label"] == box["label"]]
             assert same, box
@@ -192,8 +202,10 @@ def test_fast_backend_matches_pytorch_on_sample_images(toy_model, sample_dir, tm
             assert ious[j] >= 0.9, (box, same[j])
             assert abs(same[j]["score"] - box["score"]) <= 0.05
             compared += 1
+        if compared >= 40:
+            break
     assert compared >= 20, f"only {compared} boxes compared: the parity check needs detections"
-    assert max(bx["score"] for bx in ref.detect(images[0]) + ref.detect(images[1])) > 0.2
+    assert top > 0.2, "the toy model finds things"
 
 
 def test_api_detect_json_shape_png_and_dicom(client, sample_dir):
@@ -370,45 +382,92 @@ def test_the_page_is_a_template_that_escapes_what_it_shows():
 
 
 def test_int8_serves_only_where_its_check_passes_and_health_says_why(panel, client, served):
-    """The default panel: each model's INT8 check ran (val calibration, test AP50 against the float
-    weights), its verdict decides the precision, the version carries it as tags and /health shows
-    it. Then the check forced to fail (no INT8 model may lose less than -1 AP50: it would have to
-    gain a whole point): the float export serves and /health says why."""
+    """The default panel: each model's fast paths were checked (INT8 calibrated on val, then the
+    float export) against the float weights on test, the first that holds serves, the version
+    carries the verdict as tags and /health shows it. Then the check forced to fail (a negative
+    tolerance no path can meet): the float weights themselves serve and /health says which figure
+    moved."""
+    from dataclasses import replace
+
     from fastapi.testclient import TestClient
 
     from xray_assets import tracking
+    from xray_assets.config import ServeTolerance
     from xray_assets.serve.app import create_app
     from xray_assets.serve.models import load_panel
 
     settings, _ = served
+    tol = settings.serve_tolerance
     health = {m["task"]: m for m in client.get("/health").json()["models"]}
     for m in panel:
         c = m.check
         assert c.verdict in ("passed", "failed") and c.test_images >= 1, (m.task, c)
         assert c.calibration_images >= 1 and c.float_test_map50 is not None
-        assert (m.precision == "int8") == c.passed == m.runner.quantized, (m.task, c)
-        if c.passed:
-            assert c.int8_test_map50 >= c.float_test_map50 - settings.int8_max_drop
+        assert c.passed == (c.path("int8") is not None and c.path("int8").holds), (m.task, c)
+        served_path = c.path(c.serves)
+        if c.serves == "pytorch":
+            assert m.runner is None and m.precision == "pytorch f32"
+        else:
+            assert served_path.holds and m.precision == served_path.precision_name, (m.task, c)
+            assert m.runner.quantized == (c.serves == "int8")
+            for key, allowed in (("map50", tol.ap50), ("precision", tol.operating_point)):
+                ref = {"map50": c.float_test_map50, "precision": c.float_precision}[key]
+                if ref == ref:  # both directions
+                    assert abs(getattr(served_path, key) - ref) <= allowed + 1e-9, (m.task, c)
         shown = health[m.task]
         assert shown["precision"] == m.precision and shown["int8"]["verdict"] == c.verdict
-        assert shown["int8"]["reason"] == c.reason and "test AP50" in c.reason
+        assert shown["int8"]["reason"] == c.reason and "float weights AP50" in c.reason
+        assert shown["int8"]["serves"] == c.serves and shown["int8"]["queue"] == c.queue
         info = tracking.version_info(
             settings.mlflow_tracking_uri, settings.config.model_name(m.task), m.version
         )
         assert info["tags"]["int8_check"] == c.verdict, "the verdict is on the registry version"
-    from dataclasses import replace
+        assert info["tags"]["serving_path"] == c.serves
 
-    strict = replace(settings, int8_max_drop=-1.0)
+    strict = replace(settings, serve_tolerance=ServeTolerance(ap50=-1.0, operating_point=-1.0))
     fallback = load_panel(strict, tasks=[panel[0].task])
     (m,) = fallback
-    assert m.check.verdict == "failed" and m.precision != "int8" and not m.runner.quantized
+    assert m.check.verdict == "failed" and m.check.serves == "pytorch" and m.runner is None
     shown = TestClient(create_app(fallback)).get("/health").json()["models"][0]
-    assert (
-        shown["int8"]["verdict"] == "failed"
-        and "more than the -1 allowed" in shown["int8"]["reason"]
-    )
-    assert shown["precision"] in ("bf16", "f32", "f16")
+    assert shown["int8"]["verdict"] == "failed" and shown["precision"] == "pytorch f32"
+    assert "serves pytorch" in shown["int8"]["reason"]
+    assert "AP50 " in shown["int8"]["reason"] and "allowed ±-1" in shown["int8"]["reason"]
     load_panel(settings, tasks=[panel[0].task])  # the registry's tag back to the default's verdict
+
+
+def test_an_int8_model_that_gains_beyond_the_tolerance_does_not_serve(served, monkeypatch):
+    """A quantised model that finds every test box (AP50 1.0, far above the float weights') is a
+    different detector: the check refuses it, the float export serves, and the reason says AP50
+    moved up."""
+    from xray_assets.core.detection import BOX_COLUMNS
+    from xray_assets.serve import runtime
+    from xray_assets.serve.models import load_panel
+    from xray_assets.serve.quantize import test_split
+
+    settings, _ = served
+    task = "united_cardiomegaly"
+    _, truth = test_split(settings.storage, task)
+    real = runtime.detect_paths
+
+    def perfect_int8(runner, frame, rule, classes, **kw):
+        if not runner.quantized:
+            return real(runner, frame, rule, classes, **kw)
+        gt = truth[truth["image_id"].isin(set(frame["image_id"]))]
+        return gt.assign(score=0.99)[BOX_COLUMNS].reset_index(drop=True)
+
+    monkeypatch.setattr(runtime, "detect_paths", perfect_int8)
+    for record in (settings.storage_dir / "smoke" / "serve" / task).rglob("*_serving_check.json"):
+        record.unlink()  # the cached verdict would answer without running the check
+    (m,) = load_panel(settings, tasks=[task])
+    int8 = m.check.path("int8")
+    assert int8.map50 > m.check.float_test_map50 + settings.serve_tolerance.ap50, m.check
+    assert not int8.holds and m.check.verdict == "failed" and m.check.serves != "int8"
+    assert any(x.startswith("AP50 +") for x in int8.moved), int8.moved
+    assert m.precision != "int8" and (m.runner is None or not m.runner.quantized)
+    monkeypatch.undo()
+    for record in (settings.storage_dir / "smoke" / "serve" / task).rglob("*_serving_check.json"):
+        record.unlink()
+    load_panel(settings, tasks=[task])  # the default's verdict back on the registry version
 
 
 def test_panel_one_letterbox_many_models_equals_each_model_alone(panel, sample_dir):
@@ -487,27 +546,31 @@ def test_fast_path_boxes_equal_ultralytics_predict_on_the_same_export(toy_model,
     )
 
 
-def test_queue_scores_on_the_int8_path_rank_like_the_pytorch_path(toy_model, tmp_path):
-    """The annotation queue's scores of 60 label-only images drawn like the sample data's (each
-    lists its findings, none boxed), from the INT8 fast path (calibrated on the toy model's val
-    images) and from PyTorch's predict: their top 20 share at least 90% of their images."""
+def test_the_queue_ranks_on_a_path_checked_on_this_cpu(toy_model, tmp_path, monkeypatch):
+    """The annotation queue's scorer (as `annotation_queue` builds it) on a task whose test split is
+    60 images drawn like the sample data's label-only candidates: it ranks on the fastest path whose
+    test figures hold and whose scores rank like the float weights' *on this CPU* (INT8 kept AP50
+    and still reordered them on an AMD Zen 4: Spearman 0.66, top-20 overlap 0.55), so its scores of
+    those images rank like PyTorch's predict; and the verdict is taken again on another CPU."""
     import shutil
 
     import pandas as pd
     from conftest import TOY_SIZE
 
+    from xray_assets import layout
+    from xray_assets.config import ServeTolerance
     from xray_assets.core import acquisition
     from xray_assets.core.classes import TASKS
     from xray_assets.core.detection import AP_FLOOR, DetectionRule, detect_images, load_model
     from xray_assets.core.synthetic import render
-    from xray_assets.serve.quantize import export_int8
-    from xray_assets.serve.runtime import THROUGHPUT, OpenVinoRunner, detect_paths
+    from xray_assets.serve import runtime
+    from xray_assets.serve.models import ServedModel
+    from xray_assets.serve.quantize import rank_agreement
+    from xray_assets.storage import Storage
 
     task = TASKS["nih_multi"]
     weights = tmp_path / "best.pt"
     shutil.copyfile(toy_model[0], weights)
-    runner = OpenVinoRunner(export_int8(weights, TOY_SIZE, toy_model[1]), TOY_SIZE, THROUGHPUT)
-    assert runner.quantized and runner.precision == "int8"
     sets = [
         ["Cardiomegaly"],
         ["Mass"],
@@ -515,28 +578,139 @@ def test_queue_scores_on_the_int8_path_rank_like_the_pytorch_path(toy_model, tmp
         ["Cardiomegaly", "Effusion"],
         ["Mass", "Effusion"],
     ]
-    rows = []
+    images, boxes = [], []
     for i in range(60):
-        img, _ = render(
-            np.random.default_rng(500 + i), sets[i % len(sets)], 2 * TOY_SIZE, 2 * TOY_SIZE
-        )
+        side = 2 * TOY_SIZE
+        img, lesions = render(np.random.default_rng(500 + i), sets[i % len(sets)], side, side)
         path = tmp_path / f"cand{i:03d}.png"
         cv2.imwrite(str(path), (img * 255).astype(np.uint8))
-        findings = sorted({task.label_map[f] for f in sets[i % len(sets)]})
-        rows.append((path.name, str(path), findings))
-    cands = pd.DataFrame(rows, columns=["image_id", "path", "findings"])
-    floor = DetectionRule(AP_FLOOR, 0.5)
-    scores = {
-        name: acquisition.score_images(cands, dets, "v")
-        for name, dets in (
-            ("pytorch", detect_images(load_model(weights), cands, floor, TOY_SIZE, task.classes)),
-            ("int8", detect_paths(runner, cands, floor, task.classes)),
+        images.append((path.name, str(path), "test"))
+        boxes += [
+            (path.name, task.label_map[les.label], *(v * side for v in les.box))
+            for les in lesions
+            if les.label in task.label_map
+        ]
+    storage = Storage(tmp_path / "storage")
+    storage.write_parquet(
+        pd.DataFrame(images, columns=["image_id", "path", "split"]),
+        *layout.dataset_images(task.name),
+    )
+    storage.write_parquet(
+        pd.DataFrame(boxes, columns=["image_id", "label", "x_min", "y_min", "x_max", "y_max"]),
+        *layout.dataset_boxes(task.name),
+    )
+    storage.write_bytes(toy_model[1].read_bytes(), *layout.dataset(task.name), layout.DATA_YAML)
+    rule = DetectionRule(0.25, 0.5)
+
+    def scorer():
+        return ServedModel(
+            task=task.name,
+            version="t",
+            chosen="queue",
+            rule=rule,
+            imgsz=TOY_SIZE,
+            classes=list(task.classes),
+            weights=weights,
+            int8="auto",
+            storage=storage,
+            hint=runtime.THROUGHPUT,
+            for_queue=True,
+        ).load()
+
+    m = scorer()
+    check = m.check
+    assert check.cpu == runtime.cpu_signature() and check.test_images == 60
+    assert check.path("int8") is not None, "INT8 was tried first"
+    chosen = check.path(check.queue)
+    tol = ServeTolerance()
+    assert check.queue == "pytorch" or chosen.ranks(tol), check
+    for p in check.paths[: check.paths.index(chosen) if chosen else len(check.paths)]:
+        assert not p.ranks(tol), ("a faster path that ranks was passed over", p)
+    # the queue's own scores of these images, on the path it chose, against PyTorch's predict
+    cands = pd.DataFrame(
+        {
+            "image_id": [i for i, _, _ in images],
+            "path": [p for _, p, _ in images],
+            "findings": [sorted({task.label_map[f] for f in sets[i % 5]}) for i in range(60)],
+        }
+    )
+    floor = rule.at(conf=AP_FLOOR)
+    fast = (
+        runtime.detect_paths(m.runner, cands, floor, task.classes)
+        if m.runner is not None
+        else detect_images(m.model, cands, floor, TOY_SIZE, task.classes)
+    )
+    reference = detect_images(load_model(weights), cands, floor, TOY_SIZE, task.classes)
+    a, b = (
+        acquisition.score_images(cands, d, "v").set_index("image_id")["score"]
+        for d in (reference, fast)
+    )
+    assert a.std() > 0.05, "the model must tell the candidates apart"
+    assert rank_agreement(a, b) >= tol.rank_correlation, (check.queue, rank_agreement(a, b))
+    # the verdict belongs to the CPU it was taken on: another one checks again
+    monkeypatch.setattr(runtime, "cpu_signature", lambda: "x86_64 another-cpu")
+    assert scorer().check.cpu == "x86_64 another-cpu"
+
+
+SOAK = """
+import gc, sys
+from pathlib import Path
+
+import cv2
+import pandas as pd
+
+import xray_assets
+from xray_assets.core.classes import TASKS
+from xray_assets.core.detection import DetectionRule
+from xray_assets.serve import runtime
+
+export, folder, size = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+paths = sorted(folder.glob("*.png"))
+frame = pd.DataFrame({"image_id": [p.name for p in paths], "path": [str(p) for p in paths]})
+gray = cv2.imread(str(paths[0]), cv2.IMREAD_GRAYSCALE)
+classes, rule = TASKS["nih_multi"].classes, DetectionRule(0.01, 0.5)
+ROUNDS = 60
+x, _ = runtime.letterbox(gray, size)
+for i in range(ROUNDS):
+    # each compiled model released right after use, as a process that drops its runners would
+    queue = runtime.OpenVinoRunner(export, size, runtime.THROUGHPUT)
+    boxes = runtime.detect_paths(queue, frame, rule, classes)
+    del queue
+    runtime._COMPILED.clear()
+    gc.collect()
+    panel = [runtime.OpenVinoRunner(export, size) for _ in range(3)]
+    runtime.infer_together(panel, x)
+    del panel
+    runtime._COMPILED.clear()
+    gc.collect()
+    print(i, len(boxes), flush=True)
+"""
+
+
+def test_fast_path_runs_60_times_with_its_models_released_and_never_hangs(toy_model, tmp_path):
+    """The queue's scoring (`detect_paths`) and the panel's (`infer_together`) 60 times in a
+    child process, every compiled model released after each round: OpenVINO's teardown deadlock
+    (the AsyncInferQueue with a Python callback it replaced hung after 1, 16 and 22 rounds in three
+    tries on an AMD Zen 4) would show as a child that does not finish in time."""
+    import shutil
+    import subprocess
+
+    from conftest import TOY_SIZE
+
+    from xray_assets.serve.models import export_model
+
+    weights = tmp_path / "best.pt"
+    shutil.copyfile(toy_model[0], weights)
+    export = export_model(weights, TOY_SIZE, "openvino")
+    folder = toy_model[1].parent.parent / "img"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", SOAK, str(export), str(folder), str(TOY_SIZE)],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
-    }
-    assert scores["pytorch"]["missed"].std() > 0.1, "the model must find some listed findings"
-    k = 20
-    top = {
-        n: set(s.sort_values(["score", "image_id"]).tail(k)["image_id"]) for n, s in scores.items()
-    }
-    overlap = len(top["pytorch"] & top["int8"]) / k
-    assert overlap >= 0.9, f"top-{k} overlap {overlap:.2f}"
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the fast path hung: {exc.stdout!r}") from None
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2] == "59", done.stdout

@@ -20,6 +20,20 @@ STUDY_CONF_GRID: tuple[float, ...] = (0.03, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 STUDY_IOU_GRID: tuple[float, ...] = (0.1, 0.3, 0.5, 0.6, 0.8)
 
 
+@dataclass(frozen=True)
+class ServeTolerance:
+    """How far a faster path (INT8, another runtime, another precision) may move the evaluated
+    model's test figures, either way, and still serve: `ap50` for threshold-free AP50, and
+    `operating_point` for precision and recall (micro) at the tuned conf
+    (XRAY_SERVE_AP50_TOLERANCE, XRAY_SERVE_OP_TOLERANCE); the annotation queue also needs the rank
+    correlation of its scores with the float weights' to reach `rank_correlation`
+    (XRAY_QUEUE_MIN_RANK_CORRELATION)."""
+
+    ap50: float = 0.01
+    operating_point: float = 0.02
+    rank_correlation: float = 0.9
+
+
 #: The study's settings that ultralytics' box detection ignores: `copy_paste` pastes segmentation
 #: masks (boxes have none) and `erasing` is a classification augmentation. They are passed and logged
 #: as the study's, and named as acting on nothing (README, MLflow `xray.no_effect.*`).
@@ -230,7 +244,9 @@ ENV_DEFAULTS = {
     "XRAY_LABEL_STUDIO_URL": "",
     "XRAY_LABEL_STUDIO_TOKEN": "",
     "XRAY_INT8": "auto",
-    "XRAY_INT8_MAX_DROP": "0.01",
+    "XRAY_SERVE_AP50_TOLERANCE": str(ServeTolerance.ap50),
+    "XRAY_SERVE_OP_TOLERANCE": str(ServeTolerance.operating_point),
+    "XRAY_QUEUE_MIN_RANK_CORRELATION": str(ServeTolerance.rank_correlation),
 }
 
 #: Settings field -> its environment variable (the Dagster resource's fields use the same names)
@@ -250,7 +266,6 @@ FIELD_ENV = {
     "label_studio_url": "XRAY_LABEL_STUDIO_URL",
     "label_studio_token": "XRAY_LABEL_STUDIO_TOKEN",
     "int8": "XRAY_INT8",
-    "int8_max_drop": "XRAY_INT8_MAX_DROP",
 }
 
 
@@ -304,8 +319,8 @@ class Settings:
     label_studio_token: str = field(default="", repr=False)
     #: the fast path's INT8 models: "auto" (used where the accuracy check passes) or "off"
     int8: str = "auto"
-    #: the most test AP50 an INT8 model may lose against its float weights and still serve
-    int8_max_drop: float = 0.01
+    #: how far a faster path's test figures may move from the float weights' and still serve
+    serve_tolerance: ServeTolerance = field(default_factory=ServeTolerance)
 
     @classmethod
     def resolve(cls, **given: Any) -> "Settings":
@@ -336,7 +351,11 @@ class Settings:
             label_studio_url=raw("label_studio_url"),
             label_studio_token=raw("label_studio_token"),
             int8=_int8_mode(raw("int8")),
-            int8_max_drop=float(raw("int8_max_drop")),
+            serve_tolerance=ServeTolerance(
+                ap50=float(env("XRAY_SERVE_AP50_TOLERANCE")),
+                operating_point=float(env("XRAY_SERVE_OP_TOLERANCE")),
+                rank_correlation=float(env("XRAY_QUEUE_MIN_RANK_CORRELATION")),
+            ),
             decode=DecodeLimits(
                 max_megapixels=float(env("XRAY_MAX_MEGAPIXELS")),
                 workers=int(env("XRAY_DECODE_WORKERS")),

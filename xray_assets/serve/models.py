@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from .. import layout, tracking
-from ..config import Settings, configure_ultralytics, current
+from ..config import ServeTolerance, Settings, configure_ultralytics, current
 from ..core.classes import SERVED_TASKS, TASKS
 from ..core.detection import DetectionRule, detect
 from ..records import ModelRecord, find_rule
 from ..storage import Storage
 from .exports import EXPORTS, export_model
-from .quantize import FAILED, OFF, Int8Check, check_int8
+from .quantize import FAILED, OFF, PYTORCH, ServingCheck, check_fast_paths, path_export
 
 log = logging.getLogger("xray_assets.serve")
 
@@ -51,15 +51,18 @@ class ServedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: the OpenVINO backend: INT8 where its check passes ("auto"), or never ("off")
     int8: str = "off"
-    int8_max_drop: float = 0.01
-    #: where the task's dataset lies (calibration and the INT8 check); None: no INT8
+    serve_tolerance: ServeTolerance = field(default_factory=ServeTolerance)
+    #: where the task's dataset lies (calibration and the accuracy check); None: the float export
+    #: serves unchecked (nothing to check it against)
     storage: Storage | None = None
-    #: the OpenVINO backend's compiled model, what it runs in, and the INT8 check's verdict
+    #: the OpenVINO backend's compiled model, what it runs in, and the accuracy check's verdict
     runner: object = None
     precision: str = ""
-    check: Int8Check | None = None
+    check: ServingCheck | None = None
     #: OpenVINO's performance hint: LATENCY (one request at a time) or THROUGHPUT (many images)
     hint: str = "LATENCY"
+    #: the annotation queue's scorer: the path its ranking check chose, not the panel's
+    for_queue: bool = False
 
     @property
     def conf(self) -> float:
@@ -70,53 +73,59 @@ class ServedModel:
         return self.rule.iou
 
     def load(self, log_line=None) -> "ServedModel":
-        """The model ready to detect; `log_line` hears the INT8 calibration and check."""
+        """The model ready to detect; `log_line` hears the INT8 calibration and the check."""
         if self.backend == "openvino":
             return self._load_openvino(log_line or log.info)
-        configure_ultralytics()
-        from ultralytics import YOLO
-
         path = (
             export_model(self.weights, self.imgsz, self.backend)
             if self.backend in EXPORTS
             else self.weights
         )
+        return self._load_ultralytics(path)
+
+    def _load_ultralytics(self, path: Path) -> "ServedModel":
+        configure_ultralytics()
+        from ultralytics import YOLO
+
         self.model = YOLO(str(path), task="detect")
         self.precision = "f32"
-        self.detect(
-            np.zeros((self.imgsz, self.imgsz), np.uint8)
-        )  # warm-up: first call builds sessions
+        # warm-up: the first call builds sessions
+        self.detect(np.zeros((self.imgsz, self.imgsz), np.uint8))
         return self
 
     def _load_openvino(self, log_line) -> "ServedModel":
-        """The float export, or the INT8 one where its accuracy check passes; run directly."""
+        """The fastest OpenVINO path whose test figures hold against the float weights'
+        (`serve.quantize`), else the float weights themselves."""
         from .runtime import OpenVinoRunner
 
-        export = None
-        if self.int8 == "off":
-            self.check = Int8Check(OFF, "INT8 is off (XRAY_INT8=off)")
-        elif self.storage is None:
-            self.check = Int8Check(OFF, "no storage root to calibrate and check on")
+        if self.storage is None:
+            self.check = ServingCheck(OFF, "no storage root to check against: float export")
         else:
             try:
-                export, self.check = check_int8(
+                self.check = check_fast_paths(
                     self.weights,
                     self.imgsz,
                     self.rule,
                     self.classes,
                     self.storage,
                     self.task,
-                    self.int8_max_drop,
-                    log_line,
+                    self.serve_tolerance,
+                    int8=self.int8 != "off",
+                    log_line=log_line,
                 )
-            except Exception as exc:  # a failed quantisation leaves the float export serving
-                log.warning(f"{self.task}: INT8 export failed: {exc.__class__.__name__}: {exc}")
-                self.check = Int8Check(
-                    FAILED, f"the INT8 export failed ({exc.__class__.__name__}: {exc})"[:300]
-                )
-        # the float export only where INT8 does not serve
-        export = export or export_model(self.weights, self.imgsz, "openvino")
-        self.runner = OpenVinoRunner(export, self.imgsz, self.hint)
+            except Exception as exc:  # a check that cannot run serves what was evaluated
+                log.warning(f"{self.task}: fast-path check failed: {exc.__class__.__name__}: {exc}")
+                reason = f"the fast-path check failed ({exc.__class__.__name__}: {exc})"[:300]
+                self.check = ServingCheck(FAILED, reason, PYTORCH, PYTORCH)
+        path = self.check.queue if self.for_queue else self.check.serves
+        if path == PYTORCH:
+            self._load_ultralytics(self.weights)
+            self.precision = "pytorch f32"
+            return self
+        export, f32 = path_export(self.weights, self.imgsz, path)
+        if not export.exists():
+            export_model(self.weights, self.imgsz, "openvino")
+        self.runner = OpenVinoRunner(export, self.imgsz, self.hint, f32=f32)
         self.precision = self.runner.precision
         self.detect(np.zeros((self.imgsz, self.imgsz), np.uint8))  # warm-up
         return self
@@ -229,7 +238,7 @@ def resolve(settings: Settings, task: str, backend: str = "openvino") -> ServedM
         init=tags.get("init", info.init if info else "unknown"),
         trained_on_synthetic=None if synthetic is None else str(synthetic).lower() == "true",
         int8=settings.int8,
-        int8_max_drop=settings.int8_max_drop,
+        serve_tolerance=settings.serve_tolerance,
         storage=st,
     )
 
@@ -246,7 +255,7 @@ def load_panel(
         log.info(
             f"{task}: v{m.version} ({m.chosen}), {backend} {m.precision}, {m.rule.describe()}, "
             f"imgsz {m.imgsz}, init {m.init}, loaded in {time.time() - t0:.1f}s"
-            + (f"; INT8 {m.check.verdict}: {m.check.reason}" if m.check else "")
+            + (f"; {m.check.reason}" if m.check else "")
         )
         panel.append(m)
     return panel
@@ -254,7 +263,7 @@ def load_panel(
 
 def record_check(settings: Settings, m: ServedModel) -> None:
     """The INT8 check's verdict and figures as tags on the served registry version."""
-    if m.check is None or m.check.verdict == OFF or m.chosen not in ("champion", "latest"):
+    if m.check is None or m.chosen not in ("champion", "latest"):
         return
     try:
         tracking.tag_version(

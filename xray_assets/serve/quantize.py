@@ -1,17 +1,30 @@
-"""INT8 for the fast path: NNCF's post-training quantisation of a model's OpenVINO export, used only
-where it keeps the model's accuracy.
+"""What the fast path serves: the evaluated model's figures, held to both sides.
 
-- **Calibration** on the task's own val images (its dataset's `data.yaml`, split `val`; never test),
-  through ultralytics' OpenVINO export with `int8=True` (NNCF, the MIXED preset, the detection head
-  kept in float as ultralytics does).
-- **The check**: threshold-free test AP50 of the INT8 model against the float weights', both computed
-  by the evaluation's code (`metrics.evaluate` over every test image at the AP floor through the
-  task's detection rule): the float weights through `detection.detect_images` (the evaluation's own
-  pass), the INT8 model through the fast path that would serve it. INT8 serves only if it loses at
-  most `max_drop` (XRAY_INT8_MAX_DROP, default 0.01: one point).
-- **Cached** beside the weights (per registered version under `serve/<task>/v<version>/`): the export
-  folder `<stem>-<imgsz>_int8_openvino_model` and `<stem>-<imgsz>_int8_check.json`, keyed by the
-  weights' sha256 and the tolerance, so a re-run and the web app's start reuse both.
+The float weights (PyTorch, the evaluation's own pass) are the model that was evaluated and gated.
+A faster path serves only where its test figures match theirs within a tolerance **in both
+directions**: a path that gains a lot is a different detector, which no report measured. The paths,
+fastest first:
+
+1. `int8`: NNCF's post-training quantisation of the OpenVINO export, calibrated on the task's own val
+   images (its dataset's `data.yaml`, split `val`; never test), through ultralytics' export with
+   `int8=True` (the detection head kept in float);
+2. `float`: the float OpenVINO export at the precision the CPU plugin picks (bf16 where the CPU has
+   AMX or AVX-512 BF16, else f32): another precision, so it is checked like INT8;
+3. `f32`: the float export held at f32 (only where the plugin picked something else).
+
+Each path's figures come from the evaluation's code over every test image, at the AP floor, through
+the task's detection rule: threshold-free AP50 (`ServeTolerance.ap50`, default 0.01) and the
+operating point, micro precision and recall at the tuned conf (`ServeTolerance.operating_point`,
+default 0.02). The panel serves on the first path that holds; where none does, the float weights
+themselves serve (PyTorch). The annotation queue ranks on the first path that holds *and* whose
+acquisition scores of the test images rank like the float weights' (Spearman correlation at least
+`ServeTolerance.rank_correlation`, default 0.9): INT8 can keep AP50 and still reorder the uncertain
+images the queue is about.
+
+The check runs on the CPU that will serve: its verdict is cached beside the weights (per registered
+version under `serve/<task>/v<version>/`, `<stem>-<imgsz>_serving_check.json`) keyed by the weights'
+sha256, the tolerances and the CPU's instruction sets (`runtime.cpu_signature`), so the same storage
+root on another CPU checks again.
 """
 
 from __future__ import annotations
@@ -19,36 +32,80 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from .. import layout
+from ..config import ServeTolerance
+from ..core import acquisition
 from ..core.detection import AP_FLOOR, DetectionRule, detect_images, load_model
 from ..core.dicom import file_sha256
 from ..core.evaluation import split
 from ..core.metrics import evaluate, summarise
+from ..storage import atomic_path
 from .exports import export_model, export_path
 
 log = logging.getLogger("xray_assets.serve")
 
-#: the check's verdicts
+#: the INT8 verdicts
 PASSED, FAILED, OFF = "passed", "failed", "off"
+#: the fast paths, fastest first (module docstring), and the path of last resort
+INT8, FLOAT, F32, PYTORCH = "int8", "float", "f32", "pytorch"
+#: the figures held to the tolerance: name in the check -> its name in words
+FIGURES = {"map50": "AP50", "precision": "precision", "recall": "recall"}
 
 
 @dataclass
-class Int8Check:
-    """Whether the INT8 model serves, and the figures that decided it."""
+class PathCheck:
+    """One fast path's test figures against the float weights'."""
 
-    verdict: str  # passed, failed (the float export serves) or off (not tried)
+    path: str  # int8, float or f32
+    precision_name: str = ""  # what the CPU plugin ran: int8, bf16 or f32
+    map50: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    rank_correlation: float | None = None
+    #: each figure outside its tolerance, in words ("AP50 +0.279 (allowed ±0.01)")
+    moved: list[str] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def holds(self) -> bool:
+        return not self.error and not self.moved and self.map50 is not None
+
+    def ranks(self, tolerance: ServeTolerance) -> bool:
+        return (
+            self.holds
+            and self.rank_correlation is not None
+            and self.rank_correlation >= tolerance.rank_correlation - 1e-9
+        )
+
+    def describe(self) -> str:
+        if self.error:
+            return f"{self.path}: {self.error}"
+        figures = f"AP50 {self.map50:.3f}, P {self.precision:.3f}, R {self.recall:.3f}"
+        moved = "moved " + "; ".join(self.moved) if self.moved else "within tolerance"
+        return f"{self.path} ({self.precision_name}): {figures}, {moved}"
+
+
+@dataclass
+class ServingCheck:
+    """Which path serves the panel and which the queue ranks on, and the figures that decided."""
+
+    verdict: str  # INT8's: passed (it serves), failed, or off (not tried)
     reason: str
+    serves: str = FLOAT  # int8, float, f32 or pytorch
+    queue: str = FLOAT
     weights_sha256: str = ""
-    max_drop: float = 0.01
+    cpu: str = ""
+    tolerance: dict = field(default_factory=lambda: asdict(ServeTolerance()))
     float_test_map50: float | None = None
-    int8_test_map50: float | None = None
+    float_precision: float | None = None
+    float_recall: float | None = None
+    paths: list[PathCheck] = field(default_factory=list)
     test_images: int = 0
     calibration_images: int = 0
     seconds: float = 0.0
@@ -57,6 +114,14 @@ class Int8Check:
     def passed(self) -> bool:
         return self.verdict == PASSED
 
+    def path(self, name: str) -> PathCheck | None:
+        return next((p for p in self.paths if p.path == name), None)
+
+    @property
+    def int8_test_map50(self) -> float | None:
+        p = self.path(INT8)
+        return p.map50 if p else None
+
     @property
     def change(self) -> float | None:
         """INT8 AP50 minus float AP50 (negative: INT8 lost accuracy)."""
@@ -64,9 +129,20 @@ class Int8Check:
             return None
         return self.int8_test_map50 - self.float_test_map50
 
+    def moved(self, name: str = INT8) -> str:
+        p = self.path(name)
+        return "; ".join(p.moved) if p and p.moved else ""
+
     def tags(self) -> dict[str, str]:
         """The check as registry tags on the model version."""
-        out = {"int8_check": self.verdict, "int8_reason": self.reason[:250]}
+        out = {
+            "int8_check": self.verdict,
+            "int8_reason": self.reason[:250],
+            "serving_path": self.serves,
+            "queue_path": self.queue,
+        }
+        if self.moved():
+            out["int8_moved"] = self.moved()[:250]
         for key in ("float_test_map50", "int8_test_map50"):
             value = getattr(self, key)
             if value is not None:
@@ -74,13 +150,24 @@ class Int8Check:
         return out
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "ap50_change": self.change}
+        return {**asdict(self), "int8_test_map50": self.int8_test_map50, "ap50_change": self.change}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ServingCheck":
+        d = {k: v for k, v in d.items() if k not in ("int8_test_map50", "ap50_change")}
+        d["paths"] = [PathCheck(**p) for p in d.get("paths", [])]
+        return cls(**d)
 
 
 def export_int8(weights: Path, imgsz: int, data_yaml: Path) -> Path:
     """NNCF INT8 OpenVINO export of `weights`, calibrated on `data_yaml`'s val split, beside the
     weights, once."""
     return export_model(weights, imgsz, "openvino", calibration=data_yaml)
+
+
+def path_export(weights: Path, imgsz: int, path: str) -> tuple[Path, bool]:
+    """(the export a fast path runs, whether it is held at f32)."""
+    return export_path(Path(weights), imgsz, "openvino", int8=path == INT8), path == F32
 
 
 def _val_count(data_yaml: Path) -> int:
@@ -106,88 +193,183 @@ def test_split(storage, task: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     return images, gt
 
 
+def test_figures(gt: pd.DataFrame, dets: pd.DataFrame, classes, rule: DetectionRule) -> dict:
+    """Threshold-free AP50 and the micro operating point at the rule's conf, as the evaluation
+    computes them (its table, its summary)."""
+    s = summarise(evaluate(gt, dets, list(classes), conf=rule.conf))
+    return {"map50": s["map50"], "precision": s["precision_micro"], "recall": s["recall_micro"]}
+
+
 def test_map50(gt: pd.DataFrame, dets: pd.DataFrame, classes, rule: DetectionRule) -> float:
-    """Threshold-free AP50 as the evaluation computes it (its table, its summary)."""
-    return float(summarise(evaluate(gt, dets, list(classes), conf=rule.conf))["map50"])
+    """Threshold-free AP50 as the evaluation computes it."""
+    return float(test_figures(gt, dets, classes, rule)["map50"])
 
 
-def check_int8(
+def queue_scores(images: pd.DataFrame, gt: pd.DataFrame, dets: pd.DataFrame) -> pd.Series:
+    """The annotation queue's score of every test image from `dets`, its boxed findings taken as
+    the listed ones (image_id -> score)."""
+    listed = gt.groupby("image_id")["label"].agg(lambda s: sorted(set(s)))
+    cands = pd.DataFrame(
+        {
+            "image_id": list(images["image_id"]),
+            "findings": [listed.get(i, []) for i in images["image_id"]],
+        }
+    )
+    return acquisition.score_images(cands, dets, "check").set_index("image_id")["score"]
+
+
+def rank_agreement(a: pd.Series, b: pd.Series) -> float:
+    """Spearman correlation of two score vectors over the same images; 1 where both are constant
+    and equal (nothing to rank, nothing reordered), 0 where only one is constant."""
+    a, b = a.astype(float), b.reindex(a.index).astype(float)
+    if a.nunique() <= 1 or b.nunique() <= 1:
+        return 1.0 if a.nunique() <= 1 and b.nunique() <= 1 and (a - b).abs().max() < 1e-6 else 0.0
+    return float(a.corr(b, method="spearman"))
+
+
+def moved_figures(ref: dict, got: dict, tolerance: ServeTolerance) -> list[str]:
+    """The figures of `got` outside their tolerance of `ref`, either way, in words. A figure the
+    split cannot give (NaN) on one side only has moved."""
+    out = []
+    for key, name in FIGURES.items():
+        allowed = tolerance.ap50 if key == "map50" else tolerance.operating_point
+        a, b = ref.get(key), got.get(key)
+        a_nan, b_nan = a is None or math.isnan(a), b is None or math.isnan(b)
+        if a_nan and b_nan:
+            continue
+        if a_nan != b_nan:
+            out.append(
+                f"{name} {'undefined' if b_nan else f'{b:.3f}'} against "
+                f"{'undefined' if a_nan else f'{a:.3f}'} (allowed ±{allowed:g})"
+            )
+        elif abs(b - a) > allowed + 1e-9:
+            out.append(f"{name} {b - a:+.3f} ({b:.3f} against {a:.3f}; allowed ±{allowed:g})")
+    return out
+
+
+def choose(paths: list[PathCheck], tolerance: ServeTolerance) -> tuple[str, str]:
+    """(the panel's path, the queue's path): the first that holds (and ranks, for the queue),
+    else the float weights themselves."""
+    serves = next((p.path for p in paths if p.holds), PYTORCH)
+    queue = next((p.path for p in paths if p.ranks(tolerance)), PYTORCH)
+    return serves, queue
+
+
+def _cached(record: Path, sha: str, tolerance: ServeTolerance, cpu: str) -> ServingCheck | None:
+    if not record.exists():
+        return None
+    try:
+        cached = ServingCheck.from_dict(json.loads(record.read_text()))
+    except (ValueError, TypeError, KeyError):
+        return None
+    same = (
+        cached.weights_sha256 == sha and cached.tolerance == asdict(tolerance) and cached.cpu == cpu
+    )
+    return cached if same else None
+
+
+def check_fast_paths(
     weights: Path,
     imgsz: int,
     rule: DetectionRule,
     classes,
     storage,
     task: str,
-    max_drop: float = 0.01,
+    tolerance: ServeTolerance = ServeTolerance(),
+    int8: bool = True,
     log_line=log.info,
-) -> tuple[Path | None, Int8Check]:
-    """(INT8 export or None, the check): the cached verdict when the weights and tolerance are the
-    same, else calibrate, quantise and check now."""
-    from .runtime import THROUGHPUT, OpenVinoRunner, detect_paths
+) -> ServingCheck:
+    """The cached check when the weights, tolerances and CPU are the same, else check each fast
+    path now against the float weights on the task's test split (module docstring)."""
+    from .runtime import THROUGHPUT, OpenVinoRunner, cpu_signature, detect_paths
 
     weights = Path(weights)
-    export = export_path(weights, imgsz, "openvino", int8=True)
-    record = export.with_name(f"{weights.stem}-{imgsz}_int8_check.json")
-    sha = file_sha256(weights)
-    if record.exists():
-        try:
-            cached = Int8Check(
-                **{k: v for k, v in json.loads(record.read_text()).items() if k != "ap50_change"}
-            )
-        except (ValueError, TypeError):
-            cached = None
-        if cached and cached.weights_sha256 == sha and cached.max_drop == max_drop:
-            return (export if cached.passed and export.exists() else None), cached
+    record = weights.with_name(f"{weights.stem}-{imgsz}_serving_check.json")
+    sha, cpu = file_sha256(weights), cpu_signature()
+    cached = _cached(record, sha, tolerance, cpu)
+    if cached is not None and (int8 or cached.verdict == OFF):
+        return cached
     t0 = time.time()
+    base = {"weights_sha256": sha, "cpu": cpu, "tolerance": asdict(tolerance)}
     data_yaml = storage.local_path(*layout.dataset(task), layout.DATA_YAML)
     tested = test_split(storage, task)
-    if not data_yaml.exists() or tested is None:
-        return None, Int8Check(
-            FAILED,
-            f"no dataset for {task} to calibrate on and check against: materialise yolo_datasets",
-            sha,
-            max_drop,
-        )
+    if not data_yaml.exists() or tested is None or tested[0].empty:
+        why = f"no test images for {task} to check a fast path against: materialise yolo_datasets"
+        return ServingCheck(FAILED if int8 else OFF, why, PYTORCH, PYTORCH, **base)
     images, gt = tested
-    n_val = _val_count(data_yaml)
-    if n_val == 0 or images.empty:
-        return None, Int8Check(
-            FAILED,
-            f"{task}'s dataset has {n_val} val image(s) to calibrate on and {len(images)} test "
-            "image(s) to check against: both are needed",
-            sha,
-            max_drop,
-        )
-    log_line(f"{task}: INT8 calibration on {n_val} val image(s), imgsz {imgsz}")
-    export = export_int8(weights, imgsz, storage.local(*layout.dataset(task), layout.DATA_YAML))
     floor = rule.at(conf=AP_FLOOR)
-    float_ap = test_map50(
-        gt, detect_images(load_model(weights), images, floor, imgsz, classes), classes, rule
-    )
-    runner = OpenVinoRunner(export, imgsz, THROUGHPUT)
-    int8_ap = test_map50(gt, detect_paths(runner, images, floor, classes), classes, rule)
-    passed = (
-        not math.isnan(float_ap)
-        and not math.isnan(int8_ap)
-        and float_ap - int8_ap <= max_drop + 1e-9
-    )
-    reason = (
-        f"test AP50 {int8_ap:.3f} (INT8) against {float_ap:.3f} (float) on {len(images)} test "
-        f"image(s): {'within' if passed else 'more than'} the {max_drop:g} allowed"
-    )
-    check = Int8Check(
-        PASSED if passed else FAILED,
+    reference = detect_images(load_model(weights), images, floor, imgsz, classes)
+    ref = test_figures(gt, reference, classes, rule)
+    ref_scores = queue_scores(images, gt, reference)
+    n_val = _val_count(data_yaml) if int8 else 0
+    paths: list[PathCheck] = []
+    for name in (INT8, FLOAT, F32) if int8 else (FLOAT, F32):
+        check = PathCheck(name)
+        if name == F32 and any(p.precision_name == "f32" for p in paths if p.path == FLOAT):
+            continue  # the plugin's own precision is f32 on this CPU: already checked
+        try:
+            if name == INT8:
+                if n_val == 0:
+                    raise ValueError(f"{task}'s dataset has no val image to calibrate on")
+                log_line(f"{task}: INT8 calibration on {n_val} val image(s), imgsz {imgsz}")
+                export_int8(weights, imgsz, storage.local(*layout.dataset(task), layout.DATA_YAML))
+            else:
+                export_model(weights, imgsz, "openvino")
+            export, f32 = path_export(weights, imgsz, name)
+            runner = OpenVinoRunner(export, imgsz, THROUGHPUT, f32=f32)
+            check.precision_name = runner.precision
+            dets = detect_paths(runner, images, floor, classes)
+        except Exception as exc:  # a failed export or run leaves the next path to try
+            check.error = f"{exc.__class__.__name__}: {exc}"[:300]
+            paths.append(check)
+            log_line(f"{task}: fast path {check.describe()}")
+            continue
+        got = test_figures(gt, dets, classes, rule)
+        check.map50, check.precision, check.recall = (got[k] for k in FIGURES)
+        check.moved = moved_figures(ref, got, tolerance)
+        check.rank_correlation = round(
+            rank_agreement(ref_scores, queue_scores(images, gt, dets)), 4
+        )
+        paths.append(check)
+        log_line(
+            f"{task}: fast path {check.describe()}, queue rank correlation "
+            f"{check.rank_correlation:.3f}"
+        )
+        if check.ranks(tolerance):
+            break  # the fastest path that serves and ranks: nothing slower is needed
+    serves, queue = choose(paths, tolerance)
+    int8_check = next((p for p in paths if p.path == INT8), None)
+    verdict = OFF if not int8 else PASSED if int8_check and int8_check.holds else FAILED
+    reason = summary(serves, queue, paths, ref, len(images), tolerance)
+    check = ServingCheck(
+        verdict,
         reason,
-        sha,
-        max_drop,
-        float_ap,
-        int8_ap,
-        len(images),
-        n_val,
-        round(time.time() - t0, 1),
+        serves,
+        queue,
+        **base,
+        float_test_map50=ref["map50"],
+        float_precision=ref["precision"],
+        float_recall=ref["recall"],
+        paths=paths,
+        test_images=len(images),
+        calibration_images=n_val,
+        seconds=round(time.time() - t0, 1),
     )
-    tmp = record.with_name(f".{record.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(check.as_dict(), indent=2))
-    os.replace(tmp, record)
-    log_line(f"{task}: INT8 check {check.verdict}: {reason}")
-    return (export if passed else None), check
+    with atomic_path(record) as tmp:
+        tmp.write_text(json.dumps(check.as_dict(), indent=2))
+    log_line(f"{task}: {reason}")
+    return check
+
+
+def summary(serves: str, queue: str, paths: list[PathCheck], ref: dict, n: int, tol) -> str:
+    """One paragraph: what serves, what the queue ranks on, and each path's figures."""
+    float_figures = (
+        f"float weights AP50 {ref['map50']:.3f}, P {ref['precision']:.3f}, R {ref['recall']:.3f} "
+        f"on {n} test image(s)"
+    )
+    tried = "; ".join(p.describe() for p in paths) or "no fast path tried"
+    return (
+        f"serves {serves}, queue ranks on {queue} ({float_figures}; allowed ±{tol.ap50:g} AP50, "
+        f"±{tol.operating_point:g} P and R, queue rank correlation >= {tol.rank_correlation:g}): "
+        f"{tried}"
+    )
