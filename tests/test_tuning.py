@@ -16,9 +16,11 @@ from xray_assets.core.detection import (
     load_model,
     replay,
 )
-from xray_assets.core.tuning import best_pair, tune_grid, ultralytics_scores
+from xray_assets.core.tuning import best_pair, choose_rule, tune_grid, ultralytics_scores
 
 CLASSES = list(TASKS["nih_multi"].classes)
+#: the study profile's own rule (its validation conf and IoU): the fallback and the tie-break
+STUDY = (0.03, 0.8)
 XY = ["x_min", "y_min", "x_max", "y_max"]
 
 
@@ -137,7 +139,7 @@ def test_grid_picks_the_best_objective(toy_model):
     )
     assert info["images"] == len(images) and info["candidates"] > 0
     assert grid["map50"].max() > 0.2 and grid["map50"].nunique() > 2, "grid points must differ"
-    best = best_pair(grid)
+    best = best_pair(grid, STUDY)
     assert best["objective"] == grid["objective"].max()
     assert best["objective"] == pytest.approx((best["recall"] + best["map50"]) / 2)
 
@@ -155,3 +157,63 @@ def test_replay_of_exactly_six_candidates_is_not_read_as_end_to_end_output():
     boxes = replay([Candidates("i", raw, (64, 256), (64, 256))], DetectionRule(0.1, 0.5), CLASSES)
     assert len(boxes) == 6 and sorted(boxes["label"]) == sorted(CLASSES[:6])
     assert boxes["score"].max() == pytest.approx(0.75)
+
+
+def _grid(objectives, boxes=5):
+    """A study-sized grid with the given objective at each point (row-major: conf, then iou)."""
+    from xray_assets.config import STUDY_CONF_GRID, STUDY_IOU_GRID
+
+    rows = [(c, i) for c in STUDY_CONF_GRID for i in STUDY_IOU_GRID]
+    obj = list(objectives) if not np.isscalar(objectives) else [objectives] * len(rows)
+    return pd.DataFrame(
+        {
+            "conf": [c for c, _ in rows],
+            "iou": [i for _, i in rows],
+            "precision": 0.0,
+            "recall": obj,
+            "map50": obj,
+            "map50_95": 0.0,
+            "objective": obj,
+            "boxes": boxes,
+        }
+    )
+
+
+def test_a_model_that_proposes_nothing_on_val_gets_the_studys_rule_and_says_so():
+    """The demo's united_mass_nodule: 0 candidates for 19 val boxes, every point 0; the old rule
+    kept the corner conf 0.6 / IoU 0.1, which found nothing on test."""
+    best, why = choose_rule(_grid(0.0, boxes=0), 19, 0, STUDY)
+    assert (best["conf"], best["iou"]) == STUDY
+    assert why == "the model proposes no box on val above conf 0.03 (19 val boxes)"
+
+
+def test_a_val_split_without_boxes_gets_the_studys_rule_and_says_so():
+    best, why = choose_rule(_grid(0.0), 0, 120, STUDY)
+    assert (best["conf"], best["iou"]) == STUDY and why == "the val split has no box of this task"
+
+
+def test_a_grid_where_every_point_ties_gets_the_studys_rule():
+    best, why = choose_rule(_grid(0.25), 10, 40, STUDY)
+    assert (best["conf"], best["iou"]) == STUDY and why.startswith("every grid point scores")
+
+
+def test_where_the_grid_resolves_the_best_wins_and_ties_break_toward_the_studys_rule():
+    grid = _grid(0.1)
+    grid.loc[(grid["conf"] == 0.5) & (grid["iou"] == 0.3), "objective"] = 0.4
+    best, why = choose_rule(grid, 10, 40, STUDY)
+    assert (best["conf"], best["iou"], why) == (0.5, 0.3, "")
+    # two points share the best objective: the one nearer (0.03, 0.8) wins, not a corner
+    grid.loc[(grid["conf"] == 0.1) & (grid["iou"] == 0.6), "objective"] = 0.4
+    grid.loc[(grid["conf"] == 0.6) & (grid["iou"] == 0.1), "objective"] = 0.4
+    best, why = choose_rule(grid, 10, 40, STUDY)
+    assert (best["conf"], best["iou"], why) == (0.1, 0.6, "")
+
+
+def test_a_fallback_rule_travels_with_the_rule_and_does_not_change_what_it_detects():
+    rule = DetectionRule(0.03, 0.8, fallback="the val split has no box of this task")
+    assert rule == DetectionRule(0.03, 0.8), "a note, not a different rule"
+    assert DetectionRule.from_dict(rule.as_dict()).fallback == rule.fallback
+    assert DetectionRule.from_tags(rule.tags()).fallback == rule.fallback
+    assert "fallback: the val split" in rule.describe()
+    assert "fallback" not in DetectionRule(0.03, 0.8).as_dict(), "a tuned rule's file is unchanged"
+    assert DetectionRule.from_tags(DetectionRule(0.2, 0.5).tags()).fallback == ""

@@ -56,7 +56,14 @@ def task_table(storage_root, profile: str, tasks) -> list[str]:
             rows.append(f"  {t:22s} not evaluated")
             continue
         rows.append(
-            core_eval.table_row(t, found.figures, found.rule.conf, found.rule.iou, found.init)
+            core_eval.table_row(
+                t,
+                found.figures,
+                found.rule.conf,
+                found.rule.iou,
+                found.init,
+                found.rule.fallback,
+            )
         )
     rows.append(
         f"  (CI: patient-level bootstrap; too few: under {get_profile(profile).min_test_boxes} test boxes per "

@@ -115,9 +115,12 @@ def log_evaluation(
     metrics: dict[str, float],
     files: list[Path],
     artifact_path: str = "evaluation",
+    tags: dict[str, str] | None = None,
 ) -> None:
-    """Figures (NaN left out) and report files into the model's own run."""
+    """Figures (NaN left out), tags (the detection rule) and report files into the model's own run."""
     c = client(tracking_uri)
+    for k, v in (tags or {}).items():
+        c.set_tag(run_id, k, v)
     for k, v in metrics.items():
         if v is not None and v == v:
             c.log_metric(run_id, k, float(v))

@@ -21,7 +21,7 @@ evaluation predicts once at the floor and reads the operating point off the same
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,9 @@ class DetectionRule:
     #: one label per box: ultralytics' `predict` (hence the web app) never gives a box two classes
     multi_label: bool = False
     max_det: int = 100
+    #: why val could not choose (conf, iou) and the study's rule stands in ("" where tuning chose);
+    #: a note on the rule, not part of what it does (two rules that detect alike are equal)
+    fallback: str = field(default="", compare=False)
 
     def __post_init__(self):
         if not (0 <= self.conf <= 1 and 0 <= self.iou <= 1):
@@ -66,7 +69,10 @@ class DetectionRule:
         }
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.fallback:
+            del d["fallback"]
+        return d
 
     def tags(self) -> dict[str, str]:
         """The rule as registry tags (what the web app reads back)."""
@@ -76,6 +82,7 @@ class DetectionRule:
             "nms_agnostic": str(self.agnostic).lower(),
             "nms_multi_label": str(self.multi_label).lower(),
             "nms_max_det": str(self.max_det),
+            "nms_chosen": f"fallback: {self.fallback}"[:250] if self.fallback else "tuned on val",
         }
 
     @classmethod
@@ -86,18 +93,26 @@ class DetectionRule:
             agnostic=str(tags.get("nms_agnostic", "false")).lower() == "true",
             multi_label=str(tags.get("nms_multi_label", "false")).lower() == "true",
             max_det=int(tags.get("nms_max_det", 100)),
+            fallback=str(tags.get("nms_chosen", "")).removeprefix("fallback: ")
+            if str(tags.get("nms_chosen", "")).startswith("fallback: ")
+            else "",
         )
 
     @classmethod
     def from_dict(cls, d: dict) -> "DetectionRule":
         return cls(
-            **{k: d[k] for k in ("conf", "iou", "agnostic", "multi_label", "max_det") if k in d}
+            **{
+                k: d[k]
+                for k in ("conf", "iou", "agnostic", "multi_label", "max_det", "fallback")
+                if k in d
+            }
         )
 
     def describe(self) -> str:
         return (
             f"conf > {self.conf:g}, NMS IoU {self.iou:g} ({'class-agnostic' if self.agnostic else 'per class'}, "
             f"{'multi' if self.multi_label else 'one'} label per box), at most {self.max_det} boxes per image"
+            + (f"; fallback: {self.fallback}" if self.fallback else "")
         )
 
 

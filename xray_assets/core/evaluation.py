@@ -268,8 +268,11 @@ TABLE_HEADER = (
 )
 
 
-def table_row(task: str, s: dict, conf: float, iou: float, init: str | None) -> str:
-    """A task's line in `make demo`'s per-task table."""
+def table_row(
+    task: str, s: dict, conf: float, iou: float, init: str | None, fallback: str = ""
+) -> str:
+    """A task's line in `make demo`'s per-task table, and a second line where val could not choose
+    the rule (`fallback`: why)."""
     if s.get("map50") is None or s["map50"] != s["map50"]:
         return f"  {task:22s} n/a (the test split has no boxes of this task)"
     low = s.get("map50_ci_low")
@@ -284,9 +287,14 @@ def table_row(task: str, s: dict, conf: float, iou: float, init: str | None) -> 
         f"  {task:22s} {s['map50']:6.3f} {ci} {s['map_iou40']:6.3f} {s['map50_95']:8.3f} "
         f"{s['cpm_luna16']:6.3f} {s['cpm_iou']:7.3f}   "
         f"{s['precision_macro']:.3f} / {s['recall_macro']:.3f}, {s['precision_micro']:.3f} / "
-        f"{s['recall_micro']:.3f} at conf > {conf:g} (iou {iou:g})   "
+        f"{s['recall_micro']:.3f} at conf > {conf:g} (iou {iou:g}, "
+        f"{'fallback' if fallback else 'tuned'})   "
         f"{init}  [{s['test_images']} images, {s['test_patients']} patients, "
         f"{s['test_boxes']} boxes]"
+    ) + (
+        f"\n  {'':22s} rule: the study's own (conf {conf:g}, IoU {iou:g}), because {fallback}"
+        if fallback
+        else ""
     )
 
 
@@ -379,7 +387,12 @@ def report_markdown(
         + ("; trained on the synthetic sample data" if model.trained_on_synthetic else "")
         + ".",
         f"Test split: {s['test_images']} images of {s['test_patients']} patients, {s['test_boxes']} boxes. Detection "
-        f"rule (tuned on val, served as is): {rule.describe()}.",
+        + (
+            f"rule (**not tuned: val could not choose it, so the study's own rule stands in**; served "
+            f"as is): {rule.describe()}."
+            if rule.fallback
+            else f"rule (tuned on val, served as is): {rule.describe()}."
+        ),
         "",
         "## Threshold-free AP",
         "",

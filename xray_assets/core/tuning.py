@@ -95,12 +95,43 @@ def tune_grid(
     }
 
 
-def best_pair(grid: pd.DataFrame) -> dict[str, float]:
-    """Highest objective; ties go to the higher conf, then the lower iou (fewer boxes)."""
-    g = grid.sort_values(
-        ["objective", "conf", "iou"], ascending=[False, False, True], kind="mergesort"
+def best_pair(grid: pd.DataFrame, prefer: tuple[float, float]) -> dict[str, float]:
+    """Highest objective; ties go to the grid point nearest the preferred (conf, iou) (the study's
+    own rule), so that a flat stretch of the grid does not land on an arbitrary corner."""
+    g = grid.assign(
+        _distance=(grid["conf"] - prefer[0]).abs() + (grid["iou"] - prefer[1]).abs()
+    ).sort_values(["objective", "_distance"], ascending=[False, True], kind="mergesort")
+    return {k: float(v) for k, v in g.drop(columns="_distance").iloc[0].items()}
+
+
+def unresolved(grid: pd.DataFrame, val_boxes: int, candidates: int, floor: float) -> str:
+    """Why the val split cannot choose the rule, or "" where it can: no val box of the task, no
+    candidate above the grid's lowest conf, or every grid point tied."""
+    if val_boxes == 0:
+        return "the val split has no box of this task"
+    if candidates == 0 or int(grid["boxes"].sum()) == 0:
+        return f"the model proposes no box on val above conf {floor:g} ({val_boxes} val boxes)"
+    if grid["objective"].round(12).nunique() <= 1:
+        return f"every grid point scores the same objective ({grid['objective'].iloc[0]:.3f})"
+    return ""
+
+
+def choose_rule(
+    grid: pd.DataFrame, val_boxes: int, candidates: int, study: tuple[float, float]
+) -> tuple[dict[str, float], str]:
+    """(the chosen grid point, why it is a fallback or ""): the best objective, ties toward the
+    study's (conf, iou); where val cannot choose (`unresolved`), the study's own rule, with its
+    row of the grid when the grid has one."""
+    why = unresolved(grid, val_boxes, candidates, float(grid["conf"].min()))
+    if not why:
+        return best_pair(grid, study), ""
+    at = grid[(grid["conf"] == study[0]) & (grid["iou"] == study[1])]
+    row = (
+        {k: float(v) for k, v in at.iloc[0].items()}
+        if len(at)
+        else {**{c: float("nan") for c in GRID_COLUMNS}, "conf": study[0], "iou": study[1]}
     )
-    return {k: float(v) for k, v in g.iloc[0].items()}
+    return row, why
 
 
 def val_args(imgsz: int, batch: int = 16, device: str | None = None, split: str = "val") -> dict:

@@ -2,11 +2,13 @@
 and MLflow side. The figures are computed in `core` (detection, tuning, metrics, evaluation)."""
 
 import time
+from dataclasses import replace
 
 import dagster as dg
 import pandas as pd
 
 from .. import layout, tracking
+from ..config import get_profile
 from ..core import champion, detection, metrics, plots, study, tuning
 from ..core import evaluation as core_eval
 from ..core.classes import SERVED_TASKS, TASK_NAMES, TASKS
@@ -108,8 +110,16 @@ def nms_thresholds(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.
         profile.iou_grid,
         log=lambda m: context.log.info(f"{task.name}: {m}"),
     )
-    best = tuning.best_pair(grid)
-    rule = base.at(best["conf"], best["iou"])
+    study = get_profile("study").train
+    best, fallback = tuning.choose_rule(
+        grid, len(boxes), timing["candidates"], (study.conf, study.iou)
+    )
+    rule = replace(base.at(best["conf"], best["iou"]), fallback=fallback)
+    if fallback:
+        context.log.warning(
+            f"{task.name}: val cannot choose the rule ({fallback}); the study's own rule stands "
+            f"in: conf {rule.conf:g}, IoU {rule.iou:g}"
+        )
     scores = {k: best[k] for k in ("objective", "map50", "recall", "precision", "map50_95")}
     st.write_parquet(grid, "tuning", task.name, "grid.parquet")
     write_rule(st, task.name, rule, {**scores, **timing, "pass_seconds": pass_seconds})
@@ -122,6 +132,7 @@ def nms_thresholds(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.
             "agnostic_nms": rule.agnostic,
             "max_det": rule.max_det,
             "rule": rule.describe(),
+            "chosen": f"fallback: {fallback}" if fallback else "tuned on val",
             "objective": round(best["objective"], 4),
             "val_map50_at_conf": round(best["map50"], 4),
             "val_recall": round(best["recall"], 4),
@@ -255,6 +266,7 @@ def evaluation_reports(
                 "metrics.parquet",
             )
         ],
+        tags=rule.tags(),
     )
     version = info.model_version
     if (

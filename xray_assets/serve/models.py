@@ -159,6 +159,9 @@ class ServedModel:
             "iou": self.iou,
             "agnostic_nms": self.rule.agnostic,
             "max_det": self.rule.max_det,
+            "rule_chosen": f"fallback: {self.rule.fallback}"
+            if self.rule.fallback
+            else "tuned on val",
             "imgsz": self.imgsz,
             "profile": self.profile,
             "init": self.init,
