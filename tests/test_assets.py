@@ -8,6 +8,7 @@ the same assets through the instance.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -154,8 +155,57 @@ def test_champion_gate(xray):
     assert {c.check_name: c.passed for c in result.check_results} == {
         "inputs_within_quarantine_limit": True,
         "evaluated_on_current_test_split": True,
+        "champion_rescored": True,
     }
     assert xray.storage.read_json(*layout.gate_record(TASK))["decision"] == "champion"
+
+
+def test_champion_gate_fails_closed_when_the_champion_cannot_be_rescored(xray):
+    """A version 2 meets champion v1 that cannot be re-scored: first without a detection rule on its
+    tags, then with its weights gone from the artifact store. Each time the promotion is held (the
+    blocking check fails, the alias stays on v1, the record says held and why), where the gate
+    once read "nothing to compare with" as a first version and promoted."""
+    from dataclasses import replace
+    from urllib.parse import urlparse
+
+    from xray_assets import tracking
+
+    client, name = tracking.client(xray.tracking_uri), xray.config.model_name(TASK)
+    v1 = client.get_model_version(name, "1")
+    v2 = client.create_model_version(name, source=v1.source, run_id=v1.run_id)
+    record = ModelRecord.read(xray.storage, TASK)
+    replace(record, model_version=str(v2.version)).write(xray.storage)
+    weights = Path(urlparse(client.get_run(v1.run_id).info.artifact_uri).path) / "weights"
+    cached = xray.storage.local_path("serve", TASK, "v1")
+    try:
+        rule_conf = v1.tags["nms_conf"]
+        client.delete_model_version_tag(name, "1", "nms_conf")
+        for broken, why in (
+            (None, "no detection rule (nms_conf) on its tags"),
+            (weights, "weights"),
+        ):
+            if broken is not None:
+                client.set_model_version_tag(name, "1", "nms_conf", rule_conf)
+                broken.rename(broken.with_name("weights.gone"))
+                shutil.rmtree(cached, ignore_errors=True)
+            result = _run(gate.champion_gate, xray, partition_key=TASK)
+            md = _md(result)
+            checks = {c.check_name: c.passed for c in result.check_results}
+            assert checks["champion_rescored"] is False, checks
+            assert md["decision"] == "held" and md["version"] == str(v2.version), md
+            assert f"{name} v1 could not be re-scored" in md["reason"] and why in md["reason"]
+            assert tracking.alias_version(xray.tracking_uri, name, "champion").version == "1"
+            saved = xray.storage.read_json(*layout.gate_record(TASK))
+            assert saved["decision"] == "held" and saved["held_by"] == ["champion_rescored"]
+            tags = client.get_model_version(name, str(v2.version)).tags
+            assert tags["gate_decision"] == "held"
+    finally:
+        if weights.with_name("weights.gone").exists():
+            weights.with_name("weights.gone").rename(weights)
+        client.set_model_version_tag(name, "1", "nms_conf", v1.tags["nms_conf"])
+        client.delete_model_version(name, str(v2.version))
+        record.write(xray.storage)
+    assert _md(_run(gate.champion_gate, xray, partition_key=TASK))["decision"] == "champion"
 
 
 def test_served_int8(xray):
@@ -167,12 +217,12 @@ def test_served_int8(xray):
     md = _md(_run(serving.served_int8, xray, partition_key=TASK))
     assert md["version"] == "1" and md["chosen"] == "champion"
     assert md["int8_check"] in ("passed", "failed") and md["test_images"] >= 1
-    assert (md["serves"] == "openvino int8") == (md["int8_check"] == "passed"), md["serves"]
-    assert md["calibration_images"] >= 1 and "test AP50" in md["reason"]
+    assert md["serves"].startswith("int8 ") == (md["int8_check"] == "passed"), md["serves"]
+    assert md["calibration_images"] >= 1 and "float weights AP50" in md["reason"]
     tags = tracking.version_info(xray.tracking_uri, xray.config.model_name(TASK), "1")["tags"]
     assert tags["int8_check"] == md["int8_check"]
     folder = xray.storage.local_path("serve", TASK, "v1")
-    assert list(folder.glob("*_int8_check.json")) and list(folder.glob("*_int8_openvino_model"))
+    assert list(folder.glob("*_serving_check.json")) and list(folder.glob("*_int8_openvino_model"))
     again = _md(_run(serving.served_int8, xray, partition_key=TASK))
     assert again["check_seconds"] == md["check_seconds"], "the cached verdict, not a new check"
 

@@ -272,8 +272,10 @@ def test_micro_and_macro_operating_points_equal_direct_computations():
     assert s["precision_macro"] == pytest.approx(macro_p) and s["recall_macro"] == pytest.approx(
         macro_r
     )
-    assert s["f1_macro"] == pytest.approx(2 * macro_p * macro_r / (macro_p + macro_r)), (
-        "F1 from its own P and R"
+    f1_a, f1_b = 2 * 1.0 * 0.5 / 1.5, 2 * 0.25 * 1.0 / 1.25
+    assert s["f1_macro"] == pytest.approx((f1_a + f1_b) / 2), "the mean of per-class F1"
+    assert s["f1_of_macro_precision_recall"] == pytest.approx(
+        2 * macro_p * macro_r / (macro_p + macro_r)
     )
     micro_p, micro_r = 2 / 6, 2 / 3  # 2 TP of 6 detections above conf (C's counts), 2 of 3 boxes
     assert s["precision_micro"] == pytest.approx(micro_p) and s["recall_micro"] == pytest.approx(
@@ -365,3 +367,30 @@ def test_gate_on_identical_models_and_small_splits():
     assert back["decision"] == "challenger", back["reason"]
     for key in ("rule", "stated_null_rate", "null_rate", "test_boxes", "resamples", "seed"):
         assert key in g, key
+
+
+def test_macro_f1_is_scikit_learns_on_the_matched_boxes():
+    """Each class's boxes and detections above conf as scikit-learn sees a detector: a matched pair
+    (c, c), a false positive (background, c), a missed box (c, background); macro over the classes
+    with test boxes. Two classes of unequal size, where the F1 of the macro means differs."""
+    from sklearn.metrics import f1_score as sk_f1
+
+    gt = _gt(
+        [(f"i{k}", "A", 0, 0, 10, 10) for k in range(6)]
+        + [("i0", "B", 50, 50, 60, 60), ("i3", "B", 50, 50, 60, 60)]
+    )
+    pred = _pred(
+        [(f"i{k}", "A", 0, 0, 10, 10, 0.9) for k in range(5)]  # A: 5 of 6 found
+        + [("i1", "B", 50, 50, 60, 60, 0.8), ("i2", "B", 50, 50, 60, 60, 0.8)]  # B: 2 FP
+        + [("i3", "B", 50, 50, 60, 60, 0.8)]  # B: 1 of 2 found
+        + [("i0", "A", 80, 80, 90, 90, 0.7)]  # A: 1 FP
+    )
+    s = summarise(evaluate(gt, pred, ["A", "B"], conf=0.5))
+    y_true = ["A"] * 5 + ["bg"] + ["A"] + ["B"] + ["B"] + ["bg"] * 2
+    y_pred = ["A"] * 5 + ["A"] + ["bg"] + ["bg"] + ["B"] + ["B"] * 2
+    want = sk_f1(y_true, y_pred, labels=["A", "B"], average="macro", zero_division=0)
+    assert s["f1_macro"] == pytest.approx(want)
+    assert s["f1_of_macro_precision_recall"] != pytest.approx(want)
+    assert s["f1_micro"] == pytest.approx(
+        sk_f1(y_true, y_pred, labels=["A", "B"], average="micro", zero_division=0)
+    )

@@ -157,3 +157,124 @@ class DatasetManifest:
         return cls(
             task, (root / layout.DATASET_HASH).read_text().strip(), str(root / layout.DATA_YAML)
         )
+
+
+@dataclass(frozen=True)
+class GateRecord:
+    """reports/<task>/gate.json: the champion gate's decision for one version, the rule it applied
+    and the paired figures behind it (`core.champion.gate_record`'s, where there was a comparison).
+    `decision` is what happened to the alias: champion, challenger, or held (nothing moved: a
+    blocking check failed or the champion could not be re-scored); `decided` is the gate's own
+    decision where a hold overrode it."""
+
+    version: str
+    decision: str
+    reason: str
+    rule: str = ""
+    margin: float | None = None
+    stated_null_rate: float | None = None
+    min_test_boxes: int | None = None
+    compared_with: str | None = None
+    held_by: tuple[str, ...] = ()
+    decided: str | None = None
+    #: the paired comparison (None where there was none)
+    threshold: float | None = None
+    split_resolves_margin: bool | None = None
+    null_rate: float | None = None
+    null_probability_of_decision: float | None = None
+    p_value: float | None = None
+    new_map50: float | None = None
+    champion_map50: float | None = None
+    diff: float | None = None
+    diff_ci_low: float | None = None
+    diff_ci_high: float | None = None
+    test_images: int | None = None
+    test_patients: int | None = None
+    test_boxes: int | None = None
+    resamples: int | None = None
+    seed: int | None = None
+    non_inferior: bool | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GateRecord":
+        d = _known(cls, d)
+        d["held_by"] = tuple(d.get("held_by") or ())
+        for key in ("version", "compared_with"):
+            if d.get(key) is not None:
+                d[key] = str(d[key])
+        return cls(**d)
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        d["held_by"] = list(self.held_by)
+        return d
+
+    @property
+    def compared(self) -> bool:
+        """A paired comparison with another champion stands behind the decision."""
+        return self.compared_with is not None and self.diff is not None
+
+    def held(self, reason: str, held_by: list[str], decision: str) -> "GateRecord":
+        """This record with its promotion held: the alias does not move; the gate's own decision is
+        kept in `decided`."""
+        return dataclasses.replace(
+            self, decision=decision, decided=self.decision, held_by=tuple(held_by), reason=reason
+        )
+
+    def tags(self) -> dict[str, str]:
+        """The decision as tags on the version (whole sentences: a team's MLflow database may keep
+        tag values in a 5000-character column)."""
+        out = {
+            "gate_decision": self.decision,
+            "gate_reason": self.reason[:1000],
+            "gate_rule": self.rule[:1000],
+            "gate_stated_null_rate": f"{self.stated_null_rate:g}",
+            "gate_margin": f"{self.margin:g}",
+            "gate_min_test_boxes": str(self.min_test_boxes),
+            "gate_held_by": ",".join(self.held_by) or "none",
+        }
+        if self.compared:
+            out.update(
+                {
+                    "gate_compared_with": str(self.compared_with),
+                    "gate_diff": f"{self.diff:.6f}",
+                    "gate_diff_ci_low": f"{self.diff_ci_low:.6f}",
+                    "gate_diff_ci_high": f"{self.diff_ci_high:.6f}",
+                    "gate_champion_map50": f"{self.champion_map50:.6f}",
+                    "gate_null_rate": f"{self.null_rate:.4f}",
+                    "gate_null_probability_of_decision": f"{self.null_probability_of_decision:.4f}",
+                    "gate_test_boxes": str(self.test_boxes),
+                    "gate_bootstrap": f"{self.resamples} resamples, seed {self.seed}",
+                }
+            )
+        return out
+
+    def metadata(self, interval: str = "") -> dict[str, Any]:
+        """The decision as the asset's metadata (`interval`: the difference's 95% interval in
+        words, as the reports write it)."""
+        out: dict[str, Any] = {
+            "decision": self.decision,
+            "version": self.version,
+            "reason": self.reason,
+            "rule": self.rule,
+            "stated_null_rate": self.stated_null_rate,
+            "margin": self.margin,
+            "held_by": ", ".join(self.held_by) or "none",
+        }
+        if self.compared:
+            out.update(
+                {
+                    "champion_version": self.compared_with,
+                    "new_map50": round(self.new_map50, 4),
+                    "champion_map50_rescored": round(self.champion_map50, 4),
+                    "diff": round(self.diff, 4),
+                    "diff_ci95": interval,
+                    "null_rate": round(self.null_rate, 4),
+                    "test_boxes": self.test_boxes,
+                    "null_probability_of_decision": round(self.null_probability_of_decision, 4),
+                }
+            )
+        return out
+
+    def write(self, st: "Storage", task: str) -> None:
+        st.write_json(self.as_dict(), *layout.gate_record(task))

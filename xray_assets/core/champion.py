@@ -195,17 +195,3 @@ def gate_record(
         "non_inferior": bool(lo >= -margin) if not math.isnan(lo) else False,
         "reason": reason,
     }
-
-
-def hold(record: dict, held_by: list[str], has_champion: bool) -> dict:
-    """The record of a promotion held by failing blocking checks: the alias does not move, so the new
-    version is `challenger` (or "held" when there is no champion to keep), and the gate's own
-    decision is kept beside it."""
-    return {
-        **record,
-        "decided": record["decision"],
-        "decision": CHALLENGER if has_champion else "held",
-        "held_by": list(held_by),
-        "reason": f"held by failing check(s) {', '.join(held_by)}; the gate's own decision was "
-        f"{record['decision']} ({record['reason']})",
-    }

@@ -253,7 +253,7 @@ def figure_metadata(s: dict, conf: float, n_boot: int, seed: int) -> dict:
         "test_map_iou40 (threshold-free)": _r4(s["map_iou40"]),
         "test_map50_95 (threshold-free)": _r4(s["map50_95"]),
         "operating_point_macro": f"conf > {conf:g}: precision {s['precision_macro']:.3f}, recall "
-        f"{s['recall_macro']:.3f}, F1 {s['f1_macro']:.3f} (mean over classes)",
+        f"{s['recall_macro']:.3f}, macro F1 {s['f1_macro']:.3f} (means over classes)",
         "operating_point_micro": f"conf > {conf:g}: precision {s['precision_micro']:.3f}, recall "
         f"{s['recall_micro']:.3f}, F1 {s['f1_micro']:.3f} (pooled over boxes)",
         "froc_cpm_luna16 (comparable)": _r4(s["cpm_luna16"]),
@@ -407,8 +407,9 @@ def report_markdown(
         "",
         "## Operating point",
         "",
-        f"Detections with score > {rule.conf:g} (what the web app shows), IoU 0.5. Each F1 is computed from the "
-        "precision and recall beside it.",
+        f"Detections with score > {rule.conf:g} (what the web app shows), IoU 0.5. Macro F1 is the mean of "
+        'the per-class F1 (scikit-learn\'s `average="macro"`); micro F1 is computed from the pooled '
+        "precision and recall.",
         "",
         f"- {AVERAGES['macro']}: precision {s['precision_macro']:.3f}, recall {s['recall_macro']:.3f} ("
         f"{interval_clause(s['recall_macro_ci_low'], s['recall_macro_ci_high'], s.get('map50_ci_note', ''))}), "

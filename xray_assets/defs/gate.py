@@ -7,6 +7,8 @@ which holds the promotion (the alias stays where it was and the record says why)
 alone it decides again from the registry as it stands, so a manual alias change is undone.
 """
 
+from dataclasses import replace
+
 import dagster as dg
 import pandas as pd
 
@@ -16,7 +18,7 @@ from ..core import evaluation as core_eval
 from ..core.classes import TASKS
 from ..core.detection import AP_FLOOR, DetectionRule
 from ..core.report import markdown_to_html
-from ..records import ModelRecord
+from ..records import GateRecord, ModelRecord
 from .automation import code_version, content_version, on_new_data
 from .evaluation import _task_tables, evaluation_reports
 from .resources import GPU_STEP_TAGS, TASK_PARTITIONS, XrayResource
@@ -33,7 +35,11 @@ GUARDS = {
     "profile allows; otherwise the promotion is held.",
     "evaluated_on_current_test_split": "The evaluation the gate rests on covers the task's current test split; a "
     "stale evaluation holds the promotion.",
+    "champion_rescored": "The current champion was re-scored on the current test split; a champion that "
+    "cannot be (no detection rule on its tags, weights missing, an error while scoring) holds the promotion.",
 }
+#: the decision where nothing moved: no champion to keep, or a champion that could not be re-scored
+HELD = "held"
 
 
 def _guards(
@@ -78,28 +84,39 @@ def _baseline(xray: XrayResource, model_name: str, version: str):
     )
 
 
-def _rescore(xray: XrayResource, task, champ, images: pd.DataFrame, context) -> pd.DataFrame | None:
+class RescoreError(RuntimeError):
+    """The champion could not be re-scored on the current test split: the gate holds."""
+
+
+def _rescore(xray: XrayResource, task, champ, images: pd.DataFrame, context) -> pd.DataFrame:
+    """The champion's detections of the current test images by its own rule; RescoreError names
+    what failed (no rule on its tags, weights that cannot be fetched, an error while scoring)."""
     tags = dict(champ.tags or {})
     if "nms_conf" not in tags:
-        context.log.warning(
-            f"{champ.name} v{champ.version}: no detection rule on its tags; not compared"
-        )
-        return None
+        raise RescoreError("no detection rule (nms_conf) on its tags")
     rule = DetectionRule.from_tags(tags)
-    weights = tracking.fetch_weights(
-        xray.tracking_uri, champ.run_id, xray.storage.dir("serve", task.name, f"v{champ.version}")
-    )
+    try:
+        weights = tracking.fetch_weights(
+            xray.tracking_uri,
+            champ.run_id,
+            xray.storage.dir("serve", task.name, f"v{champ.version}"),
+        )
+    except Exception as exc:
+        raise RescoreError(f"its weights could not be fetched ({exc.__class__.__name__}: {exc})")
     context.log.info(
         f"{task.name}: re-scoring champion v{champ.version} on the current {len(images)} test images "
         f"({rule.describe()})"
     )
-    return detection.detect_images(
-        detection.load_model(weights),
-        images,
-        rule.at(conf=AP_FLOOR),
-        int(tags.get("imgsz", 640)),
-        task.classes,
-    )
+    try:
+        return detection.detect_images(
+            detection.load_model(weights),
+            images,
+            rule.at(conf=AP_FLOOR),
+            int(tags.get("imgsz", 640)),
+            task.classes,
+        )
+    except Exception as exc:
+        raise RescoreError(f"re-scoring raised {exc.__class__.__name__}: {exc}")
 
 
 @dg.asset(
@@ -138,21 +155,33 @@ def champion_gate(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.M
     ]
     held = [n for n, (ok, _) in guards.items() if not ok]
     if not version:
-        gate = {"decision": "not gated (no registered version)"}
-        st.write_json(gate, *layout.gate_record(task.name))
+        gate = GateRecord("", "not gated (no registered version)", "no registered version")
+        gate.write(st, task.name)
+        rescored = dg.AssetCheckResult(check_name="champion_rescored", passed=True)
         return dg.MaterializeResult(
-            metadata={"decision": gate["decision"]},
-            check_results=checks,
-            data_version=content_version(gate["decision"]),
+            metadata={"decision": gate.decision},
+            check_results=[*checks, rescored],
+            data_version=content_version(gate.decision),
         )
     model_name = profile.model_name(task.name)
     champ = _baseline(xray, model_name, version)
-    champ_dets = None
+    champ_dets, failed = None, ""
     if champ is not None and str(champ.version) != str(version):
         st.localise(images["path"])
-        champ_dets = _rescore(
-            xray, task, champ, images[images["image_id"].isin(evaluated["image_id"])], context
+        try:
+            champ_dets = _rescore(
+                xray, task, champ, images[images["image_id"].isin(evaluated["image_id"])], context
+            )
+        except RescoreError as exc:
+            failed = f"champion {model_name} v{champ.version} could not be re-scored: {exc}"
+            context.log.error(f"{task.name}: {failed}; the promotion is held")
+    checks.append(
+        dg.AssetCheckResult(
+            check_name="champion_rescored",
+            passed=not failed,
+            metadata={"failure": failed or "none"},
         )
+    )
     paired = (
         metrics.paired_bootstrap(
             gt,
@@ -167,90 +196,49 @@ def champion_gate(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.M
         if champ_dets is not None
         else None
     )
-    gate = champion.gate_record(
-        paired,
-        xray.margin,
-        version,
-        None if champ is None else str(champ.version),
-        profile.gate_null_rate,
-        profile.min_test_boxes,
+    gate = GateRecord.from_dict(
+        champion.gate_record(
+            paired,
+            xray.margin,
+            version,
+            None if champ is None else str(champ.version),
+            profile.gate_null_rate,
+            profile.min_test_boxes,
+        )
     )
     if champ_dets is not None:  # what the gate compared, kept beside the new model's detections
         st.write_parquet(champ_dets, *layout.champion_detections(task.name))
-    if held:
-        gate = champion.hold(gate, held, has_champion=champ is not None)
-    tracking.tag_version(
-        xray.tracking_uri,
-        model_name,
-        version,
-        {
-            "gate_decision": gate["decision"],
-            # whole sentences (a team's MLflow database may keep tag values in a 5000-character column)
-            "gate_reason": gate["reason"][:1000],
-            "gate_rule": gate["rule"][:1000],
-            "gate_stated_null_rate": f"{gate['stated_null_rate']:g}",
-            "gate_margin": f"{gate['margin']:g}",
-            "gate_min_test_boxes": str(gate["min_test_boxes"]),
-            "gate_held_by": ",".join(held) or "none",
-            **(
-                {
-                    "gate_compared_with": gate["compared_with"],
-                    "gate_diff": f"{gate['diff']:.6f}",
-                    "gate_diff_ci_low": f"{gate['diff_ci_low']:.6f}",
-                    "gate_diff_ci_high": f"{gate['diff_ci_high']:.6f}",
-                    "gate_champion_map50": f"{gate['champion_map50']:.6f}",
-                    "gate_null_rate": f"{gate['null_rate']:.4f}",
-                    "gate_null_probability_of_decision": f"{gate['null_probability_of_decision']:.4f}",
-                    "gate_test_boxes": str(gate["test_boxes"]),
-                    "gate_bootstrap": f"{gate['resamples']} resamples, seed {gate['seed']}",
-                }
-                if paired
-                else {}
-            ),
-        },
-    )
-    if gate["decision"] == champion.CHAMPION:
+    if failed:  # fails closed: nothing to compare with is not "first version"
+        gate = gate.held(f"{failed}; the promotion is held", ["champion_rescored"], HELD)
+        gate = replace(gate, compared_with=str(champ.version))
+    elif held:
+        gate = gate.held(
+            f"held by failing check(s) {', '.join(held)}; the gate's own decision was "
+            f"{gate.decision} ({gate.reason})",
+            held,
+            champion.CHALLENGER if champ is not None else HELD,
+        )
+    tracking.tag_version(xray.tracking_uri, model_name, version, gate.tags())
+    if gate.decision == champion.CHAMPION:
         tracking.set_alias(xray.tracking_uri, model_name, champion.CHAMPION, version)
-    elif gate["decision"] == champion.CHALLENGER:
+    elif gate.decision == champion.CHALLENGER:
         tracking.set_alias(xray.tracking_uri, model_name, champion.CHALLENGER, version)
-        if (
-            champ is not None and not held
-        ):  # a hand-moved alias goes back to the version the gate keeps
+        if champ is not None and not held:
+            # a hand-moved alias goes back to the version the gate keeps
             tracking.set_alias(xray.tracking_uri, model_name, champion.CHAMPION, str(champ.version))
-    context.log.info(f"{task.name}: version {version} is {gate['decision']} ({gate['reason']})")
-    st.write_json(gate, *layout.gate_record(task.name))
-    text = core_eval.gate_markdown(task.name, gate)
+    context.log.info(f"{task.name}: version {version} is {gate.decision} ({gate.reason})")
+    gate.write(st, task.name)
+    text = core_eval.gate_markdown(task.name, gate.as_dict())
     st.write_text(text, *base, "gate.md")
     st.write_text(markdown_to_html(text, f"Champion gate {task.name}"), *base, "gate.html")
-    md = {
-        "report": dg.MetadataValue.path(str(st.root / "reports" / task.name / "gate.html")),
-        "decision": gate["decision"],
-        "version": str(version),
-        "reason": gate["reason"],
-        "rule": gate["rule"],
-        "stated_null_rate": gate["stated_null_rate"],
-        "margin": gate["margin"],
-        "held_by": ", ".join(held) or "none",
-    }
-    if paired:
-        md.update(
-            {
-                "champion_version": gate["compared_with"],
-                "new_map50": round(gate["new_map50"], 4),
-                "champion_map50_rescored": round(gate["champion_map50"], 4),
-                "diff": round(gate["diff"], 4),
-                "diff_ci95": core_eval.interval_text(gate["diff_ci_low"], gate["diff_ci_high"]),
-                "null_rate": round(gate["null_rate"], 4),
-                "test_boxes": gate["test_boxes"],
-                "null_probability_of_decision": round(gate["null_probability_of_decision"], 4),
-            }
-        )
+    interval = core_eval.interval_text(gate.diff_ci_low, gate.diff_ci_high) if gate.compared else ""
     return dg.MaterializeResult(
-        metadata=md,
+        metadata={
+            "report": dg.MetadataValue.path(str(st.root / "reports" / task.name / "gate.html")),
+            **gate.metadata(interval),
+        },
         check_results=checks,
-        data_version=content_version(
-            str(version), gate["decision"], gate.get("compared_with") or ""
-        ),
+        data_version=content_version(str(version), gate.decision, gate.compared_with or ""),
     )
 
 
