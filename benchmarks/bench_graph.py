@@ -1,6 +1,6 @@
 """The graph before training, at the study's real table sizes: how each asset's cost grows.
 
-The data are the genuine tables (XRAY_REAL_DATA, else ../shared/data/real): the Data_Entry subset
+The data are the genuine tables (XRAY_REAL_DATA, a folder of the genuine public files): the Data_Entry subset
 (59,824 images of 18,897 patients), the real box list and the full VinBigData table (67,914 rows,
 15,000 images). Images are placeholders the benchmark generates: a flat 1024 x 1024 PNG per NIH
 image (hard links of one file) and a DICOM per VinBigData image at its real dimensions (train_meta's

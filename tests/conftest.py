@@ -167,7 +167,7 @@ def real_data_dir() -> Path | None:
 
 @pytest.fixture
 def real_data() -> Path:
-    """The genuine public files (../shared/data/real): skipped when XRAY_REAL_DATA is unset, a failure
+    """The genuine public files (XRAY_REAL_DATA): skipped when XRAY_REAL_DATA is unset, a failure
     when it is set and the files are not there (a CI that silently skips them proves nothing)."""
     d = real_data_dir()
     if d is None:

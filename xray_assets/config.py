@@ -15,7 +15,7 @@ from typing import Any
 from .core.isolation import DecodeLimits
 from .offline import cache_dir
 
-#: DESIGN's NMS grid.
+#: The study's NMS grid (docs/study.md).
 STUDY_CONF_GRID: tuple[float, ...] = (0.03, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 STUDY_IOU_GRID: tuple[float, ...] = (0.1, 0.3, 0.5, 0.6, 0.8)
 
@@ -146,7 +146,7 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # DESIGN's numbers, exactly: YOLOv8s fine-tuned from COCO-pretrained yolov8s.pt.
+    # The study's numbers, exactly (docs/study.md): YOLOv8s fine-tuned from COCO-pretrained yolov8s.pt.
     "study": Profile(name="study", train=TrainParams(), allow_downloads=True),
     # CPU-sized: the whole graph in minutes on the sample data.
     "demo": Profile(
@@ -222,7 +222,7 @@ def get_profile(name: str | None = None) -> Profile:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
 
 
-#: every setting the environment may give and its default, written once (DESIGN "Public surface");
+#: every setting the environment may give and its default, written once (docs/study.md lists them);
 #: `Settings.resolve` reads them, nothing writes them back into os.environ
 ENV_DEFAULTS = {
     "XRAY_DATA_DIR": "data/sample",
@@ -289,7 +289,7 @@ def _int8_mode(raw: str) -> str:
 @dataclass(frozen=True)
 class Settings:
     """The one configuration object: where things live and what a process may do, resolved from
-    the environment (DESIGN "Public surface") in one place, `resolve`. Every entry point (the
+    the environment (docs/study.md) in one place, `resolve`. Every entry point (the
     Dagster resource, the CLI, the web app, the schedule) holds one of these."""
 
     data_dir: Path

@@ -1,4 +1,4 @@
-"""Class maps of the study (DESIGN "The study's numbers") and the six task definitions."""
+"""Class maps of the study (docs/study.md) and the six task definitions."""
 
 from __future__ import annotations
 

@@ -292,7 +292,7 @@ def _has_lut_sequence(ds) -> bool:
 def read_dicom_image(
     path: str | Path, max_size: int | None = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
 ) -> np.ndarray:
-    """uint8 HxW, display-ready (DESIGN "Public surface")."""
+    """uint8 HxW, display-ready (the public API: docs/development.md)."""
     return read_dicom(path, max_size, max_megapixels=max_megapixels).pixels
 
 

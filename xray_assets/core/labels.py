@@ -2,7 +2,7 @@
 
 Bad rows never pass silently: the `*_checked` readers return them in a quarantine table
 (`source`, `row`, `reason`, `raw`) beside the good rows; the plain readers raise on nothing and
-return the good rows only (DESIGN "Public surface").
+return the good rows only (the public API: docs/development.md).
 """
 
 from __future__ import annotations

@@ -403,7 +403,7 @@ def _nih_image(job: tuple) -> tuple[str, list[str], list[str]]:
     return ("|".join(findings) if findings else "No Finding"), boxes, oracle
 
 
-#: NIH's rates, measured on the real files in `../shared/data/real` (PROVENANCE.md): 494 of the 765
+#: NIH's rates, measured on the genuine public files (XRAY_REAL_DATA, PROVENANCE.md there): 494 of the 765
 #: box images with a Data_Entry row list another box-class finding without a box (65%); tens of
 #: thousands of images list a box-class finding and have no box at all (39,930 rows of the 59,824 of
 #: the Data_Entry subset, against 880 box images): the sample data keeps "several" per box image
