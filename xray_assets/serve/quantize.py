@@ -74,7 +74,7 @@ class PathCheck:
 
     @property
     def holds(self) -> bool:
-        return not self.error and not self.moved and self.map50 is not None
+        return not self.error and not self.moved
 
     def ranks(self, tolerance: ServeTolerance) -> bool:
         return (
@@ -86,7 +86,7 @@ class PathCheck:
     def describe(self) -> str:
         if self.error:
             return f"{self.path}: {self.error}"
-        figures = f"AP50 {self.map50:.3f}, P {self.precision:.3f}, R {self.recall:.3f}"
+        figures = f"AP50 {_fmt(self.map50)}, P {_fmt(self.precision)}, R {_fmt(self.recall)}"
         moved = "moved " + "; ".join(self.moved) if self.moved else "within tolerance"
         return f"{self.path} ({self.precision_name}): {figures}, {moved}"
 
@@ -150,13 +150,29 @@ class ServingCheck:
         return out
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "int8_test_map50": self.int8_test_map50, "ap50_change": self.change}
+        """The check as JSON (a figure the split cannot give, NaN, is null: /health serves it)."""
+        d = {**asdict(self), "int8_test_map50": self.int8_test_map50, "ap50_change": self.change}
+        return _nan_to_none(d)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ServingCheck":
         d = {k: v for k, v in d.items() if k not in ("int8_test_map50", "ap50_change")}
         d["paths"] = [PathCheck(**p) for p in d.get("paths", [])]
         return cls(**d)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def _nan_to_none(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
 
 
 def export_int8(weights: Path, imgsz: int, data_yaml: Path) -> Path:
@@ -364,8 +380,8 @@ def check_fast_paths(
 def summary(serves: str, queue: str, paths: list[PathCheck], ref: dict, n: int, tol) -> str:
     """One paragraph: what serves, what the queue ranks on, and each path's figures."""
     float_figures = (
-        f"float weights AP50 {ref['map50']:.3f}, P {ref['precision']:.3f}, R {ref['recall']:.3f} "
-        f"on {n} test image(s)"
+        f"float weights AP50 {_fmt(ref['map50'])}, P {_fmt(ref['precision'])}, "
+        f"R {_fmt(ref['recall'])} on {n} test image(s)"
     )
     tried = "; ".join(p.describe() for p in paths) or "no fast path tried"
     return (
