@@ -16,7 +16,16 @@ import pytest
 
 from xray_assets import layout
 from xray_assets.core.classes import TASKS
-from xray_assets.defs import datasets, drops, evaluation, gate, nih, training, vinbigdata
+from xray_assets.defs import (
+    datasets,
+    drops,
+    evaluation,
+    gate,
+    nih,
+    serving,
+    training,
+    vinbigdata,
+)
 from xray_assets.defs.resources import SHARD_PARTITIONS, XrayResource
 from xray_assets.records import EvaluationSummary, ModelRecord, find_rule
 
@@ -194,7 +203,7 @@ def test_champion_gate_fails_closed_when_the_champion_cannot_be_rescored(xray):
             assert checks["champion_rescored"] is False, checks
             assert md["decision"] == "held" and md["version"] == str(v2.version), md
             assert f"{name} v1 could not be re-scored" in md["reason"] and why in md["reason"]
-            assert tracking.alias_version(xray.tracking_uri, name, "champion").version == "1"
+            assert str(tracking.alias_version(xray.tracking_uri, name, "champion").version) == "1"
             saved = xray.storage.read_json(*layout.gate_record(TASK))
             assert saved["decision"] == "held" and saved["held_by"] == ["champion_rescored"]
             tags = client.get_model_version(name, str(v2.version)).tags
@@ -252,7 +261,15 @@ def test_annotation_queue(xray):
         _run(annotation.annotation_queue, xray, partition_key=TASK, config=annotation.QueueConfig())
     )
     assert again["scored_this_run"] == 0, "scores are cached per (image, model version)"
-    assert md["scoring_runtime"].startswith("openvino "), "the served runtime scores the queue"
+    # the path the serving check chose for the queue on this CPU (served_int8's metadata says which)
+    queue_path = _md(_run(serving.served_int8, xray, partition_key=TASK))["queue_ranks_on"]
+    runtime = md["scoring_runtime"]
+    assert (queue_path == "pytorch") == runtime.startswith("pytorch f32 "), (runtime, queue_path)
+    assert (
+        queue_path == "pytorch"
+        or runtime.startswith("openvino ")
+        and f"the {queue_path} path" in runtime
+    )
     assert md["images_per_minute"] > 0
 
 

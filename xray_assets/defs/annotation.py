@@ -138,7 +138,13 @@ def annotation_queue(
             {"image_id": todo["image_id"], "path": [str(index[i]) for i in todo["image_id"]]}
         )
         scorer = fast_scorer(xray, task.name, weights, version, rule, imgsz, context.log.info)
-        runtime = f"{scorer.check.queue}: {scorer.precision} (INT8 {scorer.check.verdict})"
+        runtime = (
+            f"openvino {scorer.precision} (the {scorer.check.queue} path; INT8 "
+            f"{scorer.check.verdict})"
+            if scorer.runner is not None
+            else f"pytorch f32 (no fast path ranks like the float weights; INT8 "
+            f"{scorer.check.verdict})"
+        )
         context.log.info(
             f"{task.name}: scoring {len(images)} candidate(s) with version {version} on "
             f"{runtime}: {scorer.check.reason}"
