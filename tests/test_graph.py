@@ -129,9 +129,10 @@ def test_catalog_specs_a_team_can_read():
         "listed_images_exist",
         "inputs_within_quarantine_limit",
         "evaluated_on_current_test_split",
+        "champion_rescored",
     } <= checks
     gate_checks = [c for c in graph.asset_check_keys if c.asset_key == dg.AssetKey("champion_gate")]
-    assert len(gate_checks) == 2 and all(graph.get_check_spec(c).blocking for c in gate_checks), (
+    assert len(gate_checks) == 3 and all(graph.get_check_spec(c).blocking for c in gate_checks), (
         "the gate's guards are blocking: a failing one holds the promotion"
     )
 
