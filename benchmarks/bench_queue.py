@@ -1,5 +1,5 @@
 """The annotation queue's scoring: images per minute on this machine's cores, the fast path (the
-served runtime: OpenVINO INT8, decoding threads and OpenVINO's asynchronous requests, as
+served runtime: OpenVINO INT8, synchronous requests in as many threads as OpenVINO asks for, as
 `annotation_queue` runs it) against the PyTorch predict path it replaced (one image at a time), at
 the study's size (`checkpoints.study_size`), on 1024 px PNGs like NIH's. Goals: >= 3x, and a full
 40,000-candidate pool for one task in under an hour."""

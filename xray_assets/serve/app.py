@@ -57,7 +57,7 @@ def provenance(m: ServedModel) -> str:
 
 def panel_boxes(panel: list[ServedModel], gray: np.ndarray) -> list[list[dict]]:
     """Each model's boxes. Models on the fast path that share an input size get one letterbox and
-    run at once (asynchronous requests); any other model runs its own `detect`."""
+    run at once (one synchronous request each, in threads); any other model runs its own `detect`."""
     from .runtime import infer_together, letterbox
 
     fast = [m for m in panel if m.runner is not None]
