@@ -71,6 +71,11 @@ def test_a_cached_verdict_answers_only_for_the_same_weights_tolerance_and_cpu(tm
     assert _cached(record, "abc", TOL, "x86_64 avx2 amx_tile") is None, "another CPU"
     assert _cached(record, "abd", TOL, "x86_64 avx2") is None, "other weights"
     assert _cached(record, "abc", ServeTolerance(ap50=0.02), "x86_64 avx2") is None
+    assert _cached(record, "abc", TOL, "x86_64 avx2", int8=False) is None, "INT8 since turned off"
+    off = ServingCheck("off", "r", "float", "float", "abc", "x86_64 avx2")
+    record.write_text(json.dumps(off.as_dict()))
+    assert _cached(record, "abc", TOL, "x86_64 avx2", int8=False).verdict == "off"
+    assert _cached(record, "abc", TOL, "x86_64 avx2") is None, "INT8 since turned on: try it"
 
 
 def test_a_hang_fails_the_run_with_its_stacks():

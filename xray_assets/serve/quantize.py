@@ -271,7 +271,9 @@ def choose(paths: list[PathCheck], tolerance: ServeTolerance) -> tuple[str, str]
     return serves, queue
 
 
-def _cached(record: Path, sha: str, tolerance: ServeTolerance, cpu: str) -> ServingCheck | None:
+def _cached(
+    record: Path, sha: str, tolerance: ServeTolerance, cpu: str, int8: bool = True
+) -> ServingCheck | None:
     if not record.exists():
         return None
     try:
@@ -279,7 +281,10 @@ def _cached(record: Path, sha: str, tolerance: ServeTolerance, cpu: str) -> Serv
     except (ValueError, TypeError, KeyError):
         return None
     same = (
-        cached.weights_sha256 == sha and cached.tolerance == asdict(tolerance) and cached.cpu == cpu
+        cached.weights_sha256 == sha
+        and cached.tolerance == asdict(tolerance)
+        and cached.cpu == cpu
+        and (cached.verdict == OFF) == (not int8)  # INT8 tried exactly where it is on
     )
     return cached if same else None
 
@@ -302,8 +307,8 @@ def check_fast_paths(
     weights = Path(weights)
     record = weights.with_name(f"{weights.stem}-{imgsz}_serving_check.json")
     sha, cpu = file_sha256(weights), cpu_signature()
-    cached = _cached(record, sha, tolerance, cpu)
-    if cached is not None and (int8 or cached.verdict == OFF):
+    cached = _cached(record, sha, tolerance, cpu, int8)
+    if cached is not None:
         return cached
     t0 = time.time()
     base = {"weights_sha256": sha, "cpu": cpu, "tolerance": asdict(tolerance)}
