@@ -493,7 +493,9 @@ def test_panel_one_letterbox_many_models_equals_each_model_alone(panel, sample_d
         )
 
 
-def test_fast_path_boxes_equal_ultralytics_predict_on_the_same_export(toy_model, tmp_path):
+def test_fast_path_boxes_equal_ultralytics_predict_on_the_same_export(
+    toy_model, tmp_path, monkeypatch
+):
     """OpenVinoRunner's own letterbox, inference and NMS give ultralytics' `predict` boxes on the
     same OpenVINO export (not square images included)."""
     import shutil
@@ -514,6 +516,23 @@ def test_fast_path_boxes_equal_ultralytics_predict_on_the_same_export(toy_model,
     weights = tmp_path / "best.pt"
     shutil.copyfile(toy_model[0], weights)
     export = export_model(weights, TOY_SIZE, "openvino")
+    from xray_assets.serve.runtime import compile_config
+
+    forced = compile_config("LATENCY").get("INFERENCE_PRECISION_HINT")
+    if forced:
+        # oneDNN held below bf16 (ONEDNN_MAX_CPU_ISA=AVX2, to run as an AVX2-only CPU would): OpenVINO
+        # still picks bf16 from the CPU's flags and finds no kernel for it ("Supported primitive
+        # descriptors list is empty"); ultralytics' own backend is told f32 as ours is, which is
+        # what OpenVINO picks by itself on a real AVX2-only CPU
+        import openvino as ov
+
+        real = ov.Core.compile_model
+
+        def compile_f32(self, model, device_name=None, config=None, **kw):
+            config = {**(config or {}), "INFERENCE_PRECISION_HINT": forced}
+            return real(self, model, device_name, config, **kw)
+
+        monkeypatch.setattr(ov.Core, "compile_model", compile_f32)
     runner, reference = OpenVinoRunner(export, TOY_SIZE), load_model(export)
     classes = list(TASKS["nih_multi"].classes)
     rule = DetectionRule(0.01, 0.5)
