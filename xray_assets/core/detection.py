@@ -68,6 +68,11 @@ class DetectionRule:
             "max_det": self.max_det,
         }
 
+    @property
+    def chosen(self) -> str:
+        """How the rule was chosen, in words: "tuned on val" or "fallback: why"."""
+        return f"fallback: {self.fallback}" if self.fallback else "tuned on val"
+
     def as_dict(self) -> dict:
         d = asdict(self)
         if not self.fallback:
@@ -82,7 +87,7 @@ class DetectionRule:
             "nms_agnostic": str(self.agnostic).lower(),
             "nms_multi_label": str(self.multi_label).lower(),
             "nms_max_det": str(self.max_det),
-            "nms_chosen": f"fallback: {self.fallback}"[:250] if self.fallback else "tuned on val",
+            "nms_chosen": self.chosen[:250],
         }
 
     @classmethod

@@ -132,7 +132,7 @@ def nms_thresholds(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.
             "agnostic_nms": rule.agnostic,
             "max_det": rule.max_det,
             "rule": rule.describe(),
-            "chosen": f"fallback: {fallback}" if fallback else "tuned on val",
+            "chosen": rule.chosen,
             "objective": round(best["objective"], 4),
             "val_map50_at_conf": round(best["map50"], 4),
             "val_recall": round(best["recall"], 4),

@@ -159,9 +159,7 @@ class ServedModel:
             "iou": self.iou,
             "agnostic_nms": self.rule.agnostic,
             "max_det": self.rule.max_det,
-            "rule_chosen": f"fallback: {self.rule.fallback}"
-            if self.rule.fallback
-            else "tuned on val",
+            "rule_chosen": self.rule.chosen,
             "imgsz": self.imgsz,
             "profile": self.profile,
             "init": self.init,

@@ -17,7 +17,7 @@ Every request is synchronous, run from a Python thread (OpenVINO releases the GI
 and every compiled model lives as long as the process (`compiled_model`). OpenVINO's
 `AsyncInferQueue` with a Python callback deadlocked at teardown on AMD Zen 4 with OpenVINO 2026.4.1
 (the main thread in `~CompiledModel` joining an executor thread that waited for the GIL; measured
-here: a hang within 3 runs of `detect_paths` with the runner dropped after each), and synchronous
+here: hangs after 1, 16 and 22 runs of `detect_paths` with the runner dropped after each), and synchronous
 requests in threads scored as fast (`benchmarks/bench_queue.py`). No Python code runs on
 OpenVINO's own threads, so none of them can wait for the GIL.
 """
