@@ -30,15 +30,11 @@ OPS_PER_CYCLE = {
 AVX2_ONLY = {"sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c"}
 
 
-@cache
 def cpu_flags() -> set[str]:
-    """The CPU's own flags (/proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    m = re.search(r"^flags\s*:\s*(.*)$", text, re.MULTILINE)
-    return set(m.group(1).split()) if m else set()
+    """The CPU's own flags (/proc/cpuinfo), as the serving check reads them."""
+    from xray_assets.serve.runtime import cpu_flags as read
+
+    return set(read())
 
 
 def capped() -> bool:

@@ -25,8 +25,11 @@ OpenVINO's own threads, so none of them can wait for the GIL.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import os
+import platform
 import queue
+import re
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,19 +82,22 @@ KERNEL_FLAGS = (
 )
 
 
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's own flags (/proc/cpuinfo; empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    m = re.search(r"^flags\s*:\s*(.*)$", text, re.MULTILINE)
+    return frozenset(m.group(1).split()) if m else frozenset()
+
+
 def cpu_signature() -> str:
     """The instruction sets the inference kernels may use here, as one line: the CPU's flags that
     matter (/proc/cpuinfo) and the caps the environment puts on oneDNN and PyTorch. A fast path's
     accuracy check holds for the CPU it ran on: another signature checks again."""
-    import platform
-    import re
-
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"^flags\s*:\s*(.*)$", text, re.MULTILINE)
-        flags = set(m.group(1).split()) if m else set()
-    except OSError:
-        flags = set()
+    flags = cpu_flags()
     caps = [
         f"{k}={os.environ[k]}"
         for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
