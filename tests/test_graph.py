@@ -119,7 +119,7 @@ def test_catalog_specs_a_team_can_read():
         assert reads <= deps, (key, reads - deps)
     assert graph.get(dg.AssetKey("trained_models")).pools == {"gpu"}
     # conditions: the labels follow drops, the rest follow changed data; the report tolerates missing tasks
-    assert "drop" in str(specs["nih_labels"].automation_condition.get_label())
+    assert "label_drops sensor" in str(specs["nih_labels"].automation_condition.get_label())
     assert "missing inputs allowed" in str(specs["study_report"].automation_condition.get_label())
     checks = {c.name for c in graph.asset_check_keys}
     assert {

@@ -354,3 +354,42 @@ def test_vinbigdata_drop_with_a_dicom_over_the_pixel_budget_is_rejected_naming_i
         match=rf"{dcm.name} declares 60000 x 60000 pixels .* limit is 50 megapixels",
     ):
         inbox.validate(folder, inbox.Known())
+
+
+def test_label_drops_requests_ingest_until_every_committed_drop_is_read(xray):
+    """Catches: a committed drop that no label run reads (a drop landing between the same two ticks
+    as a label run's end was never ingested), a request while an ingest run is still queued, or a
+    request repeated once every drop is in the label tables."""
+    from helpers import graph
+
+    from xray_assets.defs.drops import label_drops
+
+    defs, everything = graph(xray)
+    ingest = defs.resolve_job_def("ingest_labels")
+
+    def tick(instance):
+        return label_drops(dg.build_sensor_context(instance=instance, resources={"xray": xray}))
+
+    with dg.instance_for_test() as instance:
+        assert ingest.execute_in_process(instance=instance, resources={"xray": xray}).success
+        assert not tick(instance).run_requests, "no drop yet"
+        keys = []
+        for name, seed in (("one", 1), ("two", 2)):
+            folder = write_drop(xray.inbox / name, "nih", n_annotated=2, seed=seed)
+            (rr,) = _tick(xray, instance).run_requests
+            instance.add_dynamic_partitions("annotation_drops", [rr.partition_key])
+            assert _accept(xray, instance, rr.partition_key, folder).success
+            keys.append(rr.partition_key)
+            # the label assets last read before this drop was committed: a request
+            (request,) = tick(instance).run_requests
+            assert request.run_key.startswith("drops-")
+        # an ingest run in progress holds the next request back
+        running = instance.create_run_for_job(ingest, status=dg.DagsterRunStatus.STARTED)
+        assert not tick(instance).run_requests
+        instance.report_run_failed(running)
+        assert ingest.execute_in_process(instance=instance, resources={"xray": xray}).success
+        assert not tick(instance).run_requests, "every committed drop is read"
+        event = instance.get_latest_materialization_event(dg.AssetKey("nih_boxes"))
+        assert event.asset_materialization.metadata["drops_read"].value == keys
+        boxes = xray.storage.read_parquet("nih", "boxes.parquet")
+        assert set(keys) <= set(boxes["source"])

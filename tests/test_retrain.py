@@ -74,7 +74,7 @@ def test_automation_retrains_what_changed_and_never_past_a_failing_check(
     from xray_assets.core import champion
     from xray_assets.core.classes import TASKS as TASK_DEFS
     from xray_assets.core.metrics import average_precision, paired_bootstrap
-    from xray_assets.defs.drops import new_annotations
+    from xray_assets.defs.drops import label_drops, new_annotations
 
     xray = XrayResource(
         data_dir=str(data_copy),
@@ -169,13 +169,24 @@ def test_automation_retrains_what_changed_and_never_past_a_failing_check(
             resources={"xray": xray},
             run_config=rr.run_config,
         ).success
+        # the label_drops sensor sees a committed drop no label table has read: it requests
+        # ingest_labels (run here as the daemon would), and nothing more once they have
+        behind = label_drops(dg.build_sensor_context(instance=instance, resources={"xray": xray}))
+        (ingest,) = behind.run_requests
+        assert (
+            defs.resolve_job_def("ingest_labels")
+            .execute_in_process(instance=instance, resources={"xray": xray}, tags=ingest.tags)
+            .success
+        )
+        again = label_drops(dg.build_sensor_context(instance=instance, resources={"xray": xray}))
+        assert not again.run_requests, "every committed drop is in the label tables"
         cursor, ticks = _settle(defs, everything, xray, instance, cursor)
         done = _all(ticks)
         changed = {t for t, h in _hashes(st).items() if h != hashes_before[t]}
         assert changed and changed <= {t for t in TASKS if t.startswith("united_")}
         assert done.get("trained_models") == changed, (done, changed)
         assert done.get("evaluation_reports") == changed and "study_report" in done
-        assert {"vinbigdata_annotations", "vinbigdata_images", "patient_splits"} <= set(done)
+        assert {"vinbigdata_images", "patient_splits"} <= set(done)
 
     splits_after = pd.read_parquet(st.root / "datasets" / "splits.parquet")
     old = splits_before.merge(splits_after, on="image_id", suffixes=("_before", "_after"))

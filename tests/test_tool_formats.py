@@ -65,7 +65,8 @@ def test_coco_boxes_an_existing_image_in_its_own_pixels_and_keeps_a_boxed_findin
     assert (row.image_id, row.label) == (OLD, "Effusion")
     assert (row.x_min, row.y_min, row.x_max, row.y_max) == (20, 40, 220, 140), "scaled 512 -> 1024"
     kept_out = drop.tables["kept_out"]
-    assert list(kept_out["label"]) == ["Mass"] and "already has boxes" in kept_out["reason"][0]
+    assert list(kept_out["label"]) == ["Mass"]
+    assert kept_out["reason"][0].startswith(f"{OLD} already has Mass boxes"), kept_out["reason"][0]
     assert drop.summary["kept_out"] == 1 and drop.summary["new_images"] == 0
 
 
@@ -308,7 +309,11 @@ def test_a_coco_drop_boxes_a_label_only_image_of_the_data_through_the_assets(dat
             resources={"xray": xray}, partition_key=key, instance=instance
         )
         result = drops.annotation_drops(context, config=drops.DropConfig())
-        assert result.metadata["format"] == "coco" and result.metadata["images"] == 0
+        assert result.metadata["format"] == "coco"
+        # one figure for the images the drop annotates, the same as its summary's (was 0 vs 1)
+        summary = result.metadata["summary"].value.records[0].data
+        assert result.metadata["images"] == summary["images"] == 1
+        assert result.metadata["new_images"] == summary["new_images"] == 0
         nih.nih_boxes(dg.build_asset_context(resources={"xray": xray}))
     boxes = xray.storage.read_parquet("nih", "boxes.parquet")
     mine = boxes[boxes["source"] == key]
@@ -354,3 +359,77 @@ def test_batch_exports_read_back_as_the_boxes_they_were_given(tmp_path):
         tool_formats.read_cvat(tmp_path / "cvat.xml", KNOWN.nih_size),
     ):
         assert back[cols].values.tolist() == boxes[cols].values.tolist()
+
+
+def test_an_accepted_or_edited_box_of_a_finding_boxed_meanwhile_is_reported_per_box(tmp_path):
+    """Catches: an accepted or edited pre-annotation kept out silently (counted as accepted 0,
+    edited 0), or its reason not naming the image, the finding, its origin and the existing boxes'
+    source."""
+    known = inbox.Known(
+        nih={OLD},
+        boxed={(OLD, "Effusion"): "drop other-123", (OLD, "Cardiomegaly"): "BBox_List_2017.csv"},
+        nih_size=KNOWN.nih_size,
+    )
+    folder = _drop(tmp_path, {"export.json": json.dumps(label_studio_export())})
+    drop = inbox.validate(folder, known, pseudonym_key=KEY)
+    kept = drop.tables["kept_out"].set_index("label")
+    assert set(kept.index) == {"Effusion", "Cardiomegaly"}
+    assert kept.at["Effusion", "reason"] == (
+        f"{OLD} already has Effusion boxes (from drop other-123); this accepted box is kept out "
+        "and the existing boxes stand"
+    )
+    assert "edited box" in kept.at["Cardiomegaly", "reason"]
+    assert "BBox_List_2017.csv" in kept.at["Cardiomegaly", "reason"]
+    s = drop.summary
+    assert (s["pre_annotations_accepted"], s["pre_annotations_edited"], s["added"]) == (1, 1, 1)
+    assert (s["kept_out_accepted"], s["kept_out_edited"], s["kept_out"]) == (1, 1, 2)
+    assert s["images"] == 1 and s["new_images"] == 0
+
+
+def test_a_batch_never_proposes_a_finding_the_image_already_has_boxes_of():
+    """Catches: a pre-annotation exported for an (image, finding) that has boxes (the drop keeps it
+    out, and the radiologist's work on it is lost), the boxed findings missing from the task, or
+    the acquisition score shown as the model's confidence (Label Studio's "129.02%")."""
+    from xray_assets.core import batch_export
+    from xray_assets.core.classes import TASKS
+
+    task = TASKS["nih_multi"]
+    dets = pd.DataFrame(
+        {
+            "image_id": ["a.png", "a.png", "a.png", "b.png"],
+            "label": ["Mass", "Nodule", "Effusion", "Mass"],
+            "score": [0.9, 0.4, 0.3, 0.8],
+            "x_min": 10.0,
+            "y_min": 10.0,
+            "x_max": 50.0,
+            "y_max": 60.0,
+        }
+    )
+    boxed = batch_export.boxed_findings(
+        pd.DataFrame({"image_id": ["a.png", "c.png"], "label": ["Mass", "Mass"]}),
+        ["a.png", "b.png"],
+    )
+    assert boxed == {"a.png": ["Mass"]}
+    listed = {"a.png": ["Nodule"], "b.png": ["Mass"]}
+    got = batch_export.pre_annotations(dets, task, listed, boxed)
+    assert sorted(zip(got["image_id"], got["label"])) == [
+        ("a.png", "Effusion"),
+        ("a.png", "Nodule"),
+        ("b.png", "Mass"),
+    ]
+    batch = pd.DataFrame(
+        {
+            "image_id": ["a.png", "b.png"],
+            "width": 100,
+            "height": 100,
+            "listed": [["Nodule"], ["Mass"]],
+            "boxed": [["Mass"], []],
+            "rank": [1, 2],
+            "score": [1.2902, 0.7],
+        }
+    )
+    tasks = batch_export.label_studio_tasks(batch, got, "m v1", lambda i: f"/x/{i}")
+    assert [t["data"]["boxed"] for t in tasks] == ["Mass", "none"]
+    assert [t["data"]["acquisition_score"] for t in tasks] == [1.2902, 0.7]
+    assert [t["predictions"][0]["score"] for t in tasks] == [0.4, 0.8], "the model's confidence"
+    assert "$boxed" in batch_export.label_config(task)

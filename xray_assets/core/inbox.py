@@ -56,8 +56,9 @@ class Known:
 
     nih: set[str] = field(default_factory=set)  # NIH image ids
     vinbigdata: set[str] = field(default_factory=set)  # VinBigData image ids
-    #: (image id, finding) pairs that have NIH boxes (the original box list and other drops)
-    boxed: set[tuple[str, str]] = field(default_factory=set)
+    #: (image id, finding) pairs that have NIH boxes (the original box list and other drops), each
+    #: with where its boxes come from when known (a set of pairs is taken too)
+    boxed: dict[tuple[str, str], str] | set[tuple[str, str]] = field(default_factory=dict)
     #: an NIH image's stored (width, height), from its file's header; None: not in the data
     nih_size: "tool_formats.SizeOf" = lambda image_id: None
 
@@ -298,15 +299,24 @@ def _validate_tool(
             [tool_formats.label_studio_annotated(p) for p in files], ignore_index=True
         ).drop_duplicates()
     drop.images = {i: pngs[i] for i in sorted(new_ids)}
+    annotated = set(boxes["image_id"]) | set(kept_out["image_id"]) | set(deleted["image_id"])
+    if "tasks" in drop.tables:
+        annotated |= set(drop.tables["tasks"]["image_id"])
+    every = pd.concat([boxes, kept_out, deleted])
     drop.summary = {
         "format": fmt,
-        "images": int(boxes["image_id"].nunique()),
+        "images": len(annotated | new_ids),
         "new_images": len(new_ids),
         "boxes": len(boxes),
         "kept_out": len(kept_out),
         **{
             f"pre_annotations_{o}" if o != "added" else "added": n
-            for o, n in tool_formats.origin_counts(pd.concat([boxes, deleted])).items()
+            for o, n in tool_formats.origin_counts(every).items()
+        },
+        **{
+            f"kept_out_{o}": n
+            for o, n in tool_formats.origin_counts(kept_out).items()
+            if o != "deleted"
         },
     }
     return drop
@@ -314,10 +324,20 @@ def _validate_tool(
 
 def _keep_new_findings(boxes: pd.DataFrame, known: Known) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(boxes kept, boxes kept out): a box for an (image, finding) that already has boxes from
-    another source is kept out, so the original boxes stand."""
+    another source is kept out, so the original boxes stand; each kept-out box says why, naming
+    where the existing boxes come from (a batch's pre-annotation accepted after the image gained a
+    box of that finding elsewhere is reported, never lost silently)."""
     pairs = list(zip(boxes["image_id"], boxes["label"]))
     out = pd.Series([p in known.boxed for p in pairs], index=boxes.index, dtype=bool)
-    kept_out = boxes[out].assign(reason="this image already has boxes of this finding")
+    where = known.boxed if isinstance(known.boxed, dict) else {}
+    origin = boxes["origin"] if "origin" in boxes else pd.Series("", index=boxes.index)
+    reasons = [
+        f"{i} already has {label} boxes (from {where.get((i, label)) or 'another source'}); this "
+        + (f"{o} " if o else "")
+        + "box is kept out and the existing boxes stand"
+        for (i, label), o in zip(pairs, origin)
+    ]
+    kept_out = boxes.assign(reason=reasons)[out]
     return boxes[~out].reset_index(drop=True), kept_out.reset_index(drop=True)
 
 
@@ -357,7 +377,8 @@ def _validate_nih(drop: Drop, kinds: dict[str, Path], known: Known) -> Drop:
     drop.images = {i: pngs[i] for i in labels["image_id"]}
     drop.summary = {
         "format": "nih",
-        "images": len(labels),
+        "images": len(set(labels["image_id"]) | set(boxes["image_id"]) | set(kept_out["image_id"])),
+        "new_images": len(labels),
         "boxes": len(boxes),
         "patients": int(labels["patient_id"].nunique()),
         "existing_images_boxed": int(
@@ -385,6 +406,7 @@ def _validate_vinbigdata(drop: Drop, table: Path, known: set[str]) -> Drop:
     drop.summary = {
         "format": "vinbigdata",
         "images": len(drop.images),
+        "new_images": len(drop.images),
         "rows": len(ann),
         "boxes": int(ann["x_min"].notna().sum()),
     }

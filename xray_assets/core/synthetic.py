@@ -801,13 +801,16 @@ def write_drop(
     fmt: str,
     n_annotated: int = 6,
     seed: int = 101,
-    first_patient: int = 90_000,
+    first_patient: int | None = None,
     max_side: int = 700,
     ready: bool = True,
 ) -> Path:
     """A sample annotation drop for the inbox: new patients (NIH) or new image ids (VinBigData),
-    in the native formats, with a READY marker unless `ready` is False."""
+    in the native formats, with a READY marker unless `ready` is False. NIH drops of different
+    seeds use different patients (a block of 1,000 per seed), so they never collide."""
     folder = Path(folder)
+    if first_patient is None:
+        first_patient = 90_000 + 1_000 * (seed % 9_000)
     if fmt == "nih":
         write_nih(
             folder,

@@ -2,7 +2,9 @@
 sensor that evaluates them, the weekly re-ingest schedule, and the helpers that version the code.
 
 Every asset returns a content-derived data version, so "changed" means changed content:
-- the label assets re-read their files when a new annotation drop is accepted (`on_new_drop`);
+- the label assets re-read their files when their reader's code changed (`on_reader_change`); a newly
+  accepted annotation drop reaches them through the `label_drops` sensor (`defs/drops.py`), which
+  requests `ingest_labels` until every committed drop is in the label tables;
 - everything below re-materialises only when the data version of a dependency that feeds it changed,
   or its own code version changed (`on_new_data`); re-ingesting unchanged labels changes no data
   version and launches nothing;
@@ -50,16 +52,16 @@ def on_new_data(
     return cond.with_label("on new data" + (" (missing inputs allowed)" if allow_missing else ""))
 
 
-def on_new_drop() -> dg.AutomationCondition:
-    """The label readers: when an annotation drop partition is newly accepted (a failed drop does not block)."""
+def on_reader_change() -> dg.AutomationCondition:
+    """The label readers re-read their files when their own code changed. A newly accepted drop is
+    not this condition's: `any_deps_updated().since_last_handled()` misses a drop committed between
+    the same two ticks as the label run's end (both are "new" at once and the reset wins), so the
+    `label_drops` sensor requests `ingest_labels` until every committed drop is in the tables."""
     return (
-        (
-            dg.AutomationCondition.any_deps_updated()
-            | dg.AutomationCondition.code_version_changed()
-        ).since_last_handled()
+        dg.AutomationCondition.code_version_changed().since_last_handled()
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
-    ).with_label("on a new annotation drop")
+    ).with_label("on a change of the reader's code (new drops: the label_drops sensor)")
 
 
 def code_version(*objects, libraries: tuple[str, ...] = (), settings: tuple = ()) -> str:

@@ -25,6 +25,7 @@ from .. import layout
 from ..core import inbox
 from ..core.labels import read_nih_labels, read_vinbigdata_annotations
 from ..storage import Storage
+from .automation import LABEL_ASSETS, ingest_labels_job
 from .resources import DROP_PARTITIONS, XrayResource, table_value
 
 COMMIT = "drop.json"
@@ -39,11 +40,14 @@ def committed(shared: Storage) -> list[str]:
     )
 
 
-def read_drop_tables(shared: Storage, table: str, exclude: str | None = None) -> pd.DataFrame:
-    """`table` (labels, boxes or annotations) of every committed drop, with `source` = the drop's key."""
+def read_drop_tables(
+    shared: Storage, table: str, exclude: str | None = None, keys: list[str] | None = None
+) -> pd.DataFrame:
+    """`table` (labels, boxes or annotations) of every committed drop (or of `keys`, committed drops
+    listed once by the caller), with `source` = the drop's key."""
     parts = [
         shared.read_parquet("drops", k, f"{table}.parquet").assign(source=k)
-        for k in committed(shared)
+        for k in (committed(shared) if keys is None else keys)
         if k != exclude and shared.exists("drops", k, f"{table}.parquet")
     ]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
@@ -61,6 +65,39 @@ def drop_image_paths(shared: Storage, folder: str) -> dict[str, Path]:
     return out
 
 
+#: a label asset's metadata entry listing the committed drops its run read (the `label_drops`
+#: sensor compares it with the committed drops)
+DROPS_READ = "drops_read"
+
+
+def drops_read(keys: list[str]) -> dict:
+    """The label assets' metadata entries for the drops a run read."""
+    return {DROPS_READ: dg.MetadataValue.json(list(keys)), "drops": len(keys)}
+
+
+def drops_behind(instance: dg.DagsterInstance, accepted: list[str]) -> dict[str, list[str]]:
+    """label asset -> the committed drops its latest materialisation did not read."""
+    behind = {}
+    for name in LABEL_ASSETS:
+        event = instance.get_latest_materialization_event(dg.AssetKey(name))
+        read: set[str] = set()
+        if event is not None and event.asset_materialization is not None:
+            entry = event.asset_materialization.metadata.get(DROPS_READ)
+            read = set(entry.value) if entry is not None else set()
+        missing = [k for k in accepted if k not in read]
+        if missing:
+            behind[name] = missing
+    return behind
+
+
+ACTIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
 class DropConfig(dg.Config):
     folder: str = Field(
         default="",
@@ -74,14 +111,14 @@ def _known(xray: XrayResource, key: str) -> inbox.Known:
     from ..core.labels import read_nih_boxes
     from .datasets import nih_image_index
 
-    nih_ids, vbd_ids, boxed = set(), set(), set()
+    nih_ids, vbd_ids, boxed = set(), set(), {}
     entry = xray.data("nih", "Data_Entry_2017.csv")
     if entry.exists():
         nih_ids |= set(read_nih_labels(entry)["image_id"])
     box_list = xray.data("nih", "BBox_List_2017.csv")
     if box_list.exists():
         b = read_nih_boxes(box_list)
-        boxed |= set(zip(b["image_id"], b["label"]))
+        boxed.update(dict.fromkeys(zip(b["image_id"], b["label"]), box_list.name))
     train = xray.data("vinbigdata", "train.csv")
     if train.exists():
         vbd_ids |= set(read_vinbigdata_annotations(train)["image_id"])
@@ -90,7 +127,12 @@ def _known(xray: XrayResource, key: str) -> inbox.Known:
         nih_ids |= set(labels["image_id"])
     boxes = read_drop_tables(xray.shared, "boxes", exclude=key)
     if len(boxes):
-        boxed |= set(zip(boxes["image_id"], boxes["label"]))
+        boxed.update(
+            {
+                p: f"drop {src}"
+                for p, src in zip(zip(boxes["image_id"], boxes["label"]), boxes["source"])
+            }
+        )
     ann = read_drop_tables(xray.shared, "annotations", exclude=key)
     if len(ann):
         vbd_ids |= set(ann["image_id"])
@@ -174,7 +216,9 @@ def annotation_drops(
                 tmp = target.with_name(f".{target.name}.tmp")
                 shutil.copyfile(src, tmp)
                 tmp.replace(target)
-    context.log.info(f"drop {key}: {len(drop.images)} image(s) stored")
+    context.log.info(f"drop {key}: {len(drop.images)} new image file(s) stored")
+    for r in drop.tables.get("kept_out", pd.DataFrame()).itertuples(index=False):
+        context.log.warning(f"drop {key}: kept out: {r.reason}")
     # 2. the rows, one table after another
     for name, table in drop.tables.items():
         st.write_parquet(table, "drops", key, f"{name}.parquet")
@@ -194,10 +238,17 @@ def annotation_drops(
     return dg.MaterializeResult(
         metadata={
             "format": drop.fmt,
-            "images": len(drop.images),
+            # one figure for the images a drop annotates, the same as its summary's
+            "images": drop.summary["images"],
+            "new_images": len(drop.images),
             "rows": rows,
             "digest": digest[:16],
             "summary": table_value(pd.DataFrame([drop.summary])),
+            **(
+                {"kept_out": table_value(drop.tables["kept_out"][["image_id", "label", "reason"]])}
+                if len(drop.tables.get("kept_out", ()))
+                else {}
+            ),
             "stored_at": dg.MetadataValue.path(str(st.root / "drops" / key)),
             "archived_at": dg.MetadataValue.path(str(kept_at)),
             "dagster/row_count": rows,
@@ -255,4 +306,45 @@ def new_annotations(context: dg.SensorEvaluationContext, xray: XrayResource) -> 
     )
 
 
-defs = dg.Definitions(assets=[annotation_drops], sensors=[new_annotations])
+@dg.sensor(
+    job=ingest_labels_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Compares the committed drops with the drops each label asset's latest run read (its "
+    "`drops_read` metadata) and, while one is missing and no ingest_labels run is queued or running, "
+    "requests ingest_labels (run_key: the missing drops). Every accepted drop reaches the label "
+    "tables, whenever it lands. It never copies, writes or moves anything.",
+)
+def label_drops(context: dg.SensorEvaluationContext, xray: XrayResource) -> dg.SensorResult:
+    import hashlib
+
+    accepted = committed(xray.shared)
+    behind = drops_behind(context.instance, accepted)
+    if not behind:
+        return dg.SensorResult(
+            skip_reason=dg.SkipReason(
+                f"every committed drop ({len(accepted)}) is in the label tables"
+            )
+        )
+    active = context.instance.get_runs(
+        dg.RunsFilter(job_name=ingest_labels_job.name, statuses=ACTIVE), limit=1
+    )
+    missing = sorted({k for keys in behind.values() for k in keys})
+    if active:
+        return dg.SensorResult(
+            skip_reason=dg.SkipReason(
+                f"{len(missing)} drop(s) not yet read; waiting for run {active[0].run_id[:8]}"
+            )
+        )
+    digest = hashlib.sha256("\n".join(missing).encode()).hexdigest()[:16]
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=f"drops-{digest}",
+                tags={"xray/drops_missing": str(len(missing))},
+            )
+        ]
+    )
+
+
+defs = dg.Definitions(assets=[annotation_drops], sensors=[new_annotations, label_drops])

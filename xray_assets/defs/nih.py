@@ -5,8 +5,8 @@ import pandas as pd
 
 from .. import layout
 from ..core import labels
-from .automation import code_version, content_version, on_new_drop
-from .drops import annotation_drops, read_drop_tables
+from .automation import code_version, content_version, on_reader_change
+from .drops import annotation_drops, committed, drops_read, read_drop_tables
 from .resources import XrayResource, column_schema, ingest_table, table_value
 
 OWNERS = ["team:radiology-data"]
@@ -45,10 +45,7 @@ BOXES_SCHEMA = column_schema(
 )
 
 
-def _with_drops(
-    xray: XrayResource, original: pd.DataFrame, source: str, table: str
-) -> pd.DataFrame:
-    drops = read_drop_tables(xray.shared, table)
+def _with_drops(original: pd.DataFrame, source: str, drops: pd.DataFrame) -> pd.DataFrame:
     frames = [original.assign(source=source)] + (
         [drops[[*original.columns, "source"]]] if len(drops) else []
     )
@@ -61,7 +58,7 @@ def _with_drops(
     owners=OWNERS,
     tags=TAGS,
     deps=[annotation_drops],
-    automation_condition=on_new_drop(),
+    automation_condition=on_reader_change(),
     code_version=code_version(labels.read_nih_labels_checked),
     metadata={"dagster/column_schema": LABELS_SCHEMA},
     description="Data_Entry_2017.csv as a typed table, one row per image, plus every accepted NIH drop.",
@@ -78,12 +75,14 @@ def nih_labels(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.Mate
         "labels",
         xray.config.max_quarantine_rows,
     )
-    df = _with_drops(xray, out["table"], src.name, "labels")
+    keys = committed(xray.shared)
+    df = _with_drops(out["table"], src.name, read_drop_tables(xray.shared, "labels", keys=keys))
     st.write_parquet(df, *layout.NIH_LABELS)
     findings = df["findings"].explode().value_counts()
     return dg.MaterializeResult(
         metadata={
             **out["metadata"],
+            **drops_read(keys),
             "dagster/row_count": len(df),
             "path": dg.MetadataValue.path(str(st.root.joinpath(*layout.NIH_LABELS))),
             "patients": int(df["patient_id"].nunique()),
@@ -101,7 +100,7 @@ def nih_labels(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.Mate
     owners=OWNERS,
     tags=TAGS,
     deps=[annotation_drops],
-    automation_condition=on_new_drop(),
+    automation_condition=on_reader_change(),
     code_version=code_version(labels.read_nih_boxes_checked),
     metadata={"dagster/column_schema": BOXES_SCHEMA},
     description="BBox_List_2017.csv as corner boxes in the 1024 px PNG space, plus every accepted NIH drop.",
@@ -118,11 +117,13 @@ def nih_boxes(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.Mater
         "boxes",
         xray.config.max_quarantine_rows,
     )
-    df = _with_drops(xray, out["table"], src.name, "boxes")
+    keys = committed(xray.shared)
+    df = _with_drops(out["table"], src.name, read_drop_tables(xray.shared, "boxes", keys=keys))
     st.write_parquet(df, *layout.NIH_BOXES)
     return dg.MaterializeResult(
         metadata={
             **out["metadata"],
+            **drops_read(keys),
             "dagster/row_count": len(df),
             "path": dg.MetadataValue.path(str(st.root.joinpath(*layout.NIH_BOXES))),
             "images": int(df["image_id"].nunique()),

@@ -11,8 +11,8 @@ from ..core import consensus, dicom, labels
 from ..core.classes import UNITED_CLASSES
 from ..core.isolation import IsolatedPool, failure_reason
 from ..core.splits import shard_of
-from .automation import code_version, content_version, on_new_data, on_new_drop
-from .drops import annotation_drops, drop_image_paths, read_drop_tables
+from .automation import code_version, content_version, on_new_data, on_reader_change
+from .drops import annotation_drops, committed, drop_image_paths, drops_read, read_drop_tables
 from .resources import (
     CONVERSION_SHARDS,
     CONVERSION_STEP_TAGS,
@@ -94,7 +94,7 @@ def _hash_or_empty(path: Path) -> str:
     owners=OWNERS,
     tags=TAGS,
     deps=[annotation_drops],
-    automation_condition=on_new_drop(),
+    automation_condition=on_reader_change(),
     code_version=code_version(labels.read_vinbigdata_annotations_checked),
     metadata={"dagster/column_schema": ANNOTATIONS_SCHEMA},
     description="train.csv, every radiologist's row ('No finding' rows have empty boxes), plus every "
@@ -114,7 +114,8 @@ def vinbigdata_annotations(
         "annotations",
         xray.config.max_quarantine_rows,
     )
-    drops = read_drop_tables(xray.shared, "annotations")
+    keys = committed(xray.shared)
+    drops = read_drop_tables(xray.shared, "annotations", keys=keys)
     df = pd.concat(
         [out["table"].assign(source=src.name)] + ([drops] if len(drops) else []), ignore_index=True
     )
@@ -124,6 +125,7 @@ def vinbigdata_annotations(
             **out["metadata"],
             "dagster/row_count": len(df),
             "path": dg.MetadataValue.path(str(st.root.joinpath(*layout.VBD_ANNOTATIONS))),
+            **drops_read(keys),
             "images": int(df["image_id"].nunique()),
             "radiologists": int(df["rad_id"].nunique()),
             "rows_from_drops": int((df["source"] != src.name).sum()),
