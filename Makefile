@@ -43,7 +43,9 @@ $(LS_STAMP): $(LS_LOCK)
 	$(LS_VENV)/bin/pip install --progress-bar off --no-compile -c $(LS_LOCK) label-studio==1.23.2
 	touch $(LS_STAMP)
 
-# Label Studio on 127.0.0.1:8090, offline; XRAY_LABEL_STUDIO_USER, _PASSWORD and _TOKEN from the environment
+# Label Studio on 127.0.0.1:8090, offline; its database and service.json (URL, admin, generated
+# password and token; or XRAY_LABEL_STUDIO_USER, _PASSWORD and _TOKEN) under $(XRAY_STORAGE_DIR)/label-studio/,
+# where `make ui` finds it
 annotate: $(STAMP) $(LS_STAMP)
 	$(BIN)/xray-assets annotate --venv $(LS_VENV)
 

@@ -134,11 +134,14 @@ class LabelStudio:
 
 
 @contextmanager
-def label_studio(tmp: Path, document_root: Path):
-    """Label Studio 1.23 from its own environment (`make annotate`'s, or XRAY_LABEL_STUDIO_VENV) on
-    127.0.0.1, offline, sqlite under `tmp`, local files from `document_root`; a fresh admin and API
-    token per start. The tests' network guard runs inside it (PYTHONPATH's sitecustomize)."""
-    import secrets
+def label_studio(storage_dir: Path, log: Path):
+    """Label Studio 1.23 started exactly as `make annotate` starts it: `xray-assets annotate --venv
+    .venv-label-studio` (or XRAY_LABEL_STUDIO_VENV) with XRAY_STORAGE_DIR = `storage_dir`, on a free
+    port; no credentials in the environment, so it generates and stores them under the storage root
+    as it does for a newcomer (`service.json`), and the pipeline finds it there. Offline; the tests'
+    network guard runs inside it (PYTHONPATH's sitecustomize)."""
+    import signal
+    import sys
 
     from xray_assets import label_studio as ls
 
@@ -147,28 +150,26 @@ def label_studio(tmp: Path, document_root: Path):
         missing_service(
             f"Label Studio is not installed in {venv} (make .venv-label-studio/.installed)"
         )
-    port, token = free_port(), secrets.token_hex(20)
-    user, password = "radiologist@example.org", secrets.token_urlsafe(16)
-    data = tmp / "label-studio"
-    data.mkdir(parents=True, exist_ok=True)
-    log = tmp / "label-studio.log"
-    env = {**os.environ, **ls.service_env(data, document_root, token)}
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ls.CREDENTIAL_ENV}
+    env["XRAY_STORAGE_DIR"] = str(storage_dir)
+    env.pop("XRAY_LABEL_STUDIO_URL", None)
+    cli = Path(sys.executable).parent / "xray-assets"
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            ls.start_command(venv, data, port, user, password, token),
+            [str(cli), "annotate", "--venv", str(venv), "--port", str(port)],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=tmp,
+            cwd=ROOT,
             start_new_session=True,
         )
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/health", proc, log, timeout=600)
-        yield LabelStudio(url, token, user, password)
+        wait_http(f"http://127.0.0.1:{port}/health", proc, log, timeout=600)
+        service = ls.stored_service(storage_dir)
+        assert service is not None and service.url.endswith(f":{port}"), log.read_text()[-2000:]
+        yield LabelStudio(service.url, service.token, service.user, service.password)
     finally:
-        import signal
-
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=20)

@@ -7,7 +7,11 @@ untouched. The radiologist works in Label Studio's own pages, driven in chromium
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import dagster as dg
 import httpx
@@ -15,8 +19,9 @@ import pandas as pd
 import pytest
 import services
 from browser import browser
+from conftest import ROOT, project_dagster_home
 
-from xray_assets import layout
+from xray_assets import label_studio, layout
 from xray_assets.core import batch_export, inbox
 from xray_assets.core.classes import TASKS
 from xray_assets.defs import (
@@ -34,12 +39,13 @@ from xray_assets.defs.resources import SHARD_PARTITIONS, XrayResource
 TASK = "nih_multi"
 
 
-def radiologist(b, ls, project: int, plan: dict[int, str], hotkey: str) -> None:
+def radiologist(b, ls, project: int, plan: dict[int, str], hotkey: str, sizes: dict) -> None:
     """In chromium, through Label Studio's own pages: log in, open the labelling stream (tasks in
     id order, each starting from its pre-annotation) and, task by task, `redo` (delete the
     pre-annotation, draw the listed finding), `edit` (drag the box's right edge inwards), `accept`
-    (submit as proposed); any other task is skipped. Every request to anything but 127.0.0.1 is
-    recorded and refused (its page refers to a Sentry CDN script)."""
+    (submit as proposed); any other task is skipped. Each task's image must load in the page (an
+    <img> of the PNG's natural size, `sizes`: task -> (width, height)). Every request to anything
+    but 127.0.0.1 is recorded and refused (its page refers to a Sentry CDN script)."""
     headers = {"Authorization": f"Token {ls.token}"}
     tasks = httpx.get(f"{ls.url}/api/tasks", params={"project": project}, headers=headers).json()
     order = sorted(t["id"] for t in tasks["tasks"])
@@ -67,6 +73,13 @@ def radiologist(b, ls, project: int, plan: dict[int, str], hotkey: str) -> None:
         page.locator("div.lsf-image").first.wait_for(timeout=120_000)
         page.wait_for_load_state("networkidle")
         page.wait_for_timeout(1500)
+        width, height = sizes[task]  # the stream goes in id order (sequential sampling)
+        page.wait_for_function(
+            "([w, h]) => [...document.images].some(i => i.complete && i.naturalWidth === w "
+            "&& i.naturalHeight === h)",
+            arg=[width, height],
+            timeout=60_000,
+        )
         action = plan.get(task)
         if action is None:
             page.get_by_role("button", name="Skip").click()
@@ -163,29 +176,69 @@ def test_a_batch_goes_to_label_studio_and_comes_back_as_a_drop(tmp_path, monkeyp
     # label-only ones, whose pre-annotations can never be kept out for a finding boxed already
     size = int((queue["kind"] == "partial").sum()) + 6
 
+    ls_log = tmp_path / "label-studio.log"
     with (
-        services.label_studio(tmp_path, xray.storage.root) as ls,
+        services.label_studio(tmp_path / "storage", ls_log) as ls,
         dg.instance_for_test() as instance,
     ):
-        monkeypatch.setenv("XRAY_LABEL_STUDIO_URL", ls.url)
-        monkeypatch.setenv("XRAY_LABEL_STUDIO_TOKEN", ls.token)
+        # what `make annotate` printed: where, who, where the secrets are; never the secrets
+        printed = ls_log.read_text()
+        service_json = label_studio.service_file(tmp_path / "storage")
+        assert ls.url in printed and ls.user in printed and str(service_json) in printed
+        assert ls.password not in printed and ls.token not in printed
+        assert service_json.stat().st_mode & 0o077 == 0, "service.json is its owner's only"
+        assert len(ls.token) == 40 and int(ls.token, 16) >= 0
+        # no XRAY_LABEL_STUDIO_URL or token: the pipeline finds the service `make annotate` started
+        # the batch as docs/operating.md makes it: `xray-assets batch nih_multi`, through a
+        # DAGSTER_HOME instance, its run in its own process
         key = annotation.batch_key(TASK, 1)
-        instance.add_dynamic_partitions("annotation_batches", [key])
-        md = _run(
-            annotation.annotation_batches,
-            xray,
-            instance=instance,
-            partition_key=key,
-            config=annotation.BatchConfig(
-                size=size, test_share=0, min_score=0.001, max_per_image=1
-            ),
-        ).metadata
-        project = _v(md["label_studio_project"])
-        assert _v(md["images"]) >= 1 and project > 0
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(project_dagster_home(tmp_path / "dagster_home")),
+            "XRAY_DATA_DIR": str(data),
+            "XRAY_STORAGE_DIR": str(tmp_path / "storage"),
+            "XRAY_PROFILE": "smoke",
+            "MLFLOW_TRACKING_URI": xray.tracking_uri,
+            "XRAY_WEIGHTS_DIR": str(tmp_path / "weights"),
+        }
+        cli = Path(sys.executable).parent / "xray-assets"
+        made = subprocess.run(
+            [str(cli), "batch", TASK, "--size", str(size), "--test-share", "0"]
+            + ["--min-score", "0.001", "--max-per-image", "1"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+        assert f"batch {key}:" in made.stdout and "task(s) in Label Studio project" in made.stdout
+        project = xray.storage.read_json(*layout.batch(key, layout.BATCH_PROJECT))["project"]
+        assert project > 0
         assert xray.storage.exists(*layout.batch(key, layout.BATCH_COCO))
         api = httpx.Client(base_url=ls.url, headers={"Authorization": f"Token {ls.token}"})
         tasks = api.get("/api/tasks", params={"project": project}).json()["tasks"]
         assert [t["data"]["rank"] for t in tasks] == sorted(t["data"]["rank"] for t in tasks)
+        # no pre-annotation of a finding the image already has boxes of; the task names those
+        boxed = batch_export.boxed_findings(
+            xray.storage.read_parquet(*layout.NIH_BOXES), [t["data"]["image_id"] for t in tasks]
+        )
+        assert any(boxed.values()), "the batch reaches partially boxed images"
+        for t in tasks:
+            proposed = {
+                r["value"]["rectanglelabels"][0]
+                for p in api.get("/api/predictions", params={"task": t["id"]}).json()
+                for r in p["result"]
+            }
+            mine_boxed = set(boxed.get(t["data"]["image_id"], ()))
+            assert not proposed & mine_boxed, (t["data"]["image_id"], proposed, mine_boxed)
+            listed_boxed = {f for f in t["data"]["boxed"].split(", ") if f != "none"}
+            assert listed_boxed <= mine_boxed
+            for p in api.get("/api/predictions", params={"task": t["id"]}).json():
+                assert p["score"] is None or 0 <= p["score"] <= 1, "the model's confidence"
+        sizes = xray.storage.read_parquet(*layout.batch(key, layout.BATCH_IMAGES)).set_index(
+            "image_id"
+        )
         mine = [t for t in tasks if t["data"]["image_id"] in label_only and t["total_predictions"]]
         # the image the radiologist boxes: one listed finding (its box brings it into training)
         one = next(t for t in mine if "," not in t["data"]["findings"])
@@ -200,6 +253,11 @@ def test_a_batch_goes_to_label_studio_and_comes_back_as_a_drop(tmp_path, monkeyp
                 project,
                 {t["id"]: a for t, a in zip(chosen, ("redo", "edit", "accept"))},
                 hotkey,
+                {
+                    t["id"]: (int(sizes.at[i, "width"]), int(sizes.at[i, "height"]))
+                    for t in tasks
+                    for i in [t["data"]["image_id"]]
+                },
             )
 
         # Label Studio's own COCO and YOLO exports of the same annotations read as drops give the

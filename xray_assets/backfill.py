@@ -268,9 +268,10 @@ def materialize(
     timeout: float | None = None,
     out=sys.stdout,
     run_config: dict | None = None,
+    partitions: list[str] | None = None,
 ) -> Outcome:
     """Create one backfill for `select` (default: the study) over every partition (task partitions:
-    `tasks` if given) and see it through. `run_config` is merged into every run's config (as the
+    `tasks` if given; any other partitioned asset: `partitions` if given) and see it through. `run_config` is merged into every run's config (as the
     launchpad's would be: `ops: {trained_models: {config: {epochs: 5}}}`). Returns the outcome;
     raises nothing for failed runs."""
     import dagster as dg
@@ -313,6 +314,10 @@ def materialize(
             ):
                 parts = PartitionsSelector(
                     ranges=[PartitionRangeSelector(start=t, end=t) for t in tasks]
+                )
+            elif partitions and pdef is not None:
+                parts = PartitionsSelector(
+                    ranges=[PartitionRangeSelector(start=p, end=p) for p in partitions]
                 )
             selectors.append(PartitionsByAssetSelector(asset_key=dg.AssetKey(k), partitions=parts))
         backfill_id = make_new_backfill_id()

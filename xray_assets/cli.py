@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import layout
+from . import label_studio, layout
 
 
 def cmd_sample_data(args) -> int:
@@ -26,15 +26,19 @@ def cmd_sample_data(args) -> int:
 
 
 def cmd_sample_drop(args) -> int:
+    import zlib
+
     from .config import current
     from .core.synthetic import write_drop
 
     inbox = Path(args.inbox) if args.inbox else current().inbox_dir
+    # by default the seed follows the name: batch-1 and batch-2 are different patients
+    seed = args.seed if args.seed is not None else zlib.crc32(args.name.encode()) % 9_000
     folder = write_drop(
         inbox / args.name,
         args.format,
         n_annotated=args.size,
-        seed=args.seed,
+        seed=seed,
         ready=not args.no_ready,
     )
     print(f"{args.format} drop written to {folder}" + ("" if args.no_ready else " (READY)"))
@@ -118,6 +122,60 @@ def cmd_materialize(args) -> int:
     return 0 if outcome.ok else 1
 
 
+def cmd_batch(args) -> int:
+    """The next annotation batch of a task: its partition added, then materialised through the
+    instance (one backfill, as `materialize`); prints what went where."""
+    import dagster as dg
+
+    from .backfill import ensure_dagster_home, materialize, summary_lines
+    from .config import get_profile
+    from .core.classes import TASK_NAMES
+    from .defs.annotation import BATCH_PARTITIONS, batch_key, next_batch_number
+
+    if args.task not in TASK_NAMES:
+        print(
+            f"xray-assets batch: unknown task {args.task!r}; one of {', '.join(TASK_NAMES)}",
+            file=sys.stderr,
+        )
+        return 2
+    ensure_dagster_home()
+    profile = get_profile(args.profile).name
+    instance = dg.DagsterInstance.get()
+    existing = instance.get_dynamic_partitions(BATCH_PARTITIONS.name)
+    key = batch_key(args.task, next_batch_number(existing, args.task))
+    instance.add_dynamic_partitions(BATCH_PARTITIONS.name, [key])
+    print(
+        f"batch {key}: partition added; exporting {args.size} image(s) of {args.task}'s queue",
+        flush=True,
+    )
+    given = {
+        "size": args.size,
+        "test_share": args.test_share,
+        "min_score": args.min_score,
+        "max_per_image": args.max_per_image,
+    }
+    config = {
+        "ops": {"annotation_batches": {"config": {k: v for k, v in given.items() if v is not None}}}
+    }
+    outcome = materialize(
+        ["annotation_batches"],
+        profile=profile,
+        run_config=config,
+        partitions=[key],
+        instance=instance,
+    )
+    print("\n".join(summary_lines(outcome)))
+    event = instance.get_latest_materialization_event(dg.AssetKey("annotation_batches"))
+    if outcome.ok and event is not None and event.asset_materialization.partition == key:
+        md = event.asset_materialization.metadata
+        print(
+            f"batch {key}: {md['images'].value} image(s), {md['pre_annotations'].value} pre-annotation(s)"
+        )
+        print(f"  Label Studio: {md['label_studio'].value}")
+        print(f"  COCO: {md['coco'].value}\n  CVAT: {md['cvat'].value}")
+    return 0 if outcome.ok else 1
+
+
 def cmd_reexecute(args) -> int:
     from .backfill import ensure_dagster_home, reexecute
 
@@ -135,21 +193,18 @@ def cmd_serve(args) -> int:
 
 
 def cmd_annotate(args) -> int:
-    """Label Studio on 127.0.0.1, offline, its data under .label-studio/, local files from the
-    storage root; the admin and the API token from the environment (never printed)."""
-    import os
+    """Label Studio on 127.0.0.1, offline, its database and `service.json` under
+    `<storage>/label-studio/`, local files from the storage root (`label_studio.launch`); prints
+    where it answers, its admin and where the password and token are (never the secrets)."""
     import subprocess
 
-    from . import label_studio
     from .config import current
 
     settings = current()
-    need = ("XRAY_LABEL_STUDIO_USER", "XRAY_LABEL_STUDIO_PASSWORD", "XRAY_LABEL_STUDIO_TOKEN")
-    missing = [v for v in need if not os.environ.get(v)]
-    if missing:
+    if "://" in str(settings.storage_dir):
         print(
-            f"xray-assets annotate: set {', '.join(missing)} (the admin's e-mail and password and "
-            "an API token of 40 hex digits; keep them out of the repository)",
+            "xray-assets annotate: Label Studio serves batch images from a local storage root; "
+            f"XRAY_STORAGE_DIR is {settings.storage_dir}",
             file=sys.stderr,
         )
         return 2
@@ -160,26 +215,13 @@ def cmd_annotate(args) -> int:
             file=sys.stderr,
         )
         return 2
-    data = Path(args.data_dir).resolve()
-    data.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        **label_studio.service_env(
-            data, settings.storage_dir, os.environ["XRAY_LABEL_STUDIO_TOKEN"]
-        ),
-    }
-    cmd = label_studio.start_command(
-        venv,
-        data,
-        args.port,
-        os.environ["XRAY_LABEL_STUDIO_USER"],
-        os.environ["XRAY_LABEL_STUDIO_PASSWORD"],
-        os.environ["XRAY_LABEL_STUDIO_TOKEN"],
-    )
+    cmd, env, service = label_studio.launch(venv, settings.storage_dir, args.port)
     print(
-        f"Label Studio on http://127.0.0.1:{args.port} (data {data}, images from "
-        f"{settings.storage_dir}); set XRAY_LABEL_STUDIO_URL=http://127.0.0.1:{args.port} for the "
-        "pipeline. The first start migrates its database (about 2 minutes).",
+        f"Label Studio: {service.url}\n"
+        f"  log in as {service.user}; password and API token in {service.origin}\n"
+        f"  images served from {settings.storage_dir}; the pipeline (make ui) finds it through "
+        f"{label_studio.service_file(settings.storage_dir)}\n"
+        "  the first start migrates its database (a few minutes), later starts take seconds",
         flush=True,
     )
     return subprocess.call(cmd, env=env)
@@ -201,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("name", help="the drop's folder name")
     d.add_argument("--format", choices=["nih", "vinbigdata"], default="nih")
     d.add_argument("--size", type=int, default=6, help="annotated images in the drop")
-    d.add_argument("--seed", type=int, default=101)
+    d.add_argument(
+        "--seed", type=int, default=None, help="default: from the name (each name its own patients)"
+    )
     d.add_argument(
         "--inbox", default=None, help="default: $XRAY_INBOX_DIR or <XRAY_DATA_DIR>/inbox"
     )
@@ -224,6 +268,29 @@ def main(argv: list[str] | None = None) -> int:
         "(e.g. ops: {trained_models: {config: {epochs: 5}}})",
     )
     m.set_defaults(fn=cmd_materialize)
+    b = sub.add_parser(
+        "batch",
+        help="export the next annotation batch of a task (to Label Studio when `make annotate` runs)",
+    )
+    b.add_argument("task", help="the task whose queue it draws from, e.g. nih_multi")
+    b.add_argument("--size", type=int, default=20, help="images in the batch (default 20)")
+    b.add_argument(
+        "--test-share", type=float, default=None, help="share drawn at random from test patients"
+    )
+    b.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        help="pre-annotations from this confidence (default: the task's tuned rule's)",
+    )
+    b.add_argument(
+        "--max-per-image",
+        type=int,
+        default=None,
+        help="at most this many pre-annotations per image",
+    )
+    b.add_argument("--profile", default=None, help="default: $XRAY_PROFILE or demo")
+    b.set_defaults(fn=cmd_batch)
     r = sub.add_parser(
         "reexecute", help="re-execute a failed run from its failure (as the UI's button does)"
     )
@@ -240,9 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     v.set_defaults(fn=cmd_serve)
     a = sub.add_parser("annotate", help="Label Studio for the annotation loop (offline, 127.0.0.1)")
-    a.add_argument("--port", type=int, default=8090)
+    a.add_argument("--port", type=int, default=label_studio.DEFAULT_PORT)
     a.add_argument("--venv", default=".venv-label-studio", help="Label Studio's own environment")
-    a.add_argument("--data-dir", default=".label-studio", help="its database and uploads")
     a.set_defaults(fn=cmd_annotate)
     args = p.parse_args(argv)
     return args.fn(args)

@@ -2,17 +2,26 @@
 `make annotate`, offline, on 127.0.0.1) and a small client of its REST API (httpx; its SDK pins
 libraries the project's lock cannot take).
 
-Settings (`config.ENV_DEFAULTS`): `XRAY_LABEL_STUDIO_URL`, the API token in
-`XRAY_LABEL_STUDIO_TOKEN` (also given to the service as its admin's token at the first start; never
-committed or logged), the admin's e-mail and password in `XRAY_LABEL_STUDIO_USER` /
-`XRAY_LABEL_STUDIO_PASSWORD`. The service keeps its sqlite database under `.label-studio/` (git
-ignored) and serves images as local files from the storage root.
+Where it lives is decided in `layout`: its database and `service.json` under
+`<storage_dir>/label-studio/`, and local files served from the storage root itself
+(`layout.label_studio_document_root`), so every profile's batch images are under it.
+
+Its admin and API token: `XRAY_LABEL_STUDIO_USER`, `XRAY_LABEL_STUDIO_PASSWORD` and
+`XRAY_LABEL_STUDIO_TOKEN` when all three are set; otherwise the ones `make annotate` generated at its
+first start and stored in `service.json` (readable by its owner only). The pipeline finds the service
+at `XRAY_LABEL_STUDIO_URL` with `XRAY_LABEL_STUDIO_TOKEN`, else through `service.json`, so `make ui`
+needs no variable once `make annotate` has run. Nothing here logs a password or a token.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from . import layout
 
 #: a closed local port: whatever Label Studio still fetches from outside fails at once, with no
 #: DNS look-up (its login page asks the server for "tips" from raw.githubusercontent.com, and no
@@ -36,9 +45,95 @@ class LabelStudioError(RuntimeError):
     """A request Label Studio refused: the message names the call and its answer."""
 
 
+#: the service's default port (`make annotate`, `xray-assets annotate --port`)
+DEFAULT_PORT = 8090
+#: the admin `make annotate` creates when no XRAY_LABEL_STUDIO_USER is given
+DEFAULT_USER = "admin@xray-assets.localhost"
+CREDENTIAL_ENV = ("XRAY_LABEL_STUDIO_USER", "XRAY_LABEL_STUDIO_PASSWORD", "XRAY_LABEL_STUDIO_TOKEN")
+
+
+@dataclass(frozen=True)
+class Service:
+    """Where the service answers and who may use it (`service.json`; the secrets never in a repr)."""
+
+    url: str
+    user: str
+    password: str = field(repr=False)
+    token: str = field(repr=False)  # Label Studio's legacy API token: 40 hex digits
+    origin: str = ""  # where the credentials came from, for messages ("environment" or the file)
+
+
+def service_file(storage_dir) -> Path:
+    return layout.label_studio_document_root(storage_dir).joinpath(*layout.LABEL_STUDIO_SERVICE)
+
+
+def stored_service(storage_dir) -> Service | None:
+    """The service `make annotate` recorded under this storage root, if any."""
+    path = service_file(storage_dir)
+    if not path.is_file():
+        return None
+    got = json.loads(path.read_text())
+    return Service(**{k: got[k] for k in ("url", "user", "password", "token")}, origin=str(path))
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Atomically, readable and writable by the owner only (it holds a password and a token)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def service_for(storage_dir, port: int = DEFAULT_PORT, environ=None) -> Service:
+    """The service `make annotate` starts on this storage root: its credentials from the
+    environment when all three variables are set, else those stored at an earlier start, else new
+    ones (a random password and a 40-hex-digit token); recorded in `service.json` with its URL, so
+    the pipeline finds it. (Label Studio takes the admin and the token at its first start only: the
+    stored ones are kept as long as its database is.)"""
+    environ = os.environ if environ is None else environ
+    url = f"http://127.0.0.1:{port}"
+    given = [environ.get(k, "") for k in CREDENTIAL_ENV]
+    if all(given):
+        user, password, token = given
+        origin = "environment (XRAY_LABEL_STUDIO_USER, _PASSWORD, _TOKEN)"
+    elif (old := stored_service(storage_dir)) is not None:
+        user, password, token, origin = old.user, old.password, old.token, old.origin
+    else:
+        user, password, token = DEFAULT_USER, secrets.token_urlsafe(18), secrets.token_hex(20)
+        origin = str(service_file(storage_dir))
+    service = Service(url, user, password, token, origin)
+    record = {k: v for k, v in asdict(service).items() if k != "origin"}
+    _write_private(service_file(storage_dir), json.dumps(record, indent=1))
+    return service
+
+
+def connection(url: str, token: str, storage_dir) -> tuple[str, str, str]:
+    """(url, token, where they came from) the pipeline uses: the given ones (XRAY_LABEL_STUDIO_URL
+    and XRAY_LABEL_STUDIO_TOKEN) when both are set, else the service `make annotate` recorded under
+    the storage root; ("", "", why not) when neither."""
+    if url and token:
+        return url, token, "XRAY_LABEL_STUDIO_URL"
+    if url or token:
+        missing = "XRAY_LABEL_STUDIO_TOKEN" if url else "XRAY_LABEL_STUDIO_URL"
+        return "", "", f"{missing} is not set (both or neither)"
+    if "://" in str(storage_dir):
+        return "", "", "no XRAY_LABEL_STUDIO_URL, and the storage root is not a local folder"
+    found = stored_service(storage_dir)
+    if found is None:
+        return (
+            "",
+            "",
+            f"no Label Studio: `make annotate` has not run on this storage root ({service_file(storage_dir)} "
+            "is missing) and XRAY_LABEL_STUDIO_URL is not set",
+        )
+    return found.url, found.token, found.origin
+
+
 def service_env(data_dir: Path, document_root: Path | str, token: str) -> dict[str, str]:
     """The environment the service runs with: offline, its data folder, local files served from
-    the storage root, the admin's token for API access."""
+    the storage root (`layout.label_studio_document_root`), the admin's token for API access."""
     return {
         **OFFLINE_ENV,
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
@@ -47,6 +142,23 @@ def service_env(data_dir: Path, document_root: Path | str, token: str) -> dict[s
         "LABEL_STUDIO_USER_TOKEN": token,
         "DJANGO_DB": "sqlite",
     }
+
+
+def launch(venv: Path, storage_dir, port: int = DEFAULT_PORT, environ=None):
+    """(command line, environment, service) of Label Studio on this storage root, as `make annotate`
+    starts it (the tests start it through this too): its database under the storage root's
+    `label-studio/`, local files from the storage root."""
+    environ = dict(os.environ if environ is None else environ)
+    service = service_for(storage_dir, port, environ)
+    home = layout.label_studio_document_root(storage_dir).joinpath(*layout.LABEL_STUDIO_HOME)
+    data = home / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    env = {
+        **environ,
+        **service_env(data, layout.label_studio_document_root(storage_dir), service.token),
+    }
+    cmd = start_command(venv, data, port, service.user, service.password, service.token)
+    return cmd, env, service
 
 
 def start_command(venv: Path, data_dir: Path, port: int, user: str, password: str, token: str):
@@ -91,10 +203,15 @@ class Client:
         return r.json() if r.content else None
 
     def project(self, title: str, label_config: str, description: str = "") -> int:
-        """The project's id, created when no project has this title."""
+        """The project's id, created when no project has this title (an existing one gets this
+        labelling interface when its own differs: a newer release's header)."""
         page = self._call("GET", "/api/projects", params={"title": title, "page_size": 1000})
         for p in page.get("results", page) if isinstance(page, dict) else page:
             if p.get("title") == title:
+                if p.get("label_config") and p["label_config"] != label_config:
+                    self._call(
+                        "PATCH", f"/api/projects/{p['id']}", json={"label_config": label_config}
+                    )
                 return int(p["id"])
         created = self._call(
             "POST",
@@ -194,7 +311,14 @@ class Client:
         )
 
 
-def document_url(path: Path | str, document_root: Path | str) -> str:
-    """An image's local-files URL, relative to the service's document root."""
-    rel = Path(path).resolve().relative_to(Path(document_root).resolve())
+def document_url(path: Path | str, storage_dir) -> str:
+    """An image's local-files URL, relative to the service's document root (the storage root:
+    `layout.label_studio_document_root`)."""
+    root = layout.label_studio_document_root(storage_dir)
+    try:
+        rel = Path(path).resolve().relative_to(root)
+    except ValueError:
+        raise LabelStudioError(
+            f"{path} is not under {root}, the folder Label Studio serves files from"
+        ) from None
     return LOCAL_FILES_PREFIX + rel.as_posix()

@@ -8,6 +8,8 @@ stays beside that asset.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 # -- the label tables (and their quarantines) ---------------------------------------------------
 NIH_LABELS = ("nih", "labels.parquet")
 NIH_BOXES = ("nih", "boxes.parquet")
@@ -149,3 +151,17 @@ BATCH_IMAGES, BATCH_COCO, BATCH_CVAT, BATCH_PROJECT = (
 def batch(key: str, name: str = "") -> tuple[str, ...]:
     """An exported batch's folder (its images, COCO and CVAT files, the Label Studio project)."""
     return (*BATCHES, key, name) if name else (*BATCHES, key)
+
+
+# -- Label Studio: the service `make annotate` starts ----------------------------------------------
+#: under the storage root itself (all profiles): the service's database and `service.json` (its URL,
+#: admin, password and API token, generated at the first `make annotate`, readable by the owner only)
+LABEL_STUDIO_HOME = ("label-studio",)
+LABEL_STUDIO_SERVICE = (*LABEL_STUDIO_HOME, "service.json")
+
+
+def label_studio_document_root(storage_dir) -> Path:
+    """The one folder Label Studio serves local files from: the storage root itself, so that every
+    profile's batch images (`<storage_dir>/<profile>/annotation/batches/...`) lie under it. `make
+    annotate` starts the service with it; a batch's image URLs are relative to it."""
+    return Path(storage_dir).expanduser().resolve()

@@ -26,8 +26,12 @@ def nih_labels_of(task: TaskSpec) -> list[str]:
     return [f for f in NIH_CLASSES if name(f) in task.label_map]
 
 
-def nih_label_for(task: TaskSpec, task_class: str, listed: list[str]) -> str:
-    """The NIH finding a pre-annotation of `task_class` is shown as on an image listing `listed`."""
+def nih_label_for(
+    task: TaskSpec, task_class: str, listed: list[str], boxed: frozenset | set = frozenset()
+) -> str:
+    """The NIH finding a pre-annotation of `task_class` is shown as on an image listing `listed`
+    (still to box) and already boxed for `boxed`: a listed finding of that class, else one the image
+    has no box of, else the first."""
     options = [
         f
         for f in nih_labels_of(task)
@@ -37,24 +41,57 @@ def nih_label_for(task: TaskSpec, task_class: str, listed: list[str]) -> str:
     for f in listed:
         if f in options:
             return f
-    return options[0]
+    free = [f for f in options if f not in boxed]
+    return (free or options)[0]
 
 
-def as_nih_labels(boxes: pd.DataFrame, task: TaskSpec, listed: dict[str, list[str]]):
+def as_nih_labels(
+    boxes: pd.DataFrame,
+    task: TaskSpec,
+    listed: dict[str, list[str]],
+    boxed: dict[str, list[str]] | None = None,
+):
     """`boxes` (in the task's classes) relabelled in NIH's vocabulary: each box takes its image's
     listed finding of that class (`nih_label_for`)."""
+    boxed = boxed or {}
     return boxes.assign(
-        label=[nih_label_for(task, c, listed[i]) for i, c in zip(boxes["image_id"], boxes["label"])]
+        label=[
+            nih_label_for(task, c, listed[i], set(boxed.get(i, ())))
+            for i, c in zip(boxes["image_id"], boxes["label"])
+        ]
     )
 
 
+def boxed_findings(boxes: pd.DataFrame, image_ids) -> dict[str, list[str]]:
+    """image -> the NIH findings it already has boxes of (any source: the box list, every drop)."""
+    mine = boxes[boxes["image_id"].isin(set(image_ids))]
+    return {i: sorted(set(g["label"])) for i, g in mine.groupby("image_id")}
+
+
+def pre_annotations(
+    boxes: pd.DataFrame,
+    task: TaskSpec,
+    listed: dict[str, list[str]],
+    boxed: dict[str, list[str]],
+) -> pd.DataFrame:
+    """The champion's boxes a batch proposes, in NIH's vocabulary: none for a finding the image
+    already has boxes of (the drop would keep such a box out, and the radiologist's work on it with
+    it), so only the findings still to box (and any the model finds that the image has no box of)."""
+    named = as_nih_labels(boxes, task, listed, boxed)
+    fresh = [
+        label not in set(boxed.get(i, ())) for i, label in zip(named["image_id"], named["label"])
+    ]
+    return named[fresh].reset_index(drop=True)
+
+
 def label_config(task: TaskSpec) -> str:
-    """Label Studio's labelling interface: the image, its listed findings as a hint, one
-    rectangle label per NIH finding of the task."""
+    """Label Studio's labelling interface: the image, its listed findings still to box as a hint,
+    those it already has boxes of (never proposed), one rectangle label per NIH finding of the task."""
     labels = "\n".join(f'    <Label value="{f}"/>' for f in nih_labels_of(task))
     return (
         "<View>\n"
-        '  <Header value="Listed in Data_Entry: $findings"/>\n'
+        '  <Header value="Listed in Data_Entry, to box: $findings"/>\n'
+        '  <Header value="Already boxed (not proposed; a box of it is kept out): $boxed" size="6"/>\n'
         f'  <Image name="{TO_NAME}" value="$image" zoom="true"/>\n'
         f'  <RectangleLabels name="{FROM_NAME}" toName="{TO_NAME}">\n'
         f"{labels}\n"
@@ -77,9 +114,11 @@ def label_studio_tasks(
     batch: pd.DataFrame, boxes: pd.DataFrame, model_version: str, url_of
 ) -> list[dict]:
     """One task per image in the batch's order (the acquisition's): `batch` has image_id, width,
-    height, listed (NIH findings), rank, score; `boxes` the pre-annotations (image_id, label in
-    NIH's vocabulary, score, x_min..y_max in the image's pixels); `url_of(image_id)` the image's
-    local-files URL."""
+    height, listed (NIH findings to box), boxed (listed findings it has boxes of), rank, score;
+    `boxes` the pre-annotations (image_id, label in NIH's vocabulary, score, x_min..y_max in the
+    image's pixels); `url_of(image_id)` the image's local-files URL. The prediction's score is the
+    model's confidence (its most confident box, 0..1: what Label Studio shows); the acquisition
+    score is the task's data (a column in Label Studio's data manager)."""
     by_image = dict(tuple(boxes.groupby("image_id"))) if len(boxes) else {}
     tasks = []
     for r in batch.itertuples(index=False):
@@ -104,13 +143,14 @@ def label_studio_tasks(
                     "image": url_of(r.image_id),
                     "image_id": r.image_id,
                     "findings": ", ".join(r.listed) or "none",
+                    "boxed": ", ".join(r.boxed) or "none",
                     "rank": int(r.rank),
                     "acquisition_score": None if pd.isna(r.score) else round(float(r.score), 4),
                 },
                 "predictions": [
                     {
                         "model_version": model_version,
-                        "score": None if pd.isna(r.score) else round(float(r.score), 4),
+                        "score": round(float(mine["score"].max()), 4) if len(mine) else None,
                         "result": result,
                     }
                 ],

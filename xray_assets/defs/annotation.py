@@ -211,6 +211,16 @@ def task_of(key: str) -> str:
     return key.rsplit("-", 1)[0]
 
 
+def next_batch_number(existing: list[str], task: str) -> int:
+    """1 + the highest batch number of this task among the partition keys (1 for the first)."""
+    numbers = [
+        int(k.rsplit("-", 1)[1])
+        for k in existing
+        if task_of(k) == task and k.rsplit("-", 1)[1].isdigit()
+    ]
+    return max(numbers, default=0) + 1
+
+
 class BatchConfig(dg.Config):
     size: int = Field(default=20, description="images in the batch (K)")
     quota: dict[str, int] = Field(
@@ -231,13 +241,47 @@ class BatchConfig(dg.Config):
 
 
 def label_studio_client(xray: XrayResource):
-    """The configured Label Studio (XRAY_LABEL_STUDIO_URL and its token), or None."""
+    """(the Label Studio client, "") from XRAY_LABEL_STUDIO_URL and its token, else from the service
+    `make annotate` recorded under the storage root; (None, why not) when neither."""
     from .. import label_studio
 
     s = xray.settings
-    if not (s.label_studio_url and s.label_studio_token):
-        return None
-    return label_studio.Client(s.label_studio_url, s.label_studio_token)
+    url, token, origin = label_studio.connection(
+        s.label_studio_url, s.label_studio_token, s.storage_dir
+    )
+    if not url:
+        return None, origin
+    return label_studio.Client(url, token), ""
+
+
+def send_to_label_studio(xray: XrayResource, key, task, batch, dets, model_version, folder):
+    """(project id, what happened): the batch's tasks and pre-annotations imported into the task's
+    project, the project set to pre-label with this model version; (0, why not) without a service."""
+    from .. import label_studio
+
+    client, why = label_studio_client(xray)
+    if client is None:
+        return (
+            0,
+            f"NOT SENT to Label Studio: {why}. Start it with `make annotate`, then re-materialise this partition",
+        )
+    root = xray.settings.storage_dir
+    project = client.project(
+        f"xray-assets {xray.config.name} {task.name}",
+        batch_export.label_config(task),
+        description=f"Boxes for {task.name}: correct the model's boxes, draw what it missed.",
+    )
+    client.local_storage(project, folder, f"batch {key}")
+    tasks = batch_export.label_studio_tasks(
+        batch, dets, model_version, lambda i: label_studio.document_url(folder / i, root)
+    )
+    client.import_tasks(project, tasks)
+    client.prelabel_with(project, model_version)
+    xray.storage.write_json(
+        {"project": project, "url": client.url, "tasks": len(tasks)},
+        *layout.batch(key, layout.BATCH_PROJECT),
+    )
+    return project, f"{len(tasks)} task(s) in Label Studio project {project} ({client.url})"
 
 
 @dg.asset(
@@ -259,7 +303,6 @@ def label_studio_client(xray: XrayResource):
 def annotation_batches(
     context: dg.AssetExecutionContext, config: BatchConfig, xray: XrayResource
 ) -> dg.MaterializeResult:
-    from .. import label_studio
     from ..core.bounds import png_dimensions
 
     key = context.partition_key
@@ -275,6 +318,7 @@ def annotation_batches(
     index = nih_image_index(xray.data("nih"), xray.shared)
     labels = st.read_parquet(*layout.NIH_LABELS).set_index("image_id")["findings"]
     offered = set(batch_export.nih_labels_of(task))
+    boxed = batch_export.boxed_findings(st.read_parquet(*layout.NIH_BOXES), picked["image_id"])
     with st.workdir(*layout.batch(key, "images")) as out:
         for image_id in picked["image_id"]:
             target = out / image_id
@@ -282,10 +326,17 @@ def annotation_batches(
                 shutil.copyfile(index[image_id], target)
     folder = st.local_path(*layout.batch(key, "images"))
     sizes = [png_dimensions((folder / i).read_bytes()[:64]) for i in picked["image_id"]]
+    listed = [[f for f in labels[i] if f in offered] for i in picked["image_id"]]
     batch = picked.assign(
         width=[d.width for d in sizes],
         height=[d.height for d in sizes],
-        listed=[[f for f in labels[i] if f in offered] for i in picked["image_id"]],
+        listed=[
+            [f for f in fs if f not in boxed.get(i, ())]
+            for i, fs in zip(picked["image_id"], listed)
+        ],
+        boxed=[
+            [f for f in fs if f in boxed.get(i, ())] for i, fs in zip(picked["image_id"], listed)
+        ],
     )
     weights, version, rule, imgsz = champion_model(xray, task.name)
     images = pd.DataFrame(
@@ -295,18 +346,22 @@ def annotation_batches(
     dets = detection.detect_images(
         detection.load_model(weights), images, shown, imgsz, task.classes
     )
+    dets = batch_export.pre_annotations(
+        dets, task, dict(zip(batch["image_id"], batch["listed"])), boxed
+    )
     dets = (
         dets.sort_values(["image_id", "score"], ascending=[True, False])
         .groupby("image_id")
         .head(config.max_per_image)
         .reset_index(drop=True)
     )
-    dets = batch_export.as_nih_labels(dets, task, dict(zip(batch["image_id"], batch["listed"])))
     model_version = f"{xray.config.model_name(task.name)} v{version}"
     st.write_text(batch_export.coco(batch, dets, task), *layout.batch(key, layout.BATCH_COCO))
     st.write_text(batch_export.cvat(batch, dets, task), *layout.batch(key, layout.BATCH_CVAT))
     st.write_parquet(
-        batch.drop(columns=["listed"]).assign(listed=batch["listed"].map(", ".join)),
+        batch.drop(columns=["listed", "boxed"]).assign(
+            listed=batch["listed"].map(", ".join), boxed=batch["boxed"].map(", ".join)
+        ),
         *layout.batch(key, layout.BATCH_IMAGES),
     )
     record = batch[["image_id", "patient_id", "split", "selection", "rank"]].assign(
@@ -321,26 +376,9 @@ def annotation_batches(
         pd.concat([earlier[earlier["batch"] != key], record], ignore_index=True),
         *layout.batches_table(task.name),
     )
-    client = label_studio_client(xray)
-    sent = "not sent: Label Studio is not configured (XRAY_LABEL_STUDIO_URL and its token)"
-    project = None
-    if client is not None:
-        project = client.project(
-            f"xray-assets {xray.config.name} {task.name}",
-            batch_export.label_config(task),
-            description=f"Boxes for {task.name}: correct the model's boxes, draw what it missed.",
-        )
-        client.local_storage(project, folder, f"batch {key}")
-        tasks = batch_export.label_studio_tasks(
-            batch, dets, model_version, lambda i: label_studio.document_url(folder / i, st.root)
-        )
-        client.import_tasks(project, tasks)
-        client.prelabel_with(project, model_version)
-        st.write_json(
-            {"project": project, "url": client.url, "tasks": len(tasks)},
-            *layout.batch(key, layout.BATCH_PROJECT),
-        )
-        sent = f"{len(tasks)} task(s) in Label Studio project {project}"
+    project, sent = send_to_label_studio(xray, key, task, batch, dets, model_version, folder)
+    if not project:
+        context.log.warning(f"batch {key}: {sent}")
     context.log.info(f"batch {key}: {len(batch)} image(s), {len(dets)} pre-annotation(s); {sent}")
     return dg.MaterializeResult(
         metadata={
@@ -358,7 +396,8 @@ def annotation_batches(
             ),
             "batch": table_value(
                 batch[["rank", "image_id", "selection", "kind"]].assign(
-                    listed=batch["listed"].map(", ".join)
+                    to_box=batch["listed"].map(", ".join),
+                    boxed_already=batch["boxed"].map(", ".join),
                 )
             ),
         },
@@ -383,9 +422,9 @@ def pull_annotations(
     from ..core import inbox
     from .drops import read_drop_tables
 
-    client = label_studio_client(xray)
+    client, why = label_studio_client(xray)
     if client is None:
-        raise dg.Failure("Label Studio is not configured (XRAY_LABEL_STUDIO_URL and its token)")
+        raise dg.Failure(f"cannot pull from Label Studio: {why}")
     export = client.export(config.project)
     seen = read_drop_tables(xray.shared, "tasks")
     done = set(seen.loc[seen["project"] == str(config.project), "task"]) if len(seen) else set()
@@ -432,9 +471,9 @@ def batch_projects(xray: XrayResource) -> dict[int, str]:
 def label_studio_annotations(
     context: dg.SensorEvaluationContext, xray: XrayResource
 ) -> dg.SensorResult | dg.SkipReason:
-    client = label_studio_client(xray)
+    client, why = label_studio_client(xray)
     if client is None:
-        return dg.SkipReason("Label Studio is not configured (XRAY_LABEL_STUDIO_URL and its token)")
+        return dg.SkipReason(why)
     projects = batch_projects(xray)
     if not projects:
         return dg.SkipReason("no batch has been sent to Label Studio")
