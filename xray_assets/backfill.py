@@ -321,26 +321,28 @@ def materialize(
                 )
             selectors.append(PartitionsByAssetSelector(asset_key=dg.AssetKey(k), partitions=parts))
         backfill_id = make_new_backfill_id()
-        backfill = PartitionBackfill.from_partitions_by_assets(
-            backfill_id=backfill_id,
-            asset_graph=graph,
-            backfill_timestamp=time.time(),
-            tags={PROFILE_TAG: profile, "xray/launched_by": "xray-assets materialize"},
-            dynamic_partitions_store=instance,
-            partitions_by_assets=selectors,
-            title=f"xray-assets materialize ({profile})",
-            description=f"{len(keys)} asset(s), every partition"
-            + (f" of tasks {', '.join(tasks)}" if tasks else ""),
-            # the profile for every run; the runs' own console stays quiet (this process prints their
-            # log lines from the event log, which the UI shows in full)
-            run_config=merge_config(
-                {
-                    "resources": {"xray": {"config": {"profile": profile}}},
-                    "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-                },
-                run_config or {},
-            ),
-        )
+        # a dynamic partition (an annotation batch) is looked up in the instance
+        with dg.partition_loading_context(dynamic_partitions_store=instance):
+            backfill = PartitionBackfill.from_partitions_by_assets(
+                backfill_id=backfill_id,
+                asset_graph=graph,
+                backfill_timestamp=time.time(),
+                tags={PROFILE_TAG: profile, "xray/launched_by": "xray-assets materialize"},
+                dynamic_partitions_store=instance,
+                partitions_by_assets=selectors,
+                title=f"xray-assets materialize ({profile})",
+                description=f"{len(keys)} asset(s), every partition"
+                + (f" of tasks {', '.join(tasks)}" if tasks else ""),
+                # the profile for every run; the runs' own console stays quiet (this process prints their
+                # log lines from the event log, which the UI shows in full)
+                run_config=merge_config(
+                    {
+                        "resources": {"xray": {"config": {"profile": profile}}},
+                        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                    },
+                    run_config or {},
+                ),
+            )
         instance.add_backfill(backfill)
         driver = _Driver(instance, ctx, follower.say)
         follower.say(
