@@ -298,7 +298,12 @@ def test_annotation_batches(xray, instance, monkeypatch):
     assert md["images"] == len(coco["images"]) > 0 and md["pre_annotations"] == len(
         coco["annotations"]
     )
-    assert "not configured" in md["label_studio"] and md["label_studio_project"] == 0
+    # no service: the batch says so, loudly, and how to send it
+    assert (
+        md["label_studio"].startswith("NOT SENT to Label Studio")
+        and md["label_studio_project"] == 0
+    )
+    assert "make annotate" in md["label_studio"]
     assert ET.parse(st.local(*layout.batch(key, layout.BATCH_CVAT))).getroot().tag == "annotations"
     sent = st.read_parquet(*layout.batches_table(TASK))
     assert set(sent["image_id"]) == {im["file_name"] for im in coco["images"]}
