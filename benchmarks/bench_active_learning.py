@@ -157,9 +157,8 @@ def train_and_score(
     from ultralytics import YOLO
     from ultralytics.utils import SETTINGS
 
-    from xray_assets import layout
     from xray_assets.config import get_profile
-    from xray_assets.core import detection, metrics
+    from xray_assets.core import detection, layout, metrics
     from xray_assets.core import train as core_train
     from xray_assets.core.yolo_dataset import build_dataset, task_inputs
 

@@ -7,26 +7,23 @@ test_graph.py.
 
 import dagster as dg
 
-#: The graph in runs: a Dagster run covers assets of one partitions definition.
-STAGES: list[tuple[str, list[str], str | None]] = [
-    ("ingest", ["nih_labels", "nih_boxes", "vinbigdata_annotations"], None),
-    ("convert", ["vinbigdata_images"], "shards"),
-    ("consensus+splits", ["vinbigdata_boxes", "background_samples", "patient_splits"], None),
-    (
-        "tasks",
-        [
-            "yolo_datasets",
-            "trained_models",
-            "nms_thresholds",
-            "evaluation_reports",
-            "champion_gate",
-            "served_int8",
-            "annotation_queue",
-        ],
-        "tasks",
-    ),
-    ("report", ["study_report"], None),
-]
+
+def _stages() -> list[tuple[str, list[str], str | None]]:
+    """The graph in runs (a Dagster run covers assets of one partitions definition), from the graph
+    itself (`graph_order.study_stages`): (name, asset keys, None | "shards" | "tasks")."""
+    from xray_assets.definitions import defs
+    from xray_assets.defs.resources import SHARD_PARTITIONS, TASK_PARTITIONS
+    from xray_assets.graph_order import study_stages
+
+    kinds = {id(SHARD_PARTITIONS): "shards", id(TASK_PARTITIONS): "tasks"}
+    out = []
+    for keys, pdef in study_stages(defs.resolve_asset_graph()):
+        kind = None if pdef is None else kinds[id(pdef)]
+        out.append((kind or "unpartitioned", keys, kind))
+    return out
+
+
+STAGES = _stages()
 TASKS = [
     "nih_multi",
     "nih_binary",

@@ -21,8 +21,8 @@ import services
 from browser import browser
 from conftest import ROOT, project_dagster_home
 
-from xray_assets import label_studio, layout
-from xray_assets.core import batch_export, inbox
+from xray_assets import label_studio
+from xray_assets.core import batch_export, inbox, layout
 from xray_assets.core.classes import TASKS
 from xray_assets.defs import (
     annotation,

@@ -14,10 +14,11 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from xray_assets import layout
+from xray_assets.core import layout
 from xray_assets.core.classes import TASKS
 from xray_assets.defs import (
     datasets,
+    drop_tables,
     drops,
     evaluation,
     gate,
@@ -348,7 +349,9 @@ def test_annotation_drops(xray, instance):
         )
     )
     assert md["format"] == "nih" and md["images"] == 3 and md["rows"] > 0
-    assert key in drops.committed(xray.shared), "the drop is committed: the label assets read it"
+    assert key in drop_tables.committed(xray.shared), (
+        "the drop is committed: the label assets read it"
+    )
     assert (xray.inbox / "accepted" / key).is_dir() and not folder.exists()
 
 

@@ -71,7 +71,7 @@ def test_comments_docstrings_and_layout_change_no_version(original, tmp_path):
                 "    epochs: int = 100\n",
                 "    epochs: int = 100   # the study's 100 epochs\n# a comment\n",
             ),
-            "core/train.py": ('"""', '"""A new first line of the docstring.\n'),
+            "train.py": ('"""', '"""A new first line of the docstring.\n'),
             "core/labels.py": (
                 "def _parse_age(value) -> float:\n",
                 "def _parse_age(value) -> float:  # years\n\n",
@@ -178,7 +178,7 @@ def test_automation_after_an_edit_requests_exactly_what_the_edit_affects(origina
     cases = {
         "comment": (
             {
-                "core/train.py": ("\ndef ", "\n# a comment\ndef "),
+                "train.py": ("\ndef ", "\n# a comment\ndef "),
                 "config.py": ("\nclass ", "\n# note\nclass "),
                 "core/classes.py": (
                     '"Nodule": "Mass/Nodule",',

@@ -1,4 +1,4 @@
-"""One test per entry of `xray_assets/compat.py`: each fails when the installed library changes the
+"""One test per entry of `xray_assets/core/compat.py`: each fails when the installed library changes the
 name or the shape that entry relies on (an upgrade then breaks here, by name, not mid-training)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import inspect
 import numpy as np
 import pytest
 
-from xray_assets import compat
+from xray_assets.core import compat
 
 
 def test_local_amp_check_replaces_the_name_the_trainer_calls():

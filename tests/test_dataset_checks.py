@@ -5,6 +5,7 @@ import pandas as pd
 from helpers import graph, materialize_stages
 
 from xray_assets.defs.resources import XrayResource
+from xray_assets.graph_order import study_assets
 
 
 def test_leaked_dataset_fails_its_checks(sample_dir, tmp_path):
@@ -14,15 +15,7 @@ def test_leaked_dataset_fails_its_checks(sample_dir, tmp_path):
         results = materialize_stages(
             xray,
             instance,
-            select=[
-                "nih_labels",
-                "nih_boxes",
-                "vinbigdata_annotations",
-                "vinbigdata_images",
-                "vinbigdata_boxes",
-                "background_samples",
-                "patient_splits",
-            ],
+            select=study_assets(graph(xray)[0].resolve_asset_graph(), up_to="patient_splits"),
         )
         assert all(r.success for r in results)
         ok = [

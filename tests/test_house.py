@@ -108,7 +108,7 @@ def test_records_round_trip_and_read_what_an_older_release_wrote(tmp_path):
     version as a string), or refusing a file with a key it does not know."""
     import math
 
-    from xray_assets import layout
+    from xray_assets.core import layout
     from xray_assets.core.detection import DetectionRule
     from xray_assets.records import EvaluationSummary, ModelRecord, find_rule, write_rule
     from xray_assets.storage import Storage
@@ -155,3 +155,154 @@ def test_nothing_in_the_repository_points_outside_it():
             ):
                 found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+# -- the house's shape (issue 33): thin assets, core on the ground floor, one of each ---------------
+
+ASSET_BODY_MAX, FUNCTION_MAX = 60, 80
+
+
+def _module(path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def _functions():
+    """(module, function node, is an asset) for every function of the package."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                decorators = [ast.unparse(d) for d in node.decorator_list]
+                asset = any(d.startswith(("dg.asset", "dg.multi_asset")) for d in decorators)
+                yield _module(path), node, asset
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """module -> the package's modules it imports (relative imports resolved, at any depth)."""
+    modules = {_module(p): p for p in PACKAGE.rglob("*.py")}
+    out: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    parts = parts[: len(parts) - node.level + 1]
+                    base = ".".join(parts + ([node.module] if node.module else []))
+                targets = [f"{base}.{a.name}" for a in node.names] + [base]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            for t in targets:
+                while t and t not in modules:
+                    t = t.rsplit(".", 1)[0] if "." in t else ""
+                if t and t != name and t.startswith("xray_assets"):
+                    found.add(t)
+        out[name] = found
+    return out
+
+
+def test_assets_are_thin_and_functions_short():
+    """Catches: an asset body over 60 lines (the work belongs in a named, tested function) or any
+    function of the package over 80 lines."""
+    long_assets, long_functions = [], []
+    for module, node, asset in _functions():
+        if asset:
+            body = node.end_lineno - node.body[0].lineno + 1
+            if body > ASSET_BODY_MAX:
+                long_assets.append(f"{module}.{node.name}: {body}")
+        size = node.end_lineno - node.lineno + 1
+        if size > FUNCTION_MAX:
+            long_functions.append(f"{module}.{node.name}: {size}")
+    assert not long_assets, f"asset bodies over {ASSET_BODY_MAX} lines: {long_assets}"
+    assert not long_functions, f"functions over {FUNCTION_MAX} lines: {long_functions}"
+
+
+def test_core_is_the_ground_floor_and_no_module_imports_in_a_circle():
+    """Catches: `core/` importing anything of the package outside `core/` (config, records,
+    storage, tracking...), and an import circle among the package's modules (defs/datasets ->
+    drops -> nih -> datasets was one)."""
+    graph = _package_imports()
+    upward = {
+        m: sorted(d for d in deps if not d.startswith("xray_assets.core"))
+        for m, deps in graph.items()
+        if m.startswith("xray_assets.core")
+    }
+    assert not {m: d for m, d in upward.items() if d}, "core/ imports only core/"
+    index, low, stack, on, circles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not circles, f"import circles: {circles}"
+
+
+def test_files_are_put_in_place_by_the_one_atomic_writer():
+    """Catches: a temp-file-then-rename written by hand (`os.replace`, `os.rename`, `tmp.replace`,
+    `tmp.rename`) anywhere but `core/atomic.py`."""
+    by_hand = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == PACKAGE / "core" / "atomic.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            owner = ast.unparse(node.func.value)
+            if node.func.attr in ("replace", "rename") and (
+                owner == "os" or "tmp" in owner.lower()
+            ):
+                by_hand.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {ast.unparse(node)}")
+    assert not by_hand, f"renames into place outside core/atomic.py: {by_hand}"
+
+
+def test_the_tests_take_the_asset_order_from_the_graph():
+    """Catches: the study's assets listed in order by hand in the package or the tests (the graph
+    gives the order: `graph_order.study_assets` and `study_stages`)."""
+    from xray_assets.definitions import defs
+    from xray_assets.graph_order import study_assets
+
+    study = set(study_assets(defs.resolve_asset_graph()))
+    #: name lists that are sets, not orders: the design's asset list and the table assets
+    allowed = {("test_graph.py", "DESIGN_ASSETS"), ("test_graph.py", "TABLE_ASSETS")}
+    listed = []
+    for path in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "tests").glob("*.py")]):
+        tree = ast.parse(path.read_text())
+        names = {
+            id(node.value): t.id
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign)
+            for t in node.targets
+            if isinstance(t, ast.Name)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.List, ast.Tuple)):
+                items = [e.value for e in node.elts if isinstance(e, ast.Constant)]
+                if sum(1 for i in items if i in study) >= 5:
+                    if (path.name, names.get(id(node))) not in allowed:
+                        listed.append(f"{path.name}:{node.lineno}")
+    assert not listed, f"study assets listed by hand (take them from the graph): {listed}"

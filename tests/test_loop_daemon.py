@@ -19,7 +19,7 @@ import pytest
 from browser import free_port, wait_http
 from conftest import ROOT, project_dagster_home
 
-from xray_assets import layout
+from xray_assets.core import layout
 
 BIN = Path(sys.executable).parent
 

@@ -12,7 +12,9 @@ import dagster as dg
 import mlflow
 import pytest
 
+from xray_assets.definitions import build_definitions
 from xray_assets.defs.resources import XrayResource
+from xray_assets.graph_order import study_assets
 
 
 def _free_port() -> int:
@@ -72,17 +74,7 @@ def test_model_tracked_in_a_real_mlflow_server(mlflow_server, sample_dir, tmp_pa
         profile="smoke",
         mlflow_tracking_uri=mlflow_server,
     )
-    select = [
-        "nih_labels",
-        "nih_boxes",
-        "vinbigdata_annotations",
-        "vinbigdata_images",
-        "vinbigdata_boxes",
-        "background_samples",
-        "patient_splits",
-        "yolo_datasets",
-        "trained_models",
-    ]
+    select = study_assets(build_definitions(xray).resolve_asset_graph(), up_to="trained_models")
     with dg.DagsterInstance.ephemeral() as instance:
         results = materialize_stages(xray, instance, select=select, tasks=["united_binary"])
         assert all(r.success for r in results)

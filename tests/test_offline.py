@@ -10,7 +10,7 @@ import pytest
 
 
 def test_offline_settings_hold_where_ultralytics_reads_them():
-    from xray_assets import offline
+    from xray_assets.core import offline
 
     offline.prepare()
     import ultralytics.engine.trainer as trainer_mod
@@ -36,7 +36,7 @@ def test_guard_records_a_lookup_that_ultralytics_swallows(tmp_path):
     """Without the font copy, ultralytics' check_font asks GitHub and catches the failure."""
     from ultralytics.utils.checks import check_font
 
-    from xray_assets import offline
+    from xray_assets.core import offline
 
     saved = {f: (offline.font_dir() / f).read_bytes() for f in offline.FONTS}
     try:

@@ -13,6 +13,7 @@ from helpers import TASKS, graph, materialize_stages
 
 from xray_assets.core.synthetic import write_drop
 from xray_assets.defs.resources import XrayResource
+from xray_assets.graph_order import study_assets
 
 
 def _requested(result, defs) -> dict[str, set]:
@@ -295,16 +296,7 @@ def test_study_report_does_not_wait_for_a_task_never_materialised(sample_dir, tm
         materialize_stages(
             xray,
             instance,
-            select=[
-                "nih_labels",
-                "nih_boxes",
-                "vinbigdata_annotations",
-                "vinbigdata_images",
-                "vinbigdata_boxes",
-                "background_samples",
-                "patient_splits",
-                "yolo_datasets",
-            ],
+            select=study_assets(defs.resolve_asset_graph(), up_to="yolo_datasets"),
             tasks=["nih_binary"],
         )
         first = dg.evaluate_automation_conditions(defs=defs, instance=instance)

@@ -576,9 +576,8 @@ def test_the_queue_ranks_on_a_path_checked_on_this_cpu(toy_model, tmp_path, monk
     import pandas as pd
     from conftest import TOY_SIZE
 
-    from xray_assets import layout
     from xray_assets.config import ServeTolerance
-    from xray_assets.core import acquisition
+    from xray_assets.core import acquisition, layout
     from xray_assets.core.classes import TASKS
     from xray_assets.core.detection import AP_FLOOR, DetectionRule, detect_images, load_model
     from xray_assets.core.synthetic import render

@@ -7,16 +7,13 @@ import pytest
 from conftest import ROOT
 from services import postgres
 
-INGEST_AND_DATASETS = [
-    "nih_labels",
-    "nih_boxes",
-    "vinbigdata_annotations",
-    "vinbigdata_images",
-    "vinbigdata_boxes",
-    "background_samples",
-    "patient_splits",
-    "yolo_datasets",
-]
+
+def _ingest_and_datasets() -> list[str]:
+    """The study up to the task datasets, in the graph's order."""
+    from xray_assets.definitions import defs
+    from xray_assets.graph_order import study_assets
+
+    return study_assets(defs.resolve_asset_graph(), up_to="yolo_datasets")
 
 
 @pytest.mark.slow
@@ -40,7 +37,7 @@ def test_postgres_instance_materialises_ingest_and_datasets(sample_dir, tmp_path
             assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
             assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
             results = materialize_stages(
-                xray, instance, select=INGEST_AND_DATASETS, tasks=["united_binary"]
+                xray, instance, select=_ingest_and_datasets(), tasks=["united_binary"]
             )
             assert results and all(r.success for r in results)
             ids = {r.run_id for r in results}
@@ -109,7 +106,7 @@ def test_whole_graph_materialises_into_s3(sample_dir, tmp_path, monkeypatch, req
                 # conversion pods may keep their scratch elsewhere: the splits name images by the storage layout
                 monkeypatch.setenv(
                     "XRAY_CACHE_DIR",
-                    str(tmp_path / ("convert-scratch" if stage == "convert" else "cache")),
+                    str(tmp_path / ("convert-scratch" if "vinbigdata_images" in keys else "cache")),
                 )
                 mirror = Storage(url).mirror
                 for (

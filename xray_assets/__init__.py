@@ -1,6 +1,6 @@
 """xray-assets: a Dagster asset graph that reproduces a chest X-ray detection study end to end."""
 
-from . import offline as _offline
+from .core import offline as _offline
 
 # before anything imports ultralytics, which reads these once at import
 _offline.apply_env()

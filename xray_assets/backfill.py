@@ -28,30 +28,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .graph_order import study_assets
+
 LOCATION = "xray_assets.definitions"  # the code location name in workspace.yaml (the UI's)
 #: Dagster's system tags (public strings; `tests/test_dagster_contract.py` checks them)
 BACKFILL_TAG = "dagster/backfill"
 PARTITION_TAG = "dagster/partition"
 DAEMON_FRESH_SECONDS = 60  # a daemon heartbeats every 30 s (Dagster's default)
 MAX_ITERATION_ERRORS = 10  # daemon iterations that failed in a row before `materialize` gives up
-#: what `materialize` selects by default: the study (accepted drops are the sensor's business)
-DEFAULT_SELECTION = [
-    "nih_labels",
-    "nih_boxes",
-    "vinbigdata_annotations",
-    "vinbigdata_images",
-    "vinbigdata_boxes",
-    "background_samples",
-    "patient_splits",
-    "yolo_datasets",
-    "trained_models",
-    "nms_thresholds",
-    "evaluation_reports",
-    "champion_gate",
-    "served_int8",
-    "annotation_queue",
-    "study_report",
-]
 
 
 @dataclass
@@ -289,7 +273,6 @@ def materialize(
 
     profile = get_profile(profile).name
     instance = instance or dg.DagsterInstance.get()
-    keys = [k for k in (select or DEFAULT_SELECTION)]
     follower = _Follower(instance, out)
     t0 = time.time()
     with workspace(instance, working_directory) as ctx:
@@ -298,6 +281,8 @@ def materialize(
         if errors:
             raise RuntimeError(f"the code location does not load: {errors[0].message}")
         graph = request.asset_graph
+        # by default the study, in the graph's own order (accepted drops are the sensor's business)
+        keys = list(select) if select else study_assets(graph)
         unknown = [k for k in keys if not graph.has(dg.AssetKey(k))]
         if unknown:
             raise ValueError(

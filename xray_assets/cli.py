@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import label_studio, layout
+from . import label_studio
+from .core import layout
 
 
 def cmd_sample_data(args) -> int:

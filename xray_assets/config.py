@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .core.isolation import DecodeLimits
-from .offline import cache_dir
+from .core.offline import cache_dir
 
 #: The study's NMS grid (docs/study.md).
 STUDY_CONF_GRID: tuple[float, ...] = (0.03, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
@@ -423,7 +423,7 @@ def default_mlflow_uri(storage_dir: Path | str) -> str:
 
 
 def configure_ultralytics() -> None:
-    """Offline ultralytics (see `offline.py`). Call before ultralytics trains, validates or predicts."""
-    from . import offline
+    """Offline ultralytics (see `core/offline.py`). Call before ultralytics trains, validates or predicts."""
+    from .core import offline
 
     offline.prepare()

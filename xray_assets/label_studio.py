@@ -21,7 +21,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import layout
+from .core import atomic, layout
 
 #: a closed local port: whatever Label Studio still fetches from outside fails at once, with no
 #: DNS look-up (its login page asks the server for "tips" from raw.githubusercontent.com, and no
@@ -76,16 +76,6 @@ def stored_service(storage_dir) -> Service | None:
     return Service(**{k: got[k] for k in ("url", "user", "password", "token")}, origin=str(path))
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Atomically, readable and writable by the owner only (it holds a password and a token)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def service_for(storage_dir, port: int = DEFAULT_PORT, environ=None) -> Service:
     """The service `make annotate` starts on this storage root: its credentials from the
     environment when all three variables are set, else those stored at an earlier start, else new
@@ -105,7 +95,8 @@ def service_for(storage_dir, port: int = DEFAULT_PORT, environ=None) -> Service:
         origin = str(service_file(storage_dir))
     service = Service(url, user, password, token, origin)
     record = {k: v for k, v in asdict(service).items() if k != "origin"}
-    _write_private(service_file(storage_dir), json.dumps(record, indent=1))
+    # readable and writable by its owner only: it holds a password and a token
+    atomic.write_text(service_file(storage_dir), json.dumps(record, indent=1), mode=0o600)
     return service
 
 

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import layout
+from .core import layout
 from .core.detection import DetectionRule
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ class ModelRecord:
     trained_on_synthetic: bool = False
     #: ultralytics' final validation metrics
     metrics: dict[str, float] = field(default_factory=dict)
-    #: where the weights started (core.train.Init)
+    #: where the weights started (train.Init)
     init: str = "unknown"
     init_source: str = ""
     init_sha256: str = ""

@@ -3,7 +3,7 @@
 The root is a local folder or an object-store URL (`s3://bucket/prefix`, through fsspec/UPath; the
 endpoint comes from `AWS_ENDPOINT_URL` for S3-compatible servers).
 
-Locally a write goes to a temp file in the same folder, then `os.replace`. On an object store a
+Locally a write goes through `core.atomic` (a temp file in the same folder, then renamed over). On an object store a
 table or report is written to a local temp file and uploaded in one PUT, so readers see the whole
 object or none. Work that needs real files (DICOM conversion, YOLO datasets, ultralytics training
 and tuning, plots of test images) runs in a local *mirror* of the root: `local()` downloads a file
@@ -30,6 +30,8 @@ from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
+from .core.atomic import atomic_dir, atomic_path
+
 LINKS_FILE = ".xray-links.json"  # a pushed folder's symlinks (relative path -> target): objects cannot be links
 
 
@@ -50,7 +52,7 @@ def _upath(url: str):
 
 def mirror_root(url: str) -> Path:
     """Where the local mirror of an object-store root lives (the same path on every machine)."""
-    from .offline import cache_dir
+    from .core.offline import cache_dir
 
     base = Path(os.environ.get("XRAY_CACHE_DIR") or cache_dir() / "mirror")
     scheme, rest = url.split("://", 1)
@@ -307,22 +309,13 @@ class Storage:
     def _download(self, items: list[tuple[str, Path, dict]]) -> None:
         if not items:
             return
-        tmps = []
-        for _, lp, _ in items:
-            lp.parent.mkdir(parents=True, exist_ok=True)
-            tmps.append(lp.with_name(f".{lp.name}.xray-get-{os.getpid()}"))
-        try:
+        with contextlib.ExitStack() as stack:  # each file replaced whole, or none if the get fails
+            tmps = [stack.enter_context(atomic_path(lp)) for _, lp, _ in items]
             self.fs.get([k for k, _, _ in items], [str(t) for t in tmps])
-            for (_, lp, info), tmp in zip(items, tmps):
+            for (_, _, info), tmp in zip(items, tmps):
                 stamp = _stamp(info)
                 if stamp is not None:
                     os.utime(tmp, (stamp, stamp))
-                if lp.is_symlink():
-                    lp.unlink()
-                os.replace(tmp, lp)
-        finally:
-            for tmp in tmps:
-                tmp.unlink(missing_ok=True)
 
     def _upload(self, items: list[tuple[Path, str]]) -> None:
         if not items:
@@ -341,7 +334,8 @@ class Storage:
     def atomic(self, *parts: str) -> Iterator[Path]:
         """Yield a temp path to write; it becomes `parts` only if the block finishes."""
         if not self.remote:
-            yield from _atomic(self.root.joinpath(*parts))
+            with atomic_path(self.root.joinpath(*parts)) as tmp:
+                yield tmp
             return
         final = self._key(*parts)
         fd, name = tempfile.mkstemp(prefix=".xray-upload-", suffix=Path(parts[-1]).suffix)
@@ -359,18 +353,8 @@ class Storage:
 
         On an object store the finished folder replaces the mirror's copy, then is uploaded file by
         file (objects it no longer has are deleted last); a failed block uploads nothing."""
-        final = self.local_path(*parts)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
-        try:
+        with atomic_dir(self.local_path(*parts)) as tmp:
             yield tmp
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            if final.exists():
-                os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         self.push(*parts, exact=True)
 
     def write_parquet(self, df: pd.DataFrame, *parts: str) -> Path:
@@ -403,22 +387,3 @@ class Storage:
         with self.atomic(*parts) as tmp:
             shutil.copyfile(src, tmp)
         return self.root.joinpath(*parts)
-
-
-def _atomic(final: Path) -> Iterator[Path]:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=final.suffix)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-@contextlib.contextmanager
-def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
-    """Atomic write of any path (for code outside a Storage, e.g. the sample-data generator)."""
-    yield from _atomic(Path(final))

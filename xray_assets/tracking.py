@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import layout
+from .core import atomic, layout
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -91,9 +91,7 @@ def fetch_weights(tracking_uri: str, run_id: str, cache: Path) -> Path:
         pick = best if best.exists() else got / layout.LAST_WEIGHTS
         if not pick.exists():
             raise FileNotFoundError(f"run {run_id} has no weights/best.pt artefact")
-        tmp = cache / ".best.pt.tmp"
-        shutil.copyfile(pick, tmp)
-        os.replace(tmp, weights)
+        atomic.copy_file(pick, weights)
     finally:
         shutil.rmtree(got.parent if got.name == "weights" else got, ignore_errors=True)
     return weights

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..compat import capturing_predictor
+from .compat import capturing_predictor
 
 BOX_COLUMNS = ["image_id", "label", "score", "x_min", "y_min", "x_max", "y_max"]
 #: the confidence floor for threshold-free AP (COCO and ultralytics' val use the same)
@@ -154,7 +154,7 @@ def to_bgr(gray: np.ndarray) -> np.ndarray:
 # -- running the model -----------------------------------------------------------------------------
 def load_model(weights: str | Path):
     """An ultralytics YOLO model from weights (a .pt file or an OpenVINO/ONNX export)."""
-    from ..config import configure_ultralytics
+    from .offline import prepare as configure_ultralytics
 
     configure_ultralytics()
     from ultralytics import YOLO

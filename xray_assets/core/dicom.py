@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from . import atomic
 from .bounds import (
     DEFAULT_MAX_MEGAPIXELS,
     Dimensions,
@@ -323,8 +324,6 @@ def convert_one(
     """Convert one DICOM to a PNG at `dst` (atomically). Never raises: failures come back as rows.
     The file is read once: its bytes give the row's `source_hash` (sha256) and are decoded from
     memory. (A decoder that crashes the process is caught one level up, by the isolated pool.)"""
-    import os
-    import tempfile
 
     row = {
         "path": dst,
@@ -346,11 +345,7 @@ def convert_one(
         ok, buf = cv2.imencode(".png", img.pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         if not ok:
             raise DicomError(f"{Path(src).name}: PNG encoding failed")
-        Path(dst).parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=Path(dst).parent, prefix=".tmp-", suffix=".png")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.tobytes())
-        os.replace(tmp, dst)
+        atomic.write_bytes(dst, buf.tobytes())
         row.update(
             height=img.pixels.shape[0],
             width=img.pixels.shape[1],

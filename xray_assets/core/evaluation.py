@@ -14,7 +14,7 @@ The study report across tasks is `study.py`'s.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -36,8 +36,16 @@ from .metrics import (
 )
 from .report import md_table
 
-if TYPE_CHECKING:  # the record's module reads and writes files; core only reads its fields
-    from ..records import ModelRecord
+
+class ModelFacts(Protocol):
+    """What the reports say of the model they evaluate (`records.ModelRecord` has these fields;
+    core reads them and never the file the record lives in)."""
+
+    model_version: str | None
+    init: str
+    init_sha256: str
+    trained_on_synthetic: bool
+
 
 INTERPOLATION = "COCO 101-point interpolated precision, greedy matching by score, at most 100 detections per image"
 
@@ -367,7 +375,7 @@ def report_markdown(
     profile: str,
     ev: TaskEvaluation,
     rule: DetectionRule,
-    model: ModelRecord,
+    model: ModelFacts,
     excluded: pd.DataFrame | None = None,
     n_boot: int | None = None,
 ) -> str:

@@ -9,7 +9,6 @@ gate's decisions, what the unboxed-finding rule left out, NIH subgroups and the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -17,15 +16,13 @@ from .detection import DetectionRule
 from .evaluation import (
     INTERPOLATION,
     SUBGROUP_COLUMNS,
+    ModelFacts,
     interval_text,
     intervals_sentence,
     patients,
 )
 from .metrics import AVERAGES, MIN_TEST_BOXES, enough_boxes, paired_bootstrap, too_few
 from .report import md_table
-
-if TYPE_CHECKING:  # the record's module reads and writes files; core only reads its fields
-    from ..records import ModelRecord
 
 
 @dataclass
@@ -34,7 +31,7 @@ class TaskResult:
 
     name: str
     summary: dict
-    model: ModelRecord
+    model: ModelFacts
     rule: DetectionRule
     gt: pd.DataFrame  # test boxes (task labels)
     detections: pd.DataFrame  # the rule at the AP floor on every test image

@@ -24,8 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .. import layout
-from ..storage import atomic_path
+from . import layout
+from .atomic import atomic_path
 from .classes import NIH_CLASSES, VINBIGDATA_CLASSES
 
 # -- scene ---------------------------------------------------------------------------------------

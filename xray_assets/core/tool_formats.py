@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import pandas as pd
 
-from .. import layout
+from . import layout
 from .classes import NIH_CLASSES
 
 COLUMNS = [

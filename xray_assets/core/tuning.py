@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ..compat import IOU_THRESHOLDS, ValidatorMetrics, match_predictions
+from .compat import IOU_THRESHOLDS, ValidatorMetrics, match_predictions
 from .detection import Candidates, DetectionRule, replay
 
 COORDS = ["x_min", "y_min", "x_max", "y_max"]

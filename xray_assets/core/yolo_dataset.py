@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .. import layout
+from . import layout
 from .classes import TaskSpec
 from .splits import SPLITS
 

@@ -9,15 +9,15 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from .. import layout, tracking
-from ..core import acquisition, batch_export, detection
+from .. import tracking
+from ..core import acquisition, atomic, batch_export, detection, layout
 from ..core.classes import TASKS
 from ..core.detection import AP_FLOOR, DetectionRule
 from ..core.splits import shard_of
 from ..records import ModelRecord, find_rule
 from ..serve import runtime as fast
 from .automation import code_version, content_version, on_new_data
-from .datasets import nih_image_index
+from .drop_tables import nih_image_index, read_drop_tables
 from .evaluation import nms_thresholds
 from .gate import champion_gate
 from .nih import nih_boxes, nih_labels
@@ -82,7 +82,6 @@ def fast_scorer(xray: XrayResource, task: str, weights, version: str, rule, imgs
 
 def pending_images(xray: XrayResource, task: str) -> set[str]:
     """Images of this task's exported batches whose annotations have not come back in a drop."""
-    from .drops import read_drop_tables
 
     st = xray.storage
     if not st.exists(*layout.batches_table(task)):
@@ -420,7 +419,6 @@ def pull_annotations(
     context: dg.OpExecutionContext, config: PullConfig, xray: XrayResource
 ) -> None:
     from ..core import inbox
-    from .drops import read_drop_tables
 
     client, why = label_studio_client(xray)
     if client is None:
@@ -435,13 +433,10 @@ def pull_annotations(
     ids = sorted(int(t["id"]) for t in fresh)
     name = f"label-studio-{config.task}-p{config.project}-t{ids[0]}-{ids[-1]}-{len(ids)}"
     folder = xray.inbox / name
-    tmp = xray.inbox / f".{name}.tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "export.json").write_text(json.dumps(fresh))
-    (tmp / inbox.READY).write_text("")
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    # the whole folder appears at once (a hidden temp folder renamed): the inbox sensor never sees half
+    with atomic.atomic_dir(folder) as tmp:
+        (tmp / "export.json").write_text(json.dumps(fresh))
+        (tmp / inbox.READY).write_text("")
     context.log.info(f"project {config.project}: {len(fresh)} annotated task(s) -> {folder.name}")
 
 

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from .. import layout
+from ..core import layout
 from .nih import nih_boxes, nih_labels
 from .resources import XrayResource
 from .vinbigdata import vinbigdata_annotations

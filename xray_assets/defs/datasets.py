@@ -5,8 +5,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from .. import layout
-from ..core import plots, sampling, splits, yolo_dataset
+from ..core import layout, plots, sampling, splits, yolo_dataset
 from ..core.classes import TASKS
 from ..core.sampling import sample_background
 from ..core.splits import assign_splits, study_images
@@ -18,7 +17,7 @@ from ..core.yolo_dataset import (
     task_inputs,
 )
 from .automation import code_version, content_version, on_new_data
-from .drops import drop_image_paths
+from .drop_tables import nih_image_index
 from .nih import nih_boxes, nih_labels
 from .resources import TASK_PARTITIONS, XrayResource, column_schema, table_value, thumbnail
 from .vinbigdata import read_manifests, vinbigdata_annotations, vinbigdata_boxes, vinbigdata_images
@@ -46,19 +45,6 @@ SPLITS_SCHEMA = column_schema(
         "split": ("string", "train, val or test"),
     }
 )
-
-
-def nih_image_index(data_dir: Path, shared=None) -> dict[str, Path]:
-    """image file name -> path, over `images_001/images` .. `images_012/images` (or a flat `images/`),
-    then the accepted drops' images (`shared`: the storage shared by the profiles)."""
-    index: dict[str, Path] = {}
-    for pattern in ("images_*/images/*.png", "images/*.png"):
-        for p in data_dir.glob(pattern):
-            index.setdefault(p.name, p)
-    if shared is not None:
-        for name, p in drop_image_paths(shared, "images").items():
-            index.setdefault(name, p)
-    return index
 
 
 @dg.asset(

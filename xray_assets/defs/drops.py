@@ -21,58 +21,14 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from .. import layout
-from ..core import inbox
+from ..core import atomic, inbox, layout
 from ..core.labels import read_nih_labels, read_vinbigdata_annotations
 from ..storage import Storage
 from .automation import LABEL_ASSETS, ingest_labels_job
+from .drop_tables import DROPS_READ, committed, nih_image_index, read_drop_tables
 from .resources import DROP_PARTITIONS, XrayResource, table_value
 
-COMMIT = "drop.json"
 CURSOR_KEEP = 500
-
-
-def committed(shared: Storage) -> list[str]:
-    """Partition keys of the accepted drops (those whose commit is written), oldest first."""
-    keys = [p for p in sorted(shared.subfolders("drops")) if shared.exists("drops", p, COMMIT)]
-    return sorted(
-        keys, key=lambda k: (shared.read_json("drops", k, COMMIT).get("accepted_at", ""), k)
-    )
-
-
-def read_drop_tables(
-    shared: Storage, table: str, exclude: str | None = None, keys: list[str] | None = None
-) -> pd.DataFrame:
-    """`table` (labels, boxes or annotations) of every committed drop (or of `keys`, committed drops
-    listed once by the caller), with `source` = the drop's key."""
-    parts = [
-        shared.read_parquet("drops", k, f"{table}.parquet").assign(source=k)
-        for k in (committed(shared) if keys is None else keys)
-        if k != exclude and shared.exists("drops", k, f"{table}.parquet")
-    ]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
-
-def drop_image_paths(shared: Storage, folder: str) -> dict[str, Path]:
-    """file name -> local path of the committed drops' images (`images`) or DICOMs (`dicom`),
-    fetched into the mirror when the storage root is an object store."""
-    out: dict[str, Path] = {}
-    for k in committed(shared):
-        if shared.exists("drops", k, folder):
-            local = shared.local("drops", k, folder)
-            for p in sorted(local.iterdir()):
-                out.setdefault(p.name, p)
-    return out
-
-
-#: a label asset's metadata entry listing the committed drops its run read (the `label_drops`
-#: sensor compares it with the committed drops)
-DROPS_READ = "drops_read"
-
-
-def drops_read(keys: list[str]) -> dict:
-    """The label assets' metadata entries for the drops a run read."""
-    return {DROPS_READ: dg.MetadataValue.json(list(keys)), "drops": len(keys)}
 
 
 def drops_behind(instance: dg.DagsterInstance, accepted: list[str]) -> dict[str, list[str]]:
@@ -109,7 +65,6 @@ def _known(xray: XrayResource, key: str) -> inbox.Known:
     """What the data holds besides this drop (a re-run of an accepted drop is no duplicate)."""
     from ..core.bounds import png_dimensions
     from ..core.labels import read_nih_boxes
-    from .datasets import nih_image_index
 
     nih_ids, vbd_ids, boxed = set(), set(), {}
     entry = xray.data("nih", "Data_Entry_2017.csv")
@@ -207,21 +162,17 @@ def annotation_drops(
     st = xray.shared
     # 1. the images (whole files; a re-run rewrites the same names)
     sub = "images" if drop.fmt == "nih" else "dicom"
-    with st.workdir("drops", key, sub, pull=False) as out:
+    with st.workdir(*layout.drop(key, sub), pull=False) as out:
         for name, src in drop.images.items():
             target = out / (name if drop.fmt == "nih" else f"{name}.dicom")
             if not target.exists() or target.stat().st_size != src.stat().st_size:
-                import shutil
-
-                tmp = target.with_name(f".{target.name}.tmp")
-                shutil.copyfile(src, tmp)
-                tmp.replace(target)
+                atomic.copy_file(src, target)
     context.log.info(f"drop {key}: {len(drop.images)} new image file(s) stored")
     for r in drop.tables.get("kept_out", pd.DataFrame()).itertuples(index=False):
         context.log.warning(f"drop {key}: kept out: {r.reason}")
     # 2. the rows, one table after another
     for name, table in drop.tables.items():
-        st.write_parquet(table, "drops", key, f"{name}.parquet")
+        st.write_parquet(table, *layout.drop_table(key, name))
     # 3. the commit: from here the label assets read this drop
     record = {
         "key": key,
@@ -231,7 +182,7 @@ def annotation_drops(
         "accepted_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "dagster_run_id": context.run_id,
     }
-    st.write_json(record, "drops", key, COMMIT)
+    st.write_json(record, *layout.drop_commit(key))
     kept_at = inbox.archive(folder, xray.inbox, key)
     context.log.info(f"drop {key} accepted: {drop.summary}; archived at {kept_at}")
     rows = sum(len(t) for t in drop.tables.values())
@@ -249,7 +200,7 @@ def annotation_drops(
                 if len(drop.tables.get("kept_out", ()))
                 else {}
             ),
-            "stored_at": dg.MetadataValue.path(str(st.root / "drops" / key)),
+            "stored_at": dg.MetadataValue.path(str(st.root.joinpath(*layout.drop(key)))),
             "archived_at": dg.MetadataValue.path(str(kept_at)),
             "dagster/row_count": rows,
         },

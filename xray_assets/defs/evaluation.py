@@ -7,9 +7,9 @@ from dataclasses import replace
 import dagster as dg
 import pandas as pd
 
-from .. import layout, tracking
+from .. import tracking
 from ..config import get_profile
-from ..core import champion, detection, metrics, plots, study, tuning
+from ..core import champion, detection, layout, metrics, plots, study, tuning
 from ..core import evaluation as core_eval
 from ..core.classes import SERVED_TASKS, TASK_NAMES, TASKS
 from ..core.detection import AP_FLOOR, DetectionRule

@@ -12,8 +12,8 @@ from dataclasses import replace
 import dagster as dg
 import pandas as pd
 
-from .. import layout, tracking
-from ..core import champion, detection, metrics
+from .. import tracking
+from ..core import champion, detection, layout, metrics
 from ..core import evaluation as core_eval
 from ..core.classes import TASKS
 from ..core.detection import AP_FLOOR, DetectionRule

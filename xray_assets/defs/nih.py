@@ -3,10 +3,10 @@
 import dagster as dg
 import pandas as pd
 
-from .. import layout
-from ..core import labels
+from ..core import labels, layout
 from .automation import code_version, content_version, on_reader_change
-from .drops import annotation_drops, committed, drops_read, read_drop_tables
+from .drop_tables import committed, drops_read, read_drop_tables
+from .drops import annotation_drops
 from .resources import XrayResource, column_schema, ingest_table, table_value
 
 OWNERS = ["team:radiology-data"]

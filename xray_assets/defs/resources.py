@@ -7,8 +7,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from .. import layout
 from ..config import FIELD_ENV, Profile, Settings, current
+from ..core import layout
 from ..core.classes import TASK_NAMES
 from ..core.isolation import DecodeLimits
 from ..storage import Storage

@@ -8,8 +8,9 @@ import dagster as dg
 from pydantic import Field
 
 from .. import config as config_module
-from .. import layout, tracking
-from ..core import train as core_train
+from .. import tracking
+from .. import train as core_train
+from ..core import layout
 from ..core.classes import TASKS
 from ..core.synthetic import is_sample_data
 from ..records import DatasetManifest, ModelRecord

@@ -6,13 +6,13 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from .. import layout
-from ..core import consensus, dicom, labels
+from ..core import consensus, dicom, labels, layout
 from ..core.classes import UNITED_CLASSES
 from ..core.isolation import IsolatedPool, failure_reason
 from ..core.splits import shard_of
 from .automation import code_version, content_version, on_new_data, on_reader_change
-from .drops import annotation_drops, committed, drop_image_paths, drops_read, read_drop_tables
+from .drop_tables import committed, drop_image_paths, drops_read, read_drop_tables
+from .drops import annotation_drops
 from .resources import (
     CONVERSION_SHARDS,
     CONVERSION_STEP_TAGS,

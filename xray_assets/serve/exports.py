@@ -6,12 +6,12 @@ val split of a dataset's data.yaml."""
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from ..config import configure_ultralytics
+from ..core import atomic
 
 #: what `ultralytics` exports for each fast backend, and the suffix of the cached export
 EXPORTS = {"openvino": "_openvino_model", "onnx": ".onnx"}
@@ -43,5 +43,5 @@ def export_model(weights: Path, imgsz: int, backend: str, calibration: Path | No
         out = YOLO(str(src)).export(
             format=backend, imgsz=imgsz, dynamic=False, verbose=False, **kwargs
         )
-        os.replace(out, final)
+        atomic.copy_file(out, final)
     return final

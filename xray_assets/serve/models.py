@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import layout, tracking
+from .. import tracking
 from ..config import ServeTolerance, Settings, configure_ultralytics, current
+from ..core import layout
 from ..core.classes import SERVED_TASKS, TASKS
 from ..core.detection import DetectionRule, detect
 from ..records import ModelRecord, find_rule

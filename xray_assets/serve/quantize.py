@@ -38,9 +38,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import layout
 from ..config import ServeTolerance
-from ..core import acquisition
+from ..core import acquisition, layout
 from ..core.detection import AP_FLOOR, DetectionRule, detect_images, load_model
 from ..core.dicom import file_sha256
 from ..core.evaluation import split

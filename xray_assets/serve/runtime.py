@@ -124,7 +124,7 @@ def compiled_model(xml: Path, config: dict):
     before the process ends: OpenVINO's CPU plugin joins its executor threads when a compiled model
     is destroyed, and a release at a garbage collector's whim while those threads still hold work
     for Python is how its teardown deadlocks (ultralytics issue 25923)."""
-    from ..compat import decline_openvino_telemetry
+    from ..core.compat import decline_openvino_telemetry
 
     decline_openvino_telemetry()  # before the import: importing openvino sends an event
     import openvino as ov

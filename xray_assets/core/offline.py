@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
+
+from . import atomic
 
 #: Forced, not defaults: the project promises no network use, whatever the shell says.
 #: ("true"/"false" rather than 1/0: older 8.4 releases read only these spellings.) MLflow 3 sends
@@ -87,9 +88,7 @@ def place_fonts(target: Path | None = None) -> list[Path]:
     for name in FONTS:
         dst = target / name
         if not dst.exists():
-            tmp = dst.with_name(f".{name}.{os.getpid()}")
-            shutil.copyfile(dejavu, tmp)
-            os.replace(tmp, dst)
+            atomic.copy_file(dejavu, dst)
         out.append(dst)
     return out
 

@@ -32,8 +32,28 @@ def conversion_manifest(shard: str) -> tuple[str, str, str]:
     return "vinbigdata", "images", f"manifest-{shard}.parquet"
 
 
+#: the accepted drops, under the storage root shared by the profiles: a folder each
+DROPS = ("drops",)
+#: a drop's commit: from the moment it is written the label assets read the drop
+DROP_COMMIT = "drop.json"
+
+
+def drop(key: str, name: str = "") -> tuple[str, ...]:
+    """An accepted drop's folder (or a file or folder in it: `images`, `dicom`)."""
+    return (*DROPS, key, name) if name else (*DROPS, key)
+
+
+def drop_commit(key: str) -> tuple[str, ...]:
+    return drop(key, DROP_COMMIT)
+
+
+def drop_table(key: str, table: str) -> tuple[str, ...]:
+    """One of a drop's tables (labels, boxes, annotations, deleted, kept_out, tasks)."""
+    return drop(key, f"{table}.parquet")
+
+
 #: the key annotators' pseudonyms are hashed with (under the shared root; made once, never logged)
-PSEUDONYM_KEY = ("drops", ".pseudonym-key")
+PSEUDONYM_KEY = (*DROPS, ".pseudonym-key")
 
 
 # -- splits and the task datasets ----------------------------------------------------------------

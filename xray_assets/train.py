@@ -9,20 +9,19 @@ registered as `xray-<task>`.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import compat, layout, tracking
-from ..config import (
+from . import tracking
+from .config import (
     NO_EFFECT_FOR_DETECTION,
     TrainParams,
     configure_ultralytics,
     default_weights_dir,
 )
+from .core import atomic, compat, layout
 
 
 class InitError(FileNotFoundError):
@@ -53,7 +52,7 @@ class Init:
 
 
 def _pretrained(path: Path, note: str) -> Init:
-    from .dicom import file_sha256
+    from .core.dicom import file_sha256
 
     return Init("pretrained", str(path), file_sha256(path), path.stat().st_size, note)
 
@@ -251,9 +250,7 @@ def train(
             for k, v in (trainer.metrics or {}).items()
         }
         weights_out = request.out_dir / layout.BEST_WEIGHTS
-        tmp = request.out_dir / ".best.pt.tmp"
-        shutil.copyfile(best, tmp)
-        os.replace(tmp, weights_out)
+        atomic.copy_file(best, weights_out)
         tracking.log_training_outputs(active.run_id, best.parent, save_dir, final)
         version = None
         if request.register:
