@@ -46,7 +46,7 @@ def test_unknown_profile_is_a_clear_error():
 
 
 def test_train_args_unknown_to_ultralytics_are_reported_not_passed():
-    from xray_assets.core.train import ultralytics_train_args
+    from xray_assets.train import ultralytics_train_args
 
     known, dropped = ultralytics_train_args(get_profile("study").train)
     assert known["cls"] == 1.5 and known["copy_paste"] == 0.8

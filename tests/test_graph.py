@@ -365,9 +365,7 @@ def test_materialize_takes_over_when_the_daemon_stops(small_instance, monkeypatc
     monkeypatch.setattr(backfill, "clock", clock)
     out = io.StringIO()
     outcome = backfill.materialize(
-        ["nih_labels"],
-        None,
-        "smoke",
+        backfill.MaterializeRequest(["nih_labels"], profile="smoke"),
         instance=small_instance,
         working_directory=str(ROOT),
         timeout=200,
@@ -401,9 +399,7 @@ def test_materialize_prints_daemon_iteration_errors_and_gives_up(small_instance,
     out = io.StringIO()
     with pytest.raises(RuntimeError, match="failed 3 times in a row"):
         backfill.materialize(
-            ["nih_labels"],
-            None,
-            "smoke",
+            backfill.MaterializeRequest(["nih_labels"], profile="smoke"),
             instance=small_instance,
             working_directory=str(ROOT),
             timeout=120,

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from xray_assets import tracking
+from xray_assets import train as core_train
 from xray_assets.config import Settings, get_profile
-from xray_assets.core import train as core_train
 from xray_assets.core.dicom import file_sha256
 from xray_assets.core.synthetic import toy_yolo_dataset
 

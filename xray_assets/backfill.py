@@ -242,27 +242,78 @@ class _Follower:
                         )
 
 
+@dataclass
+class MaterializeRequest:
+    """What `materialize` makes one backfill of: `select` (default: the study, in the graph's
+    order) over every partition (task partitions: `tasks` if given; any other partitioned asset:
+    `partitions` if given), with the profile, and `run_config` merged into every run's config (as
+    the launchpad's would be: `ops: {trained_models: {config: {epochs: 5}}}`)."""
+
+    select: list[str] | None = None
+    tasks: list[str] | None = None
+    profile: str | None = None
+    run_config: dict | None = None
+    partitions: list[str] | None = None
+
+
 def materialize(
-    select: list[str] | None = None,
-    tasks: list[str] | None = None,
-    profile: str | None = None,
+    request: MaterializeRequest,
     instance=None,
     working_directory: str | None = None,
     poll_seconds: float = 0.5,
     timeout: float | None = None,
     out=sys.stdout,
-    run_config: dict | None = None,
-    partitions: list[str] | None = None,
 ) -> Outcome:
-    """Create one backfill for `select` (default: the study) over every partition (task partitions:
-    `tasks` if given; any other partitioned asset: `partitions` if given) and see it through. `run_config` is merged into every run's config (as the
-    launchpad's would be: `ops: {trained_models: {config: {epochs: 5}}}`). Returns the outcome;
-    raises nothing for failed runs."""
+    """Create one backfill for the request and see it through; returns the outcome (raises nothing
+    for failed runs)."""
     import dagster as dg
 
     from .config import get_profile
+
+    profile = get_profile(request.profile).name
+    instance = instance or dg.DagsterInstance.get()
+    follower = _Follower(instance, out)
+    t0 = time.time()
+    with workspace(instance, working_directory) as ctx:
+        graph_request = ctx.create_request_context()
+        errors = graph_request.code_location_errors()
+        if errors:
+            raise RuntimeError(f"the code location does not load: {errors[0].message}")
+        graph = graph_request.asset_graph
+        # by default the study, in the graph's own order (accepted drops are the sensor's business)
+        keys = list(request.select) if request.select else study_assets(graph)
+        unknown = [k for k in keys if not graph.has(dg.AssetKey(k))]
+        if unknown:
+            everything = sorted(k.to_user_string() for k in graph.get_all_asset_keys())
+            raise ValueError(f"unknown asset(s) {unknown}; the graph has {everything}")
+        backfill = _new_backfill(instance, graph, keys, request, profile)
+        instance.add_backfill(backfill)
+        driver = _Driver(instance, ctx, follower.say)
+        follower.say(
+            f"backfill {backfill.backfill_id} ({profile} profile): {', '.join(keys)}"
+            + ("" if driver.driving else " - executed by the running Dagster daemon")
+        )
+        try:
+            _see_through(instance, driver, follower, backfill.backfill_id, poll_seconds, timeout)
+        finally:
+            driver.close()
+        runs = _runs(instance, backfill.backfill_id)
+        follower.poll(runs)
+        final = instance.get_backfill(backfill.backfill_id)
+    return Outcome(
+        backfill_id=backfill.backfill_id,
+        status=final.status.value,
+        runs=runs,
+        seconds=time.time() - t0,
+    )
+
+
+def _new_backfill(instance, graph, keys: list[str], request: MaterializeRequest, profile: str):
+    """The asset backfill of `keys` as the UI's "Materialize all" makes one, tagged with the
+    profile; a dynamic partition (an annotation batch) is looked up in the instance."""
+    import dagster as dg
+
     from .dagster_adapter import (
-        BulkActionStatus,
         PartitionBackfill,
         PartitionRangeSelector,
         PartitionsByAssetSelector,
@@ -271,98 +322,66 @@ def materialize(
     )
     from .defs.resources import PROFILE_TAG, TASK_PARTITIONS
 
-    profile = get_profile(profile).name
-    instance = instance or dg.DagsterInstance.get()
-    follower = _Follower(instance, out)
-    t0 = time.time()
-    with workspace(instance, working_directory) as ctx:
-        request = ctx.create_request_context()
-        errors = request.code_location_errors()
-        if errors:
-            raise RuntimeError(f"the code location does not load: {errors[0].message}")
-        graph = request.asset_graph
-        # by default the study, in the graph's own order (accepted drops are the sensor's business)
-        keys = list(select) if select else study_assets(graph)
-        unknown = [k for k in keys if not graph.has(dg.AssetKey(k))]
-        if unknown:
-            raise ValueError(
-                f"unknown asset(s) {unknown}; the graph has {sorted(k.to_user_string() for k in graph.get_all_asset_keys())}"
-            )
-        selectors = []
-        for k in keys:
-            pdef = graph.get(dg.AssetKey(k)).partitions_def
-            parts = None
-            if (
-                tasks
-                and pdef is not None
-                and set(pdef.get_partition_keys()) == set(TASK_PARTITIONS.get_partition_keys())
-            ):
-                parts = PartitionsSelector(
-                    ranges=[PartitionRangeSelector(start=t, end=t) for t in tasks]
-                )
-            elif partitions and pdef is not None:
-                parts = PartitionsSelector(
-                    ranges=[PartitionRangeSelector(start=p, end=p) for p in partitions]
-                )
-            selectors.append(PartitionsByAssetSelector(asset_key=dg.AssetKey(k), partitions=parts))
-        backfill_id = make_new_backfill_id()
-        # a dynamic partition (an annotation batch) is looked up in the instance
-        with dg.partition_loading_context(dynamic_partitions_store=instance):
-            backfill = PartitionBackfill.from_partitions_by_assets(
-                backfill_id=backfill_id,
-                asset_graph=graph,
-                backfill_timestamp=time.time(),
-                tags={PROFILE_TAG: profile, "xray/launched_by": "xray-assets materialize"},
-                dynamic_partitions_store=instance,
-                partitions_by_assets=selectors,
-                title=f"xray-assets materialize ({profile})",
-                description=f"{len(keys)} asset(s), every partition"
-                + (f" of tasks {', '.join(tasks)}" if tasks else ""),
-                # the profile for every run; the runs' own console stays quiet (this process prints their
-                # log lines from the event log, which the UI shows in full)
-                run_config=merge_config(
-                    {
-                        "resources": {"xray": {"config": {"profile": profile}}},
-                        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-                    },
-                    run_config or {},
-                ),
-            )
-        instance.add_backfill(backfill)
-        driver = _Driver(instance, ctx, follower.say)
-        follower.say(
-            f"backfill {backfill_id} ({profile} profile): {', '.join(keys)}"
-            + ("" if driver.driving else " - executed by the running Dagster daemon")
+    task_keys = set(TASK_PARTITIONS.get_partition_keys())
+    selectors = []
+    for k in keys:
+        pdef = graph.get(dg.AssetKey(k)).partitions_def
+        chosen = None
+        if pdef is not None and request.tasks and set(pdef.get_partition_keys()) == task_keys:
+            chosen = request.tasks
+        elif pdef is not None and request.partitions:
+            chosen = request.partitions
+        parts = (
+            PartitionsSelector(ranges=[PartitionRangeSelector(start=p, end=p) for p in chosen])
+            if chosen
+            else None
         )
-        try:
-            while True:
-                current = instance.get_backfill(backfill_id)
-                runs = _runs(instance, backfill_id)
-                follower.poll(runs)
-                active = [r for r in runs if not r.is_finished]
-                if (
-                    current.status
-                    not in (
-                        BulkActionStatus.REQUESTED,
-                        BulkActionStatus.CANCELING,
-                        BulkActionStatus.FAILING,
-                    )
-                    and not active
-                ):
-                    break
-                if timeout and time.time() - t0 > timeout:
-                    raise TimeoutError(f"backfill {backfill_id} not done after {timeout:.0f}s")
-                # the previous stage is done: the backfill iteration submits what is ready now
-                driver.step(current if not active else None)
-                time.sleep(poll_seconds)
-        finally:
-            driver.close()
+        selectors.append(PartitionsByAssetSelector(asset_key=dg.AssetKey(k), partitions=parts))
+    with dg.partition_loading_context(dynamic_partitions_store=instance):
+        return PartitionBackfill.from_partitions_by_assets(
+            backfill_id=make_new_backfill_id(),
+            asset_graph=graph,
+            backfill_timestamp=time.time(),
+            tags={PROFILE_TAG: profile, "xray/launched_by": "xray-assets materialize"},
+            dynamic_partitions_store=instance,
+            partitions_by_assets=selectors,
+            title=f"xray-assets materialize ({profile})",
+            description=f"{len(keys)} asset(s), every partition"
+            + (f" of tasks {', '.join(request.tasks)}" if request.tasks else ""),
+            # the profile for every run; the runs' own console stays quiet (this process prints
+            # their log lines from the event log, which the UI shows in full)
+            run_config=merge_config(
+                {
+                    "resources": {"xray": {"config": {"profile": profile}}},
+                    "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                },
+                request.run_config or {},
+            ),
+        )
+
+
+def _see_through(instance, driver, follower, backfill_id: str, poll_seconds: float, timeout):
+    """Poll the backfill until it has ended and none of its runs is active; each poll prints the
+    runs' news and, once the previous stage is done, lets the backfill iteration submit the next."""
+    from .dagster_adapter import BulkActionStatus
+
+    active_states = (
+        BulkActionStatus.REQUESTED,
+        BulkActionStatus.CANCELING,
+        BulkActionStatus.FAILING,
+    )
+    t0 = time.time()
+    while True:
+        current = instance.get_backfill(backfill_id)
         runs = _runs(instance, backfill_id)
         follower.poll(runs)
-        final = instance.get_backfill(backfill_id)
-    return Outcome(
-        backfill_id=backfill_id, status=final.status.value, runs=runs, seconds=time.time() - t0
-    )
+        active = [r for r in runs if not r.is_finished]
+        if current.status not in active_states and not active:
+            return
+        if timeout and time.time() - t0 > timeout:
+            raise TimeoutError(f"backfill {backfill_id} not done after {timeout:.0f}s")
+        driver.step(current if not active else None)
+        time.sleep(poll_seconds)
 
 
 def merge_config(base: dict, extra: dict) -> dict:

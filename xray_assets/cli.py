@@ -79,7 +79,7 @@ def task_table(storage_root, profile: str, tasks) -> list[str]:
 
 
 def cmd_materialize(args) -> int:
-    from .backfill import ensure_dagster_home, materialize, summary_lines
+    from .backfill import MaterializeRequest, ensure_dagster_home, materialize, summary_lines
     from .config import current, get_profile
     from .core.classes import TASK_NAMES
     from .storage import Storage
@@ -99,10 +99,9 @@ def cmd_materialize(args) -> int:
     select = [s.strip() for s in args.select.split(",")] if args.select else None
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     try:
-        outcome = materialize(select, tasks, profile, run_config=run_config)
-    except (
-        RuntimeError
-    ) as e:  # the daemon's iterations keep failing, or the code location does not load
+        outcome = materialize(MaterializeRequest(select, tasks, profile, run_config))
+    except RuntimeError as e:
+        # the daemon's iterations keep failing, or the code location does not load
         print(f"xray-assets materialize: {e}", file=sys.stderr)
         return 1
     print()
@@ -128,7 +127,7 @@ def cmd_batch(args) -> int:
     instance (one backfill, as `materialize`); prints what went where."""
     import dagster as dg
 
-    from .backfill import ensure_dagster_home, materialize, summary_lines
+    from .backfill import MaterializeRequest, ensure_dagster_home, materialize, summary_lines
     from .config import get_profile
     from .core.classes import TASK_NAMES
     from .defs.annotation import BATCH_PARTITIONS, batch_key, next_batch_number
@@ -158,13 +157,8 @@ def cmd_batch(args) -> int:
     config = {
         "ops": {"annotation_batches": {"config": {k: v for k, v in given.items() if v is not None}}}
     }
-    outcome = materialize(
-        ["annotation_batches"],
-        profile=profile,
-        run_config=config,
-        partitions=[key],
-        instance=instance,
-    )
+    request = MaterializeRequest(["annotation_batches"], None, profile, config, [key])
+    outcome = materialize(request, instance=instance)
     print("\n".join(summary_lines(outcome)))
     event = instance.get_latest_materialization_event(dg.AssetKey("annotation_batches"))
     if outcome.ok and event is not None and event.asset_materialization.partition == key:
@@ -231,6 +225,15 @@ def cmd_annotate(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="xray-assets", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
+    _data_commands(sub)
+    _graph_commands(sub)
+    _service_commands(sub)
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+def _data_commands(sub) -> None:
+    """sample-data, sample-drop."""
     s = sub.add_parser("sample-data", help="write NIH- and VinBigData-format sample data")
     s.add_argument("out_dir")
     s.add_argument(
@@ -252,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     d.add_argument("--no-ready", action="store_true", help="leave out the READY marker")
     d.set_defaults(fn=cmd_sample_drop)
+
+
+def _graph_commands(sub) -> None:
+    """materialize, batch, reexecute: runs through the Dagster instance."""
     m = sub.add_parser(
         "materialize", help="materialise the graph: one asset backfill through the Dagster instance"
     )
@@ -297,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     r.add_argument("run_id")
     r.set_defaults(fn=cmd_reexecute)
+
+
+def _service_commands(sub) -> None:
+    """serve, annotate: the web app and Label Studio."""
     v = sub.add_parser("serve", help="the web app: four served models side by side on an upload")
     v.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     v.add_argument("--port", type=int, default=8080)
@@ -311,8 +322,6 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--port", type=int, default=label_studio.DEFAULT_PORT)
     a.add_argument("--venv", default=".venv-label-studio", help="Label Studio's own environment")
     a.set_defaults(fn=cmd_annotate)
-    args = p.parse_args(argv)
-    return args.fn(args)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .core import layout
+from .core.champion import CHALLENGER, HELD
 from .core.detection import DetectionRule
 
 if TYPE_CHECKING:
@@ -220,6 +221,26 @@ class GateRecord:
         return dataclasses.replace(
             self, decision=decision, decided=self.decision, held_by=tuple(held_by), reason=reason
         )
+
+    def after_checks(
+        self, failed: str, held: list[str], champion_version: str | None
+    ) -> "GateRecord":
+        """The gate's decision once its guards are read: a champion that could not be re-scored
+        holds the promotion (fails closed: nothing to compare with is not "first version"); a
+        failing blocking check holds it too, the gate's own decision kept in `decided`."""
+        if failed:
+            return dataclasses.replace(
+                self.held(f"{failed}; the promotion is held", ["champion_rescored"], HELD),
+                compared_with=champion_version,
+            )
+        if held:
+            return self.held(
+                f"held by failing check(s) {', '.join(held)}; the gate's own decision was "
+                f"{self.decision} ({self.reason})",
+                held,
+                CHALLENGER if champion_version is not None else HELD,
+            )
+        return self
 
     def tags(self) -> dict[str, str]:
         """The decision as tags on the version (whole sentences: a team's MLflow database may keep

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .core import atomic, layout
-
-CHAMPION, CHALLENGER = "champion", "challenger"
+from .core.champion import CHALLENGER, CHAMPION
 
 
 def ensure_store(tracking_uri: str) -> None:
@@ -95,6 +94,21 @@ def fetch_weights(tracking_uri: str, run_id: str, cache: Path) -> Path:
     finally:
         shutil.rmtree(got.parent if got.name == "weights" else got, ignore_errors=True)
     return weights
+
+
+def apply_gate(
+    tracking_uri: str, model_name: str, version: str, gate, champ, move_back: bool
+) -> None:
+    """The champion gate's decision on the registry: its tags on the version; `champion` moves to a
+    promoted version; a challenger gets `challenger`, and (`move_back`: no blocking check held it) a
+    hand-moved `champion` alias goes back to the version the gate keeps."""
+    tag_version(tracking_uri, model_name, version, gate.tags())
+    if gate.decision == CHAMPION:
+        set_alias(tracking_uri, model_name, CHAMPION, version)
+    elif gate.decision == CHALLENGER:
+        set_alias(tracking_uri, model_name, CHALLENGER, version)
+        if champ is not None and move_back:
+            set_alias(tracking_uri, model_name, CHAMPION, str(champ.version))
 
 
 def tag_version(tracking_uri: str, model_name: str, version: str, tags: dict) -> None:

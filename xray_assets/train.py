@@ -190,6 +190,42 @@ def _fit(model, request: TrainRequest, args: dict[str, Any], log: Callable[[str]
         )
 
 
+def _log_params(run, params, init, dropped) -> None:
+    """The run's params (the profile's and the start's), what was not passed to ultralytics and
+    what it ignores for box detection."""
+    tracking.log_training_params(
+        {**run.params, **init.as_dict()},
+        not_passed=dropped,
+        no_effect={
+            k: f"{getattr(params, k)} (ultralytics ignores it for box detection)"
+            for k in NO_EFFECT_FOR_DETECTION
+            if getattr(params, k, None)
+        },
+        tags={"init": init.label, "init_sha256": init.sha256 or ""},
+    )
+
+
+def _init_words(init) -> str:
+    if init.sha256:
+        return f"{init.source}, sha256 {init.sha256[:12]}, {init.size} bytes"
+    return f"{init.source}; {init.note}"
+
+
+def _register(request, run, active):
+    """The trained weights registered under the task's model name, with where they come from."""
+    kept = ("dataset_hash", "profile", "task", "trained_on_synthetic")
+    return tracking.register_training(
+        active,
+        request.model_name or f"xray-{request.task}",
+        request.task,
+        {
+            **{k: v for k, v in run.tags.items() if k in kept},
+            "init": request.init.label,
+            "init_sha256": request.init.sha256 or "",
+        },
+    )
+
+
 def train(
     request: TrainRequest, run: tracking.TrainingRun, log: Callable[[str], None] = print
 ) -> TrainResult:
@@ -216,24 +252,8 @@ def train(
     t0 = time.time()
     with tracking.training_run(run, request.task, request.out_dir, request.resume) as active:
         if not active.reopened:
-            tracking.log_training_params(
-                {**run.params, **init.as_dict()},
-                not_passed=dropped,
-                no_effect={
-                    k: f"{getattr(params, k)} (ultralytics ignores it for box detection)"
-                    for k in NO_EFFECT_FOR_DETECTION
-                    if getattr(params, k, None)
-                },
-                tags={"init": init.label, "init_sha256": init.sha256 or ""},
-            )
-        log(
-            f"{request.task}: starting from {init.label}"
-            + (
-                f" ({init.source}, sha256 {init.sha256[:12]}, {init.size} bytes)"
-                if init.sha256
-                else f" ({init.source}; {init.note})"
-            )
-        )
+            _log_params(run, params, init, dropped)
+        log(f"{request.task}: starting from {init.label} ({_init_words(init)})")
         model = YOLO(str(request.last) if request.resume else init.source)
         model.add_callback("on_fit_epoch_end", _epoch_logger(request.task, log))
         if request.resume:
@@ -252,22 +272,7 @@ def train(
         weights_out = request.out_dir / layout.BEST_WEIGHTS
         atomic.copy_file(best, weights_out)
         tracking.log_training_outputs(active.run_id, best.parent, save_dir, final)
-        version = None
-        if request.register:
-            version = tracking.register_training(
-                active,
-                request.model_name or f"xray-{request.task}",
-                request.task,
-                {
-                    **{
-                        k: v
-                        for k, v in run.tags.items()
-                        if k in ("dataset_hash", "profile", "task", "trained_on_synthetic")
-                    },
-                    "init": init.label,
-                    "init_sha256": init.sha256 or "",
-                },
-            )
+        version = _register(request, run, active) if request.register else None
     results_csv = save_dir / "results.csv"
     results_png = save_dir / "results.png"
     return TrainResult(

@@ -16,7 +16,7 @@ if os.environ.get("XRAY_NETGUARD_LOG"):
         sys.path.pop(0)
 
 if os.environ.get("XRAY_TEST_FAIL_TASK"):
-    import xray_assets.core.train as _train
+    import xray_assets.train as _train
 
     _real_train = _train.train
 

@@ -35,6 +35,8 @@ import numpy as np
 from .metrics import enough_boxes, too_few
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+#: the decision where nothing moved: no champion to keep, or a champion that could not be re-scored
+HELD = "held"
 #: the stated rate: an equally good model is kept out by chance at most this often (Profile.gate_null_rate)
 NULL_RATE = 0.2
 
@@ -94,7 +96,7 @@ def decide(
     )
     if not enough_boxes(boxes, classes, min_boxes):
         return CHALLENGER, f"cannot tell: {too_few(boxes, classes, min_boxes)}; the champion stays"
-    if diff != diff or len(paired["diffs"]) == 0:
+    if math.isnan(diff) or len(paired["diffs"]) == 0:
         return CHALLENGER, "cannot tell: no paired difference; the champion stays"
     t, resolves, _ = threshold(paired["diffs"], diff, margin, rate)
     if resolves:

@@ -13,6 +13,7 @@ The study report across tasks is `study.py`'s.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -120,36 +121,8 @@ def evaluate_task(
         conf=rule.conf,
         min_boxes=min_boxes,
     )
-    ci["label"] = ci["label"].replace({"(mean recall)": "(mean recall at the operating point)"})
-    cis = ci.set_index("label")
-    mean, recall = cis.loc["(mean AP50)"], cis.loc["(mean recall at the operating point)"]
-    summary.update(
-        map50_ci_low=float(mean["ci_low"]),
-        map50_ci_high=float(mean["ci_high"]),
-        map50_ci_note=mean["note"],
-        recall_macro_ci_low=float(recall["ci_low"]),
-        recall_macro_ci_high=float(recall["ci_high"]),
-    )
-    table = table.merge(
-        ci.rename(columns={"ci_low": "ap50_ci_low", "ci_high": "ap50_ci_high", "note": "ci_note"})[
-            ["label", "ap50_ci_low", "ap50_ci_high", "ci_note"]
-        ],
-        on="label",
-        how="left",
-    )
-    tables, curves = [], {}
-    for hit_rule, tag in (("luna16", "LUNA16"), ("iou", "IoU 0.5")):
-        t, c = froc(gt, detections, classes, ids, rule=hit_rule)
-        tables.append(t)
-        curves.update(
-            {
-                f"{k} [{tag}]": v
-                for k, v in c.items()
-                if hit_rule == "luna16" or k == t.iloc[-1]["label"]
-            }
-        )
-        summary[f"cpm_{hit_rule}"] = float(t.iloc[-1]["cpm"])
-    froc_table = pd.concat(tables, ignore_index=True)
+    table = _with_intervals(table, ci, summary)
+    froc_table, curves = _froc_both_rules(gt, detections, classes, ids, summary)
     if nih_meta is not None and len(nih_meta):
         meta = nih_meta[nih_meta["image_id"].isin(ids)]
         groups_table = subgroups(
@@ -164,12 +137,6 @@ def evaluate_task(
         )
     else:
         groups_table = pd.DataFrame(columns=SUBGROUP_COLUMNS)
-    pr = {}
-    for label in classes:
-        s, tp, n = match_label(gt[gt.label == label], detections[detections.label == label], 0.5)
-        if n:
-            r, p, _ = pr_curve(s, tp, n)
-            pr[label] = (r, p)
     n_patients = len(set((groups or {}).get(i, i) for i in ids))
     summary.update(
         test_images=len(ids),
@@ -187,9 +154,59 @@ def evaluate_task(
         froc_curves=curves,
         subgroups=groups_table,
         confusion=confusion_matrix(gt, operating, classes),
-        pr_curves=pr,
+        pr_curves=_pr_curves(gt, detections, classes),
         mean_ap_samples=mean_ap_samples,
     )
+
+
+def _with_intervals(table: pd.DataFrame, ci: pd.DataFrame, summary: dict) -> pd.DataFrame:
+    """The per-class table with its AP50 intervals; the summary gets the mean AP50's and the mean
+    recall's (at the operating point)."""
+    ci["label"] = ci["label"].replace({"(mean recall)": "(mean recall at the operating point)"})
+    cis = ci.set_index("label")
+    mean, recall = cis.loc["(mean AP50)"], cis.loc["(mean recall at the operating point)"]
+    summary.update(
+        map50_ci_low=float(mean["ci_low"]),
+        map50_ci_high=float(mean["ci_high"]),
+        map50_ci_note=mean["note"],
+        recall_macro_ci_low=float(recall["ci_low"]),
+        recall_macro_ci_high=float(recall["ci_high"]),
+    )
+    renamed = ci.rename(
+        columns={"ci_low": "ap50_ci_low", "ci_high": "ap50_ci_high", "note": "ci_note"}
+    )
+    return table.merge(
+        renamed[["label", "ap50_ci_low", "ap50_ci_high", "ci_note"]], on="label", how="left"
+    )
+
+
+def _froc_both_rules(gt, detections, classes, ids, summary: dict):
+    """(FROC table under both hit rules, curves to plot): every class under LUNA16's centre rule
+    and the mean under IoU 0.5; the summary gets each rule's CPM."""
+    tables, curves = [], {}
+    for hit_rule, tag in (("luna16", "LUNA16"), ("iou", "IoU 0.5")):
+        t, c = froc(gt, detections, classes, ids, rule=hit_rule)
+        tables.append(t)
+        curves.update(
+            {
+                f"{k} [{tag}]": v
+                for k, v in c.items()
+                if hit_rule == "luna16" or k == t.iloc[-1]["label"]
+            }
+        )
+        summary[f"cpm_{hit_rule}"] = float(t.iloc[-1]["cpm"])
+    return pd.concat(tables, ignore_index=True), curves
+
+
+def _pr_curves(gt, detections, classes) -> dict:
+    """class -> (recall, precision) at IoU 0.5, for classes with test boxes."""
+    pr = {}
+    for label in classes:
+        s, tp, n = match_label(gt[gt.label == label], detections[detections.label == label], 0.5)
+        if n:
+            r, p, _ = pr_curve(s, tp, n)
+            pr[label] = (r, p)
+    return pr
 
 
 #: a subgroup table's columns (`metrics.subgroups`'s, an empty one when the split has no NIH image)
@@ -209,7 +226,7 @@ OPERATING_KEYS = tuple(f"{m}_{a}" for a in AVERAGES for m in ("precision", "reca
 
 
 def _r4(x) -> float | None:
-    return None if x is None or x != x else round(float(x), 4)
+    return None if x is None or math.isnan(x) else round(float(x), 4)
 
 
 def progress_line(task: str, s: dict, conf: float, n_images: int, n_boxes: int) -> str:
@@ -325,7 +342,7 @@ def power_markdown(summary: dict) -> list[str]:
         summary.get("gate_null_rate_at_margin"),
         summary.get("gate_resolvable_margin"),
     )
-    if rate is None or rate != rate:
+    if rate is None or math.isnan(rate):
         return []
     return [
         "## What this test split lets the champion gate resolve",
@@ -377,31 +394,66 @@ def report_markdown(
     rule: DetectionRule,
     model: ModelFacts,
     excluded: pd.DataFrame | None = None,
-    n_boot: int | None = None,
 ) -> str:
     """The per-task evaluation report. `model`: the trained model's record (init, version...)."""
     s = ev.summary
-    n_boot = s.get("resamples", n_boot)
-    init = model.init
-    ap_ci = interval_clause(s["map50_ci_low"], s["map50_ci_high"], s.get("map50_ci_note", ""))
-    who = f"the {s['test_patients']} test patients"
-    froc_rules = "; ".join(f"`{k}`: {v}" for k, v in HIT_RULES.items())
     lines = [
+        *_report_header(task, profile, s, rule, model),
+        *_ap_section(s, rule),
+        *_operating_section(ev, s, rule),
+        *_froc_section(ev, s),
+    ]
+    if len(ev.subgroups):
+        lines += [
+            "## Subgroups (NIH test images)",
+            "",
+            "mAP50 (threshold-free) by sex, age band and view position, with patient-level bootstrap 95% "
+            'intervals over the group\'s patients, or "too few test boxes (n)".',
+            "",
+            md_table(ev.subgroups),
+            "",
+        ]
+    if excluded is not None and len(excluded):
+        lines += _excluded_section(excluded)
+    lines += power_markdown(s)
+    lines += [
+        "## Curves and examples",
+        "",
+        "![PR curves](pr_curves.png)",
+        "",
+        "![Confusion matrix at the operating point](confusion_matrix.png)",
+        "",
+        "![Labels | Predictions at the operating point](panels.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _report_header(task: str, profile: str, s: dict, rule: DetectionRule, model: ModelFacts):
+    chosen = (
+        f"rule (**not tuned: val could not choose it, so the study's own rule stands in**; served "
+        f"as is): {rule.describe()}."
+        if rule.fallback
+        else f"rule (tuned on val, served as is): {rule.describe()}."
+    )
+    return [
         f"# Evaluation: {task}",
         "",
-        f"Profile `{profile}`; model version {model.model_version} (init `{init}`"
+        f"Profile `{profile}`; model version {model.model_version} (init `{model.init}`"
         + (f", sha256 {model.init_sha256[:12]}" if model.init_sha256 else "")
         + ")"
         + ("; trained on the synthetic sample data" if model.trained_on_synthetic else "")
         + ".",
         f"Test split: {s['test_images']} images of {s['test_patients']} patients, {s['test_boxes']} boxes. Detection "
-        + (
-            f"rule (**not tuned: val could not choose it, so the study's own rule stands in**; served "
-            f"as is): {rule.describe()}."
-            if rule.fallback
-            else f"rule (tuned on val, served as is): {rule.describe()}."
-        ),
+        + chosen,
         "",
+    ]
+
+
+def _ap_section(s: dict, rule: DetectionRule) -> list[str]:
+    ap_ci = interval_clause(s["map50_ci_low"], s["map50_ci_high"], s.get("map50_ci_note", ""))
+    who = f"the {s['test_patients']} test patients"
+    return [
         "## Threshold-free AP",
         "",
         f"Over every detection above 0.001 after NMS at IoU {rule.iou:g} ({INTERPOLATION}):",
@@ -409,10 +461,18 @@ def report_markdown(
         f"- mAP@IoU0.4 {s['map_iou40']:.3f} (VinBigData's metric: AP at IoU 0.4)",
         f"- mAP50-95 {s['map50_95']:.3f}",
         "",
-        f"Intervals: {intervals_sentence(n_boot, who, s.get('seed', 0))}. The mean is over the fixed "
+        f"Intervals: {intervals_sentence(s.get('resamples'), who, s.get('seed', 0))}. The mean is over the fixed "
         f"set of classes with test boxes; {ABSENT_CLASS_RULE}. A class with fewer than {s.get('min_test_boxes')} "
         'test boxes gets no interval ("too few test boxes (n)").',
         "",
+    ]
+
+
+def _operating_section(ev: TaskEvaluation, s: dict, rule: DetectionRule) -> list[str]:
+    recall_ci = interval_clause(
+        s["recall_macro_ci_low"], s["recall_macro_ci_high"], s.get("map50_ci_note", "")
+    )
+    return [
         "## Operating point",
         "",
         f"Detections with score > {rule.conf:g} (what the web app shows), IoU 0.5. Macro F1 is the mean of "
@@ -420,13 +480,18 @@ def report_markdown(
         "precision and recall.",
         "",
         f"- {AVERAGES['macro']}: precision {s['precision_macro']:.3f}, recall {s['recall_macro']:.3f} ("
-        f"{interval_clause(s['recall_macro_ci_low'], s['recall_macro_ci_high'], s.get('map50_ci_note', ''))}), "
-        f"F1 {s['f1_macro']:.3f}",
+        f"{recall_ci}), F1 {s['f1_macro']:.3f}",
         f"- {AVERAGES['micro']}: precision {s['precision_micro']:.3f}, recall {s['recall_micro']:.3f}, "
         f"F1 {s['f1_micro']:.3f}",
         "",
         md_table(ev.table),
         "",
+    ]
+
+
+def _froc_section(ev: TaskEvaluation, s: dict) -> list[str]:
+    froc_rules = "; ".join(f"`{k}`: {v}" for k, v in HIT_RULES.items())
+    return [
         "## FROC",
         "",
         f"Sensitivity at 1/8 to 8 false positives per image (all {s['test_images']} test images) and their mean, "
@@ -440,47 +505,27 @@ def report_markdown(
         "![FROC](froc.png)",
         "",
     ]
-    if len(ev.subgroups):
-        lines += [
-            "## Subgroups (NIH test images)",
-            "",
-            "mAP50 (threshold-free) by sex, age band and view position, with patient-level bootstrap 95% "
-            'intervals over the group\'s patients, or "too few test boxes (n)".',
-            "",
-            md_table(ev.subgroups),
-            "",
-        ]
-    if excluded is not None and len(excluded):
-        counts = (
-            excluded.groupby(["finding", "split"])
-            .size()
-            .unstack("split")
-            .fillna(0)
-            .astype(int)
-            .reset_index()
-        )
-        lines += [
-            "## Left out: unboxed findings",
-            "",
-            "NIH images whose Data_Entry lists a finding of this task with no box for it, left out of "
-            "the test split (a correct detection there has no box to match; out of train and val too "
-            "only where the profile sets `exclude_unboxed_findings`), by finding and split:",
-            "",
-            md_table(counts),
-            "",
-        ]
-    lines += power_markdown(s)
-    lines += [
-        "## Curves and examples",
+
+
+def _excluded_section(excluded: pd.DataFrame) -> list[str]:
+    counts = (
+        excluded.groupby(["finding", "split"])
+        .size()
+        .unstack("split")
+        .fillna(0)
+        .astype(int)
+        .reset_index()
+    )
+    return [
+        "## Left out: unboxed findings",
         "",
-        "![PR curves](pr_curves.png)",
+        "NIH images whose Data_Entry lists a finding of this task with no box for it, left out of "
+        "the test split (a correct detection there has no box to match; out of train and val too "
+        "only where the profile sets `exclude_unboxed_findings`), by finding and split:",
         "",
-        "![Confusion matrix at the operating point](confusion_matrix.png)",
-        "",
-        "![Labels | Predictions at the operating point](panels.png)",
+        md_table(counts),
         "",
     ]
-    return "\n".join(lines)
 
 
 # -- the study report: comparisons on the same images ----------------------------------------------

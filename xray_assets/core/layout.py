@@ -100,9 +100,24 @@ def weights(task: str) -> tuple[str, str, str]:
     return "models", task, BEST_WEIGHTS
 
 
+def training_curves(task: str) -> tuple[str, str, str]:
+    """Our plot of the training's per-epoch losses and metrics."""
+    return "models", task, "training_curves.png"
+
+
+def tuning(task: str, name: str) -> tuple[str, str, str]:
+    """A file of a task's NMS tuning (its grid, the grid's heatmap, the chosen rule)."""
+    return "tuning", task, name
+
+
 def rule(task: str) -> tuple[str, str, str]:
     """The tuned detection rule (conf, iou, ...)."""
-    return "tuning", task, "best.json"
+    return tuning(task, "best.json")
+
+
+def served_version(task: str, version) -> tuple[str, str, str]:
+    """A registered version's weights and exports, fetched for serving (or re-scoring)."""
+    return "serve", task, f"v{version}"
 
 
 # -- evaluation and the gate ---------------------------------------------------------------------

@@ -8,6 +8,8 @@ greedy matching in descending score order to the best-IoU unmatched ground truth
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -170,7 +172,7 @@ def evaluate(
 
 def f1_score(precision: float, recall: float) -> float:
     """The harmonic mean of the precision and recall given (0 when both are 0, NaN when one is NaN)."""
-    if precision != precision or recall != recall:
+    if math.isnan(precision) or math.isnan(recall):
         return float("nan")
     return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
 
@@ -668,7 +670,7 @@ AGE_BANDS = ("<40", "40-60", ">60")
 
 def age_band(age: float) -> str | None:
     """<40, 40-60 (both ends included) or >60 years; None when unknown."""
-    if age != age or age is None:
+    if age is None or pd.isna(age):
         return None
     return "<40" if age < 40 else ("40-60" if age <= 60 else ">60")
 

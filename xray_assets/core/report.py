@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 
 import pandas as pd
 
@@ -14,7 +15,7 @@ def md_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
         cells = []
         for v in row:
             if isinstance(v, float):
-                cells.append("n/a" if v != v else format(v, floatfmt))
+                cells.append("n/a" if math.isnan(v) else format(v, floatfmt))
             else:
                 cells.append(str(v))
         lines.append("| " + " | ".join(cells) + " |")

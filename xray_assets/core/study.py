@@ -8,6 +8,7 @@ gate's decisions, what the unboxed-finding rule left out, NIH subgroups and the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pandas as pd
@@ -55,23 +56,35 @@ SHARED_NIH_FINDINGS = (
 )
 
 
-def _paired_row(
-    what: str,
-    a: TaskResult,
-    b: TaskResult,
-    gt: pd.DataFrame,
-    pa: pd.DataFrame,
-    pb: pd.DataFrame,
-    labels,
-    ids,
-    n_boot: int,
-    seed: int,
-    min_boxes: int = MIN_TEST_BOXES,
-) -> dict:
+@dataclass
+class Shared:
+    """What two models are compared on: the shared test images, their boxes of the findings both
+    name alike, and each model's detections of those findings there."""
+
+    gt: pd.DataFrame
+    pa: pd.DataFrame
+    pb: pd.DataFrame
+    labels: list
+    ids: list
+
+
+def _paired_row(what: str, a: TaskResult, b: TaskResult, shared: Shared, resampling: tuple) -> dict:
+    """One comparison's row: the paired bootstrap of a - b on the shared images, read in words.
+    `resampling`: (resamples, seed, the minimum count of test boxes)."""
+    n_boot, seed, min_boxes = resampling
     groups = {**(patients(a.images) or {}), **(patients(b.images) or {})} or None
-    r = paired_bootstrap(gt, pa, pb, labels, ids, n_boot=n_boot, seed=seed, groups=groups)
+    r = paired_bootstrap(
+        shared.gt,
+        shared.pa,
+        shared.pb,
+        shared.labels,
+        shared.ids,
+        n_boot=n_boot,
+        seed=seed,
+        groups=groups,
+    )
     low, high = r["ci_low"], r["ci_high"]
-    if r["a"] != r["a"]:
+    if math.isnan(r["a"]):
         verdict = "no test boxes of it on the shared images"
     elif not enough_boxes(r["boxes"], r["classes"], min_boxes):
         verdict = f"cannot tell: {too_few(r['boxes'], r['classes'], min_boxes)}"
@@ -84,7 +97,7 @@ def _paired_row(
         "comparison": what,
         "a": a.name,
         "b": b.name,
-        "findings": ", ".join(labels),
+        "findings": ", ".join(shared.labels),
         "images": r["images"],
         "patients": r["patients"],
         "boxes": r["boxes"],
@@ -97,6 +110,32 @@ def _paired_row(
     }
 
 
+#: a comparison row's columns
+COMPARISON_COLUMNS = [
+    "comparison",
+    "a",
+    "b",
+    "findings",
+    "images",
+    "patients",
+    "boxes",
+    "ap50_a",
+    "ap50_b",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "reading",
+]
+#: what cannot be compared fairly, said plainly in the report
+UNFAIR = [
+    "nih_* against united_* as whole-task figures: different test images (united adds VinBigData's) and, for the "
+    "multi-class tasks, different classes (Mass and Nodule vs Mass/Nodule); only the NIH images and the findings "
+    "named alike are compared above.",
+    "binary against multi-class models: 'abnormality' is not a finding of the multi-class models, so their AP "
+    "measures different things; no paired comparison exists.",
+]
+
+
 def fair_comparisons(
     results: dict[str, TaskResult],
     n_boot: int = 1000,
@@ -105,30 +144,21 @@ def fair_comparisons(
 ) -> tuple[pd.DataFrame, list[str]]:
     """Paired comparisons on the same test images and findings; and the comparisons that cannot be
     made fairly, said plainly. AP50 here is threshold-free, on the shared images only."""
-    rows, unfair = [], []
+    rows, resampling = [], (n_boot, seed, min_boxes)
     for one, multi, finding in ONE_CLASS_VS_MULTI:
         if one in results and multi in results:
             a, b = results[one], results[multi]
             ids = sorted(set(a.images["image_id"]) & set(b.images["image_id"]))
-            gt = a.gt[a.gt["image_id"].isin(ids)]
-            pb = b.detections[
-                (b.detections["label"] == finding) & b.detections["image_id"].isin(ids)
-            ]
-            rows.append(
-                _paired_row(
-                    f"one-class {finding} model vs the same class inside the multi-class model",
-                    a,
-                    b,
-                    gt,
-                    a.detections[a.detections["image_id"].isin(ids)],
-                    pb,
-                    [finding],
-                    ids,
-                    n_boot,
-                    seed,
-                    min_boxes,
-                )
+            on_ids = b.detections["image_id"].isin(ids)
+            shared = Shared(
+                a.gt[a.gt["image_id"].isin(ids)],
+                a.detections[a.detections["image_id"].isin(ids)],
+                b.detections[(b.detections["label"] == finding) & on_ids],
+                [finding],
+                ids,
             )
+            what = f"one-class {finding} model vs the same class inside the multi-class model"
+            rows.append(_paired_row(what, a, b, shared, resampling))
     for united, nih, labels in (
         ("united_multi", "nih_multi", SHARED_NIH_FINDINGS),
         ("united_binary", "nih_binary", ("abnormality",)),
@@ -139,50 +169,16 @@ def fair_comparisons(
             ids = sorted(set(nih_a) & set(b.images["image_id"]))
             gt = b.gt[b.gt["image_id"].isin(ids) & b.gt["label"].isin(labels)]
             present = [x for x in labels if (gt["label"] == x).any()]
-            pa = a.detections[
-                a.detections["image_id"].isin(ids) & a.detections["label"].isin(present)
-            ]
-            pb = b.detections[
-                b.detections["image_id"].isin(ids) & b.detections["label"].isin(present)
-            ]
-            rows.append(
-                _paired_row(
-                    "adding VinBigData, on the NIH test images both models saw (findings named alike)",
-                    a,
-                    b,
-                    gt,
-                    pa,
-                    pb,
-                    present,
-                    ids,
-                    n_boot,
-                    seed,
-                    min_boxes,
-                )
+
+            def mine(d: pd.DataFrame) -> pd.DataFrame:
+                return d[d["image_id"].isin(ids) & d["label"].isin(present)]
+
+            shared = Shared(gt, mine(a.detections), mine(b.detections), present, ids)
+            what = (
+                "adding VinBigData, on the NIH test images both models saw (findings named alike)"
             )
-    unfair += [
-        "nih_* against united_* as whole-task figures: different test images (united adds VinBigData's) and, for the "
-        "multi-class tasks, different classes (Mass and Nodule vs Mass/Nodule); only the NIH images and the findings "
-        "named alike are compared above.",
-        "binary against multi-class models: 'abnormality' is not a finding of the multi-class models, so their AP "
-        "measures different things; no paired comparison exists.",
-    ]
-    cols = [
-        "comparison",
-        "a",
-        "b",
-        "findings",
-        "images",
-        "patients",
-        "boxes",
-        "ap50_a",
-        "ap50_b",
-        "diff",
-        "ci_low",
-        "ci_high",
-        "reading",
-    ]
-    return pd.DataFrame(rows, columns=cols), unfair
+            rows.append(_paired_row(what, a, b, shared, resampling))
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS), list(UNFAIR)
 
 
 def tasks_table(results: dict[str, TaskResult]) -> pd.DataFrame:
@@ -288,36 +284,43 @@ def subgroup_table(
     return pd.concat(parts, ignore_index=True).reindex(columns=cols) if parts else pd.DataFrame()
 
 
-def study_markdown(
-    profile: str,
-    results: dict[str, TaskResult],
-    missing: list[str],
-    data_sections: list[str],
-    comparisons: pd.DataFrame,
-    unfair: list[str],
-    subgroup_rows: pd.DataFrame,
-    n_boot: int,
-    served: list[str],
-    when: str,
-    seed: int = 0,
-    min_boxes: int = MIN_TEST_BOXES,
-    gates: pd.DataFrame | None = None,
-) -> str:
-    table = tasks_table(results)
+@dataclass
+class StudyReport:
+    """What the study report says: the evaluated tasks and the missing ones, the data section,
+    the fair comparisons (and the pairs without one), the subgroups, the gates, and how the
+    intervals were drawn."""
+
+    profile: str
+    results: dict[str, TaskResult]
+    missing: list[str]
+    data_sections: list[str]
+    comparisons: pd.DataFrame
+    unfair: list[str]
+    subgroup_rows: pd.DataFrame
+    n_boot: int
+    served: list[str]
+    when: str
+    seed: int = 0
+    min_boxes: int = MIN_TEST_BOXES
+    gates: pd.DataFrame | None = None
+
+
+def study_markdown(report: StudyReport) -> str:
+    r = report
     md = [
-        f"# Chest X-ray abnormality detection: study report ({profile} profile)",
+        f"# Chest X-ray abnormality detection: study report ({r.profile} profile)",
         "",
-        f"Regenerated {when} from this materialisation's data.",
+        f"Regenerated {r.when} from this materialisation's data.",
         "",
     ]
-    if any(r.model.trained_on_synthetic for r in results.values()):
+    if any(t.model.trained_on_synthetic for t in r.results.values()):
         md += [
             "> These models learned from the synthetic sample data: the figures show the pipeline works, not how "
             "a model reads real radiographs.",
             "",
         ]
-    md += ["## Data", "", *data_sections]
-    ex = excluded_counts(results)
+    md += ["## Data", "", *r.data_sections]
+    ex = excluded_counts(r.results)
     if not ex.empty:
         md += [
             "NIH images left out per task because Data_Entry lists a finding of the task without a box: "
@@ -327,11 +330,41 @@ def study_markdown(
             md_table(ex),
             "",
         ]
-    md += [
+    md += _results_section(r) + _comparisons_section(r)
+    if len(r.subgroup_rows):
+        md += [
+            "## Subgroups (NIH test images)",
+            "",
+            "Threshold-free mAP50 by sex, age band (<40, 40-60, >60) and view position, with patient-level 95% "
+            'intervals or "too few test boxes (n)"; a gap between groups whose intervals barely overlap deserves a look on real data.',
+            "",
+            md_table(r.subgroup_rows),
+            "",
+        ]
+    if r.gates is not None and len(r.gates):
+        md += [
+            "## Champion gate",
+            "",
+            "Per task, the latest gate decision (`champion_gate`): the new version against the champion re-scored "
+            "on the same test images, with the paired difference, its patient-level interval, the null rate of "
+            "the rule on that split and any blocking check that held the promotion.",
+            "",
+            md_table(r.gates),
+            "",
+        ]
+    md += _panel_section(r)
+    if r.missing:
+        md += [f"Not evaluated yet (left out above): {', '.join(r.missing)}.", ""]
+    return "\n".join(md)
+
+
+def _results_section(r: StudyReport) -> list[str]:
+    table = tasks_table(r.results)
+    md = [
         "## Results on the test split",
         "",
         "`map50`, `map_iou40` (AP at IoU 0.4, VinBigData's metric), `map50_95`: threshold-free, over every detection "
-        f"above 0.001 after NMS ({INTERPOLATION}); 95% intervals from a {intervals_sentence(n_boot, 'the test patients', seed)} "
+        f"above 0.001 after NMS ({INTERPOLATION}); 95% intervals from a {intervals_sentence(r.n_boot, 'the test patients', r.seed)} "
         "(no interval below the minimum count of test boxes). `cpm_luna16`: mean FROC sensitivity at 1/8-8 false "
         "positives per image under LUNA16's centre rule (comparable with published CPMs); `cpm_iou`: the same "
         "under the project's stricter IoU 0.5 rule. `op_*`: the operating point, detections above the tuned conf, "
@@ -340,58 +373,42 @@ def study_markdown(
     ]
     if not table.empty:
         md += [md_table(table), "", "![test mAP50 per task](map50.png)", ""]
-    md += [
+    return md
+
+
+def _comparisons_section(r: StudyReport) -> list[str]:
+    md = [
         "## Comparisons on the same images",
         "",
         f"Each line compares two models on the test images both were evaluated on and the findings both name "
         f"alike: the difference a - b of threshold-free AP50 (mean over those findings) with a paired 95% interval "
-        f"({intervals_sentence(n_boot, 'the patients of the shared images', seed)}, both models scored on each). Below "
-        f"{min_boxes} test "
+        f"({intervals_sentence(r.n_boot, 'the patients of the shared images', r.seed)}, both models scored on each). Below "
+        f"{r.min_boxes} test "
         'boxes a comparison reads "cannot tell".',
         "",
     ]
     md += (
-        [md_table(comparisons), "", "![paired differences](comparisons.png)", ""]
-        if len(comparisons)
+        [md_table(r.comparisons), "", "![paired differences](comparisons.png)", ""]
+        if len(r.comparisons)
         else ["No pair of tasks evaluated yet.", ""]
     )
-    md += ["No fair comparison exists for:", "", *[f"- {u}" for u in unfair], ""]
-    if len(subgroup_rows):
-        md += [
-            "## Subgroups (NIH test images)",
-            "",
-            "Threshold-free mAP50 by sex, age band (<40, 40-60, >60) and view position, with patient-level 95% "
-            'intervals or "too few test boxes (n)"; a gap between groups whose intervals barely overlap deserves a look on real data.',
-            "",
-            md_table(subgroup_rows),
-            "",
-        ]
-    if gates is not None and len(gates):
-        md += [
-            "## Champion gate",
-            "",
-            "Per task, the latest gate decision (`champion_gate`): the new version against the champion re-scored "
-            "on the same test images, with the paired difference, its patient-level interval, the null rate of "
-            "the rule on that split and any blocking check that held the promotion.",
-            "",
-            md_table(gates),
-            "",
-        ]
-    md += [
+    return md + ["No fair comparison exists for:", "", *[f"- {u}" for u in r.unfair], ""]
+
+
+def _panel_section(r: StudyReport) -> list[str]:
+    md = [
         "## The served panel",
         "",
         "The study's demo shows "
-        + ", ".join(served)
+        + ", ".join(r.served)
         + " side by side, each with its own detection rule (tuned "
         "conf and IoU; united_multi class-agnostic). Labels | predictions on test images:",
         "",
     ]
-    for t in served:
-        if t in results:
+    for t in r.served:
+        if t in r.results:
             md += [f"### {t}", "", f"![{t}](panels_{t}.png)", ""]
-    if missing:
-        md += [f"Not evaluated yet (left out above): {', '.join(missing)}.", ""]
-    return "\n".join(md)
+    return md
 
 
 def split_counts(splits: pd.DataFrame) -> pd.DataFrame:

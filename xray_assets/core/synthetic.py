@@ -67,6 +67,12 @@ def _ellipse_mask(h: int, w: int, cx, cy, ax, ay, angle=0.0) -> np.ndarray:
     return m
 
 
+def _extent(mask: np.ndarray, h: int, w: int) -> tuple[float, float, float, float]:
+    """The normalised box around a mask's non-zero pixels."""
+    ys, xs = np.nonzero(mask)
+    return xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h
+
+
 def _soft(m: np.ndarray, px: float) -> np.ndarray:
     return cv2.GaussianBlur(m, (0, 0), max(px, 0.5)) if px > 0 else m
 
@@ -145,117 +151,125 @@ class Renderer:
         return cx, cy, (cx, cy, ax, ay)
 
     def lesion(self, img: np.ndarray, label: str) -> np.ndarray:
-        h, w, rng = self.h, self.w, self.rng
-        m = np.zeros((h, w), np.float32)
-        amp, blur = 0.35, 2.0
-        if label == "Nodule":
-            r = rng.uniform(0.028, 0.042)
-            x, y, _ = self._in_lung(r + 0.02)
-            m = _ellipse_mask(h, w, x, y, r, r * w / h)
-            box = (x - r, y - r * w / h, x + r, y + r * w / h)
-            amp, blur = 0.45, 2.0
-        elif label == "Mass":
-            r = rng.uniform(0.05, 0.075)
-            x, y, _ = self._in_lung(r + 0.01)
-            xs, ys = [x], [y]
-            m = _ellipse_mask(h, w, x, y, r, r)
-            for _ in range(2):
-                dx, dy = rng.uniform(-0.5, 0.5, 2) * r
-                rr = r * rng.uniform(0.55, 0.8)
-                m = np.maximum(m, _ellipse_mask(h, w, x + dx, y + dy, rr, rr))
-                xs += [x + dx - rr, x + dx + rr]
-                ys += [y + dy - rr, y + dy + rr]
-            box = (min(xs + [x - r]), min(ys + [y - r]), max(xs + [x + r]), max(ys + [y + r]))
-            amp, blur = 0.40, 3.0
-        elif label == "Effusion":
-            cx, cy, ax, ay = self.s.lungs[rng.integers(2)]
-            lateral = -1 if cx < 0.5 else 1
-            top = cy + ay * rng.uniform(0.35, 0.55)
-            yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-            xn, yn = xx / w, yy / h
-            # meniscus: higher laterally (concave up)
-            t = np.clip((xn - cx) * lateral / ax, -1, 1)
-            edge = top - 0.10 * ay * (t + 1) ** 2
-            lung = _ellipse_mask(h, w, cx, cy, ax, ay)
-            m = ((yn > edge) & (lung > 0.5)).astype(np.float32)
-            x0, x1 = (cx - ax, cx + ax * 0.6) if lateral < 0 else (cx - ax * 0.6, cx + ax)
-            m[:, : int(x0 * w)] = 0
-            m[:, int(x1 * w) :] = 0
-            ys_, xs_ = np.nonzero(m)
-            box = (xs_.min() / w, ys_.min() / h, (xs_.max() + 1) / w, (ys_.max() + 1) / h)
-            amp, blur = 0.42, 4.0
-        elif label == "Pneumothorax":
-            cx, cy, ax, ay = self.s.lungs[rng.integers(2)]
-            depth = rng.uniform(0.22, 0.32)
-            outer = _ellipse_mask(h, w, cx, cy, ax, ay)
-            inner = _ellipse_mask(
-                h,
-                w,
-                cx + (0.5 - cx) * depth * 0.6,
-                cy + ay * depth * 0.5,
-                ax * (1 - depth * 0.7),
-                ay * (1 - depth * 0.6),
-            )
-            rim = np.clip(outer - inner, 0, 1)
-            rim[int((cy + 0.2 * ay) * h) :, :] = 0  # apical and lateral only
-            ys_, xs_ = np.nonzero(rim > 0.5)
-            box = (xs_.min() / w, ys_.min() / h, (xs_.max() + 1) / w, (ys_.max() + 1) / h)
-            rim = _soft(rim, 1.5 * self.px)
-            img = img * (1 - rim) + 0.03 * rim  # black, no markings
-            line = _soft(
-                np.clip(
-                    inner
-                    - cv2.erode(
-                        inner, np.ones((3, 3), np.uint8), iterations=max(1, int(3 * self.px))
-                    ),
-                    0,
-                    1,
-                ),
-                1,
-            )
-            line[int((cy + 0.2 * ay) * h) :, :] = 0
-            img = img + 0.25 * line
-            self.s.lesions.append(Lesion(label, box))
-            return img
-        elif label == "Atelectasis":
-            x, y, _ = self._in_lung(0.06)
-            y = max(y, self.s.lungs[0][1])
-            length, thick, ang = (
-                rng.uniform(0.07, 0.10),
-                rng.uniform(0.012, 0.02),
-                rng.uniform(-25, 25),
-            )
-            m = _ellipse_mask(h, w, x, y, length, thick, ang)
-            ys_, xs_ = np.nonzero(m > 0.5)
-            box = (xs_.min() / w, ys_.min() / h, (xs_.max() + 1) / w, (ys_.max() + 1) / h)
-            amp, blur = 0.40, 2.0
-        elif label in ("Infiltrate", "Pneumonia"):
-            big = label == "Pneumonia"
-            r = rng.uniform(0.09, 0.12) if big else rng.uniform(0.06, 0.09)
-            x, y, _ = self._in_lung(r * 0.6)
-            region = _ellipse_mask(h, w, x, y, r, r * 1.2)
-            tex = _blur_noise(rng, (h, w), (2.5 if big else 6) * self.px)
-            if big:
-                m = region * 0.95
-                # air bronchograms: dark branching lines
-                lines = np.zeros((h, w), np.float32)
-                for _ in range(4):
-                    a = rng.uniform(0, np.pi)
-                    p0 = (int((x - 0.7 * r * np.cos(a)) * w), int((y - 0.7 * r * np.sin(a)) * h))
-                    p1 = (int((x + 0.7 * r * np.cos(a)) * w), int((y + 0.7 * r * np.sin(a)) * h))
-                    cv2.line(lines, p0, p1, 1.0, max(1, int(5 * self.px)), cv2.LINE_AA)
-                m = np.clip(m - 0.6 * lines * region, 0, 1)
-                amp, blur = 0.42, 4.0
-            else:
-                m = region * np.clip(0.55 + 0.45 * tex, 0, 1)
-                amp, blur = 0.30, 8.0
-            ys_, xs_ = np.nonzero(region > 0.5)
-            box = (xs_.min() / w, ys_.min() / h, (xs_.max() + 1) / w, (ys_.max() + 1) / h)
-        else:  # VinBigData findings outside the six: drawn, never boxed by the study's classes
+        """`img` with one finding of `label` drawn (and its box recorded in the scene)."""
+        if label == "Pneumothorax":
+            return self._pneumothorax(img)
+        drawn = {
+            "Nodule": self._nodule,
+            "Mass": self._mass,
+            "Effusion": self._effusion,
+            "Atelectasis": self._atelectasis,
+            "Infiltrate": self._opacity,
+            "Pneumonia": self._opacity,
+        }.get(label)
+        # VinBigData findings outside the six: drawn, never boxed by the study's classes
+        if drawn is None:
             return self._unmapped(img, label)
+        m, box, amp, blur = drawn(label)
         img = img + amp * _soft(m, blur * self.px)
         self.s.lesions.append(Lesion(label, box))
         return img
+
+    def _nodule(self, label: str):
+        h, w, rng = self.h, self.w, self.rng
+        r = rng.uniform(0.028, 0.042)
+        x, y, _ = self._in_lung(r + 0.02)
+        m = _ellipse_mask(h, w, x, y, r, r * w / h)
+        return m, (x - r, y - r * w / h, x + r, y + r * w / h), 0.45, 2.0
+
+    def _mass(self, label: str):
+        h, w, rng = self.h, self.w, self.rng
+        r = rng.uniform(0.05, 0.075)
+        x, y, _ = self._in_lung(r + 0.01)
+        xs, ys = [x], [y]
+        m = _ellipse_mask(h, w, x, y, r, r)
+        for _ in range(2):
+            dx, dy = rng.uniform(-0.5, 0.5, 2) * r
+            rr = r * rng.uniform(0.55, 0.8)
+            m = np.maximum(m, _ellipse_mask(h, w, x + dx, y + dy, rr, rr))
+            xs += [x + dx - rr, x + dx + rr]
+            ys += [y + dy - rr, y + dy + rr]
+        box = (min(xs + [x - r]), min(ys + [y - r]), max(xs + [x + r]), max(ys + [y + r]))
+        return m, box, 0.40, 3.0
+
+    def _effusion(self, label: str):
+        h, w, rng = self.h, self.w, self.rng
+        cx, cy, ax, ay = self.s.lungs[rng.integers(2)]
+        lateral = -1 if cx < 0.5 else 1
+        top = cy + ay * rng.uniform(0.35, 0.55)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        xn, yn = xx / w, yy / h
+        # meniscus: higher laterally (concave up)
+        t = np.clip((xn - cx) * lateral / ax, -1, 1)
+        edge = top - 0.10 * ay * (t + 1) ** 2
+        lung = _ellipse_mask(h, w, cx, cy, ax, ay)
+        m = ((yn > edge) & (lung > 0.5)).astype(np.float32)
+        x0, x1 = (cx - ax, cx + ax * 0.6) if lateral < 0 else (cx - ax * 0.6, cx + ax)
+        m[:, : int(x0 * w)] = 0
+        m[:, int(x1 * w) :] = 0
+        return m, _extent(m, h, w), 0.42, 4.0
+
+    def _pneumothorax(self, img: np.ndarray) -> np.ndarray:
+        h, w, rng = self.h, self.w, self.rng
+        cx, cy, ax, ay = self.s.lungs[rng.integers(2)]
+        depth = rng.uniform(0.22, 0.32)
+        outer = _ellipse_mask(h, w, cx, cy, ax, ay)
+        inner = _ellipse_mask(
+            h,
+            w,
+            cx + (0.5 - cx) * depth * 0.6,
+            cy + ay * depth * 0.5,
+            ax * (1 - depth * 0.7),
+            ay * (1 - depth * 0.6),
+        )
+        rim = np.clip(outer - inner, 0, 1)
+        rim[int((cy + 0.2 * ay) * h) :, :] = 0  # apical and lateral only
+        box = _extent(rim > 0.5, h, w)
+        rim = _soft(rim, 1.5 * self.px)
+        img = img * (1 - rim) + 0.03 * rim  # black, no markings
+        iterations = max(1, int(3 * self.px))
+        edge = inner - cv2.erode(inner, np.ones((3, 3), np.uint8), iterations=iterations)
+        line = _soft(np.clip(edge, 0, 1), 1)
+        line[int((cy + 0.2 * ay) * h) :, :] = 0
+        img = img + 0.25 * line
+        self.s.lesions.append(Lesion("Pneumothorax", box))
+        return img
+
+    def _atelectasis(self, label: str):
+        h, w, rng = self.h, self.w, self.rng
+        x, y, _ = self._in_lung(0.06)
+        y = max(y, self.s.lungs[0][1])
+        length, thick, ang = (
+            rng.uniform(0.07, 0.10),
+            rng.uniform(0.012, 0.02),
+            rng.uniform(-25, 25),
+        )
+        m = _ellipse_mask(h, w, x, y, length, thick, ang)
+        return m, _extent(m > 0.5, h, w), 0.40, 2.0
+
+    def _opacity(self, label: str):
+        """Infiltrate (a patchy opacity) or Pneumonia (a dense one with air bronchograms)."""
+        h, w, rng = self.h, self.w, self.rng
+        big = label == "Pneumonia"
+        r = rng.uniform(0.09, 0.12) if big else rng.uniform(0.06, 0.09)
+        x, y, _ = self._in_lung(r * 0.6)
+        region = _ellipse_mask(h, w, x, y, r, r * 1.2)
+        tex = _blur_noise(rng, (h, w), (2.5 if big else 6) * self.px)
+        if big:
+            m = region * 0.95
+            # air bronchograms: dark branching lines
+            lines = np.zeros((h, w), np.float32)
+            for _ in range(4):
+                a = rng.uniform(0, np.pi)
+                p0 = (int((x - 0.7 * r * np.cos(a)) * w), int((y - 0.7 * r * np.sin(a)) * h))
+                p1 = (int((x + 0.7 * r * np.cos(a)) * w), int((y + 0.7 * r * np.sin(a)) * h))
+                cv2.line(lines, p0, p1, 1.0, max(1, int(5 * self.px)), cv2.LINE_AA)
+            m = np.clip(m - 0.6 * lines * region, 0, 1)
+            amp, blur = 0.42, 4.0
+        else:
+            m = region * np.clip(0.55 + 0.45 * tex, 0, 1)
+            amp, blur = 0.30, 8.0
+        return m, _extent(region > 0.5, h, w), amp, blur
 
     def _unmapped(self, img: np.ndarray, label: str) -> np.ndarray:
         h, w, rng = self.h, self.w, self.rng
@@ -448,16 +462,8 @@ def write_nih(
             kind = kinds[idx]
             image_id = f"{patient:08d}_{follow:03d}.png"
             folder = out / f"images_{1 + (idx // 500) % 12:03d}" / "images"
-            unboxed: list[str] = []
-            if kind == "annotated":
-                labels = next(label_plan)
-                if rng.random() < unboxed_extra:  # a second finding the box annotator left out
-                    unboxed = [str(rng.choice([c for c in NIH_CLASSES if c not in labels]))]
-                    n_partial += 1
-            elif kind == "unboxed":
-                labels = [str(c) for c in rng.choice(NIH_CLASSES, 1 + (rng.random() < 0.12), False)]
-            else:
-                labels = []
+            labels, unboxed = _nih_findings(rng, kind, label_plan, unboxed_extra)
+            n_partial += kind == "annotated" and bool(unboxed)
             ow, oh = int(rng.integers(2000, 3056)), int(rng.integers(2000, 3056))
             meta.append(
                 (
@@ -473,7 +479,37 @@ def write_nih(
             )
             jobs.append((seed, idx, str(folder / image_id), image_id, kind, labels, unboxed))
             idx += 1
-    results = _pool_map(_nih_image, jobs, workers)
+    entries, boxes, truth = _nih_tables(out, meta, _pool_map(_nih_image, jobs, workers), oracle)
+    ids = [m[0] for m in meta]
+    test = {i for i in ids if int(i[:8]) % 5 == 0}
+    _write_lines(out / "train_val_list.txt", [i for i in ids if i not in test], final_newline=False)
+    _write_lines(out / "test_list.txt", [i for i in ids if i in test], final_newline=False)
+    return {
+        "nih_images": len(entries),
+        "nih_boxes": len(boxes),
+        "nih_patients": patient - first_patient + 1,
+        "nih_label_only_images": n_unboxed,
+        "nih_partially_boxed_images": n_partial,
+        "oracle_boxes": len(truth),
+    }
+
+
+def _nih_findings(rng, kind: str, label_plan, unboxed_extra: float) -> tuple[list, list]:
+    """(boxed findings, findings listed without a box) of one NIH image of `kind`."""
+    unboxed: list[str] = []
+    if kind == "annotated":
+        labels = next(label_plan)
+        if rng.random() < unboxed_extra:  # a second finding the box annotator left out
+            unboxed = [str(rng.choice([c for c in NIH_CLASSES if c not in labels]))]
+    elif kind == "unboxed":
+        labels = [str(c) for c in rng.choice(NIH_CLASSES, 1 + (rng.random() < 0.12), False)]
+    else:
+        labels = []
+    return labels, unboxed
+
+
+def _nih_tables(out: Path, meta: list, results: list, oracle: Path | None):
+    """Data_Entry and BBox_List (and the oracle's boxes) from the images' rows and renders."""
     entries, boxes, truth = [], [], []
     for (image_id, follow, pid, age, sex, view, ow, oh), (finding_text, box_lines, hidden) in zip(
         meta, results
@@ -488,18 +524,7 @@ def write_nih(
     if oracle is not None:
         Path(oracle).parent.mkdir(parents=True, exist_ok=True)
         _write_lines(Path(oracle), [NIH_BBOX_HEADER, *truth])
-    ids = [m[0] for m in meta]
-    test = {i for i in ids if int(i[:8]) % 5 == 0}
-    _write_lines(out / "train_val_list.txt", [i for i in ids if i not in test], final_newline=False)
-    _write_lines(out / "test_list.txt", [i for i in ids if i in test], final_newline=False)
-    return {
-        "nih_images": len(entries),
-        "nih_boxes": len(boxes),
-        "nih_patients": patient - first_patient + 1,
-        "nih_label_only_images": n_unboxed,
-        "nih_partially_boxed_images": n_partial,
-        "oracle_boxes": len(truth),
-    }
+    return entries, boxes, truth
 
 
 def _write_lines(path: Path, lines: list[str], final_newline: bool = True) -> None:

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from .. import tracking
 from ..core import acquisition, atomic, batch_export, detection, layout
+from ..core.bounds import png_dimensions
 from ..core.classes import TASKS
 from ..core.detection import AP_FLOOR, DetectionRule
 from ..core.splits import shard_of
@@ -45,7 +46,7 @@ def champion_model(xray: XrayResource, task: str):
     mv = tracking.alias_version(xray.tracking_uri, name, tracking.CHAMPION)
     if mv is not None and "nms_conf" in (mv.tags or {}):
         weights = tracking.fetch_weights(
-            xray.tracking_uri, mv.run_id, xray.storage.dir("serve", task, f"v{mv.version}")
+            xray.tracking_uri, mv.run_id, xray.storage.dir(*layout.served_version(task, mv.version))
         )
         return weights, str(mv.version), DetectionRule.from_tags(mv.tags), int(mv.tags["imgsz"])
     record = ModelRecord.read(xray.storage, task)
@@ -102,14 +103,15 @@ def pending_images(xray: XrayResource, task: str) -> set[str]:
     op_tags=GPU_STEP_TAGS,
     automation_condition=on_new_data(only=["champion_gate", "nih_boxes"]),
     code_version=code_version(acquisition),
-    description="Label-only NIH images ranked for annotation by the champion's uncertainty and the known "
-    "label (partially boxed images first where the profile leaves them out of training); train/val "
-    "patients by acquisition, test patients only at "
-    "random, at a fixed share. Scores are cached per (image, model version).",
+    description="Label-only NIH images ranked for a radiologist's time by the champion's uncertainty.",
 )
 def annotation_queue(
     context: dg.AssetExecutionContext, config: QueueConfig, xray: XrayResource
 ) -> dg.MaterializeResult:
+    """Label-only NIH images ranked for annotation by the champion's uncertainty and the known label
+    (partially boxed images first where the profile leaves them out of training); train/val patients
+    by acquisition, test patients only at random, at a fixed share. Scores are cached per (image,
+    model version)."""
     task = TASKS[context.partition_key]
     st, profile = xray.storage, xray.config
     labels = st.read_parquet(*layout.NIH_LABELS)
@@ -128,40 +130,13 @@ def annotation_queue(
         todo = todo[todo["image_id"].map(lambda i: shard_of(i, config.shards)) == config.shard]
     if config.limit:
         todo = todo.head(config.limit)
-    seconds, per_minute, runtime = 0.0, None, "nothing scored this run"
+    seconds, per_minute, runtime, scored = 0.0, None, "nothing scored this run", 0
     if len(todo):
         share_cores()
-        index = nih_image_index(xray.data("nih"), xray.shared)
-        todo = todo[todo["image_id"].isin(set(index))]
-        images = pd.DataFrame(
-            {"image_id": todo["image_id"], "path": [str(index[i]) for i in todo["image_id"]]}
-        )
-        scorer = fast_scorer(xray, task.name, weights, version, rule, imgsz, context.log.info)
-        runtime = (
-            f"openvino {scorer.precision} (the {scorer.check.queue} path; INT8 "
-            f"{scorer.check.verdict})"
-            if scorer.runner is not None
-            else f"pytorch f32 (no fast path ranks like the float weights; INT8 "
-            f"{scorer.check.verdict})"
-        )
-        context.log.info(
-            f"{task.name}: scoring {len(images)} candidate(s) with version {version} on "
-            f"{runtime}: {scorer.check.reason}"
-        )
-        t0 = time.time()
-        progress = lambda n, m: context.log.info(f"{task.name}: scored {n}/{m}")  # noqa: E731
-        dets = (
-            fast.detect_paths(
-                scorer.runner, images, rule.at(conf=AP_FLOOR), task.classes, progress=progress
-            )
-            if scorer.runner is not None
-            else detection.detect_images(
-                scorer.model, images, rule.at(conf=AP_FLOOR), imgsz, task.classes, progress
-            )
-        )
-        seconds = time.time() - t0
-        per_minute = round(60 * len(images) / seconds, 1) if seconds > 0 else None
-        fresh = acquisition.score_images(todo, dets, version)
+        champion = (weights, version, rule, imgsz)
+        fresh, seconds, runtime = _score(context, xray, task, champion, todo)
+        scored = len(fresh)
+        per_minute = round(60 * scored / seconds, 1) if seconds > 0 else None
         cache = pd.concat([cache[cache["image_id"].isin(set(cands["image_id"]))], fresh])
         cache = cache.drop_duplicates(["image_id", "model_version"], keep="last")
         st.write_parquet(cache.reset_index(drop=True), *layout.queue_scores(task.name))
@@ -184,7 +159,7 @@ def annotation_queue(
             "partially_boxed": int((cands["kind"] == "partial").sum()),
             "label_only": int((cands["kind"] == "label_only").sum()),
             "test_candidates_random_only": int((queue["selection"] != "acquisition").sum()),
-            "scored_this_run": len(todo),
+            "scored_this_run": scored,
             "not_yet_scored": unscored,
             "images_per_minute": per_minute,
             "scoring_seconds": round(seconds, 1),
@@ -195,6 +170,41 @@ def annotation_queue(
         },
         data_version=content_version(queue[["image_id", "rank"]], version),
     )
+
+
+def _score(context, xray: XrayResource, task, champion, todo: pd.DataFrame):
+    """(acquisition scores of `todo`'s images, seconds spent, the runtime used): the champion on
+    the served runtime's fastest path that ranks like its float weights on this CPU, else PyTorch."""
+    weights, version, rule, imgsz = champion
+    index = nih_image_index(xray.data("nih"), xray.shared)
+    todo = todo[todo["image_id"].isin(set(index))]
+    images = pd.DataFrame(
+        {"image_id": todo["image_id"], "path": [str(index[i]) for i in todo["image_id"]]}
+    )
+    scorer = fast_scorer(xray, task.name, weights, version, rule, imgsz, context.log.info)
+    verdict = f"INT8 {scorer.check.verdict}"
+    runtime = (
+        f"openvino {scorer.precision} (the {scorer.check.queue} path; {verdict})"
+        if scorer.runner is not None
+        else f"pytorch f32 (no fast path ranks like the float weights; {verdict})"
+    )
+    context.log.info(
+        f"{task.name}: scoring {len(images)} candidate(s) with version {version} on "
+        f"{runtime}: {scorer.check.reason}"
+    )
+    t0 = time.time()
+
+    def progress(n: int, m: int) -> None:
+        context.log.info(f"{task.name}: scored {n}/{m}")
+
+    floor = rule.at(conf=AP_FLOOR)
+    dets = (
+        fast.detect_paths(scorer.runner, images, floor, task.classes, progress=progress)
+        if scorer.runner is not None
+        else detection.detect_images(scorer.model, images, floor, imgsz, task.classes, progress)
+    )
+    seconds = time.time() - t0
+    return acquisition.score_images(todo, dets, version), seconds, runtime
 
 
 # -- batches: the top of the queue, exported ------------------------------------------------------
@@ -295,15 +305,14 @@ def send_to_label_studio(xray: XrayResource, key, task, batch, dets, model_versi
     code_version=code_version(batch_export),
     # a batch partition added (in the UI, or by a script) is exported by the automation sensor
     automation_condition=dg.AutomationCondition.on_missing(),
-    description="One exported annotation batch (partition `<task>-<n>`): the top K of the task's queue, one "
-    "image per patient, quotas per finding, the test split's random share; the champion's boxes as "
-    "pre-annotations to Label Studio (a project per task) and as COCO and CVAT XML files.",
+    description="One exported annotation batch: the top of a task's queue, pre-annotated for Label Studio, COCO and CVAT.",
 )
 def annotation_batches(
     context: dg.AssetExecutionContext, config: BatchConfig, xray: XrayResource
 ) -> dg.MaterializeResult:
-    from ..core.bounds import png_dimensions
-
+    """One exported annotation batch (partition `<task>-<n>`): the top K of the task's queue, one image
+    per patient, quotas per finding, the test split's random share; the champion's boxes as pre-
+    annotations to Label Studio (a project per task) and as COCO and CVAT XML files."""
     key = context.partition_key
     task = TASKS[task_of(key)]
     st = xray.storage
@@ -314,39 +323,18 @@ def annotation_batches(
     picked = acquisition.batch(queue, config.size, config.quota or None, config.test_share)
     if picked.empty:
         raise dg.Failure(f"{task.name}: the queue has no image to propose")
-    index = nih_image_index(xray.data("nih"), xray.shared)
-    labels = st.read_parquet(*layout.NIH_LABELS).set_index("image_id")["findings"]
-    offered = set(batch_export.nih_labels_of(task))
-    boxed = batch_export.boxed_findings(st.read_parquet(*layout.NIH_BOXES), picked["image_id"])
-    with st.workdir(*layout.batch(key, "images")) as out:
-        for image_id in picked["image_id"]:
-            target = out / image_id
-            if not target.exists():
-                shutil.copyfile(index[image_id], target)
+    batch, boxed = _batch_images(xray, key, task, picked)
     folder = st.local_path(*layout.batch(key, "images"))
-    sizes = [png_dimensions((folder / i).read_bytes()[:64]) for i in picked["image_id"]]
-    listed = [[f for f in labels[i] if f in offered] for i in picked["image_id"]]
-    batch = picked.assign(
-        width=[d.width for d in sizes],
-        height=[d.height for d in sizes],
-        listed=[
-            [f for f in fs if f not in boxed.get(i, ())]
-            for i, fs in zip(picked["image_id"], listed)
-        ],
-        boxed=[
-            [f for f in fs if f in boxed.get(i, ())] for i, fs in zip(picked["image_id"], listed)
-        ],
-    )
     weights, version, rule, imgsz = champion_model(xray, task.name)
     images = pd.DataFrame(
         {"image_id": batch["image_id"], "path": [str(folder / i) for i in batch["image_id"]]}
     )
     shown = rule.at(conf=config.min_score) if config.min_score else rule
-    dets = detection.detect_images(
+    found = detection.detect_images(
         detection.load_model(weights), images, shown, imgsz, task.classes
     )
     dets = batch_export.pre_annotations(
-        dets, task, dict(zip(batch["image_id"], batch["listed"])), boxed
+        found, task, dict(zip(batch["image_id"], batch["listed"])), boxed
     )
     dets = (
         dets.sort_values(["image_id", "score"], ascending=[True, False])
@@ -355,26 +343,7 @@ def annotation_batches(
         .reset_index(drop=True)
     )
     model_version = f"{xray.config.model_name(task.name)} v{version}"
-    st.write_text(batch_export.coco(batch, dets, task), *layout.batch(key, layout.BATCH_COCO))
-    st.write_text(batch_export.cvat(batch, dets, task), *layout.batch(key, layout.BATCH_CVAT))
-    st.write_parquet(
-        batch.drop(columns=["listed", "boxed"]).assign(
-            listed=batch["listed"].map(", ".join), boxed=batch["boxed"].map(", ".join)
-        ),
-        *layout.batch(key, layout.BATCH_IMAGES),
-    )
-    record = batch[["image_id", "patient_id", "split", "selection", "rank"]].assign(
-        batch=key, model_version=str(version)
-    )
-    earlier = (
-        st.read_parquet(*layout.batches_table(task.name))
-        if st.exists(*layout.batches_table(task.name))
-        else record.iloc[0:0]
-    )
-    st.write_parquet(
-        pd.concat([earlier[earlier["batch"] != key], record], ignore_index=True),
-        *layout.batches_table(task.name),
-    )
+    _write_batch(st, key, task, batch, dets, version)
     project, sent = send_to_label_studio(xray, key, task, batch, dets, model_version, folder)
     if not project:
         context.log.warning(f"batch {key}: {sent}")
@@ -400,6 +369,56 @@ def annotation_batches(
                 )
             ),
         },
+    )
+
+
+def _batch_images(xray: XrayResource, key: str, task, picked: pd.DataFrame):
+    """(the batch: the picked images with their sizes, their listed findings still to box and those
+    they already have boxes of; image -> boxed findings); the images copied into the batch's folder."""
+    st = xray.storage
+    index = nih_image_index(xray.data("nih"), xray.shared)
+    labels = st.read_parquet(*layout.NIH_LABELS).set_index("image_id")["findings"]
+    offered = set(batch_export.nih_labels_of(task))
+    boxed = batch_export.boxed_findings(st.read_parquet(*layout.NIH_BOXES), picked["image_id"])
+    with st.workdir(*layout.batch(key, "images")) as out:
+        for image_id in picked["image_id"]:
+            if not (out / image_id).exists():
+                shutil.copyfile(index[image_id], out / image_id)
+    folder = st.local_path(*layout.batch(key, "images"))
+    sizes = [png_dimensions((folder / i).read_bytes()[:64]) for i in picked["image_id"]]
+    ids = list(picked["image_id"])
+    listed = [[f for f in labels[i] if f in offered] for i in ids]
+    batch = picked.assign(
+        width=[d.width for d in sizes],
+        height=[d.height for d in sizes],
+        listed=[[f for f in fs if f not in boxed.get(i, ())] for i, fs in zip(ids, listed)],
+        boxed=[[f for f in fs if f in boxed.get(i, ())] for i, fs in zip(ids, listed)],
+    )
+    return batch, boxed
+
+
+def _write_batch(st, key: str, task, batch: pd.DataFrame, dets: pd.DataFrame, version) -> None:
+    """The batch's COCO and CVAT files and images table, and its rows in the task's batches table
+    (pending until their drop is committed)."""
+    st.write_text(batch_export.coco(batch, dets, task), *layout.batch(key, layout.BATCH_COCO))
+    st.write_text(batch_export.cvat(batch, dets, task), *layout.batch(key, layout.BATCH_CVAT))
+    st.write_parquet(
+        batch.drop(columns=["listed", "boxed"]).assign(
+            listed=batch["listed"].map(", ".join), boxed=batch["boxed"].map(", ".join)
+        ),
+        *layout.batch(key, layout.BATCH_IMAGES),
+    )
+    record = batch[["image_id", "patient_id", "split", "selection", "rank"]].assign(
+        batch=key, model_version=str(version)
+    )
+    earlier = (
+        st.read_parquet(*layout.batches_table(task.name))
+        if st.exists(*layout.batches_table(task.name))
+        else record.iloc[0:0]
+    )
+    st.write_parquet(
+        pd.concat([earlier[earlier["batch"] != key], record], ignore_index=True),
+        *layout.batches_table(task.name),
     )
 
 

@@ -117,10 +117,11 @@ def background_samples(
     automation_condition=on_new_data(),
     code_version=code_version(splits),
     metadata={"dagster/column_schema": SPLITS_SCHEMA},
-    description="Every image of the study -> train/val/test, grouped by patient (a VinBigData image is its "
-    "own group); a pure function of (patient, seed).",
+    description="Every image of the study in train, val or test, grouped by patient.",
 )
 def patient_splits(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
+    """Every image of the study -> train/val/test, grouped by patient (a VinBigData image is its own
+    group); a pure function of (patient, seed)."""
     st, cfg = xray.storage, xray.config
     lab = st.read_parquet(*layout.NIH_LABELS)
     nboxes = st.read_parquet(*layout.NIH_BOXES)
@@ -246,12 +247,12 @@ def read_task_inputs(xray: XrayResource, task_name: str):
         dg.AssetCheckSpec(name, asset="yolo_datasets", description=d, blocking=b)
         for name, (d, _, b) in DATASET_CHECKS.items()
     ],
-    description="One YOLO-format dataset per task: data.yaml, labels, linked images, split lists "
-    "(images.parquet has the columns shown). NIH images that list a finding of the task "
-    "without a box are left out of the test split, and of training only where the profile says so "
-    "(excluded.parquet).",
+    description="One YOLO-format dataset per task, its test split free of unboxed findings.",
 )
 def yolo_datasets(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
+    """One YOLO-format dataset per task: data.yaml, labels, linked images, split lists (images.parquet
+    has the columns shown). NIH images that list a finding of the task without a box are left out of
+    the test split, and of training only where the profile says so (excluded.parquet)."""
     task = TASKS[context.partition_key]
     st = xray.storage
     images, boxes, excluded = read_task_inputs(xray, task.name)

@@ -116,19 +116,44 @@ def pseudonym_key(shared: Storage) -> bytes:
     return shared.local(*layout.PSEUDONYM_KEY).read_bytes()
 
 
+def _validated(xray: XrayResource, key: str, folder: Path, digest: str) -> inbox.Drop:
+    """The drop read and checked against the data; a malformed one (or a file no reader can take)
+    is moved to rejected/ with the reason and fails the run: rejected, never lost."""
+    try:
+        return inbox.validate(
+            folder,
+            _known(xray, key),
+            digest=digest,
+            max_megapixels=xray.decode.max_megapixels,
+            pseudonym_key=pseudonym_key(xray.shared),
+        )
+    except Exception as exc:
+        reason = (
+            str(exc)
+            if isinstance(exc, inbox.DropError)
+            else f"unreadable drop ({exc.__class__.__name__}: {exc})"
+        )
+        target = inbox.reject(folder, xray.inbox, reason)
+        raise dg.Failure(
+            description=f"drop {folder.name} rejected: {reason}",
+            metadata={"moved_to": dg.MetadataValue.path(str(target))},
+        ) from None
+
+
 @dg.asset(
     partitions_def=DROP_PARTITIONS,
     group_name="datasets",
     kinds={"parquet", "png", "dicom"},
     owners=["team:radiology-data"],
     tags={"stage": "ingest"},
-    description="One accepted annotation drop from the inbox: its rows as parquet and its images "
-    "under the storage root (shared by all profiles). A malformed drop fails its run "
-    "and moves to rejected/ with ERROR.txt.",
+    description="One accepted annotation drop: its rows and images stored under the shared storage root.",
 )
 def annotation_drops(
     context: dg.AssetExecutionContext, config: DropConfig, xray: XrayResource
 ) -> dg.MaterializeResult:
+    """One accepted annotation drop from the inbox: its rows as parquet and its images under the
+    storage root (shared by all profiles). A malformed drop fails its run and moves to rejected/
+    with ERROR.txt."""
     key = context.partition_key
     folder = (
         Path(config.folder)
@@ -140,25 +165,7 @@ def annotation_drops(
             description=f"drop {key}: no folder in {xray.inbox} or its accepted/ (moved or deleted?)"
         )
     digest = inbox.drop_digest(folder)
-    try:
-        drop = inbox.validate(
-            folder,
-            _known(xray, key),
-            digest=digest,
-            max_megapixels=xray.decode.max_megapixels,
-            pseudonym_key=pseudonym_key(xray.shared),
-        )
-    except Exception as exc:  # DropError, or a file no reader can take: rejected, never lost
-        reason = (
-            str(exc)
-            if isinstance(exc, inbox.DropError)
-            else f"unreadable drop ({exc.__class__.__name__}: {exc})"
-        )
-        target = inbox.reject(folder, xray.inbox, reason)
-        raise dg.Failure(
-            description=f"drop {folder.name} rejected: {reason}",
-            metadata={"moved_to": dg.MetadataValue.path(str(target))},
-        ) from None
+    drop = _validated(xray, key, folder, digest)
     st = xray.shared
     # 1. the images (whole files; a re-run rewrites the same names)
     sub = "images" if drop.fmt == "nih" else "dicom"

@@ -7,7 +7,7 @@ which holds the promotion (the alias stays where it was and the record says why)
 alone it decides again from the registry as it stands, so a manual alias change is undone.
 """
 
-from dataclasses import replace
+from dataclasses import dataclass
 
 import dagster as dg
 import pandas as pd
@@ -20,7 +20,7 @@ from ..core.detection import AP_FLOOR, DetectionRule
 from ..core.report import markdown_to_html
 from ..records import GateRecord, ModelRecord
 from .automation import code_version, content_version, on_new_data
-from .evaluation import _task_tables, evaluation_reports
+from .evaluation import evaluation_reports, test_split
 from .resources import GPU_STEP_TAGS, TASK_PARTITIONS, XrayResource
 
 OWNERS = ["team:ml"]
@@ -38,8 +38,6 @@ GUARDS = {
     "champion_rescored": "The current champion was re-scored on the current test split; a champion that "
     "cannot be (no detection rule on its tags, weights missing, an error while scoring) holds the promotion.",
 }
-#: the decision where nothing moved: no champion to keep, or a champion that could not be re-scored
-HELD = "held"
 
 
 def _guards(
@@ -99,7 +97,7 @@ def _rescore(xray: XrayResource, task, champ, images: pd.DataFrame, context) -> 
         weights = tracking.fetch_weights(
             xray.tracking_uri,
             champ.run_id,
-            xray.storage.dir("serve", task.name, f"v{champ.version}"),
+            xray.storage.dir(*layout.served_version(task.name, champ.version)),
         )
     except Exception as exc:
         raise RescoreError(f"its weights could not be fetched ({exc.__class__.__name__}: {exc})")
@@ -134,26 +132,23 @@ def _rescore(xray: XrayResource, task, champ, images: pd.DataFrame, context) -> 
         dg.AssetCheckSpec(name, asset="champion_gate", description=d, blocking=True)
         for name, d in GUARDS.items()
     ],
-    description="The promotion decision: the champion re-scored on the current test split, the paired "
-    "patient-level difference new - champion of test mAP50 and its null rate, the decision by "
-    "the stated rule, the `champion` alias moved unless a blocking check holds it.",
+    description="The promotion decision: the new version against the champion re-scored on today's test split.",
 )
 def champion_gate(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
+    """The promotion decision: the champion re-scored on the current test split, the paired patient-
+    level difference new - champion of test mAP50 and its null rate, the decision by the stated
+    rule, the `champion` alias moved unless a blocking check holds it."""
     task = TASKS[context.partition_key]
     st, profile = xray.storage, xray.config
-    base = ("reports", task.name)
     version = ModelRecord.read(st, task.name).model_version
-    images, _ = core_eval.split(*_task_tables(st, task.name), "test")
-    gt, dets = (
-        st.read_parquet(*layout.ground_truth(task.name)),
-        st.read_parquet(*layout.detections(task.name)),
-    )
+    images, _ = test_split(st, task.name)
     evaluated = st.read_parquet(*layout.test_images(task.name))
     guards = _guards(xray, task, set(evaluated["image_id"]), set(images["image_id"]))
     checks = [
-        dg.AssetCheckResult(check_name=n, passed=ok, metadata=md) for n, (ok, md) in guards.items()
+        dg.AssetCheckResult(check_name=name, passed=ok, metadata=entries)
+        for name, (ok, entries) in guards.items()
     ]
-    held = [n for n, (ok, _) in guards.items() if not ok]
+    held = [name for name, (ok, _) in guards.items() if not ok]
     if not version:
         gate = GateRecord("", "not gated (no registered version)", "no registered version")
         gate.write(st, task.name)
@@ -165,80 +160,84 @@ def champion_gate(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.M
         )
     model_name = profile.model_name(task.name)
     champ = _baseline(xray, model_name, version)
-    champ_dets, failed = None, ""
-    if champ is not None and str(champ.version) != str(version):
-        st.localise(images["path"])
-        try:
-            champ_dets = _rescore(
-                xray, task, champ, images[images["image_id"].isin(evaluated["image_id"])], context
-            )
-        except RescoreError as exc:
-            failed = f"champion {model_name} v{champ.version} could not be re-scored: {exc}"
-            context.log.error(f"{task.name}: {failed}; the promotion is held")
+    compared = _compare(
+        context, xray, task, version, champ, images[images["image_id"].isin(evaluated["image_id"])]
+    )
     checks.append(
         dg.AssetCheckResult(
             check_name="champion_rescored",
-            passed=not failed,
-            metadata={"failure": failed or "none"},
+            passed=not compared.failed,
+            metadata={"failure": compared.failed or "none"},
         )
-    )
-    paired = (
-        metrics.paired_bootstrap(
-            gt,
-            dets,
-            champ_dets,
-            task.classes,
-            evaluated["image_id"],
-            n_boot=profile.bootstrap_resamples,
-            seed=profile.seed,
-            groups=core_eval.patients(evaluated),
-        )
-        if champ_dets is not None
-        else None
     )
     gate = GateRecord.from_dict(
         champion.gate_record(
-            paired,
+            compared.paired,
             xray.margin,
             version,
             None if champ is None else str(champ.version),
             profile.gate_null_rate,
             profile.min_test_boxes,
         )
-    )
-    if champ_dets is not None:  # what the gate compared, kept beside the new model's detections
-        st.write_parquet(champ_dets, *layout.champion_detections(task.name))
-    if failed:  # fails closed: nothing to compare with is not "first version"
-        gate = gate.held(f"{failed}; the promotion is held", ["champion_rescored"], HELD)
-        gate = replace(gate, compared_with=str(champ.version))
-    elif held:
-        gate = gate.held(
-            f"held by failing check(s) {', '.join(held)}; the gate's own decision was "
-            f"{gate.decision} ({gate.reason})",
-            held,
-            champion.CHALLENGER if champ is not None else HELD,
-        )
-    tracking.tag_version(xray.tracking_uri, model_name, version, gate.tags())
-    if gate.decision == champion.CHAMPION:
-        tracking.set_alias(xray.tracking_uri, model_name, champion.CHAMPION, version)
-    elif gate.decision == champion.CHALLENGER:
-        tracking.set_alias(xray.tracking_uri, model_name, champion.CHALLENGER, version)
-        if champ is not None and not held:
-            # a hand-moved alias goes back to the version the gate keeps
-            tracking.set_alias(xray.tracking_uri, model_name, champion.CHAMPION, str(champ.version))
+    ).after_checks(compared.failed, held, None if champ is None else str(champ.version))
+    tracking.apply_gate(xray.tracking_uri, model_name, version, gate, champ, move_back=not held)
     context.log.info(f"{task.name}: version {version} is {gate.decision} ({gate.reason})")
     gate.write(st, task.name)
-    text = core_eval.gate_markdown(task.name, gate.as_dict())
-    st.write_text(text, *base, "gate.md")
-    st.write_text(markdown_to_html(text, f"Champion gate {task.name}"), *base, "gate.html")
+    _write_gate_report(st, task.name, gate)
     interval = core_eval.interval_text(gate.diff_ci_low, gate.diff_ci_high) if gate.compared else ""
     return dg.MaterializeResult(
         metadata={
-            "report": dg.MetadataValue.path(str(st.root / "reports" / task.name / "gate.html")),
+            "report": dg.MetadataValue.path(
+                str(st.root.joinpath(*layout.report(task.name, "gate.html")))
+            ),
             **gate.metadata(interval),
         },
         check_results=checks,
         data_version=content_version(str(version), gate.decision, gate.compared_with or ""),
+    )
+
+
+@dataclass
+class Comparison:
+    """The champion re-scored on today's test images and the paired bootstrap against it (None
+    where there is no other champion), or why it could not be re-scored (`failed`)."""
+
+    paired: dict | None = None
+    failed: str = ""
+
+
+def _compare(context, xray: XrayResource, task, version: str, champ, evaluated: pd.DataFrame):
+    """The new version against the champion on the images it was evaluated on; the champion's
+    detections kept beside the new model's (what the gate compared)."""
+    st, profile = xray.storage, xray.config
+    if champ is None or str(champ.version) == str(version):
+        return Comparison()
+    st.localise(evaluated["path"])
+    try:
+        champ_dets = _rescore(xray, task, champ, evaluated, context)
+    except RescoreError as exc:
+        failed = f"champion {profile.model_name(task.name)} v{champ.version} could not be re-scored: {exc}"
+        context.log.error(f"{task.name}: {failed}; the promotion is held")
+        return Comparison(failed=failed)
+    st.write_parquet(champ_dets, *layout.champion_detections(task.name))
+    paired = metrics.paired_bootstrap(
+        st.read_parquet(*layout.ground_truth(task.name)),
+        st.read_parquet(*layout.detections(task.name)),
+        champ_dets,
+        task.classes,
+        evaluated["image_id"],
+        n_boot=profile.bootstrap_resamples,
+        seed=profile.seed,
+        groups=core_eval.patients(evaluated),
+    )
+    return Comparison(paired=paired)
+
+
+def _write_gate_report(st, task: str, gate: GateRecord) -> None:
+    text = core_eval.gate_markdown(task, gate.as_dict())
+    st.write_text(text, *layout.report(task, "gate.md"))
+    st.write_text(
+        markdown_to_html(text, f"Champion gate {task}"), *layout.report(task, "gate.html")
     )
 
 

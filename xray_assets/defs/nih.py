@@ -45,11 +45,27 @@ BOXES_SCHEMA = column_schema(
 )
 
 
-def _with_drops(original: pd.DataFrame, source: str, drops: pd.DataFrame) -> pd.DataFrame:
-    frames = [original.assign(source=source)] + (
-        [drops[[*original.columns, "source"]]] if len(drops) else []
-    )
-    return pd.concat(frames, ignore_index=True)
+def _read_nih(context, xray: XrayResource, reader, file_name: str, table: str, parts):
+    """A raw NIH file read by its checked reader (bad rows to the quarantine), every committed
+    drop's rows of that table after it (each row's `source`), written to `parts`: (the table, the
+    asset's common metadata)."""
+    src = xray.data("nih", file_name)
+    st = xray.storage
+    out = ingest_table(context, st, reader, src, "nih", table, xray.config.max_quarantine_rows)
+    keys = committed(xray.shared)
+    drops = read_drop_tables(xray.shared, table, keys=keys)
+    frames = [out["table"].assign(source=src.name)]
+    if len(drops):
+        frames.append(drops[[*out["table"].columns, "source"]])
+    df = pd.concat(frames, ignore_index=True)
+    st.write_parquet(df, *parts)
+    return df, {
+        **out["metadata"],
+        **drops_read(keys),
+        "dagster/row_count": len(df),
+        "path": dg.MetadataValue.path(str(st.root.joinpath(*parts))),
+        "rows_from_drops": int((df["source"] != src.name).sum()),
+    }
 
 
 @dg.asset(
@@ -64,29 +80,19 @@ def _with_drops(original: pd.DataFrame, source: str, drops: pd.DataFrame) -> pd.
     description="Data_Entry_2017.csv as a typed table, one row per image, plus every accepted NIH drop.",
 )
 def nih_labels(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
-    src = xray.data("nih", "Data_Entry_2017.csv")
-    st = xray.storage
-    out = ingest_table(
+    df, metadata = _read_nih(
         context,
-        st,
+        xray,
         labels.read_nih_labels_checked,
-        src,
-        "nih",
+        "Data_Entry_2017.csv",
         "labels",
-        xray.config.max_quarantine_rows,
+        layout.NIH_LABELS,
     )
-    keys = committed(xray.shared)
-    df = _with_drops(out["table"], src.name, read_drop_tables(xray.shared, "labels", keys=keys))
-    st.write_parquet(df, *layout.NIH_LABELS)
     findings = df["findings"].explode().value_counts()
     return dg.MaterializeResult(
         metadata={
-            **out["metadata"],
-            **drops_read(keys),
-            "dagster/row_count": len(df),
-            "path": dg.MetadataValue.path(str(st.root.joinpath(*layout.NIH_LABELS))),
+            **metadata,
             "patients": int(df["patient_id"].nunique()),
-            "rows_from_drops": int((df["source"] != src.name).sum()),
             "no_finding_images": int(df["findings"].map(lambda f: list(f) == ["No Finding"]).sum()),
             "findings": table_value(findings.rename_axis("finding").reset_index(name="images")),
         },
@@ -106,31 +112,20 @@ def nih_labels(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.Mate
     description="BBox_List_2017.csv as corner boxes in the 1024 px PNG space, plus every accepted NIH drop.",
 )
 def nih_boxes(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
-    src = xray.data("nih", "BBox_List_2017.csv")
-    st = xray.storage
-    out = ingest_table(
+    df, metadata = _read_nih(
         context,
-        st,
+        xray,
         labels.read_nih_boxes_checked,
-        src,
-        "nih",
+        "BBox_List_2017.csv",
         "boxes",
-        xray.config.max_quarantine_rows,
+        layout.NIH_BOXES,
     )
-    keys = committed(xray.shared)
-    df = _with_drops(out["table"], src.name, read_drop_tables(xray.shared, "boxes", keys=keys))
-    st.write_parquet(df, *layout.NIH_BOXES)
+    per_class = df["label"].value_counts().rename_axis("label").reset_index(name="boxes")
     return dg.MaterializeResult(
         metadata={
-            **out["metadata"],
-            **drops_read(keys),
-            "dagster/row_count": len(df),
-            "path": dg.MetadataValue.path(str(st.root.joinpath(*layout.NIH_BOXES))),
+            **metadata,
             "images": int(df["image_id"].nunique()),
-            "rows_from_drops": int((df["source"] != src.name).sum()),
-            "boxes_per_class": table_value(
-                df["label"].value_counts().rename_axis("label").reset_index(name="boxes")
-            ),
+            "boxes_per_class": table_value(per_class),
         },
         data_version=content_version(df),
     )

@@ -28,16 +28,11 @@ OWNERS = ["team:ml"]
     automation_condition=on_new_data(only=["champion_gate"]),
     code_version=code_version(quantize, libraries=("openvino", "nncf")),
     # OpenVINO on the CPU: no GPU asked for (the check's float pass runs where torch finds a device)
-    description="Which fast path serves the champion: INT8 or the float export only where its test "
-    "AP50 and operating point stay within tolerance of the float weights', either way.",
+    description="Which fast path serves the champion: INT8 or the float export, by the serving check.",
 )
 def served_int8(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
-    """The served version's INT8 OpenVINO model (NNCF, calibrated on the task's val images), then
-    the float export, each checked against the float weights on the test split through the task's
-    detection rule: threshold-free AP50 within XRAY_SERVE_AP50_TOLERANCE (0.01) and precision and
-    recall at the tuned conf within XRAY_SERVE_OP_TOLERANCE (0.02), in both directions. The panel
-    serves on the first path that holds, else on the float weights; the annotation queue also needs
-    its scores to rank like the float weights'. The verdict is tagged on the registry version."""
+    """Which fast path serves the champion: INT8 or the float export only where its test AP50 and
+    operating point stay within tolerance of the float weights', either way."""
     settings = xray.settings
     m = resolve(settings, context.partition_key).load(context.log.info)
     record_check(settings, m)

@@ -5,6 +5,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 from pydantic import Field
 
 from .. import config as config_module
@@ -12,6 +13,7 @@ from .. import tracking
 from .. import train as core_train
 from ..core import layout
 from ..core.classes import TASKS
+from ..core.plots import training_curves
 from ..core.synthetic import is_sample_data
 from ..records import DatasetManifest, ModelRecord
 from .automation import code_version, on_new_data
@@ -82,12 +84,13 @@ CODE_VERSION = training_code_version()
     op_tags=GPU_STEP_TAGS,
     code_version=CODE_VERSION,
     automation_condition=on_new_data(),
-    description="A YOLOv8 model per task (COCO-pretrained start where the profile has one), an MLflow run "
-    "(params, per-epoch metrics, plots, weights) and a registered model version.",
+    description="A YOLOv8 model per task, tracked in an MLflow run and registered.",
 )
 def trained_models(
     context: dg.AssetExecutionContext, config: TrainConfig, xray: XrayResource
 ) -> dg.MaterializeResult:
+    """A YOLOv8 model per task (COCO-pretrained start where the profile has one), an MLflow run
+    (params, per-epoch metrics, plots, weights) and a registered model version."""
     task = TASKS[context.partition_key]
     st, profile = xray.storage, xray.config
     context.log.info(f"{task.name}: {share_cores()} torch thread(s)")
@@ -104,25 +107,7 @@ def trained_models(
     )
     tracking.ensure_store(xray.tracking_uri)
     dataset = DatasetManifest.read(st, task.name)
-    dataset_hash = dataset.dataset_hash
     synthetic = is_sample_data(xray.data())
-    tags = {
-        "dagster_run_id": context.run_id,
-        "task": task.name,
-        "profile": profile.name,
-        "dataset_hash": dataset_hash,
-        "code_version": git_revision(),
-        "trained_on_synthetic": str(synthetic).lower(),
-    }
-    run_params = {
-        **profile.as_params(),
-        "train.epochs": params.epochs,
-        "train.seed": params.seed,  # as run
-        "task": task.name,
-        "classes": ",".join(task.classes),
-        "dataset_hash": dataset_hash,
-        "trained_on_synthetic": synthetic,
-    }
     previous = ModelRecord.find(st, task.name)
     with st.workdir("models", task.name) as out_dir:
         request = core_train.TrainRequest(
@@ -135,15 +120,52 @@ def trained_models(
             device=config.device,
             resume=config.resume,
         )
-        run = tracking.TrainingRun(
-            tracking_uri=xray.tracking_uri,
-            experiment=profile.experiment,
-            artifact_root=xray.shared.uri("mlflow", "artifacts"),
-            params=run_params,
-            tags=tags,
-        )
+        run = _training_run(context, xray, task, params, dataset.dataset_hash, synthetic)
         result = core_train.train(request, run, log=context.log.info)
-    ModelRecord(
+    record = model_record(profile, task, params, dataset.dataset_hash, init, result, synthetic)
+    record.write(st)
+    metadata = _model_metadata(xray, task, record, result, init, previous)
+    if result.results_csv:  # our own plot: ultralytics draws its results.png only with `plots`
+        curves = training_curves(pd.read_csv(result.results_csv), f"{task.name}: training")
+        st.write_bytes(curves, *layout.training_curves(task.name))
+        metadata["training_curves"] = thumbnail(st.local(*layout.training_curves(task.name)))
+    return dg.MaterializeResult(
+        metadata=metadata,
+        data_version=dg.DataVersion(f"{dataset.dataset_hash}-{result.run_id[:8]}"),
+    )
+
+
+def _training_run(context, xray: XrayResource, task, params, dataset_hash: str, synthetic: bool):
+    """The MLflow run a training is recorded in: its tags (the Dagster run, the dataset, the
+    code) and params (the profile's, as run)."""
+    profile = xray.config
+    return tracking.TrainingRun(
+        tracking_uri=xray.tracking_uri,
+        experiment=profile.experiment,
+        artifact_root=xray.shared.uri("mlflow", "artifacts"),
+        params={
+            **profile.as_params(),
+            "train.epochs": params.epochs,
+            "train.seed": params.seed,  # as run
+            "task": task.name,
+            "classes": ",".join(task.classes),
+            "dataset_hash": dataset_hash,
+            "trained_on_synthetic": synthetic,
+        },
+        tags={
+            "dagster_run_id": context.run_id,
+            "task": task.name,
+            "profile": profile.name,
+            "dataset_hash": dataset_hash,
+            "code_version": git_revision(),
+            "trained_on_synthetic": str(synthetic).lower(),
+        },
+    )
+
+
+def model_record(profile, task, params, dataset_hash: str, init, result, synthetic: bool):
+    """The record of a finished training (`ModelRecord`, what the later steps read)."""
+    return ModelRecord(
         task=task.name,
         weights=str(result.weights),
         run_id=result.run_id,
@@ -161,20 +183,23 @@ def trained_models(
         init_source=init.source,
         init_sha256=init.sha256 or "",
         init_bytes=init.size or 0,
-    ).write(st)
-    changed = (
-        "first model"
-        if previous is None
-        else f"no: same dataset as version {previous.model_version}"
-        if previous.dataset_hash == dataset_hash
-        else "yes"
     )
+
+
+def _model_metadata(xray: XrayResource, task, record, result, init, previous) -> dict:
+    st, profile = xray.storage, xray.config
+    if previous is None:
+        changed = "first model"
+    elif previous.dataset_hash == record.dataset_hash:
+        changed = f"no: same dataset as version {previous.model_version}"
+    else:
+        changed = "yes"
     val = {
         f"val_{k.split('_', 1)[-1]}": round(v, 4)
         for k, v in result.metrics.items()
         if "mAP" in k or "recall" in k
     }
-    md = {
+    return {
         "weights": dg.MetadataValue.path(str(st.root.joinpath(*layout.weights(task.name)))),
         "mlflow_run": dg.MetadataValue.url(xray.run_url(result.experiment_id, result.run_id)),
         "mlflow_run_id": result.run_id,
@@ -183,27 +208,12 @@ def trained_models(
         "init": init.label,
         "init_sha256": init.sha256 or "n/a (random weights)",
         "init_bytes": init.size or 0,
-        "trained_on_synthetic": synthetic,
-        "dataset_hash": dataset_hash,
+        "trained_on_synthetic": record.trained_on_synthetic,
+        "dataset_hash": record.dataset_hash,
         "dataset_changed_since_last_model": changed,
         "train_seconds": round(result.seconds, 1),
         **val,
     }
-    if result.results_csv:  # our own plot: ultralytics draws its results.png only with `plots`
-        import pandas as pd
-
-        from ..core.plots import training_curves
-
-        st.write_bytes(
-            training_curves(pd.read_csv(result.results_csv), f"{task.name}: training"),
-            "models",
-            task.name,
-            "training_curves.png",
-        )
-        md["training_curves"] = thumbnail(st.local("models", task.name, "training_curves.png"))
-    return dg.MaterializeResult(
-        metadata=md, data_version=dg.DataVersion(f"{dataset_hash}-{result.run_id[:8]}")
-    )
 
 
 defs = dg.Definitions(assets=[trained_models])

@@ -167,6 +167,50 @@ def read_manifests(st) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=MANIFEST_COLUMNS)
 
 
+def _convert(context, xray: XrayResource, todo: list, max_size: int, workers: int) -> list[dict]:
+    """The manifest rows of `todo`'s DICOMs converted to PNGs. Written locally, uploaded when the
+    block ends if the root is an object store. Each DICOM is decoded in an isolated worker: one
+    whose decoder crashes, hangs or runs out of memory is quarantined with the reason, its worker
+    replaced, and the shard goes on with the rest."""
+    limits, rows = xray.decode, []
+    with (
+        xray.storage.workdir("vinbigdata", "images", "png", pull=False) as out_dir,
+        IsolatedPool(limits, workers=workers) as pool,
+    ):
+        futures = [
+            pool.submit(
+                dicom.convert_one,
+                str(p),
+                str(out_dir / f"{p.stem}.png"),
+                max_size,
+                limits.max_megapixels,
+            )
+            for p, _, _ in todo
+        ]
+        for n, ((p, digest, key), fut) in enumerate(zip(todo, futures), start=1):
+            try:
+                r = fut.result()
+            except Exception as exc:  # the worker died, hung or ran out of memory
+                r = dicom.quarantined(f"{p.name}: {failure_reason(exc, limits)}")
+            # the worker hashed the bytes it read; one that died before saying is hashed here
+            digest = r.pop("source_hash", None) or digest or _hash_or_empty(p)
+            rows.append(
+                {
+                    "image_id": p.stem,
+                    "source": p.name,
+                    "source_hash": digest,
+                    "stat_key": key,
+                    "max_size": max_size,
+                    **r,
+                }
+            )
+            if r["status"] != "ok":
+                context.log.warning(f"quarantined {r['reason']}")
+            if n % 50 == 0 or n == len(todo):
+                context.log.info(f"{context.partition_key}: converted {n}/{len(todo)}")
+    return rows
+
+
 @dg.asset(
     group_name="vinbigdata",
     partitions_def=SHARD_PARTITIONS,
@@ -187,12 +231,13 @@ def read_manifests(st) -> pd.DataFrame:
             description="Quarantined DICOMs stay under the profile's limit.",
         )
     ],
-    description="DICOM -> display-ready PNG conversions with a manifest (id, path, sizes, source hash, "
-    "status). Incremental: unchanged sources are not converted again.",
+    description="VinBigData's DICOMs as display-ready PNGs with a manifest, converted incrementally.",
 )
 def vinbigdata_images(
     context: dg.AssetExecutionContext, xray: XrayResource
 ) -> dg.MaterializeResult:
+    """DICOM -> display-ready PNG conversions with a manifest (id, path, sizes, source hash, status).
+    Incremental: unchanged sources are not converted again."""
     shard = int(context.partition_key.split("-")[1])
     max_size = xray.config.dicom_max_size
     st = xray.storage
@@ -211,47 +256,8 @@ def vinbigdata_images(
         f"{len(sources) - len(todo)} unchanged"
     )
     workers = max(1, min(os.cpu_count() or 1, len(todo)))
-    limits = xray.decode
     if todo:
-        # written locally, uploaded when the block ends if the root is an object store. Each DICOM is
-        # decoded in an isolated worker: one whose decoder crashes, hangs or runs out of memory is
-        # quarantined with the reason, its worker replaced, and the shard goes on with the rest.
-        with (
-            st.workdir("vinbigdata", "images", "png", pull=False) as out_dir,
-            IsolatedPool(limits, workers=workers) as pool,
-        ):
-            futures = [
-                pool.submit(
-                    dicom.convert_one,
-                    str(p),
-                    str(out_dir / f"{p.stem}.png"),
-                    max_size,
-                    limits.max_megapixels,
-                )
-                for p, _, _ in todo
-            ]
-            for n, ((p, digest, key), fut) in enumerate(zip(todo, futures), start=1):
-                try:
-                    r = fut.result()
-                except Exception as exc:  # the worker died, hung or ran out of memory
-                    r = dicom.quarantined(f"{p.name}: {failure_reason(exc, limits)}")
-                # the worker hashed the bytes it read; a worker that died before saying is the rare
-                # case hashed here
-                digest = r.pop("source_hash", None) or digest or _hash_or_empty(p)
-                rows.append(
-                    {
-                        "image_id": p.stem,
-                        "source": p.name,
-                        "source_hash": digest,
-                        "stat_key": key,
-                        "max_size": max_size,
-                        **r,
-                    }
-                )
-                if r["status"] != "ok":
-                    context.log.warning(f"quarantined {r['reason']}")
-                if n % 50 == 0 or n == len(todo):
-                    context.log.info(f"{context.partition_key}: converted {n}/{len(todo)}")
+        rows += _convert(context, xray, todo, max_size, workers)
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).sort_values(
         "image_id", ignore_index=True
     )
@@ -292,10 +298,11 @@ def vinbigdata_images(
     automation_condition=on_new_data(),
     code_version=code_version(consensus),
     metadata={"dagster/column_schema": BOXES_SCHEMA},
-    description="Consensus boxes per image and united class: the study's majority-radiologist rule "
-    "(default) or WBF. Pixels of the original DICOM.",
+    description="Consensus boxes per VinBigData image and united class, in the original DICOM's pixels.",
 )
 def vinbigdata_boxes(context: dg.AssetExecutionContext, xray: XrayResource) -> dg.MaterializeResult:
+    """Consensus boxes per image and united class: the study's majority-radiologist rule (default) or
+    WBF. Pixels of the original DICOM."""
     st = xray.storage
     ann = st.read_parquet(*layout.VBD_ANNOTATIONS).drop(columns=["source"], errors="ignore")
     method = xray.config.consensus

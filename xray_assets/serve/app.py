@@ -19,10 +19,14 @@ import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from ..config import current
 from ..core.isolation import DecodeLimits, IsolatedPool, failure_reason
@@ -185,129 +189,158 @@ def _panels(gray: np.ndarray, result: dict, panel: list[ServedModel]) -> dict:
     }
 
 
+@dataclass
+class Uploads:
+    """What the upload handlers share: the panel, the size limit, the decode limits and the decode
+    workers (started on the first upload: a model-less app starts none)."""
+
+    panel: list[ServedModel]
+    limit_mb: float
+    limits: DecodeLimits
+    pools: list[IsolatedPool] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def limit(self) -> int:
+        return int(self.limit_mb * 1024 * 1024)
+
+    def too_large(self) -> UploadError:
+        return UploadError(413, f"upload too large: the limit is {self.limit_mb:g} MB")
+
+    def pool(self) -> IsolatedPool:
+        with self.lock:
+            if not self.pools:
+                self.pools.append(IsolatedPool(self.limits))
+            return self.pools[0]
+
+    def close(self) -> None:
+        for p in self.pools:
+            p.close()
+
+
+async def read_file(request: Request, uploads: Uploads) -> tuple[bytes, str]:
+    """The upload's bytes and file name: its declared and its read size checked against the limit
+    (413), a missing, empty or malformed multipart body refused (400)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > uploads.limit + 64 * 1024:
+        raise uploads.too_large()
+    try:
+        form = await request.form(max_part_size=uploads.limit + 1)
+        up = form.get("file")
+        if up is None or not hasattr(up, "read"):
+            raise UploadError(400, "no file: send the image in the multipart field 'file'")
+        data = await up.read(uploads.limit + 1)
+    except UploadError:
+        raise
+    except Exception as exc:  # a malformed multipart body
+        if "size" in str(exc).lower() and "exceed" in str(exc).lower():
+            raise uploads.too_large() from None
+        raise UploadError(400, "the request is not a readable multipart upload") from None
+    if len(data) > uploads.limit:
+        raise uploads.too_large()
+    if not data:
+        raise UploadError(400, "the uploaded file is empty")
+    return data, up.filename or ""
+
+
+async def read_upload(request: Request, uploads: Uploads) -> tuple[np.ndarray, str, int]:
+    """(grey pixels, kind, bytes) of the upload: type and declared size checked here, before any
+    decoding (a bomb never reaches a worker), then decoded in an isolated worker."""
+    data, filename = await read_file(request, uploads)
+    limits = uploads.limits
+    kind = check_upload(data, filename, limits.max_megapixels)
+    future = uploads.pool().submit(decode, data, filename, limits.max_megapixels)
+    try:
+        gray, kind = await asyncio.wrap_future(future)
+    except UploadError:
+        raise
+    except Exception as exc:  # the worker crashed, hung or hit its memory cap: this request fails
+        status = 413 if isinstance(exc, MemoryError) else 400
+        raise UploadError(
+            status, f"this {kind.upper()} cannot be decoded: {failure_reason(exc, limits)}"
+        ) from None
+    return gray, kind, len(data)
+
+
+async def handle(request: Request, uploads: Uploads) -> tuple[np.ndarray, dict]:
+    """The upload decoded and run through the panel; one log line per request (no file name)."""
+    rid = uuid.uuid4().hex[:8]
+    t0 = time.perf_counter()
+    try:
+        gray, kind, size = await read_upload(request, uploads)
+    except UploadError as exc:
+        log.info(f"request {rid}: rejected {exc.status} ({exc})")
+        raise
+    result = await run_in_threadpool(run_panel, uploads.panel, gray)
+    n = sum(len(m["boxes"]) for m in result["models"])
+    log.info(
+        f"request {rid}: {kind} {size} bytes {gray.shape[1]}x{gray.shape[0]} -> {n} boxes in "
+        f"{(time.perf_counter() - t0) * 1000:.0f} ms"
+    )
+    return gray, result
+
+
+def health_of(uploads: Uploads) -> dict:
+    limits = uploads.limits
+    return {
+        "status": "ok",
+        "models": [m.describe() for m in uploads.panel],
+        "decode": {
+            "max_megapixels": limits.max_megapixels,
+            "workers": limits.workers,
+            "timeout_s": limits.timeout_s,
+            "memory_mb": limits.memory_mb,
+        },
+    }
+
+
+async def api_detect(request: Request):
+    """POST /api/detect: JSON, boxes in the original image's pixels (or the error and its status)."""
+    try:
+        _, result = await handle(request, request.app.state.uploads)
+    except UploadError as exc:
+        return JSONResponse({"error": str(exc), "status": exc.status}, status_code=exc.status)
+    return result
+
+
+async def page_detect(request: Request):
+    """POST /detect: the page with the four labelled panels (or the error)."""
+    uploads = request.app.state.uploads
+    try:
+        gray, result = await handle(request, uploads)
+    except UploadError as exc:
+        error = {"status": exc.status, "message": str(exc)}
+        return HTMLResponse(
+            _page(uploads.panel, uploads.limit_mb, error=error), status_code=exc.status
+        )
+    shown = await run_in_threadpool(_panels, gray, result, uploads.panel)
+    return HTMLResponse(_page(uploads.panel, uploads.limit_mb, result=shown))
+
+
 def create_app(
     panel: list[ServedModel],
     limit_mb: float | None = None,
     limits: DecodeLimits | None = None,
 ):
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse
-    from starlette.concurrency import run_in_threadpool
-
-    limit_mb = current().max_upload_mb if limit_mb is None else limit_mb
-    limit = int(limit_mb * 1024 * 1024)
-    limits = limits or current().decode
-    pools: list[IsolatedPool] = []
-    lock = threading.Lock()
-
-    def pool() -> IsolatedPool:
-        """The decode workers, started on the first upload (a model-less app starts none)."""
-        with lock:
-            if not pools:
-                pools.append(IsolatedPool(limits))
-            return pools[0]
+    uploads = Uploads(
+        panel,
+        current().max_upload_mb if limit_mb is None else limit_mb,
+        limits or current().decode,
+    )
 
     @asynccontextmanager
     async def lifespan(app):
         yield
-        for p in pools:
-            p.close()
+        uploads.close()
 
     app = FastAPI(title="xray-assets panel", docs_url="/docs", redoc_url=None, lifespan=lifespan)
-    app.state.panel = panel
-    app.state.decode_limits = limits
-
-    async def read_file(request: Request) -> tuple[bytes, str]:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-            raise UploadError(413, f"upload too large: the limit is {limit_mb:g} MB")
-        try:
-            form = await request.form(max_part_size=limit + 1)
-            up = form.get("file")
-            if up is None or not hasattr(up, "read"):
-                raise UploadError(400, "no file: send the image in the multipart field 'file'")
-            data = await up.read(limit + 1)
-        except UploadError:
-            raise
-        except Exception as exc:  # a malformed multipart body
-            if "size" in str(exc).lower() and "exceed" in str(exc).lower():
-                raise UploadError(413, f"upload too large: the limit is {limit_mb:g} MB") from None
-            raise UploadError(400, "the request is not a readable multipart upload") from None
-        if len(data) > limit:
-            raise UploadError(413, f"upload too large: the limit is {limit_mb:g} MB")
-        if not data:
-            raise UploadError(400, "the uploaded file is empty")
-        return data, up.filename or ""
-
-    async def read_upload(request: Request) -> tuple[np.ndarray, str, int]:
-        data, filename = await read_file(request)
-        # type and declared size first, here (no decoding): a bomb never reaches a worker
-        kind = check_upload(data, filename, limits.max_megapixels)
-        future = pool().submit(decode, data, filename, limits.max_megapixels)
-        try:
-            gray, kind = await asyncio.wrap_future(future)
-        except UploadError:
-            raise
-        except (
-            Exception
-        ) as exc:  # the worker crashed, hung or hit its memory cap: this request fails
-            status = 413 if isinstance(exc, MemoryError) else 400
-            raise UploadError(
-                status, f"this {kind.upper()} cannot be decoded: {failure_reason(exc, limits)}"
-            ) from None
-        return gray, kind, len(data)
-
-    async def handle(request: Request) -> tuple[np.ndarray, dict]:
-        rid = uuid.uuid4().hex[:8]
-        t0 = time.perf_counter()
-        try:
-            gray, kind, size = await read_upload(request)
-        except UploadError as exc:
-            log.info(f"request {rid}: rejected {exc.status} ({exc})")
-            raise
-        result = await run_in_threadpool(run_panel, panel, gray)
-        n = sum(len(m["boxes"]) for m in result["models"])
-        log.info(
-            f"request {rid}: {kind} {size} bytes {gray.shape[1]}x{gray.shape[0]} -> {n} boxes in "
-            f"{(time.perf_counter() - t0) * 1000:.0f} ms"
-        )
-        return gray, result
-
-    @app.get("/", response_class=HTMLResponse)
-    def index():
-        return _page(panel, limit_mb)
-
-    @app.get("/health")
-    def health():
-        return {
-            "status": "ok",
-            "models": [m.describe() for m in panel],
-            "decode": {
-                "max_megapixels": limits.max_megapixels,
-                "workers": limits.workers,
-                "timeout_s": limits.timeout_s,
-                "memory_mb": limits.memory_mb,
-            },
-        }
-
-    @app.post("/api/detect")
-    async def api_detect(request: Request):
-        try:
-            _, result = await handle(request)
-        except UploadError as exc:
-            return JSONResponse({"error": str(exc), "status": exc.status}, status_code=exc.status)
-        return result
-
-    @app.post("/detect", response_class=HTMLResponse)
-    async def page_detect(request: Request):
-        try:
-            gray, result = await handle(request)
-        except UploadError as exc:
-            error = {"status": exc.status, "message": str(exc)}
-            return HTMLResponse(_page(panel, limit_mb, error=error), status_code=exc.status)
-        shown = await run_in_threadpool(_panels, gray, result, panel)
-        return HTMLResponse(_page(panel, limit_mb, result=shown))
-
+    app.state.panel, app.state.decode_limits, app.state.uploads = panel, uploads.limits, uploads
+    app.add_api_route(
+        "/", lambda: _page(panel, uploads.limit_mb), methods=["GET"], response_class=HTMLResponse
+    )
+    app.add_api_route("/health", lambda: health_of(uploads), methods=["GET"])
+    app.add_api_route("/api/detect", api_detect, methods=["POST"])
+    app.add_api_route("/detect", page_detect, methods=["POST"], response_class=HTMLResponse)
     return app
 
 

@@ -26,7 +26,15 @@ from ..core.detection import DetectionRule, detect
 from ..records import ModelRecord, find_rule
 from ..storage import Storage
 from .exports import EXPORTS, export_model
-from .quantize import FAILED, OFF, PYTORCH, ServingCheck, check_fast_paths, path_export
+from .quantize import (
+    FAILED,
+    OFF,
+    PYTORCH,
+    CheckRequest,
+    ServingCheck,
+    check_fast_paths,
+    path_export,
+)
 
 log = logging.getLogger("xray_assets.serve")
 
@@ -103,7 +111,7 @@ class ServedModel:
             self.check = ServingCheck(OFF, "no storage root to check against: float export")
         else:
             try:
-                self.check = check_fast_paths(
+                request = CheckRequest(
                     self.weights,
                     self.imgsz,
                     self.rule,
@@ -112,8 +120,8 @@ class ServedModel:
                     self.task,
                     self.serve_tolerance,
                     int8=self.int8 != "off",
-                    log_line=log_line,
                 )
+                self.check = check_fast_paths(request, log_line=log_line)
             except Exception as exc:  # a check that cannot run serves what was evaluated
                 log.warning(f"{self.task}: fast-path check failed: {exc.__class__.__name__}: {exc}")
                 reason = f"the fast-path check failed ({exc.__class__.__name__}: {exc})"[:300]
@@ -198,7 +206,7 @@ def _registry_weights(
         return None
     info = tracking.version_info(settings.mlflow_tracking_uri, name, version)
     weights = tracking.fetch_weights(
-        settings.mlflow_tracking_uri, info["run_id"], st.dir("serve", task, f"v{version}")
+        settings.mlflow_tracking_uri, info["run_id"], st.dir(*layout.served_version(task, version))
     )
     return weights, str(version), chosen, info["tags"]
 

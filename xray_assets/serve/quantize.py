@@ -39,12 +39,11 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import ServeTolerance
-from ..core import acquisition, layout
+from ..core import acquisition, atomic, layout
 from ..core.detection import AP_FLOOR, DetectionRule, detect_images, load_model
 from ..core.dicom import file_sha256
 from ..core.evaluation import split
 from ..core.metrics import evaluate, summarise
-from ..storage import atomic_path
 from .exports import export_model, export_path
 
 log = logging.getLogger("xray_assets.serve")
@@ -288,75 +287,55 @@ def _cached(
     return cached if same else None
 
 
-def check_fast_paths(
-    weights: Path,
-    imgsz: int,
-    rule: DetectionRule,
-    classes,
-    storage,
-    task: str,
-    tolerance: ServeTolerance = ServeTolerance(),
-    int8: bool = True,
-    log_line=log.info,
-) -> ServingCheck:
+@dataclass
+class CheckRequest:
+    """What a serving check checks: a model's float weights at its input size with its detection
+    rule, on its task's test split under the storage root, within the tolerances; INT8 tried or not."""
+
+    weights: Path
+    imgsz: int
+    rule: DetectionRule
+    classes: list
+    storage: object
+    task: str
+    tolerance: ServeTolerance = field(default_factory=ServeTolerance)
+    int8: bool = True
+
+    @property
+    def data_yaml(self) -> Path:
+        return self.storage.local_path(*layout.dataset(self.task), layout.DATA_YAML)
+
+
+def check_fast_paths(request: CheckRequest, log_line=log.info) -> ServingCheck:
     """The cached check when the weights, tolerances and CPU are the same, else check each fast
     path now against the float weights on the task's test split (module docstring)."""
-    from .runtime import THROUGHPUT, OpenVinoRunner, cpu_signature, detect_paths
+    from .runtime import cpu_signature
 
-    weights = Path(weights)
-    record = weights.with_name(f"{weights.stem}-{imgsz}_serving_check.json")
+    weights, task, tolerance, int8 = (
+        Path(request.weights),
+        request.task,
+        request.tolerance,
+        request.int8,
+    )
+    record = weights.with_name(f"{weights.stem}-{request.imgsz}_serving_check.json")
     sha, cpu = file_sha256(weights), cpu_signature()
     cached = _cached(record, sha, tolerance, cpu, int8)
     if cached is not None:
         return cached
     t0 = time.time()
     base = {"weights_sha256": sha, "cpu": cpu, "tolerance": asdict(tolerance)}
-    data_yaml = storage.local_path(*layout.dataset(task), layout.DATA_YAML)
-    tested = test_split(storage, task)
-    if not data_yaml.exists() or tested is None or tested[0].empty:
+    tested = test_split(request.storage, task)
+    if not request.data_yaml.exists() or tested is None or tested[0].empty:
         why = f"no test images for {task} to check a fast path against: materialise yolo_datasets"
         return ServingCheck(FAILED if int8 else OFF, why, PYTORCH, PYTORCH, **base)
     images, gt = tested
-    floor = rule.at(conf=AP_FLOOR)
-    reference = detect_images(load_model(weights), images, floor, imgsz, classes)
-    ref = test_figures(gt, reference, classes, rule)
-    ref_scores = queue_scores(images, gt, reference)
-    n_val = _val_count(data_yaml) if int8 else 0
-    paths: list[PathCheck] = []
-    for name in (INT8, FLOAT, F32) if int8 else (FLOAT, F32):
-        check = PathCheck(name)
-        if name == F32 and any(p.precision_name == "f32" for p in paths if p.path == FLOAT):
-            continue  # the plugin's own precision is f32 on this CPU: already checked
-        try:
-            if name == INT8:
-                if n_val == 0:
-                    raise ValueError(f"{task}'s dataset has no val image to calibrate on")
-                log_line(f"{task}: INT8 calibration on {n_val} val image(s), imgsz {imgsz}")
-                export_int8(weights, imgsz, storage.local(*layout.dataset(task), layout.DATA_YAML))
-            else:
-                export_model(weights, imgsz, "openvino")
-            export, f32 = path_export(weights, imgsz, name)
-            runner = OpenVinoRunner(export, imgsz, THROUGHPUT, f32=f32)
-            check.precision_name = runner.precision
-            dets = detect_paths(runner, images, floor, classes)
-        except Exception as exc:  # a failed export or run leaves the next path to try
-            check.error = f"{exc.__class__.__name__}: {exc}"[:300]
-            paths.append(check)
-            log_line(f"{task}: fast path {check.describe()}")
-            continue
-        got = test_figures(gt, dets, classes, rule)
-        check.map50, check.precision, check.recall = (got[k] for k in FIGURES)
-        check.moved = moved_figures(ref, got, tolerance)
-        check.rank_correlation = round(
-            rank_agreement(ref_scores, queue_scores(images, gt, dets)), 4
-        )
-        paths.append(check)
-        log_line(
-            f"{task}: fast path {check.describe()}, queue rank correlation "
-            f"{check.rank_correlation:.3f}"
-        )
-        if check.ranks(tolerance):
-            break  # the fastest path that serves and ranks: nothing slower is needed
+    floor = request.rule.at(conf=AP_FLOOR)
+    reference = detect_images(load_model(weights), images, floor, request.imgsz, request.classes)
+    ref = test_figures(gt, reference, request.classes, request.rule)
+    n_val = _val_count(request.data_yaml) if int8 else 0
+    paths = _check_paths(
+        request, images, gt, (ref, queue_scores(images, gt, reference)), n_val, log_line
+    )
     serves, queue = choose(paths, tolerance)
     int8_check = next((p for p in paths if p.path == INT8), None)
     verdict = OFF if not int8 else PASSED if int8_check and int8_check.holds else FAILED
@@ -375,10 +354,65 @@ def check_fast_paths(
         calibration_images=n_val,
         seconds=round(time.time() - t0, 1),
     )
-    with atomic_path(record) as tmp:
-        tmp.write_text(json.dumps(check.as_dict(), indent=2))
+    atomic.write_text(record, json.dumps(check.as_dict(), indent=2))
     log_line(f"{task}: {reason}")
     return check
+
+
+def _check_paths(request: CheckRequest, images, gt, reference, n_val: int, log_line) -> list:
+    """Each fast path in order (INT8, the plugin's float, f32) exported, run on the test images
+    and compared with the float weights' figures and queue ranking (`reference`), until one
+    serves and ranks."""
+    ref, ref_scores = reference
+    paths: list[PathCheck] = []
+    for name in (INT8, FLOAT, F32) if request.int8 else (FLOAT, F32):
+        if name == F32 and any(p.precision_name == "f32" for p in paths if p.path == FLOAT):
+            continue  # the plugin's own precision is f32 on this CPU: already checked
+        check, dets = _run_path(request, name, images, n_val, log_line)
+        paths.append(check)
+        if dets is None:
+            log_line(f"{request.task}: fast path {check.describe()}")
+            continue
+        got = test_figures(gt, dets, request.classes, request.rule)
+        check.map50, check.precision, check.recall = (got[k] for k in FIGURES)
+        check.moved = moved_figures(ref, got, request.tolerance)
+        check.rank_correlation = round(
+            rank_agreement(ref_scores, queue_scores(images, gt, dets)), 4
+        )
+        log_line(
+            f"{request.task}: fast path {check.describe()}, queue rank correlation "
+            f"{check.rank_correlation:.3f}"
+        )
+        if check.ranks(request.tolerance):
+            break  # the fastest path that serves and ranks: nothing slower is needed
+    return paths
+
+
+def _run_path(request: CheckRequest, name: str, images, n_val: int, log_line):
+    """(the path's check, its detections at the AP floor; None when its export or run failed)."""
+    from .runtime import THROUGHPUT, OpenVinoRunner, detect_paths
+
+    check, weights, task = PathCheck(name), Path(request.weights), request.task
+    try:
+        if name == INT8:
+            if n_val == 0:
+                raise ValueError(f"{task}'s dataset has no val image to calibrate on")
+            log_line(f"{task}: INT8 calibration on {n_val} val image(s), imgsz {request.imgsz}")
+            export_int8(
+                weights,
+                request.imgsz,
+                request.storage.local(*layout.dataset(task), layout.DATA_YAML),
+            )
+        else:
+            export_model(weights, request.imgsz, "openvino")
+        export, f32 = path_export(weights, request.imgsz, name)
+        runner = OpenVinoRunner(export, request.imgsz, THROUGHPUT, f32=f32)
+        check.precision_name = runner.precision
+        floor = request.rule.at(conf=AP_FLOOR)
+        return check, detect_paths(runner, images, floor, request.classes)
+    except Exception as exc:  # a failed export or run leaves the next path to try
+        check.error = f"{exc.__class__.__name__}: {exc}"[:300]
+        return check, None
 
 
 def summary(serves: str, queue: str, paths: list[PathCheck], ref: dict, n: int, tol) -> str:
