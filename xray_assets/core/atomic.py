@@ -49,6 +49,13 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def place(built: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """A finished file or folder, built on the same filesystem (a temporary folder beside
+    `final`), put in `final`'s place by one rename (an exporter's output folder, say)."""
+    os.replace(built, final)
+    return Path(final)
+
+
 def write_bytes(final: str | os.PathLike, data: bytes, mode: int | None = None) -> Path:
     with atomic_path(final, mode) as tmp:
         tmp.write_bytes(data)

@@ -43,5 +43,5 @@ def export_model(weights: Path, imgsz: int, backend: str, calibration: Path | No
         out = YOLO(str(src)).export(
             format=backend, imgsz=imgsz, dynamic=False, verbose=False, **kwargs
         )
-        atomic.copy_file(out, final)
+        atomic.place(out, final)
     return final
