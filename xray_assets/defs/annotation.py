@@ -57,10 +57,11 @@ def champion_model(xray: XrayResource, task: str):
     return weights, record.model_version or "local", rule, record.imgsz
 
 
-def fast_scorer(xray: XrayResource, task: str, weights, version: str, rule, imgsz: int, log):
-    """The champion on the served runtime, tuned for many images: the fastest OpenVINO path whose
-    test figures hold and whose queue scores rank like the float weights' on this CPU
-    (`serve.quantize`), else the float weights themselves."""
+def fast_scorer(xray: XrayResource, task: str, champion: tuple, log):
+    """The champion ((weights, version, rule, imgsz), `champion_model`'s) on the served runtime,
+    tuned for many images: the fastest OpenVINO path whose test figures hold and whose queue
+    scores rank like the float weights' on this CPU (`serve.quantize`), else the float weights."""
+    weights, version, rule, imgsz = champion
     from ..serve.models import ServedModel
     from ..serve.runtime import THROUGHPUT
 
@@ -181,7 +182,7 @@ def _score(context, xray: XrayResource, task, champion, todo: pd.DataFrame):
     images = pd.DataFrame(
         {"image_id": todo["image_id"], "path": [str(index[i]) for i in todo["image_id"]]}
     )
-    scorer = fast_scorer(xray, task.name, weights, version, rule, imgsz, context.log.info)
+    scorer = fast_scorer(xray, task.name, champion, context.log.info)
     verdict = f"INT8 {scorer.check.verdict}"
     runtime = (
         f"openvino {scorer.precision} (the {scorer.check.queue} path; {verdict})"
@@ -263,9 +264,10 @@ def label_studio_client(xray: XrayResource):
     return label_studio.Client(url, token), ""
 
 
-def send_to_label_studio(xray: XrayResource, key, task, batch, dets, model_version, folder):
+def send_to_label_studio(xray: XrayResource, key, task, batch, dets, model_version):
     """(project id, what happened): the batch's tasks and pre-annotations imported into the task's
     project, the project set to pre-label with this model version; (0, why not) without a service."""
+    folder = xray.storage.local_path(*layout.batch(key, "images"))
     from .. import label_studio
 
     client, why = label_studio_client(xray)
@@ -344,7 +346,7 @@ def annotation_batches(
     )
     model_version = f"{xray.config.model_name(task.name)} v{version}"
     _write_batch(st, key, task, batch, dets, version)
-    project, sent = send_to_label_studio(xray, key, task, batch, dets, model_version, folder)
+    project, sent = send_to_label_studio(xray, key, task, batch, dets, model_version)
     if not project:
         context.log.warning(f"batch {key}: {sent}")
     context.log.info(f"batch {key}: {len(batch)} image(s), {len(dets)} pre-annotation(s); {sent}")

@@ -122,7 +122,7 @@ def trained_models(
         )
         run = _training_run(context, xray, task, params, dataset.dataset_hash, synthetic)
         result = core_train.train(request, run, log=context.log.info)
-    record = model_record(profile, task, params, dataset.dataset_hash, init, result, synthetic)
+    record = model_record(profile, task, params, init, result, run)
     record.write(st)
     metadata = _model_metadata(xray, task, record, result, init, previous)
     if result.results_csv:  # our own plot: ultralytics draws its results.png only with `plots`
@@ -163,8 +163,10 @@ def _training_run(context, xray: XrayResource, task, params, dataset_hash: str, 
     )
 
 
-def model_record(profile, task, params, dataset_hash: str, init, result, synthetic: bool):
-    """The record of a finished training (`ModelRecord`, what the later steps read)."""
+def model_record(profile, task, params, init, result, run) -> ModelRecord:
+    """The record of a finished training (`ModelRecord`, what the later steps read); the dataset
+    and whether it was synthetic as the MLflow run recorded them."""
+    dataset_hash, synthetic = run.params["dataset_hash"], run.params["trained_on_synthetic"]
     return ModelRecord(
         task=task.name,
         weights=str(result.weights),
