@@ -1,0 +1,133 @@
+"""Figures by box size: COCO's small, medium and large strata (area under 32², 32² to 96², over 96²
+pixels), measured at the model's input scale, the way pycocotools' COCOeval measures them.
+
+A box's area is its width times its height in the original image's pixels, times the square of the
+image's scale to the model's input (`input_scale`: the input size over the image's longer side), so a
+nodule 100 px wide on a 3,000 px radiograph counts as small for an 800 px model. Within a stratum,
+COCOeval's rules hold: a ground-truth box outside the stratum is ignored (it is neither a miss nor a
+hit); a detection matched to an ignored box is ignored; an unmatched detection outside the stratum is
+ignored; every other detection is a true or false positive as usual. AP is the 101-point interpolated
+average precision over the kept detections (at most 100 per image, by score).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .metrics import COORDS, RECALL_POINTS, box_iou
+
+#: COCO's area ranges (pycocotools' `areaRng`, bounds included), in pixels² at the model's input scale
+SIZE_STRATA: dict[str, tuple[float, float]] = {
+    "small": (0.0, 32.0**2),
+    "medium": (32.0**2, 96.0**2),
+    "large": (96.0**2, 1e5**2),
+}
+
+
+def input_scale(width, height, imgsz: int) -> float:
+    """The factor from an image's pixels to the model's input (its longer side becomes `imgsz`)."""
+    return imgsz / max(float(width), float(height))
+
+
+def box_areas(boxes: pd.DataFrame, scale: dict[str, float] | None = None) -> np.ndarray:
+    """Each box's area at the model's input scale (`scale`: image_id -> factor; 1 when absent)."""
+    xy = boxes[COORDS].to_numpy(float)
+    area = (xy[:, 2] - xy[:, 0]) * (xy[:, 3] - xy[:, 1])
+    if scale:
+        area = area * np.array([scale.get(i, 1.0) ** 2 for i in boxes["image_id"]])
+    return area
+
+
+def _outside(area: np.ndarray, stratum: tuple[float, float]) -> np.ndarray:
+    return (area < stratum[0]) | (area > stratum[1])
+
+
+def _evaluate_image(ious: np.ndarray, gt_ignored: np.ndarray, iou_thr: float):
+    """pycocotools' `evaluateImg` matching for one image and label: detections (rows, by
+    descending score) each take the free ground truth of highest IoU at or above the threshold,
+    regular boxes before ignored ones. Returns (matched, matched to an ignored box)."""
+    n_det, n_gt = ious.shape
+    order = np.argsort(gt_ignored, kind="mergesort")  # regular boxes first
+    matched, on_ignored = np.zeros(n_det, bool), np.zeros(n_det, bool)
+    taken = np.zeros(n_gt, bool)
+    for d in range(n_det):
+        best, m = min(iou_thr, 1 - 1e-10), -1
+        for g in order:
+            if taken[g]:
+                continue
+            if m > -1 and not gt_ignored[m] and gt_ignored[g]:
+                break
+            if ious[d, g] < best:
+                continue
+            best, m = ious[d, g], g
+        if m > -1:
+            taken[m], matched[d], on_ignored[d] = True, True, gt_ignored[m]
+    return matched, on_ignored
+
+
+def ap_in_stratum(
+    gt: pd.DataFrame,
+    pred: pd.DataFrame,
+    stratum: tuple[float, float],
+    scale: dict[str, float] | None = None,
+    iou_thr: float = 0.5,
+) -> tuple[float, int]:
+    """(AP, ground-truth boxes in the stratum) for one label; AP is NaN with no box in it."""
+    gt_area, pred_area = box_areas(gt, scale), box_areas(pred, scale)
+    gt_out, pred_out = _outside(gt_area, stratum), _outside(pred_area, stratum)
+    n_boxes = int((~gt_out).sum())
+    if n_boxes == 0:
+        return math.nan, 0
+    gt_at = gt.groupby("image_id", sort=False).indices
+    scores, tps, kept = [], [], []
+    pred_scores = pred["score"].to_numpy(float)
+    gt_xy, pred_xy = gt[COORDS].to_numpy(float), pred[COORDS].to_numpy(float)
+    for image_id, rows in pred.groupby("image_id", sort=False).indices.items():
+        rows = rows[np.argsort(-pred_scores[rows], kind="mergesort")][:100]
+        g = gt_at.get(image_id, np.zeros(0, int))
+        matched, on_ignored = _evaluate_image(box_iou(pred_xy[rows], gt_xy[g]), gt_out[g], iou_thr)
+        ignored = on_ignored | (~matched & pred_out[rows])
+        scores.append(pred_scores[rows])
+        tps.append(matched & ~on_ignored)
+        kept.append(~ignored)
+    if not scores:
+        return 0.0, n_boxes
+    score, tp, keep = np.concatenate(scores), np.concatenate(tps), np.concatenate(kept)
+    order = np.argsort(-score, kind="mergesort")
+    tp, keep = tp[order], keep[order]
+    ctp = np.cumsum(tp & keep).astype(float)
+    cfp = np.cumsum(~tp & keep).astype(float)
+    recall = ctp / n_boxes
+    precision = ctp / np.maximum(ctp + cfp, np.finfo(float).eps)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    at = np.searchsorted(recall, RECALL_POINTS, side="left")
+    q = np.where(at < len(envelope), envelope[np.minimum(at, len(envelope) - 1)], 0.0)
+    return float(q.mean()), n_boxes
+
+
+def ap_by_size(
+    gt: pd.DataFrame,
+    pred: pd.DataFrame,
+    classes,
+    scale: dict[str, float] | None = None,
+    iou_thr: float = 0.5,
+) -> pd.DataFrame:
+    """AP per class and stratum, and the mean over the classes with boxes in it ("(mean)"):
+    columns label, stratum, boxes, ap50."""
+    rows = []
+    for name, stratum in SIZE_STRATA.items():
+        aps = []
+        for label in classes:
+            ap, n = ap_in_stratum(
+                gt[gt["label"] == label], pred[pred["label"] == label], stratum, scale, iou_thr
+            )
+            rows.append({"label": label, "stratum": name, "boxes": n, "ap50": ap})
+            if n:
+                aps.append(ap)
+        total = sum(r["boxes"] for r in rows if r["stratum"] == name)
+        mean = float(np.mean(aps)) if aps else math.nan
+        rows.append({"label": "(mean)", "stratum": name, "boxes": total, "ap50": mean})
+    return pd.DataFrame(rows, columns=["label", "stratum", "boxes", "ap50"])
