@@ -7,6 +7,7 @@ Used by the Dagster shell (`defs/`) and by the web app (`serve/`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -134,7 +135,7 @@ def log_evaluation(
     for k, v in (tags or {}).items():
         c.set_tag(run_id, k, v)
     for k, v in metrics.items():
-        if v is not None and v == v:
+        if v is not None and not math.isnan(float(v)):
             c.log_metric(run_id, k, float(v))
     for f in files:
         c.log_artifact(run_id, str(f), artifact_path=artifact_path)

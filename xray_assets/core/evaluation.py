@@ -298,12 +298,12 @@ def table_row(
 ) -> str:
     """A task's line in `make demo`'s per-task table, and a second line where val could not choose
     the rule (`fallback`: why)."""
-    if s.get("map50") is None or s["map50"] != s["map50"]:
+    if not _known(s.get("map50")):
         return f"  {task:22s} n/a (the test split has no boxes of this task)"
     low = s.get("map50_ci_low")
     ci = (
         f"{low:6.3f}-{s['map50_ci_high']:.3f}"
-        if low is not None and low == low
+        if _known(low)
         else f"{'too few (' + str(s['test_boxes']) + ')':>13s}"
         if "too few" in (s.get("map50_ci_note") or "")
         else f"{'n/a':>13s}"
@@ -323,9 +323,14 @@ def table_row(
     )
 
 
+def _known(x) -> bool:
+    """A figure that is there: neither None nor NaN."""
+    return x is not None and not math.isnan(x)
+
+
 def interval_text(low: float, high: float, note: str = "") -> str:
     """ "0.512-0.733", or the note ("too few test boxes (n)") where no interval is given."""
-    if low == low and high == high:
+    if _known(low) and _known(high):
         return f"{low:.3f}-{high:.3f}" + (f" ({note})" if note.startswith("every resample") else "")
     return note or "n/a"
 
@@ -333,7 +338,7 @@ def interval_text(low: float, high: float, note: str = "") -> str:
 def interval_clause(low: float, high: float, note: str = "") -> str:
     """ "95% interval 0.512-0.733", or "no interval: too few test boxes (n)"."""
     text = interval_text(low, high, note)
-    return f"95% interval {text}" if low == low and high == high else f"no interval: {text}"
+    return f"95% interval {text}" if _known(low) and _known(high) else f"no interval: {text}"
 
 
 def power_markdown(summary: dict) -> list[str]:
@@ -377,11 +382,7 @@ def gate_markdown(task: str, gate: dict) -> str:
             f"{interval_clause(gate['diff_ci_low'], gate['diff_ci_high'])}) on {gate['test_boxes']} test "
             f"boxes; null rate on this split {gate['null_rate']:.0%}; between two equally good models this "
             f"decision would come {gate['null_probability_of_decision']:.0%} of the time"
-            + (
-                f" (one-sided p {gate['p_value']:.3f})."
-                if gate["p_value"] == gate["p_value"]
-                else "."
-            ),
+            + (f" (one-sided p {gate['p_value']:.3f})." if _known(gate["p_value"]) else "."),
             "",
         ]
     return "\n".join(lines)
