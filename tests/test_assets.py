@@ -14,6 +14,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from xray_assets import cli
 from xray_assets.core import layout
 from xray_assets.core.classes import TASKS
 from xray_assets.defs import (
@@ -156,6 +157,14 @@ def test_evaluation_reports(xray):
     assert md["test_patients"] == summary.figures["test_patients"]
     assert md["test_map50 (threshold-free)"] == pytest.approx(summary.figures["map50"], abs=1e-4)
     assert "decision" not in md, "evaluation only evaluates: the gate decides"
+    # every test box in exactly one size stratum, the strata in the summary, the table and the report
+    f = summary.figures
+    assert f["boxes_small"] + f["boxes_medium"] + f["boxes_large"] == f["test_boxes"]
+    by_size = xray.storage.read_parquet(*layout.report(TASK, "by_size.parquet"))
+    assert set(by_size["stratum"]) == {"small", "medium", "large"}
+    assert "## By box size" in xray.storage.local(*layout.report(TASK, "report.md")).read_text()
+    line = cli.task_table(xray.storage_dir, xray.profile, [TASK])[1]
+    assert "by size at the model's input: small:" in line, line
 
 
 def test_champion_gate(xray):

@@ -36,6 +36,7 @@ from .metrics import (
     summarise,
 )
 from .report import md_table
+from .sizes import SIZE_STRATA
 
 
 class ModelFacts(Protocol):
@@ -254,6 +255,8 @@ def logged_figures(s: dict, n_boot: int, seed: int) -> dict[str, float]:
         "test_bootstrap_resamples": n_boot,
         "test_bootstrap_seed": seed,
         "test_patients": s["test_patients"],
+        **{f"test_map50_{n}": s[f"map50_{n}"] for n in SIZE_STRATA if f"map50_{n}" in s},
+        **{f"test_boxes_{n}": s[f"boxes_{n}"] for n in SIZE_STRATA if f"boxes_{n}" in s},
         "gate_resolvable_margin": s["gate_resolvable_margin"],
     }
 
@@ -309,18 +312,46 @@ def table_row(
         else f"{'n/a':>13s}"
     )
     return (
-        f"  {task:22s} {s['map50']:6.3f} {ci} {s['map_iou40']:6.3f} {s['map50_95']:8.3f} "
-        f"{s['cpm_luna16']:6.3f} {s['cpm_iou']:7.3f}   "
-        f"{s['precision_macro']:.3f} / {s['recall_macro']:.3f}, {s['precision_micro']:.3f} / "
-        f"{s['recall_micro']:.3f} at conf > {conf:g} (iou {iou:g}, "
-        f"{'fallback' if fallback else 'tuned'})   "
-        f"{init}  [{s['test_images']} images, {s['test_patients']} patients, "
-        f"{s['test_boxes']} boxes]"
-    ) + (
-        f"\n  {'':22s} rule: the study's own (conf {conf:g}, IoU {iou:g}), because {fallback}"
-        if fallback
-        else ""
+        (
+            f"  {task:22s} {s['map50']:6.3f} {ci} {s['map_iou40']:6.3f} {s['map50_95']:8.3f} "
+            f"{s['cpm_luna16']:6.3f} {s['cpm_iou']:7.3f}   "
+            f"{s['precision_macro']:.3f} / {s['recall_macro']:.3f}, {s['precision_micro']:.3f} / "
+            f"{s['recall_micro']:.3f} at conf > {conf:g} (iou {iou:g}, "
+            f"{'fallback' if fallback else 'tuned'})   "
+            f"{init}  [{s['test_images']} images, {s['test_patients']} patients, "
+            f"{s['test_boxes']} boxes]"
+        )
+        + (
+            f"\n  {'':22s} rule: the study's own (conf {conf:g}, IoU {iou:g}), because {fallback}"
+            if fallback
+            else ""
+        )
+        + size_line(s)
     )
+
+
+def size_line(s: dict) -> str:
+    """The task's figures by box size, a second line of the table ("small: AP50 x, n boxes")."""
+    if "boxes_small" not in s:
+        return ""
+    parts = []
+    for name in SIZE_STRATA:
+        n = int(s[f"boxes_{name}"])
+        ap = s.get(f"map50_{name}")
+        parts.append(
+            f"{name}: AP50 {ap:.3f}, {n} boxes" if n and _known(ap) else f"{name}: {n} boxes"
+        )
+    return f"\n  {'':22s} by size at the model's input: " + "; ".join(parts)
+
+
+def size_summary(by_size: pd.DataFrame) -> dict:
+    """The mean AP50 and the box count of each size stratum, as summary keys."""
+    means = by_size[by_size["label"] == "(mean)"].set_index("stratum")
+    out = {}
+    for name in SIZE_STRATA:
+        out[f"map50_{name}"] = float(means.at[name, "ap50"])
+        out[f"boxes_{name}"] = int(means.at[name, "boxes"])
+    return out
 
 
 def _known(x) -> bool:
@@ -403,6 +434,7 @@ def report_markdown(
         *_ap_section(s, rule),
         *_operating_section(ev, s, rule),
         *_froc_section(ev, s),
+        *_size_section(s),
     ]
     if len(ev.subgroups):
         lines += [
@@ -504,6 +536,27 @@ def _froc_section(ev: TaskEvaluation, s: dict) -> list[str]:
         md_table(ev.froc),
         "",
         "![FROC](froc.png)",
+        "",
+    ]
+
+
+def _size_section(s: dict) -> list[str]:
+    if "boxes_small" not in s:
+        return []
+    rows = pd.DataFrame(
+        [
+            {"size": name, "test boxes": s[f"boxes_{name}"], "mAP50": s[f"map50_{name}"]}
+            for name in SIZE_STRATA
+        ]
+    )
+    return [
+        "## By box size",
+        "",
+        "Threshold-free mAP50 over the classes with boxes of each size, COCO's strata (small under 32², "
+        "medium to 96², large above, in pixels² at the model's input scale) and COCOeval's rules: "
+        "boxes of another size are neither misses nor hits. Per class in `by_size.parquet`.",
+        "",
+        md_table(rows),
         "",
     ]
 

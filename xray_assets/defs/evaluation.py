@@ -9,7 +9,7 @@ import pandas as pd
 
 from .. import tracking
 from ..config import get_profile
-from ..core import champion, detection, layout, metrics, plots, study, tuning
+from ..core import champion, detection, layout, metrics, plots, sizes, study, tuning
 from ..core import evaluation as core_eval
 from ..core.classes import SERVED_TASKS, TASK_NAMES, TASKS
 from ..core.detection import AP_FLOOR, DetectionRule
@@ -210,6 +210,7 @@ def evaluation_reports(
         "per_class": table_value(tested.ev.table),
         "froc": table_value(tested.ev.froc),
         "subgroups": table_value(tested.ev.subgroups),
+        "by_size": table_value(tested.by_size),
         "report": dg.MetadataValue.path(str(st.root.joinpath(*layout.report(task.name)))),
         "froc_curve": thumbnail(st.local(*layout.report(task.name, "froc.png"))),
         "labels_vs_predictions": thumbnail(st.local(*layout.report(task.name, "panels.png"))),
@@ -230,6 +231,8 @@ class Tested:
     images: pd.DataFrame
     rule: DetectionRule
     info: ModelRecord
+    #: AP50 per class and box size (COCO's strata at the model's input scale)
+    by_size: pd.DataFrame
 
 
 def _test_the_model(context, xray: XrayResource, task) -> Tested:
@@ -264,7 +267,13 @@ def _test_the_model(context, xray: XrayResource, task) -> Tested:
         seed=profile.seed,
         min_boxes=profile.min_test_boxes,
     )
-    return Tested(ev, dets, gt, images, rule, info)
+    scale = {
+        i: sizes.input_scale(w, h, info.imgsz)
+        for i, w, h in zip(images["image_id"], images["width"], images["height"])
+    }
+    by_size = sizes.ap_by_size(gt, dets, task.classes, scale)
+    ev.summary.update(core_eval.size_summary(by_size))
+    return Tested(ev, dets, gt, images, rule, info, by_size)
 
 
 #: the report files logged to the training's MLflow run beside report.html
@@ -291,6 +300,7 @@ def write_evaluation(st, task, profile, tested: Tested) -> list:
         ("bootstrap_ci", ev.ci),
         ("froc", ev.froc),
         ("subgroups", ev.subgroups),
+        ("by_size", tested.by_size),
     ):
         st.write_parquet(frame, *report(f"{name}.parquet"))
     st.write_parquet(dets, *layout.detections(task.name))
