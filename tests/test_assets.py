@@ -160,6 +160,9 @@ def test_evaluation_reports(xray):
     # every test box in exactly one size stratum, the strata in the summary, the table and the report
     f = summary.figures
     assert f["boxes_small"] + f["boxes_medium"] + f["boxes_large"] == f["test_boxes"]
+    assert {"sens1_luna16_small", "sens1_iou_large"} <= set(f), (
+        "FROC sensitivity by size, both rules"
+    )
     by_size = xray.storage.read_parquet(*layout.report(TASK, "by_size.parquet"))
     assert set(by_size["stratum"]) == {"small", "medium", "large"}
     assert "## By box size" in xray.storage.local(*layout.report(TASK, "report.md")).read_text()

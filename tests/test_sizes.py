@@ -114,3 +114,23 @@ def test_areas_are_measured_at_the_models_input_scale():
     assert sizes.box_areas(box)[0] == 100 * 100
     assert sizes.box_areas(box, scale)[0] == pytest.approx((100 * 800 / 3000) ** 2)
     assert sizes.box_areas(box, scale)[0] < sizes.SIZE_STRATA["small"][1]
+
+
+@pytest.mark.parametrize("rule", ["iou", "luna16"])
+def test_sensitivity_by_size_adds_up_to_the_frocs_own(rule):
+    """Catches: a size stratum's sensitivity taken at another threshold than the FROC's (false
+    positives of every size count), or a hit attributed to the wrong box: the strata's hits add up
+    to the FROC's pooled sensitivity at 1 false positive per image, under each hit rule."""
+    from xray_assets.core.metrics import froc
+
+    gt, pred = _case()
+    classes = ["Nodule", "Mass"]
+    ids = sorted(set(gt["image_id"]))
+    table, _ = froc(gt, pred, classes, ids, rule=rule)
+    pooled = table.set_index("label").at["(all)", "sens@1"]
+    got = sizes.sensitivity_by_size(gt, pred, classes, len(ids))
+    mine = got[got["hit_rule"] == rule]
+    assert mine["boxes"].sum() == len(gt), "each box in exactly one stratum here"
+    hits = (mine["sensitivity"] * mine["boxes"]).sum()
+    assert hits / len(gt) == pytest.approx(pooled, abs=1e-9)
+    assert 0 < pooled < 1 and mine["sensitivity"].nunique() > 1, "a case that tells strata apart"

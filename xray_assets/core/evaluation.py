@@ -257,6 +257,7 @@ def logged_figures(s: dict, n_boot: int, seed: int) -> dict[str, float]:
         "test_patients": s["test_patients"],
         **{f"test_map50_{n}": s[f"map50_{n}"] for n in SIZE_STRATA if f"map50_{n}" in s},
         **{f"test_boxes_{n}": s[f"boxes_{n}"] for n in SIZE_STRATA if f"boxes_{n}" in s},
+        **{f"test_{k}": v for k, v in s.items() if k.startswith("sens1_")},
         "gate_resolvable_margin": s["gate_resolvable_margin"],
     }
 
@@ -344,13 +345,17 @@ def size_line(s: dict) -> str:
     return f"\n  {'':22s} by size at the model's input: " + "; ".join(parts)
 
 
-def size_summary(by_size: pd.DataFrame) -> dict:
-    """The mean AP50 and the box count of each size stratum, as summary keys."""
+def size_summary(by_size: pd.DataFrame, sensitivity: pd.DataFrame) -> dict:
+    """The mean AP50, the box count and the FROC sensitivity at 1 false positive per image (both
+    hit rules) of each size stratum, as summary keys."""
     means = by_size[by_size["label"] == "(mean)"].set_index("stratum")
+    sens = sensitivity.set_index(["hit_rule", "stratum"])["sensitivity"]
     out = {}
     for name in SIZE_STRATA:
         out[f"map50_{name}"] = float(means.at[name, "ap50"])
         out[f"boxes_{name}"] = int(means.at[name, "boxes"])
+        for rule in sensitivity["hit_rule"].unique():
+            out[f"sens1_{rule}_{name}"] = float(sens[(rule, name)])
     return out
 
 
@@ -545,7 +550,13 @@ def _size_section(s: dict) -> list[str]:
         return []
     rows = pd.DataFrame(
         [
-            {"size": name, "test boxes": s[f"boxes_{name}"], "mAP50": s[f"map50_{name}"]}
+            {
+                "size": name,
+                "test boxes": s[f"boxes_{name}"],
+                "mAP50": s[f"map50_{name}"],
+                "sensitivity at 1 FP/image (LUNA16)": s.get(f"sens1_luna16_{name}"),
+                "sensitivity at 1 FP/image (IoU)": s.get(f"sens1_iou_{name}"),
+            }
             for name in SIZE_STRATA
         ]
     )
@@ -554,7 +565,9 @@ def _size_section(s: dict) -> list[str]:
         "",
         "Threshold-free mAP50 over the classes with boxes of each size, COCO's strata (small under 32², "
         "medium to 96², large above, in pixels² at the model's input scale) and COCOeval's rules: "
-        "boxes of another size are neither misses nor hits. Per class in `by_size.parquet`.",
+        "boxes of another size are neither misses nor hits. Per class in `by_size.parquet`. FROC "
+        "sensitivity at 1 false positive per image: the share of the stratum's boxes found at the "
+        "FROC's own threshold (false positives of every size count), under both hit rules.",
         "",
         md_table(rows),
         "",

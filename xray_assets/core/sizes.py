@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .metrics import COORDS, RECALL_POINTS, box_iou
+from .metrics import COORDS, HIT_RULES, RECALL_POINTS, box_iou, centre_hits
 
 #: COCO's area ranges (pycocotools' `areaRng`, bounds included), in pixels² at the model's input scale
 SIZE_STRATA: dict[str, tuple[float, float]] = {
@@ -131,3 +131,74 @@ def ap_by_size(
         mean = float(np.mean(aps)) if aps else math.nan
         rows.append({"label": "(mean)", "stratum": name, "boxes": total, "ap50": mean})
     return pd.DataFrame(rows, columns=["label", "stratum", "boxes", "ap50"])
+
+
+def _hit_scores(gt: pd.DataFrame, pred: pd.DataFrame, rule: str, iou_thr: float = 0.5):
+    """For one label: the score at which each ground-truth box is first hit (NaN: never), and the
+    scores of the false positives, under the FROC's hit `rule` (`metrics.froc`'s: "iou", COCO's
+    greedy matching by score; "luna16", the box's most confident detection whose centre lies in it,
+    the other detections on hit boxes ignored)."""
+    hit = np.full(len(gt), np.nan)
+    false = []
+    gt_at = gt.groupby("image_id", sort=False).indices
+    gt_xy, pred_xy = gt[COORDS].to_numpy(float), pred[COORDS].to_numpy(float)
+    pred_score = pred["score"].to_numpy(float)
+    for image_id, p in pred.groupby("image_id", sort=False).indices.items():
+        g = gt_at.get(image_id, np.zeros(0, int))
+        p = p[np.argsort(-pred_score[p], kind="mergesort")]
+        if rule == "luna16":
+            inside = centre_hits(gt_xy[g], pred_xy[p])
+            for j in np.flatnonzero(inside.any(axis=0)):
+                hit[g[j]] = pred_score[p][inside[:, j]].max()
+            false += list(pred_score[p][~inside.any(axis=1)])
+            continue
+        p = p[:100]
+        ious = box_iou(pred_xy[p], gt_xy[g])
+        free = np.ones(len(g), bool)
+        for d in range(len(p)):
+            row = np.where(free, ious[d], -1.0) if len(g) else np.zeros(0)
+            j = int(row.argmax()) if len(row) else -1
+            if j >= 0 and row[j] >= min(iou_thr, 1 - 1e-10):
+                free[j] = False
+                hit[g[j]] = pred_score[p[d]]
+            else:
+                false.append(pred_score[p[d]])
+    return hit, np.asarray(false, float)
+
+
+def sensitivity_by_size(
+    gt: pd.DataFrame,
+    pred: pd.DataFrame,
+    classes,
+    n_images: int,
+    scale: dict[str, float] | None = None,
+    rate: float = 1.0,
+) -> pd.DataFrame:
+    """FROC sensitivity at `rate` false positives per image, under both hit rules, for the boxes
+    of each size stratum (pooled over classes): the threshold is the FROC's own (false positives
+    of every size, over all `n_images` test images), the sensitivity the share of the stratum's
+    boxes hit at it. Columns: hit_rule, stratum, boxes, sensitivity."""
+    rows = []
+    area = box_areas(gt, scale)
+    for rule in HIT_RULES:
+        hits, falses, labels = [], [], []
+        for label in classes:
+            mine = (gt["label"] == label).to_numpy()
+            h, f = _hit_scores(gt[mine], pred[pred["label"] == label], rule)
+            hits.append(h)
+            falses.append(f)
+            labels.append(np.flatnonzero(mine))
+        hit = np.full(len(gt), np.nan)
+        for h, at in zip(hits, labels):
+            hit[at] = h
+        false = np.sort(np.concatenate(falses) if falses else np.zeros(0))[::-1]
+        allowed = int(math.floor(rate * n_images + 1e-9))
+        # the lowest threshold with at most `allowed` false positives: above the next false one
+        floor = false[allowed] if allowed < len(false) else -math.inf
+        for name, stratum in SIZE_STRATA.items():
+            inside = ~_outside(area, stratum)
+            n = int(inside.sum())
+            found = int(((hit > floor) & inside).sum()) if n else 0
+            sens = found / n if n else math.nan
+            rows.append({"hit_rule": rule, "stratum": name, "boxes": n, "sensitivity": sens})
+    return pd.DataFrame(rows, columns=["hit_rule", "stratum", "boxes", "sensitivity"])

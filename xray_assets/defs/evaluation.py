@@ -272,7 +272,8 @@ def _test_the_model(context, xray: XrayResource, task) -> Tested:
         for i, w, h in zip(images["image_id"], images["width"], images["height"])
     }
     by_size = sizes.ap_by_size(gt, dets, task.classes, scale)
-    ev.summary.update(core_eval.size_summary(by_size))
+    sens = sizes.sensitivity_by_size(gt, dets, task.classes, len(images), scale)
+    ev.summary.update(core_eval.size_summary(by_size, sens))
     return Tested(ev, dets, gt, images, rule, info, by_size)
 
 
