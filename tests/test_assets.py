@@ -317,6 +317,20 @@ def test_annotation_batches(xray, instance, monkeypatch):
         and md["label_studio_project"] == 0
     )
     assert "make annotate" in md["label_studio"]
+    # a batch once sent is never sent again (its radiologists would get every task twice)
+    st.write_json(
+        {"project": 7, "url": "http://127.0.0.1:1", "tasks": 3},
+        *layout.batch(key, layout.BATCH_PROJECT),
+    )
+    with pytest.raises(dg.Failure, match="sent already .*project 7.*xray-assets batch"):
+        _run(
+            annotation.annotation_batches,
+            xray,
+            instance=instance,
+            partition_key=key,
+            config=annotation.BatchConfig(size=3),
+        )
+    st.local(*layout.batch(key, layout.BATCH_PROJECT)).unlink()
     assert ET.parse(st.local(*layout.batch(key, layout.BATCH_CVAT))).getroot().tag == "annotations"
     sent = st.read_parquet(*layout.batches_table(TASK))
     assert set(sent["image_id"]) == {im["file_name"] for im in coco["images"]}

@@ -110,7 +110,10 @@ def test_catalog_specs_a_team_can_read():
             assert node.code_version and len(node.code_version) == 12, (
                 f"{key}: code version from its source"
             )
-            assert spec.automation_condition is not None, f"{key}: its condition is on the asset"
+            if key != "annotation_batches":  # a person's decision, never automated (below)
+                assert spec.automation_condition is not None, (
+                    f"{key}: its condition is on the asset"
+                )
         if key in TABLE_ASSETS:
             schema = spec.metadata.get("dagster/column_schema")
             assert schema is not None and len(schema.columns) >= 3, key
@@ -120,6 +123,9 @@ def test_catalog_specs_a_team_can_read():
     assert graph.get(dg.AssetKey("trained_models")).pools == {"gpu"}
     # conditions: the labels follow drops, the rest follow changed data; the report tolerates missing tasks
     assert "label_drops sensor" in str(specs["nih_labels"].automation_condition.get_label())
+    # a batch is made by a person (xray-assets batch, or the UI's Materialize): automation exporting
+    # a newly added partition raced the CLI's own run and sent Label Studio every task twice
+    assert specs["annotation_batches"].automation_condition is None
     assert "missing inputs allowed" in str(specs["study_report"].automation_condition.get_label())
     checks = {c.name for c in graph.asset_check_keys}
     assert {

@@ -305,8 +305,9 @@ def send_to_label_studio(xray: XrayResource, key, task, batch, dets, model_versi
     # to a static one, so the edge spans every task's queue
     deps=[dg.AssetDep(annotation_queue, partition_mapping=dg.AllPartitionMapping())],
     code_version=code_version(batch_export),
-    # a batch partition added (in the UI, or by a script) is exported by the automation sensor
-    automation_condition=dg.AutomationCondition.on_missing(),
+    # no automation condition: a batch is a person's decision, with its size and quotas. With
+    # `on_missing` the automation sensor exported a partition that `xray-assets batch` was exporting
+    # too, at the default size, and Label Studio got both sets of tasks (found walking the loop)
     description="One exported annotation batch: the top of a task's queue, pre-annotated for Label Studio, COCO and CVAT.",
 )
 def annotation_batches(
@@ -320,6 +321,13 @@ def annotation_batches(
     st = xray.storage
     if st.remote:
         raise dg.Failure("annotation batches need a local storage root (Label Studio serves files)")
+    if st.exists(*layout.batch(key, layout.BATCH_PROJECT)):
+        sent = st.read_json(*layout.batch(key, layout.BATCH_PROJECT))
+        raise dg.Failure(
+            f"batch {key} was sent already ({sent['tasks']} task(s) in Label Studio project "
+            f"{sent['project']}); sending it again would give its radiologists every task twice. "
+            f"Make the next batch: xray-assets batch {task.name}"
+        )
     queue = st.read_parquet(*layout.queue(task.name))
     queue = queue[~queue["image_id"].isin(pending_images(xray, task.name))]
     picked = acquisition.batch(queue, config.size, config.quota or None, config.test_share)
