@@ -321,13 +321,7 @@ def annotation_batches(
     st = xray.storage
     if st.remote:
         raise dg.Failure("annotation batches need a local storage root (Label Studio serves files)")
-    if st.exists(*layout.batch(key, layout.BATCH_PROJECT)):
-        sent = st.read_json(*layout.batch(key, layout.BATCH_PROJECT))
-        raise dg.Failure(
-            f"batch {key} was sent already ({sent['tasks']} task(s) in Label Studio project "
-            f"{sent['project']}); sending it again would give its radiologists every task twice. "
-            f"Make the next batch: xray-assets batch {task.name}"
-        )
+    _never_twice(st, key, task.name)
     queue = st.read_parquet(*layout.queue(task.name))
     queue = queue[~queue["image_id"].isin(pending_images(xray, task.name))]
     picked = acquisition.batch(queue, config.size, config.quota or None, config.test_share)
@@ -380,6 +374,18 @@ def annotation_batches(
             ),
         },
     )
+
+
+def _never_twice(st, key: str, task: str) -> None:
+    """A batch once sent to Label Studio is not sent again: its radiologists would get every task
+    twice. The failure names the command for the next batch."""
+    if st.exists(*layout.batch(key, layout.BATCH_PROJECT)):
+        sent = st.read_json(*layout.batch(key, layout.BATCH_PROJECT))
+        raise dg.Failure(
+            f"batch {key} was sent already ({sent['tasks']} task(s) in Label Studio project "
+            f"{sent['project']}); sending it again would give its radiologists every task twice. "
+            f"Make the next batch: xray-assets batch {task}"
+        )
 
 
 def _batch_images(xray: XrayResource, key: str, task, picked: pd.DataFrame):
