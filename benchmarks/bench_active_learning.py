@@ -157,9 +157,9 @@ def train_and_score(
     from ultralytics import YOLO
     from ultralytics.utils import SETTINGS
 
+    from xray_assets import train as core_train
     from xray_assets.config import get_profile
     from xray_assets.core import detection, layout, metrics
-    from xray_assets import train as core_train
     from xray_assets.core.yolo_dataset import build_dataset, task_inputs
 
     params = get_profile("demo").train

@@ -12,8 +12,8 @@ from pathlib import Path
 
 def main() -> list[dict]:
     from xray_assets import tracking
-    from xray_assets.config import configure_ultralytics, get_profile
     from xray_assets import train as core_train
+    from xray_assets.config import configure_ultralytics, get_profile
     from xray_assets.core.synthetic import toy_yolo_dataset
 
     configure_ultralytics()

@@ -63,8 +63,8 @@ def test_training_and_a_web_request_make_no_network_attempt(tmp_path):
 
     from fastapi.testclient import TestClient
 
-    from xray_assets.config import get_profile
     from xray_assets import train as core_train
+    from xray_assets.config import get_profile
     from xray_assets.core.detection import DetectionRule
     from xray_assets.core.synthetic import render, toy_yolo_dataset
     from xray_assets.serve.app import create_app
