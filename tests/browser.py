@@ -43,9 +43,9 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180)
     raise AssertionError(f"{url} not up after {timeout}s:\n{log.read_text()[-4000:]}")
 
 
-@contextmanager
-def server(cmd: list[str], url: str, env: dict, cwd: Path, log: Path, timeout: float = 180):
-    with open(log, "w") as fh:
+def start(cmd: list[str], url: str, env: dict, cwd: Path, log: Path, timeout: float = 180):
+    """`cmd` in its own session (its output appended to `log`), once `url` answers."""
+    with open(log, "a") as fh:
         proc = subprocess.Popen(
             cmd,
             cwd=cwd,
@@ -54,8 +54,14 @@ def server(cmd: list[str], url: str, env: dict, cwd: Path, log: Path, timeout: f
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    wait_http(url, proc, log, timeout)
+    return proc
+
+
+@contextmanager
+def server(cmd: list[str], url: str, env: dict, cwd: Path, log: Path, timeout: float = 180):
+    proc = start(cmd, url, env, cwd, log, timeout)
     try:
-        wait_http(url, proc, log, timeout)
         yield proc
     finally:
         import signal

@@ -77,9 +77,9 @@ def materialized(results) -> set[str]:
     }
 
 
-def coco_ap50(gt, pred, labels) -> dict[str, float]:
-    """pycocotools' AP at IoU 0.5 per label (area "all", 100 detections per image): the reference the
-    project's metrics are checked against."""
+def coco_ap50(gt, pred, labels, area_range=(0, 1e10)) -> dict[str, float]:
+    """pycocotools' AP at IoU 0.5 per label (area "all" unless `area_range` says otherwise, 100
+    detections per image): the reference the project's metrics are checked against."""
     import numpy as np
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -116,7 +116,8 @@ def coco_ap50(gt, pred, labels) -> dict[str, float]:
     )
     ev = COCOeval(coco, dets, "bbox")
     ev.params.iouThrs = np.array([0.5])
-    ev.params.areaRng, ev.params.areaRngLbl, ev.params.maxDets = [[0, 1e10]], ["all"], [100]
+    ev.params.areaRng, ev.params.areaRngLbl = [list(area_range)], ["range"]
+    ev.params.maxDets = [100]
     ev.evaluate()
     ev.accumulate()
     out = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
-from browser import free_port, wait_http
+from browser import free_port, start
 from conftest import ROOT, project_dagster_home
 
 from xray_assets.core import layout
@@ -28,17 +28,7 @@ def _dagster_dev(env: dict, log: Path) -> subprocess.Popen:
     """`dagster dev` with the Makefile's `ui` arguments, in its own session."""
     port = free_port()
     cmd = [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
-    with open(log, "a") as fh:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    wait_http(f"http://127.0.0.1:{port}/server_info", proc, log, 240)
-    return proc
+    return start(cmd, f"http://127.0.0.1:{port}/server_info", env, ROOT, log, 240)
 
 
 def _stop(proc: subprocess.Popen, group: bool = False, timeout: float = 90) -> None:

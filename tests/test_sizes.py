@@ -1,11 +1,10 @@
 """Figures by box size (COCO's small, medium and large strata at the model's input scale) agree with
 pycocotools' own COCOeval on a hand-made case."""
 
-import math
-
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import coco_ap50
 
 from xray_assets.core import sizes
 
@@ -37,62 +36,13 @@ def _case():
     return pd.DataFrame(gt, columns=cols), pd.DataFrame(pred, columns=[*cols, "score"])
 
 
-def _pycocotools(gt, pred, classes, stratum):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    images = sorted(set(gt["image_id"]) | set(pred["image_id"]))
-    image_ids = {i: n for n, i in enumerate(images, start=1)}
-    cat_ids = {c: n for n, c in enumerate(classes, start=1)}
-    truth = COCO()
-    truth.dataset = {
-        "images": [{"id": n, "width": 1000, "height": 1000} for n in image_ids.values()],
-        "categories": [{"id": n, "name": c} for c, n in cat_ids.items()],
-        "annotations": [
-            {
-                "id": n,
-                "image_id": image_ids[r.image_id],
-                "category_id": cat_ids[r.label],
-                "bbox": [r.x_min, r.y_min, r.x_max - r.x_min, r.y_max - r.y_min],
-                "area": (r.x_max - r.x_min) * (r.y_max - r.y_min),
-                "iscrowd": 0,
-            }
-            for n, r in enumerate(gt.itertuples(index=False), start=1)
-        ],
-    }
-    truth.createIndex()
-    found = truth.loadRes(
-        [
-            {
-                "image_id": image_ids[r.image_id],
-                "category_id": cat_ids[r.label],
-                "bbox": [r.x_min, r.y_min, r.x_max - r.x_min, r.y_max - r.y_min],
-                "score": r.score,
-            }
-            for r in pred.itertuples(index=False)
-        ]
-    )
-    ev = COCOeval(truth, found, "bbox")
-    ev.params.iouThrs = np.array([0.5])
-    ev.params.areaRng = [list(sizes.SIZE_STRATA[stratum])]
-    ev.params.areaRngLbl = [stratum]
-    ev.params.maxDets = [100]
-    ev.evaluate()
-    ev.accumulate()
-    precision = ev.eval["precision"][0, :, :, 0, 0]  # recall points x classes
-    return {
-        c: float(precision[:, k].mean()) if (precision[:, k] > -1).all() else math.nan
-        for c, k in zip(classes, range(len(classes)))
-    }
-
-
 @pytest.mark.parametrize("stratum", list(sizes.SIZE_STRATA))
 def test_size_strata_equal_pycocotools(stratum):
     """Catches: a box of another size counted as a miss or a false positive in a stratum, a
     detection on an ignored box counted, or the wrong area bounds (COCO's 32² and 96²)."""
     gt, pred = _case()
     classes = ["Nodule", "Mass"]
-    want = _pycocotools(gt, pred, classes, stratum)
+    want = coco_ap50(gt, pred, classes, sizes.SIZE_STRATA[stratum])
     got = sizes.ap_by_size(gt, pred, classes).set_index(["stratum", "label"])
     # the case is not trivial in any stratum: boxes in it, neither every detection right nor none
     assert all(0.1 < got.at[(stratum, c), "ap50"] < 0.999 for c in classes), got

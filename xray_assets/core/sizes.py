@@ -32,6 +32,14 @@ def input_scale(width, height, imgsz: int) -> float:
     return imgsz / max(float(width), float(height))
 
 
+def image_scales(images: pd.DataFrame, imgsz: int) -> dict[str, float]:
+    """image_id -> its scale to the model's input, for a table with image_id, width, height."""
+    return {
+        i: input_scale(w, h, imgsz)
+        for i, w, h in zip(images["image_id"], images["width"], images["height"])
+    }
+
+
 def box_areas(boxes: pd.DataFrame, scale: dict[str, float] | None = None) -> np.ndarray:
     """Each box's area at the model's input scale (`scale`: image_id -> factor; 1 when absent)."""
     xy = boxes[COORDS].to_numpy(float)

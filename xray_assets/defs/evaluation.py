@@ -267,10 +267,7 @@ def _test_the_model(context, xray: XrayResource, task) -> Tested:
         seed=profile.seed,
         min_boxes=profile.min_test_boxes,
     )
-    scale = {
-        i: sizes.input_scale(w, h, info.imgsz)
-        for i, w, h in zip(images["image_id"], images["width"], images["height"])
-    }
+    scale = sizes.image_scales(images, info.imgsz)
     by_size = sizes.ap_by_size(gt, dets, task.classes, scale)
     sens = sizes.sensitivity_by_size(gt, dets, task.classes, len(images), scale)
     ev.summary.update(core_eval.size_summary(by_size, sens))
